@@ -1,0 +1,30 @@
+"""ecstream: EC class prediction from protein sequences, with an exact streaming data pipeline.
+
+The Python API in brief::
+
+    import ecstream
+    store = ecstream.build_store("uniprot.tsv.gz", "store/")   # or ecstream.open_store("store/")
+    for batch in store.batches("train", batch_size=64, max_length=660):
+        batch.x, batch.y, batch.ids   # uint8 [B, L] tokens, int64 [B] labels, str [B]
+"""
+
+__version__ = "0.1.0"
+
+from .alphabet import AlreadyEncodedError, encode
+from .batches import Batch, Batches
+from .labels import LabelPolicy, parse_ec
+from .store import Store, StoreError, build_store, open_store
+
+__all__ = [
+    "AlreadyEncodedError",
+    "Batch",
+    "Batches",
+    "LabelPolicy",
+    "Store",
+    "StoreError",
+    "__version__",
+    "build_store",
+    "encode",
+    "open_store",
+    "parse_ec",
+]

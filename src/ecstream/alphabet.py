@@ -1,0 +1,105 @@
+"""Residues → tokens: the one lookup table of ecstream.
+
+Every decision about how a residue becomes a number lives here. Sequences are kept as their
+upper-case letters (one byte each) everywhere on the host; :func:`encode` turns letters into tokens
+with a 256-entry table, once, at the moment a batch is assembled.
+
+Tokens: 0 is padding; the 20 standard amino acids are 1–20 in the order ``ACDEFGHIKLMNPQRSTVWY``;
+every other letter (X, B, Z, U, O, J, …) is 21, "unknown", so an unknown residue never looks
+like padding. Lower-case letters are upper-cased when a record is read (:func:`clean`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+PAD = 0
+UNKNOWN = len(STANDARD) + 1  # 21
+VOCAB_SIZE = UNKNOWN + 1  # 22 tokens: padding, 20 standard, unknown
+NAME = "aa20+unknown/v1"
+
+
+class AlreadyEncodedError(TypeError):
+    """Raised when token ids are given to a function that expects residue letters."""
+
+
+def _build_table() -> np.ndarray:
+    table = np.full(256, INVALID, dtype=np.uint8)
+    table[0] = PAD  # byte 0 marks padding in an assembled batch of letters
+    for code in range(ord("A"), ord("Z") + 1):
+        table[code] = UNKNOWN
+        table[code + 32] = UNKNOWN
+    for token, letter in enumerate(STANDARD, start=1):
+        table[ord(letter)] = token
+        table[ord(letter.lower())] = token
+    table.setflags(write=False)
+    return table
+
+
+INVALID = 255  # table entry for a byte that is neither a letter nor padding
+TABLE = _build_table()
+
+
+def spec() -> dict:
+    """The alphabet as recorded in a store's manifest and a run's config."""
+    return {"name": NAME, "pad": PAD, "standard": STANDARD, "unknown": UNKNOWN}
+
+
+def clean(sequence: str) -> str | None:
+    """Normalise one sequence as read from a file: upper-case letters, or ``None`` if invalid.
+
+    A single terminal ``*`` (stop codon in translated ORFs) is dropped; any other character that
+    is not an ASCII letter makes the sequence invalid.
+    """
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+    if not sequence or not (sequence.isascii() and sequence.isalpha()):
+        return None
+    return sequence.upper()
+
+
+def _letters(data: str | bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    if isinstance(data, str):
+        return np.frombuffer(data.encode("ascii", "replace"), dtype=np.uint8)
+    if isinstance(data, bytes | bytearray | memoryview):
+        return np.frombuffer(data, dtype=np.uint8)
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise AlreadyEncodedError(
+                f"encode() takes residue letters (str, bytes or uint8 letters), got an array of "
+                f"{data.dtype}: it looks already encoded or one-hot; pass the sequence text instead"
+            )
+        return data
+    raise TypeError(f"encode() takes residue letters as str or bytes, got {type(data).__name__}")
+
+
+def _refuse(letters: np.ndarray) -> None:
+    if np.any((letters > 0) & (letters <= UNKNOWN)):
+        raise AlreadyEncodedError(
+            "encode() was given token ids (values 1-21), not residue letters: the data is already "
+            "encoded; encoding it again would turn every residue into 'unknown'"
+        )
+    bad = letters[TABLE[letters] == INVALID][0]
+    raise ValueError(f"encode() was given a byte that is not a residue letter: {bytes([bad])!r}")
+
+
+def encode(data: str | bytes | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Residue letters → uint8 tokens. Refuses input that is already tokens.
+
+    Letters are ASCII codes ≥ 65 while tokens are ≤ 21, so encoded input is detected with certainty
+    and refused with :class:`AlreadyEncodedError` instead of being encoded a second time. Byte 0 is
+    taken as padding (token 0), which lets a zero-filled batch of letters be encoded in one pass.
+    """
+    letters = _letters(data)
+    tokens = np.take(TABLE, letters, out=out)
+    if tokens.size and int(tokens.max()) == INVALID:
+        _refuse(letters)
+    return tokens
+
+
+def decode(tokens: np.ndarray) -> str:
+    """uint8 tokens → letters (padding dropped, unknown shown as ``X``)."""
+    letters = np.frombuffer(("\0" + STANDARD + "X").encode(), dtype=np.uint8)
+    kept = np.asarray(tokens)
+    return letters[kept[kept != PAD]].tobytes().decode()

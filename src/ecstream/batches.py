@@ -1,0 +1,143 @@
+"""Exact batches: plan → gather → pad/truncate → encode, the same from RAM or from mmap.
+
+:class:`Batches` is what ``store.batches(...)`` returns: ``len()`` is the number of steps,
+``num_samples`` the number of records, iteration yields :class:`Batch` objects, random access
+``batches[step]`` serves the loader adapters, and ``state_dict()`` resumes mid-epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from . import alphabet
+from .plan import BatchSettings, EpochPlan
+from .shards import SplitData
+
+STATE_FORMAT = "ecstream-batches/v1"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: tokens ``x`` (uint8 [B, L], 0 = padding), 0-based labels ``y``, record ids."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    lengths: np.ndarray  # full sequence lengths, before truncation
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
+    """Columns of a batch: ``max_length``, or with bucketing the longest (capped) rounded up to 8."""
+    if not settings.bucket:
+        return settings.max_length
+    longest = int(min(lengths.max(initial=1), settings.max_length))
+    return min(settings.max_length, -(-longest // 8) * 8)
+
+
+class Batches:
+    """The batches of one split for one epoch and one rank; see :meth:`Store.batches`."""
+
+    def __init__(
+        self,
+        data: SplitData,
+        settings: BatchSettings,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.data, self.settings = data, settings
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.step = 0
+        self.set_epoch(epoch)
+
+    @property
+    def split(self) -> str:
+        return self.data.name
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch to another epoch (a different order when shuffling) and rewind to its start."""
+        self.epoch, self.step = epoch, 0
+        self.plan = EpochPlan(
+            self.data.n,
+            self.settings,
+            key=self.data.fingerprint,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            lengths=self._capped_lengths,
+        )
+
+    def _capped_lengths(self, rows: np.ndarray) -> np.ndarray:
+        return np.minimum(self.data.lengths(rows), self.settings.max_length)
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    @property
+    def num_samples(self) -> int:
+        """Records this rank sees per epoch (all of the split unless drop_last or ranks)."""
+        return self.plan.num_samples
+
+    def __getitem__(self, step: int) -> Batch:
+        if step < 0:
+            step += len(self)
+        rows = self.plan.rows(step)
+        s = self.settings
+        width = partial(batch_width, settings=s) if s.bucket else s.max_length
+        letters, labels, lengths = self.data.gather(rows, width, s.padding, s.truncating)
+        x = alphabet.encode(letters, out=letters)
+        return Batch(x=x, y=labels, ids=self.data.strings(rows, "id"), lengths=lengths)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Yield the batches from ``step`` on; a completed epoch rewinds ``step`` to 0."""
+        while self.step < len(self):
+            batch = self[self.step]
+            self.step += 1
+            yield batch
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        """Where this stream stands (under 1 KB): load it into an equal Batches to resume."""
+        return {
+            "format": STATE_FORMAT,
+            "split": self.split,
+            "fingerprint": self.data.fingerprint,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "settings": self.settings.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`; refuses a state of another split or other settings."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a batch stream state: {state.get('format')!r}")
+        mine = self.state_dict()
+        for key in ("split", "fingerprint", "seed", "rank", "world_size", "settings"):
+            if state[key] != mine[key]:
+                raise ValueError(
+                    f"this state belongs to another stream ({key}: {state[key]!r} here "
+                    f"{mine[key]!r}); open the batches with the same arguments to resume"
+                )
+        self.set_epoch(int(state["epoch"]))
+        if not 0 <= state["step"] <= len(self):
+            raise ValueError(f"step {state['step']} is outside this epoch of {len(self)} steps")
+        self.step = int(state["step"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Batches(split={self.split!r}, steps={len(self)}, samples={self.num_samples}, "
+            f"epoch={self.epoch}, step={self.step}, {self.settings})"
+        )
