@@ -34,7 +34,7 @@ class Batch:
 
 
 def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
-    """Columns of a batch: ``max_length``, or with bucketing the longest (capped) rounded up to 8."""
+    """Batch width: ``max_length``, or with bucketing the longest (capped) rounded up to 8."""
     if not settings.bucket:
         return settings.max_length
     longest = int(min(lengths.max(initial=1), settings.max_length))

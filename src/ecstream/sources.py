@@ -60,7 +60,7 @@ def describe(source: Any) -> str:
 
 
 def detect_format(source: Any) -> str:
-    """``"tsv"``, ``"csv"``, ``"fasta"``, ``"parquet"`` or ``"dataframe"``, by name, then content."""
+    """The format of a source (tsv, csv, fasta, parquet, dataframe), by name, then content."""
     if not isinstance(source, str | os.PathLike):
         if hasattr(source, "columns") and hasattr(source, "iloc"):
             return "dataframe"

@@ -58,6 +58,7 @@ SPLIT_NAMES = {
     "test": 2,
 }
 
+DEFAULT_COLUMNS = Columns()
 _SPLIT_SALT = 0x5EED5EED
 _SAMPLE_SALT = 0x5A3B1E
 
@@ -111,7 +112,8 @@ class BuildConfig:
     def check(self) -> None:
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise StoreError(
-                f"--val and --test must be fractions adding up to under 1, got {self.val} and {self.test}"
+                "--val and --test must be fractions adding up to under 1, "
+                f"got {self.val} and {self.test}"
             )
         if self.sample is not None and not 0 < self.sample <= 1:
             raise StoreError(f"--sample must be a fraction in (0, 1], got {self.sample}")
@@ -149,7 +151,8 @@ class _Reader:
             fmt = self.fmt or detect_format(source)
             if fmt == "fasta":
                 raise InputError(
-                    f"{name}: FASTA carries no EC numbers; build a store from a labelled table (TSV, CSV, Parquet) and use FASTA with 'ecstream predict'"
+                    f"{name}: FASTA carries no EC numbers; build a store from a labelled table "
+                    "(TSV, CSV, Parquet) and give FASTA to 'ecstream predict'"
                 )
             entry = {"path": name, "format": fmt, "rows": 0}
             if isinstance(source, str | os.PathLike):
@@ -231,7 +234,7 @@ def build_store(
     inputs: Sequence[Any] | Any,
     out: str | os.PathLike[str],
     *,
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -404,7 +407,8 @@ class Store:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise StoreError(
-                f"{self.path}: not an ecstream store (no {MANIFEST}); build one with 'ecstream build'"
+                f"{self.path}: not an ecstream store (no {MANIFEST}); "
+                "build one with 'ecstream build'"
             )
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
@@ -412,11 +416,13 @@ class Store:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(
-                f"{self.path}: store format {version}, this ecstream reads format {FORMAT_VERSION}; rebuild the store"
+                f"{self.path}: store format {version}, this ecstream reads format "
+                f"{FORMAT_VERSION}; rebuild the store"
             )
         if self.manifest["alphabet"] != alphabet.spec():
             raise StoreError(
-                f"{self.path}: built with alphabet {self.manifest['alphabet']['name']!r}, this ecstream uses {alphabet.NAME!r}; rebuild the store"
+                f"{self.path}: built with alphabet {self.manifest['alphabet']['name']!r}, "
+                f"this ecstream uses {alphabet.NAME!r}; rebuild the store"
             )
         self.policy = LabelPolicy.from_dict(self.manifest["labels"])
         self._data: dict[tuple[str, bool], SplitData] = {}

@@ -1,0 +1,76 @@
+"""Readable summaries for people: store info, set-aside reasons, metric tables."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .store import HISTOGRAM_EDGES, SPLITS, Store
+
+
+def store_tables(store: Store) -> list[Table | str]:
+    """The summary of a store, as rich renderables (what ``ecstream info`` prints)."""
+    m = store.manifest
+    policy = store.policy
+    split = m["split"]
+    head = (
+        f"[bold]{store.path}[/]  ecstream store v{m['format_version']} · built {m['created']} · "
+        f"split {split['method']} (val {split['val']}, test {split['test']}, seed {split['seed']})"
+    )
+    counts = Table(title="Records per split and EC class", title_justify="left")
+    counts.add_column("class")
+    counts.add_column("name")
+    for name in SPLITS:
+        counts.add_column(name, justify="right")
+    counts.add_column("all", justify="right")
+    for key, label in zip(policy.classes, policy.names, strict=True):
+        row = [m["splits"][s]["per_class"][key] for s in SPLITS]
+        counts.add_row(key, label, *(f"{v:,}" for v in row), f"{sum(row):,}")
+    totals = [m["splits"][s]["records"] for s in SPLITS]
+    counts.add_row("", "[bold]total", *(f"[bold]{v:,}" for v in totals), f"[bold]{sum(totals):,}")
+
+    lengths = Table(title="Sequence lengths", title_justify="left")
+    for col in ("split", "residues", "mean", "≤ 660", "> 660"):
+        lengths.add_column(col, justify="right")
+    cut = HISTOGRAM_EDGES.index(650)
+    for s in SPLITS:
+        info = m["splits"][s]
+        hist = info["length_histogram"]
+        n = max(info["records"], 1)
+        lengths.add_row(
+            s,
+            f"{info['residues']:,}",
+            f"{info['residues'] / n:.0f}",
+            f"{sum(hist[: cut + 1]):,}",
+            f"{sum(hist[cut + 1 :]):,}",
+        )
+
+    aside = Table(title="Rows set aside (not in any split)", title_justify="left")
+    aside.add_column("count", justify="right")
+    aside.add_column("reason")
+    aside.add_column("first seen at")
+    for reason, info in m["set_aside"].items():
+        aside.add_row(f"{info['count']:,}", reason, info["first"][0] if info["first"] else "")
+    if m.get("not_sampled"):
+        aside.add_row(f"{m['not_sampled']:,}", "not_sampled", f"--sample {m['build']['sample']}")
+    if not m["set_aside"] and not m.get("not_sampled"):
+        aside.add_row("0", "nothing was set aside", "")
+
+    dup = m["duplicates"]
+    notes = (
+        f"rows read {m['rows_read']:,} · records kept {m['records']:,} · "
+        f"identical sequences repeated {dup['sequence']['repeated']:,} "
+        f"(with conflicting labels {dup['sequence']['conflicting_labels']:,}, across splits "
+        f"{dup['sequence']['across_splits']:,}) · ids repeated {dup['id']['repeated']:,} "
+        f"(across splits {dup['id']['across_splits']:,})"
+    )
+    sources = "sources: " + "; ".join(
+        f"{s['path']} ({s['format']}, {s['rows']:,} rows, sha256 {s.get('sha256', '-')[:12]})"
+        for s in m["sources"]
+    )
+    return [head, counts, lengths, aside, notes, sources]
+
+
+def print_all(console: Console, items: list) -> None:
+    for item in items:
+        console.print(item)

@@ -1,0 +1,58 @@
+"""The one lookup table: letters → tokens, padding vs unknown, refusing double encoding."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecstream import alphabet
+from ecstream.alphabet import PAD, STANDARD, UNKNOWN, AlreadyEncodedError, clean, encode
+
+
+def test_standard_residues_are_1_to_20_in_order():
+    assert encode(STANDARD).tolist() == list(range(1, 21))
+    assert encode(STANDARD.lower()).tolist() == list(range(1, 21))
+
+
+@pytest.mark.parametrize("letter", list("XBZUOJ"))
+def test_other_letters_are_unknown_never_padding(letter):
+    assert encode(letter).tolist() == [UNKNOWN]
+    assert UNKNOWN != PAD
+
+
+def test_zero_byte_is_padding_so_a_padded_batch_encodes_in_one_pass():
+    letters = np.zeros((2, 5), dtype=np.uint8)
+    letters[0, :3] = np.frombuffer(b"ACX", dtype=np.uint8)
+    assert encode(letters).tolist() == [[1, 2, UNKNOWN, 0, 0], [0, 0, 0, 0, 0]]
+
+
+def test_already_encoded_tokens_are_refused():
+    tokens = encode("MKV")
+    with pytest.raises(AlreadyEncodedError, match="already encoded"):
+        encode(tokens)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int32])
+def test_one_hot_or_integer_arrays_are_refused(dtype):
+    with pytest.raises(AlreadyEncodedError):
+        encode(np.eye(21, dtype=dtype))
+
+
+def test_non_letters_are_refused_with_the_character():
+    with pytest.raises(ValueError, match=r"b'-'"):
+        encode("AC-D")
+
+
+def test_clean_upper_cases_and_drops_one_stop_codon():
+    assert clean("mkv*") == "MKV"
+    assert clean("MK V") is None
+    assert clean("MK1") is None
+    assert clean("*") is None
+    assert clean("") is None
+    assert clean("MK**") is None
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=65, max_codepoint=122), max_size=50))
+def test_decode_inverts_encode_for_standard_letters(text):
+    letters = "".join(c for c in text.upper() if c in STANDARD)
+    assert alphabet.decode(encode(letters)) == letters

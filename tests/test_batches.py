@@ -1,0 +1,151 @@
+"""Exact batches from a real store: RAM and mmap byte-identical, tokens faithful, resumable."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecstream import alphabet
+
+
+def _same(a, b):
+    return (
+        a.x.dtype == b.x.dtype == np.uint8
+        and np.array_equal(a.x, b.x)
+        and np.array_equal(a.y, b.y)
+        and np.array_equal(a.ids, b.ids)
+    )
+
+
+@pytest.fixture(scope="module")
+def sequences(small_store):
+    """id → (sequence letters, label) read straight from the Arrow shards."""
+    import pyarrow as pa
+
+    out = {}
+    for split in ("train", "val", "test"):
+        for shard in small_store.manifest["splits"][split]["shards"]:
+            table = pa.ipc.open_file(str(small_store.path / shard)).read_all()
+            for rid, seq, label in zip(
+                *(table[c].to_pylist() for c in ("id", "sequence", "label")), strict=True
+            ):
+                out[rid] = (seq.decode(), label)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    split=st.sampled_from(["train", "val", "test"]),
+    batch_size=st.integers(1, 200),
+    max_length=st.integers(1, 900),
+    shuffle=st.booleans(),
+    bucket=st.booleans(),
+    seed=st.integers(0, 1000),
+    epoch=st.integers(0, 3),
+    padding=st.sampled_from(["post", "pre"]),
+    truncating=st.sampled_from(["post", "pre"]),
+)
+def test_ram_and_mmap_give_byte_identical_batches(small_store, **kw):
+    ram = list(small_store.batches(in_memory=True, **kw))
+    mapped = list(small_store.batches(in_memory=False, **kw))
+    assert (
+        len(ram)
+        == len(mapped)
+        == math.ceil(small_store.num_records(kw["split"]) / kw["batch_size"])
+    )
+    assert all(_same(a, b) for a, b in zip(ram, mapped, strict=True))
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+@pytest.mark.parametrize("truncating", ["post", "pre"])
+def test_tokens_are_the_sequence_padded_and_truncated_as_asked(
+    small_store, sequences, padding, truncating
+):
+    L = 300
+    for batch in small_store.batches("val", max_length=L, padding=padding, truncating=truncating):
+        assert batch.x.shape[1] == L
+        for row, rid, y, n in zip(batch.x, batch.ids, batch.y, batch.lengths, strict=True):
+            seq, label = sequences[rid]
+            assert y == label and n == len(seq)
+            kept = seq[:L] if truncating == "post" else seq[-L:]
+            tokens = alphabet.encode(kept)
+            body = row[: len(kept)] if padding == "post" else row[L - len(kept) :]
+            pad = row[len(kept) :] if padding == "post" else row[: L - len(kept)]
+            assert np.array_equal(body, tokens) and not pad.any()
+            assert (body != 0).all()  # unknown residues (X, U, …) never look like padding
+
+
+def test_len_is_steps_and_num_samples_is_records(small_store):
+    n = small_store.num_records("train")
+    b = small_store.batches("train", batch_size=64)
+    assert len(b) == math.ceil(n / 64) and b.num_samples == n
+    sizes = [len(x) for x in b]
+    assert sum(sizes) == n and sizes[-1] == n - 64 * (len(b) - 1)
+    dropped = small_store.batches("train", batch_size=64, drop_last=True)
+    assert len(dropped) == n // 64 and dropped.num_samples == n // 64 * 64
+
+
+def test_bucketed_width_is_the_longest_capped_and_rounded_to_8(small_store):
+    for batch in small_store.batches("train", bucket=True, max_length=500):
+        longest = min(int(batch.lengths.max()), 500)
+        assert batch.x.shape[1] == min(500, -(-longest // 8) * 8)
+
+
+def test_bucketing_cuts_padding(small_store):
+    def padded(bucket):
+        cells = pads = 0
+        for b in small_store.batches("train", bucket=bucket):
+            cells += b.x.size
+            pads += int((b.x == 0).sum())
+        return pads / cells
+
+    assert padded(True) < 0.05 < 0.3 < padded(False)
+
+
+def test_state_dict_resumes_the_identical_remaining_stream(small_store):
+    kw = {"batch_size": 50, "seed": 7, "epoch": 2, "bucket": True}
+    full = list(small_store.batches("train", **kw))
+    b = small_store.batches("train", **kw)
+    it = iter(b)
+    for _ in range(5):
+        next(it)
+    state = b.state_dict()
+    assert len(json.dumps(state)) < 1024
+    resumed = small_store.batches("train", in_memory=True, **kw)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    rest = list(resumed)
+    assert len(rest) == len(full) - 5
+    assert all(_same(a, b) for a, b in zip(rest, full[5:], strict=True))
+
+
+def test_state_of_another_stream_is_refused(small_store):
+    state = small_store.batches("train", seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        small_store.batches("train", seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="split"):
+        small_store.batches("val", seed=1).load_state_dict(state)
+
+
+def test_epochs_reorder_but_keep_the_records(small_store):
+    b = small_store.batches("val", batch_size=32)
+    first = np.concatenate([x.ids for x in b])
+    b.set_epoch(1)
+    second = np.concatenate([x.ids for x in b])
+    assert not np.array_equal(first, second)
+    assert sorted(first) == sorted(second)
+    again = np.concatenate([x.ids for x in b])  # a completed epoch rewinds
+    assert np.array_equal(second, again)
+
+
+def test_batches_of_a_split_hold_only_that_split(small_store):
+    val_ids = {i for x in small_store.batches("val") for i in x.ids}
+    train_ids = {i for x in small_store.batches("train") for i in x.ids}
+    assert val_ids and train_ids and not val_ids & train_ids
+
+
+def test_unknown_split_is_a_clear_error(small_store):
+    with pytest.raises(KeyError, match=r"no split 'validation'.*train, val, test"):
+        small_store.batches("validation")

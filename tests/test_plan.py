@@ -1,0 +1,137 @@
+"""The order plan: every record exactly once per epoch, for any size, seed, bucketing and ranks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecstream.plan import BatchSettings, EpochPlan, Permutation
+
+
+def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, **kw):
+    lengths = lengths if lengths is not None else np.arange(n) % 700 + 10
+    return EpochPlan(
+        n,
+        BatchSettings(**kw),
+        key="fp",
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+        lengths=lambda rows: np.minimum(lengths[rows], kw.get("max_length", 660)),
+    )
+
+
+def _epoch(n, world_size=1, **kw):
+    plans = [_plan(n, rank=r, world_size=world_size, **kw) for r in range(world_size)]
+    return plans, [[p.rows(s) for s in range(p.steps)] for p in plans]
+
+
+@given(n=st.integers(0, 3000), key=st.integers(0, 2**64 - 1))
+def test_permutation_is_a_bijection(n, key):
+    out = Permutation(n, key)(np.arange(n))
+    assert np.array_equal(np.sort(out), np.arange(n))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(1, 2500),
+    batch_size=st.integers(2, 300),
+    seed=st.integers(0, 2**32),
+    epoch=st.integers(0, 5),
+    bucket=st.booleans(),
+    shuffle=st.booleans(),
+    window=st.integers(1, 8),
+    world_size=st.integers(1, 8),
+)
+def test_every_record_exactly_once_with_equal_steps_per_rank(
+    n, batch_size, seed, epoch, bucket, shuffle, window, world_size
+):
+    if n < world_size:
+        with pytest.raises(ValueError, match="same number of non-empty batches"):
+            _plan(n, world_size=world_size, batch_size=batch_size)
+        return
+    plans, batches = _epoch(
+        n,
+        world_size,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        bucket=bucket,
+        shuffle=shuffle,
+        window=window,
+    )
+    everything = np.concatenate([b for rank in batches for b in rank])
+    assert np.array_equal(np.sort(everything), np.arange(n))
+    assert len({p.steps for p in plans}) == 1  # equal step counts on every rank
+    assert all(0 < len(b) <= batch_size for rank in batches for b in rank)
+    for p, rank in zip(plans, batches, strict=True):
+        assert p.num_samples == sum(len(b) for b in rank)
+    if world_size == 1:
+        assert plans[0].steps == -(-n // batch_size)  # ceil(N/B): the last batch is kept
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(0, 2000),
+    batch_size=st.integers(1, 200),
+    world_size=st.integers(1, 4),
+    bucket=st.booleans(),
+)
+def test_drop_last_uses_only_full_batches(n, batch_size, world_size, bucket):
+    plans, batches = _epoch(n, world_size, batch_size=batch_size, drop_last=True, bucket=bucket)
+    flat = [b for rank in batches for b in rank]
+    assert all(len(b) == batch_size for b in flat)
+    everything = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
+    assert len(np.unique(everything)) == len(everything)
+    assert (
+        len(everything)
+        == plans[0].total_samples
+        == (n // batch_size // world_size) * world_size * batch_size
+    )
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    a = [_plan(1000, seed=3, epoch=1, batch_size=32).rows(s) for s in range(5)]
+    b = [_plan(1000, seed=3, epoch=1, batch_size=32).rows(s) for s in range(5)]
+    c = [_plan(1000, seed=3, epoch=2, batch_size=32).rows(s) for s in range(5)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_no_shuffle_keeps_stored_order():
+    plan = _plan(100, shuffle=False, batch_size=30)
+    assert np.array_equal(np.concatenate([plan.rows(s) for s in range(plan.steps)]), np.arange(100))
+
+
+def test_shuffle_mixes_well():
+    rows = np.concatenate([_plan(10_000, batch_size=100).rows(s) for s in range(100)])
+    # neighbours in the epoch are far apart in storage, and the first tenth is spread out
+    assert np.median(np.abs(np.diff(rows))) > 1000
+    assert np.histogram(rows[:1000], bins=10, range=(0, 10_000))[0].min() > 60
+
+
+def test_bucketing_groups_similar_lengths():
+    lengths = np.random.default_rng(0).integers(20, 1500, 5000)
+    plan = _plan(5000, lengths=lengths, bucket=True, batch_size=64, window=32)
+    spreads = [np.ptp(np.minimum(lengths[plan.rows(s)], 660)) for s in range(plan.steps)]
+    fixed = _plan(5000, lengths=lengths, batch_size=64)
+    spreads_fixed = [np.ptp(np.minimum(lengths[fixed.rows(s)], 660)) for s in range(fixed.steps)]
+    assert np.median(spreads) < np.median(spreads_fixed) / 10
+    # the batch order is shuffled again: the batch lengths are not monotone in a window
+    means = [np.mean(lengths[plan.rows(s)]) for s in range(32)]
+    assert not (np.all(np.diff(means) >= 0) or np.all(np.diff(means) <= 0))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"batch_size": 0},
+        {"max_length": 0},
+        {"padding": "middle"},
+        {"truncating": "both"},
+    ],
+)
+def test_bad_settings_are_refused(kw):
+    with pytest.raises(ValueError):
+        BatchSettings(**kw)

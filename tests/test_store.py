@@ -1,0 +1,200 @@
+"""Building, opening and verifying stores on real data; bad input counted per reason."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import head_lines
+
+import ecstream
+from ecstream.store import SPLITS, StoreError, build_store, open_store
+
+
+def _split_of_ids(store):
+    return {
+        rid: split
+        for split in SPLITS
+        for b in store.batches(split, shuffle=False, batch_size=512)
+        for rid in b.ids
+    }
+
+
+def test_manifest_records_what_a_user_needs(small_store, data_path):
+    m = small_store.manifest
+    assert m["format_version"] == 1 and m["alphabet"]["standard"] == "ACDEFGHIKLMNPQRSTVWY"
+    assert m["labels"]["names"][2] == "Hydrolases"
+    assert m["rows_read"] == 3000
+    kept = sum(m["splits"][s]["records"] for s in SPLITS)
+    assert kept == m["records"] == 3000 - m["set_aside_total"]
+    assert m["set_aside"]["multiple_classes"]["count"] > 0
+    assert m["set_aside"]["multiple_classes"]["first"][0].startswith(f"{data_path}:")
+    for s in SPLITS:
+        info = m["splits"][s]
+        assert sum(info["per_class"].values()) == info["records"]
+        assert sum(info["length_histogram"]) == info["records"]
+        assert len(info["fingerprint"]) == 64
+    assert m["sources"][0]["sha256"] and m["sources"][0]["rows"] == 3000
+    val_share = m["splits"]["val"]["records"] / kept
+    assert 0.07 < val_share < 0.13
+
+
+def test_same_seed_same_store_other_seed_other_split(small_store, data_path, tmp_path):
+    again = build_store(data_path, tmp_path / "again", max_records=3000)
+    other = build_store(data_path, tmp_path / "other", max_records=3000, seed=1)
+    for s in SPLITS:
+        assert again.fingerprint(s) == small_store.fingerprint(s)
+        assert other.fingerprint(s) != small_store.fingerprint(s)
+
+
+def test_adding_data_never_moves_an_old_record(small_store, data_path, tmp_path):
+    bigger = build_store(data_path, tmp_path / "bigger", max_records=4500)
+    before, after = _split_of_ids(small_store), _split_of_ids(bigger)
+    assert len(after) > len(before)
+    assert all(after[rid] == split for rid, split in before.items())
+
+
+def test_identical_sequences_share_a_split_and_conflicts_are_reported(tmp_path):
+    rows = ["Entry\tEC number\tSequence"]
+    rows += [f"P{i}\t{1 + i % 2}.1.1.1\tMKVLAAGIVGLLLA" for i in range(20)]
+    rows += [f"Q{i}\t3.1.1.1\tMKVLAAGIVGLLLAW{'A' * i}" for i in range(50)]
+    path = tmp_path / "dups.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    store = build_store(path, tmp_path / "s")
+    splits = _split_of_ids(store)
+    assert len({splits[f"P{i}"] for i in range(20)}) == 1
+    dup = store.manifest["duplicates"]["sequence"]
+    assert dup["repeated"] == 1 and dup["records_in_repeats"] == 20
+    assert dup["conflicting_labels"] == 1 and dup["across_splits"] == 0
+    assert dup["examples"]["conflicting_labels"][0][0].split(":")[1].startswith("P")
+
+
+def test_column_split_follows_the_column_and_reports_overlap(tmp_path):
+    df = pd.DataFrame(
+        {
+            "Entry": ["a", "b", "c", "d", "e"],
+            "EC number": ["1.1.1.1", "2.1.1.1", "3.1.1.1", "4.1.1.1", "5.1.1.1"],
+            "Sequence": ["MKV", "MKL", "MKV", "MAA", "MCC"],
+            "fold": ["train", "validation", "TEST", "train", "holdout"],
+        }
+    )
+    store = build_store(df, tmp_path / "s", split="column:fold")
+    assert _split_of_ids(store) == {"a": "train", "b": "val", "c": "test", "d": "train"}
+    assert store.manifest["set_aside"]["unknown_split_value"]["count"] == 1
+    assert store.manifest["duplicates"]["sequence"]["across_splits"] == 1
+
+
+def test_refuses_to_overwrite_without_force_and_replaces_with_it(small_store, data_path):
+    with pytest.raises(StoreError, match=r"already exists.*--force"):
+        build_store(data_path, small_store.path, max_records=10)
+    path = small_store.path.parent / "replaced"
+    build_store(data_path, path, max_records=100)
+    replaced = build_store(data_path, path, max_records=200, force=True)
+    assert replaced.manifest["rows_read"] == 200
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}")]
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("Entry\tEC number\tSequence\nA\t\t\n")
+    with pytest.raises(StoreError, match=r"no usable record.*missing_sequence"):
+        build_store(path, tmp_path / "s")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_refuses_a_non_store_directory_even_with_force(tmp_path, data_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(StoreError, match="not an ecstream store"):
+        build_store(data_path, tmp_path / "mine", max_records=10, force=True)
+
+
+def test_another_alphabet_or_format_is_refused(small_store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_store.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["alphabet"]["name"] = "esm-33"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"alphabet 'esm-33'.*rebuild"):
+        open_store(copy)
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="format 99"):
+        open_store(copy)
+
+
+def test_verify_detects_a_changed_shard(small_store, tmp_path):
+    import shutil
+
+    assert small_store.verify() == []
+    copy = tmp_path / "copy"
+    shutil.copytree(small_store.path, copy)
+    shard = copy / small_store.manifest["splits"]["val"]["shards"][0]
+    data = bytearray(shard.read_bytes())
+    seq = small_store.batches("val", shuffle=False)[0]
+    first = bytes(ecstream.alphabet.decode(seq.x[0])[:30], "ascii")
+    at = data.find(first)
+    data[at] = ord("W") if data[at] != ord("W") else ord("A")
+    shard.write_bytes(bytes(data))
+    assert any("fingerprint" in p for p in open_store(copy).verify())
+
+
+def test_bad_input_is_counted_per_reason_with_file_and_line(tmp_path, data_path):
+    good = head_lines(data_path, 40)
+    bad = [
+        "X1\t1.1.1.1\t\n",  # missing sequence
+        "X2\t9.1.1.1\tMKV\n",  # invalid EC
+        "X3\t1.1.1.1\tMK-V\n",  # not letters
+        "X4\t1.1.1.1\n",  # wrong column count
+        "X5\t\tMKV\n",  # missing EC
+        "\t1.1.1.1\tMKV\n",  # missing id
+        "X7\t1.1.1.1; 2.1.1.1\tMKV\n",  # different classes
+    ]
+    path = tmp_path / "mixed.tsv"
+    path.write_text("".join(good[:20] + bad + good[20:]))
+    cut = tmp_path / "cut.tsv.gz"
+    whole = gzip.compress("".join(head_lines(data_path, 3000)).encode())
+    cut.write_bytes(whole[: len(whole) // 2])
+    store = build_store([path, cut], tmp_path / "s")
+    aside = store.manifest["set_aside"]
+    expected = {
+        "missing_sequence": 21,
+        "invalid_ec": 22,
+        "invalid_characters": 23,
+        "wrong_column_count": 24,
+        "missing_ec": 25,
+        "missing_id": 26,
+        "multiple_classes": 27,
+    }
+    for reason, line in expected.items():
+        # the real rows of the second file add more rows that span classes
+        assert aside[reason]["count"] == 1 or reason == "multiple_classes", reason
+        assert aside[reason]["first"][0].startswith(f"{path}:{line}"), (reason, aside[reason])
+    assert aside["truncated_or_corrupt_input"]["count"] == 1
+    assert aside["truncated_or_corrupt_input"]["first"][0].startswith(f"{cut}:")
+    assert "'-'" in aside["invalid_characters"]["first"][0]
+    m = store.manifest
+    # nothing lost: every row read is either in a split or counted with a reason
+    assert m["sources"][0]["rows"] == 39 + len(bad) - 1  # the wrong-column row is not a row
+    row_reasons = m["set_aside_total"] - 2  # minus the truncation and the wrong-column counts
+    assert m["records"] + row_reasons == m["rows_read"]
+    assert m["sources"][1]["rows"] > 1000
+
+
+def test_sample_keeps_a_seeded_fraction(data_path, tmp_path):
+    a = build_store(data_path, tmp_path / "a", max_records=3000, sample=0.3)
+    b = build_store(data_path, tmp_path / "b", max_records=3000, sample=0.3)
+    assert a.manifest["records"] == b.manifest["records"]
+    assert 700 < a.manifest["records"] < 1100
+    assert a.manifest["not_sampled"] + a.manifest["records"] + a.manifest["set_aside_total"] == 3000
+
+
+def test_deeper_ec_level_discovers_classes(data_path, tmp_path):
+    store = build_store(data_path, tmp_path / "l2", max_records=1000, level=2)
+    classes = store.policy.classes
+    assert len(classes) > 10 and all(c.count(".") == 1 for c in classes)
+    labels = np.concatenate([b.y for b in store.batches("train")])
+    assert labels.max() < len(classes)
