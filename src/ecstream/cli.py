@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
+from .sources import Columns
+
 console = Console(stderr=True)
 out = Console()
 
@@ -79,6 +81,90 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    limit = args.limit_train_batches
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        bucket=args.bucket,
+        in_memory=args.in_memory,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        precision=args.precision,
+        num_workers=args.num_workers,
+        limit_train_batches=None if limit is None else (int(limit) if limit >= 1 else limit),
+        class_weights=args.class_weights,
+        max_time=args.max_time,
+        progress=not args.quiet,
+    )
+    result = train(args.store, args.out, config, resume=args.resume)
+    _print_history(result.history)
+    console.print(
+        f"run written to [bold]{result.run}[/] (best val_loss {result.best_val_loss:.4f})"
+    )
+    return 0
+
+
+def _print_history(history: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Epochs", title_justify="left")
+    for col in ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "samples/s"):
+        table.add_column(col, justify="right")
+    for r in history:
+        table.add_row(
+            r["epoch"], r["train_loss"][:6], r["val_loss"][:6], r["val_acc"][:6],
+            r["val_macro_f1"][:6], r["lr"], r["samples_per_s"],
+        )  # fmt: skip
+    out.print(table)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .report import metrics_table
+
+    columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
+    result = evaluate(args.run, args.source, args.out, split=args.split, columns=columns)
+    out.print(metrics_table(result))
+    console.print(f"metrics and plots written to [bold]{args.out}[/]")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import load_model, predict_file
+
+    model = load_model(args.run)
+    if hasattr(model, "batch_size") and args.batch_size:
+        model.batch_size = args.batch_size
+    columns = Columns(id=args.id_column, ec=None, sequence=args.sequence_column)
+    update, stop = _progress(f"predicting {args.input}")
+    try:
+        summary = predict_file(
+            model, args.input, args.out, top_k=args.top_k, columns=columns, progress=update
+        )
+    finally:
+        stop()
+    console.print(
+        f"{summary['records']:,} records → [bold]{args.out}[/] ({summary['scored']:,} scored, "
+        f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
+        f"[bold]{summary['per_second']:,.0f} sequences/s[/]"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.data, args.out, minutes=args.minutes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecstream",
@@ -127,7 +213,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--verify", action="store_true", help="recompute the split fingerprints")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "train",
+        help="train a classifier on a store",
+        description="Train a CNN (Lightning) on the train split, early-stopping on val_loss.",
+    )
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--model", default="small", help="small (CPU) or large (GPU)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=660, help="truncate longer sequences")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    p.add_argument(
+        "--bucket", action=argparse.BooleanOptionalAction, default=True,
+        help="length-bucketed batches (default) or fixed padding to --max-length",
+    )  # fmt: skip
+    p.add_argument("--in-memory", action="store_true", help="load the splits into RAM")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, …")
+    p.add_argument("--devices", default="auto", help="auto, 1, 4, …")
+    p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU), 32-true, …")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--limit-train-batches", type=float, default=None, help="N batches or a fraction"
+    )
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
+    p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics and plots of a run on a store split or a labelled file",
+        description="Write metrics.json, confusion.png and learning_curves.png into --out.",
+    )
+    p.add_argument("run")
+    p.add_argument("source", help="a store directory, or a labelled TSV/CSV/Parquet file")
+    p.add_argument("--split", default="test", help="store split to evaluate (default test)")
+    p.add_argument("--out", required=True, help="directory for metrics.json and the plots")
+    _column_flags(p, ec=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict EC classes for a FASTA or a table of sequences",
+        description="Stream INPUT (FASTA, or TSV/CSV with a sequence column; .gz ok) into a TSV.",
+    )
+    p.add_argument("run")
+    p.add_argument("input")
+    p.add_argument("--out", required=True, help="TSV to write")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed in the top_k column")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
+    _column_flags(p, ec=False)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "demo",
+        help="build → train → evaluate → predict on the default data (~10 min on 2 cores)",
+        description="The whole tour on a seeded ~30k sample of the shared data.",
+    )
+    p.add_argument(
+        "--data", default=None, help="UniProt TSV (default: ../shared/data, ECSTREAM_DATA)"
+    )
+    p.add_argument("--out", default="demo-output", help="directory for everything the demo makes")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _column_flags(p: argparse.ArgumentParser, ec: bool) -> None:
+    p.add_argument("--id-column", default="Entry")
+    if ec:
+        p.add_argument("--ec-column", default="EC number")
+    p.add_argument("--sequence-column", default="Sequence")
 
 
 def _version() -> str:
@@ -139,12 +301,13 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     args = build_parser().parse_args(argv)
+    from .runs import RunError
     from .sources import InputError
     from .store import StoreError
 
     try:
         return args.func(args)
-    except (InputError, StoreError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (InputError, StoreError, RunError, KeyError, ValueError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[bold red]error:[/] {message}")
         return 2

@@ -74,3 +74,24 @@ def store_tables(store: Store) -> list[Table | str]:
 def print_all(console: Console, items: list) -> None:
     for item in items:
         console.print(item)
+
+
+def metrics_table(result: dict) -> Table:
+    """Accuracy, macro-F1 and the per-class precision/recall/F1/support of an evaluation."""
+    table = Table(
+        title=f"accuracy {result['accuracy']:.4f} · macro-F1 {result['macro_f1']:.4f} · "
+        f"n = {result['n']:,}",
+        title_justify="left",
+    )
+    for col in ("class", "name", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right" if col not in ("class", "name") else "left")
+    for key, c in result["per_class"].items():
+        table.add_row(
+            key, c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
+            f"{c['support']:,}",
+        )  # fmt: skip
+    aside = sum(v["count"] for v in result.get("set_aside", {}).values())
+    if aside:
+        reasons = ", ".join(f"{k} {v['count']:,}" for k, v in result["set_aside"].items())
+        table.caption = f"set aside: {reasons}"
+    return table

@@ -482,6 +482,21 @@ class Store:
         data = self.split_data(split, in_memory)
         return Batches(data, settings, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
 
+    def records(self, split: str) -> Iterator[tuple[list[str], list[bytes], np.ndarray]]:
+        """``(ids, sequences, labels)`` of a split in stored order, one Arrow record batch at a time."""
+        import pyarrow as pa
+
+        for shard in self._split(split)["shards"]:
+            with pa.memory_map(str(self.path / shard), "r") as mm:
+                reader = pa.ipc.open_file(mm)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    yield (
+                        batch.column("id").to_pylist(),
+                        batch.column("sequence").to_pylist(),
+                        batch.column("label").to_numpy().astype(np.int64),
+                    )
+
     def verify(self) -> list[str]:
         """Recompute every split's fingerprint from its shards; returns the problems found."""
         from .shards import fingerprint_file

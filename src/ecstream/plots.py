@@ -1,0 +1,76 @@
+"""Figures (matplotlib, no screen needed): the confusion matrix and the learning curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def confusion(result: dict, path: Path) -> None:
+    """Row-normalised confusion matrix with counts, classes labelled by key and name."""
+    matrix = np.asarray(result["confusion"]["rows_true_columns_predicted"], dtype=float)
+    keys = result["confusion"]["classes"]
+    names = [result["per_class"][k]["name"] for k in keys]
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = max(5.0, 0.7 * len(keys) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if len(keys) <= 20:
+        for i in range(len(keys)):
+            for j in range(len(keys)):
+                color = "white" if share[i, j] > 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j]):,}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color=color,
+                )
+    labels = [f"{k} {n}" if len(keys) <= 10 else k for k, n in zip(keys, names, strict=True)]
+    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(keys)), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(
+        f"accuracy {result['accuracy']:.3f} · macro-F1 {result['macro_f1']:.3f} · n={result['n']:,}"
+    )
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    _save(fig, path)
+
+
+def learning_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, training and validation."""
+    epochs = [int(r["epoch"]) + 1 for r in history]
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r.get(name) else np.nan for r in history]
+
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 4))
+    loss.plot(epochs, col("train_loss"), "o-", label="train")
+    loss.plot(epochs, col("val_loss"), "o-", label="validation")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("cross-entropy")
+    loss.legend()
+    acc.plot(epochs, col("train_acc"), "o-", label="train accuracy")
+    acc.plot(epochs, col("val_acc"), "o-", label="validation accuracy")
+    acc.plot(epochs, col("val_macro_f1"), "s--", label="validation macro-F1")
+    acc.set_xlabel("epoch")
+    acc.set_ylim(0, 1)
+    acc.legend()
+    fig.tight_layout()
+    _save(fig, path)

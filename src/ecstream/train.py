@@ -1,0 +1,363 @@
+"""Training: a LightningModule says *what* is trained, Lightning's Trainer owns *how*.
+
+``train(store, out, TrainConfig(...))`` writes a run directory::
+
+    RUN/config.json          exact config, store fingerprints, label policy, library versions
+    RUN/metrics.csv          one row per epoch (losses, accuracy, macro-F1, lr, samples/s)
+    RUN/checkpoints/         last.ckpt and best.ckpt (atomic; loaded with weights_only=True)
+    RUN/model.pt             the best weights and the model config (what predict/evaluate load)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torchmetrics
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.nn import functional as F
+
+from . import alphabet
+from .adapters.torch import loader
+from .model import ECClassifier, ModelConfig, preset
+from .runs import RUN_FORMAT, RUN_VERSION, RunError, read_metrics, versions, write_json
+from .store import Store, open_store
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run; recorded in ``RUN/config.json``."""
+
+    model: str = "small"
+    epochs: int = 50
+    patience: int = 3
+    batch_size: int = 64
+    max_length: int = 660
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    bucket: bool = True
+    in_memory: bool = False
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    limit_train_batches: float | int | None = None
+    class_weights: bool = False
+    max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
+    progress: bool = True
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
+        return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+# --- the LightningModule ------------------------------------------------------------------
+
+
+class ECModule(L.LightningModule):
+    """Cross-entropy training of :class:`ECClassifier` with accuracy and macro-F1."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        lr: float,
+        weight_decay: float,
+        class_weights: torch.Tensor | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = ECClassifier(model_config)
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        c = model_config.num_classes
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
+        self.val_f1 = torchmetrics.F1Score(task="multiclass", num_classes=c, average="macro")
+        self.val_loss = torchmetrics.MeanMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        # dropout draws from a generator seeded per epoch: a resumed run repeats it exactly
+        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch.x)
+        loss = F.cross_entropy(logits, batch.y, weight=self.class_weights)
+        n = len(batch.y)
+        self.train_acc(logits.detach(), batch.y)
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        logits = self.model(batch.x)
+        loss = F.cross_entropy(logits, batch.y, weight=self.class_weights)
+        self.val_loss.update(loss, len(batch.y))
+        self.val_acc.update(logits, batch.y)
+        self.val_f1.update(logits, batch.y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val_acc", self.val_acc.compute(), prog_bar=True)
+        self.log("val_macro_f1", self.val_f1.compute())
+        for metric in (self.val_loss, self.val_acc, self.val_f1):
+            metric.reset()
+
+    def configure_optimizers(self) -> dict:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+class StoreData(L.LightningDataModule):
+    """Train and validation loaders over a store, one rank's share each."""
+
+    def __init__(self, store: Store, config: TrainConfig):
+        super().__init__()
+        self.store, self.config = store, config
+
+    def _batches(self, split: str, shuffle: bool):
+        c, trainer = self.config, self.trainer
+        return self.store.batches(
+            split,
+            batch_size=c.batch_size,
+            max_length=c.max_length,
+            shuffle=shuffle,
+            seed=c.seed,
+            in_memory=c.in_memory,
+            bucket=c.bucket,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+
+    def train_dataloader(self):
+        return loader(self._batches("train", shuffle=True), num_workers=self.config.num_workers)
+
+    def val_dataloader(self):
+        return loader(self._batches("val", shuffle=False), num_workers=self.config.num_workers)
+
+
+# --- callbacks ------------------------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed; loaded with weights_only=True."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class EpochLog(Callback):
+    """Writes ``metrics.csv``: one row per finished epoch, rewritten atomically."""
+
+    FIELDS = (
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",
+        "lr", "samples", "seconds", "samples_per_s",
+    )  # fmt: skip
+
+    def __init__(self, path: Path, samples_per_epoch: int):
+        self.path, self.samples = path, samples_per_epoch
+        self.rows: list[dict] = []
+        self._start, self._train_seconds = 0.0, None
+
+    def on_fit_start(self, trainer, module) -> None:
+        if self.path.exists():  # a resumed run keeps the epochs already finished
+            with open(self.path) as fh:
+                done = trainer.current_epoch
+                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < done]
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start, self._train_seconds = time.perf_counter(), None
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        if not trainer.sanity_checking and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # runs after this epoch's validation: train and val metrics are both in callback_metrics
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        seconds = self._train_seconds or time.perf_counter() - self._start
+        samples = self.samples
+        if trainer.num_training_batches < math.ceil(self.samples / module_batch(trainer)):
+            samples = trainer.num_training_batches * module_batch(trainer)  # --limit-train-batches
+        row = {
+            "epoch": trainer.current_epoch,
+            **{k: f"{m[k]:.6f}" for k in self.FIELDS[1:6] if k in m},
+            "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}",
+            "samples": samples,
+            "seconds": f"{seconds:.1f}",
+            "samples_per_s": f"{samples / max(seconds, 1e-9):.1f}",
+        }
+        self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def module_batch(trainer) -> int:
+    return trainer.datamodule.config.batch_size
+
+
+class SamplesProgressBar(TQDMProgressBar):
+    """Lightning's bar (steps) with the samples seen beside it: steps and samples, never mixed."""
+
+    def __init__(self, samples_per_epoch: int, batch_size: int):
+        super().__init__()
+        self.samples, self.batch_size = samples_per_epoch, batch_size
+
+    def get_metrics(self, trainer, module) -> dict:
+        items = super().get_metrics(trainer, module)
+        items.pop("v_num", None)
+        seen = min(
+            self.samples,
+            (self.train_progress_bar.n if self.train_progress_bar else 0) * self.batch_size,
+        )
+        items["samples"] = f"{seen:,}/{self.samples:,}"
+        return items
+
+
+# --- the run directory ----------------------------------------------------------------------
+
+
+def _run_config(store: Store, config: TrainConfig, model_config: ModelConfig) -> dict:
+    return {
+        "format": RUN_FORMAT,
+        "run_version": RUN_VERSION,
+        "kind": "cnn",
+        "train": asdict(config),
+        "model": model_config.to_dict(),
+        "alphabet": alphabet.spec(),
+        "labels": store.policy.to_dict(),
+        "store": {
+            "path": str(store.path.resolve()),
+            "fingerprints": {s: store.fingerprint(s) for s in store.splits},
+            "split": store.manifest["split"],
+        },
+        "versions": versions(),
+    }
+
+
+def _class_weights(store: Store) -> torch.Tensor:
+    counts = np.array(list(store.manifest["splits"]["train"]["per_class"].values()), dtype=float)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    best_val_loss: float
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+
+def train(
+    store_path: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainConfig,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Train a CNN on a store's train split, validating on its val split; see the module doc."""
+    store = open_store(store_path)
+    run = Path(out)
+    if store.num_records("train") == 0 or store.num_records("val") == 0:
+        raise RunError(f"{store.path}: training needs records in both train and val splits")
+    model_config = preset(config.model, len(store.policy.classes))
+    run_config = _run_config(store, config, model_config)
+    last = run / "checkpoints" / "last.ckpt"
+    if resume:
+        _check_resumable(run, run_config, last)
+    elif run.exists() and any(run.iterdir()):
+        raise RunError(f"{run} already holds a run; use --resume to continue it or another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "config.json", run_config)
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
+    weights = _class_weights(store) if config.class_weights else None
+    module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed)
+    data = StoreData(store, config)
+    samples = store.num_records("train")
+    best = ModelCheckpoint(
+        dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True
+    )
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.resolved_precision(),
+        max_epochs=config.epochs,
+        max_time=config.max_time,
+        limit_train_batches=config.limit_train_batches,
+        callbacks=[
+            EarlyStopping("val_loss", patience=config.patience),
+            best,
+            EpochLog(run / "metrics.csv", samples),
+            *([SamplesProgressBar(samples, config.batch_size)] if config.progress else []),
+            *(callbacks or []),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        deterministic=not torch.cuda.is_available(),
+        use_distributed_sampler=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    if trainer.global_rank == 0:
+        _export(run, best.best_model_path or str(last), model_config)
+    history = read_metrics(run)
+    best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
+    return TrainResult(run=run, best_val_loss=best_loss, epochs=len(history), history=history)
+
+
+def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
+    if not last.is_file():
+        raise RunError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("train", "model", "store", "labels", "alphabet"):
+        theirs = saved.get(key)
+        ours = run_config[key]
+        if key == "train":  # more epochs or another progress setting may be asked on resume
+            free = ("epochs", "progress", "max_time", "num_workers")
+            theirs = {k: v for k, v in theirs.items() if k not in free}
+            ours = {k: v for k, v in ours.items() if k not in free}
+        if key == "store":
+            theirs, ours = theirs["fingerprints"], ours["fingerprints"]
+        if theirs != ours:
+            raise RunError(f"{run}: cannot resume, its {key} settings differ from this command's")
+
+
+def _export(run: Path, checkpoint: str, model_config: ModelConfig) -> None:
+    """Save the best weights as ``model.pt`` (a plain state dict and the model config)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    tmp = run / "model.pt.tmp"
+    torch.save({"model": model_config.to_dict(), "state_dict": weights}, tmp)
+    os.replace(tmp, run / "model.pt")
