@@ -39,6 +39,8 @@ def _build_table() -> np.ndarray:
 
 INVALID = 255  # table entry for a byte that is neither a letter nor padding
 TABLE = _build_table()
+_TABLE_BYTES = TABLE.tobytes()  # the same table, for bytes.translate
+_INVALID_BYTE = bytes([INVALID])
 
 
 def spec() -> dict:
@@ -84,13 +86,19 @@ def _refuse(letters: np.ndarray) -> None:
     raise ValueError(f"encode() was given a byte that is not a residue letter: {bytes([bad])!r}")
 
 
-def encode(data: str | bytes | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def encode(data: str | bytes | bytearray | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Residue letters → uint8 tokens. Refuses input that is already tokens.
 
     Letters are ASCII codes ≥ 65 while tokens are ≤ 21, so encoded input is detected with certainty
     and refused with :class:`AlreadyEncodedError` instead of being encoded a second time. Byte 0 is
     taken as padding (token 0), which lets a zero-filled batch of letters be encoded in one pass.
+    Bytes are translated in C (``bytes.translate``); a ``bytearray`` gives a writable array.
     """
+    if isinstance(data, bytes | bytearray):
+        tokens = data.translate(_TABLE_BYTES)
+        if _INVALID_BYTE in tokens:
+            _refuse(np.frombuffer(data, dtype=np.uint8))
+        return np.frombuffer(tokens, dtype=np.uint8)
     letters = _letters(data)
     tokens = np.take(TABLE, letters, out=out)
     if tokens.size and int(tokens.max()) == INVALID:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -20,17 +19,40 @@ from .shards import SplitData
 STATE_FORMAT = "ecstream-batches/v1"
 
 
-@dataclass(frozen=True)
 class Batch:
-    """One batch: tokens ``x`` (uint8 [B, L], 0 = padding), 0-based labels ``y``, record ids."""
+    """One batch: tokens ``x`` (uint8 [B, L], 0 = padding), 0-based labels ``y``, record ``ids``.
 
-    x: np.ndarray
-    y: np.ndarray
-    ids: np.ndarray
-    lengths: np.ndarray  # full sequence lengths, before truncation
+    ``lengths`` are the full sequence lengths, before truncation. The ids are read from the
+    store only when asked for (training never needs them).
+    """
+
+    __slots__ = ("_ids", "_rows", "_source", "lengths", "x", "y")
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, rows, source):
+        self.x, self.y, self.lengths = x, y, lengths
+        self._rows, self._source, self._ids = rows, source, None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Record ids (numpy str array)."""
+        if self._ids is None:
+            self._ids = self._source.strings(self._rows, "id")
+        return self._ids
+
+    def __reduce__(self):  # pickled (sent to another process) with its ids, not its store
+        return _batch, (self.x, self.y, self.lengths, self.ids)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def __repr__(self) -> str:
+        return f"Batch(x={self.x.shape} {self.x.dtype}, y={self.y.shape})"
+
+
+def _batch(x, y, lengths, ids) -> Batch:
+    batch = Batch(x, y, lengths, None, None)
+    batch._ids = ids
+    return batch
 
 
 def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
@@ -94,9 +116,9 @@ class Batches:
         rows = self.plan.rows(step)
         s = self.settings
         width = partial(batch_width, settings=s) if s.bucket else s.max_length
-        letters, labels, lengths = self.data.gather(rows, width, s.padding, s.truncating)
-        x = alphabet.encode(letters, out=letters)
-        return Batch(x=x, y=labels, ids=self.data.strings(rows, "id"), lengths=lengths)
+        letters, width, labels, lengths = self.data.gather(rows, width, s.padding, s.truncating)
+        x = alphabet.encode(letters).reshape(len(rows), width)
+        return Batch(x, labels, lengths, rows, self.data)
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield the batches from ``step`` on; a completed epoch rewinds ``step`` to 0."""

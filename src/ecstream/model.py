@@ -54,7 +54,8 @@ PRESETS = {
         pool=1,
         kernel=3,
         dilations=(1, 2, 4, 8, 16),
-        dropout=0.3, norm=True,
+        dropout=0.3,
+        norm=True,
     ),
 }
 

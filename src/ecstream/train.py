@@ -139,6 +139,7 @@ class StoreData(L.LightningDataModule):
             max_length=c.max_length,
             shuffle=shuffle,
             seed=c.seed,
+            epoch=trainer.current_epoch if trainer else 0,  # a resumed run starts mid-way
             in_memory=c.in_memory,
             bucket=c.bucket,
             rank=trainer.global_rank if trainer else 0,
@@ -146,10 +147,12 @@ class StoreData(L.LightningDataModule):
         )
 
     def train_dataloader(self):
-        return loader(self._batches("train", shuffle=True), num_workers=self.config.num_workers)
+        batches = self._batches("train", shuffle=True)
+        return loader(batches, num_workers=self.config.num_workers, ids=False)
 
     def val_dataloader(self):
-        return loader(self._batches("val", shuffle=False), num_workers=self.config.num_workers)
+        batches = self._batches("val", shuffle=False)
+        return loader(batches, num_workers=self.config.num_workers, ids=False)
 
 
 # --- callbacks ------------------------------------------------------------------------------
@@ -179,16 +182,16 @@ class EpochLog(Callback):
 
     def __init__(self, path: Path, samples_per_epoch: int):
         self.path, self.samples = path, samples_per_epoch
-        self.rows: list[dict] = []
+        self.rows: list[dict] | None = None
         self._start, self._train_seconds = 0.0, None
 
-    def on_fit_start(self, trainer, module) -> None:
-        if self.path.exists():  # a resumed run keeps the epochs already finished
-            with open(self.path) as fh:
-                done = trainer.current_epoch
-                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < done]
-
     def on_train_epoch_start(self, trainer, module) -> None:
+        if self.rows is None:  # first epoch of this process: keep the rows of a resumed run
+            self.rows = []
+            if self.path.exists():
+                with open(self.path) as fh:
+                    done = trainer.current_epoch
+                    self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < done]
         self._start, self._train_seconds = time.perf_counter(), None
 
     def on_validation_epoch_start(self, trainer, module) -> None:

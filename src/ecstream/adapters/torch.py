@@ -1,0 +1,123 @@
+"""PyTorch adapter: a DataLoader that moves whole batches, in exactly the plain iteration order.
+
+The dataset is map-style and its item is one whole batch step, so the DataLoader runs with
+``batch_size=None`` and collates nothing. Its index is ``(epoch, step)``: with persistent workers
+the dataset copy in a worker never sees attribute changes made in the main process, so the epoch
+travels with every index instead. The sampler lives in the main process, starts at the Batches'
+current ``step`` (a mid-epoch resume) and has the ``set_epoch`` that Lightning calls every epoch.
+``in_order=True`` makes any number of workers deliver the sampler's order.
+
+    from ecstream.adapters.torch import loader
+    for batch in loader(store.batches("train"), num_workers=2):
+        batch.x, batch.y, batch.ids   # uint8 [B, L], int64 [B], list[str]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..batches import Batches
+
+
+class TorchBatch(NamedTuple):
+    """One batch as tensors (a NamedTuple survives ``pin_memory`` and Lightning's transfer)."""
+
+    x: torch.Tensor  # uint8 [B, L] tokens, 0 = padding
+    y: torch.Tensor  # int64 [B] labels
+    ids: list[str] | None  # None when the loader was made with ids=False (training)
+
+
+class BatchDataset(Dataset[TorchBatch]):
+    """Map-style dataset whose item ``(epoch, step)`` is that whole batch, as tensors."""
+
+    def __init__(self, batches: Batches, ids: bool = True):
+        # a copy of our own: switching epochs here never moves the caller's Batches
+        self.batches = copy.copy(batches)
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: tuple[int, int]) -> TorchBatch:
+        epoch, step = index
+        if epoch != self.batches.epoch:
+            self.batches.set_epoch(epoch)
+        batch = self.batches[step]
+        # zero-copy: the tensors share the freshly gathered numpy buffers
+        ids = batch.ids.tolist() if self.ids else None
+        return TorchBatch(torch.from_numpy(batch.x), torch.from_numpy(batch.y), ids)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, step)`` from the Batches' current step to the end of its epoch.
+
+    A completed pass rewinds the Batches to step 0, as plain iteration does, so the next pass
+    is a whole epoch; ``set_epoch`` switches to another epoch's order. ``len()`` is the number
+    of steps of the epoch, so after a mid-epoch resume the first pass yields fewer.
+    """
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use this epoch's order; the same epoch again keeps a resumed mid-epoch step."""
+        if epoch != self.batches.epoch:
+            self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        # the whole epoch, also in a resumed one: Lightning counts the steps done before the
+        # checkpoint and ends the epoch at len(), and it reads len() once per fit, so the
+        # remaining count would cut every later epoch short
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.batches.epoch, self.batches.step
+        for step in range(start, len(self.batches)):
+            yield epoch, step
+        self.batches.step = 0
+
+
+def _whole(batch: TorchBatch) -> TorchBatch:
+    """The collate function: items are whole batches already."""
+    return batch
+
+
+def loader(
+    batches: Batches,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    ids: bool = True,
+    **kwargs,
+) -> DataLoader:
+    """A DataLoader of :class:`TorchBatch` over ``batches``, in their plain iteration order.
+
+    ``pin_memory`` defaults to whether CUDA is available and ``persistent_workers`` to whether
+    there are workers; ``ids=False`` skips reading record ids (training does not need them);
+    other keyword arguments go to :class:`~torch.utils.data.DataLoader`.
+    The loader draws its workers' base seed from a generator of its own, never from torch's
+    global one, so starting an epoch does not shift the dropout masks of a training run.
+    """
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    return DataLoader(
+        BatchDataset(batches, ids),
+        batch_size=None,
+        sampler=EpochSampler(batches),
+        collate_fn=_whole,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        in_order=True,
+        **kwargs,
+    )

@@ -1,0 +1,180 @@
+"""Loader adapters serve exactly the batches of plain iteration: torch DataLoader and Keras."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+from ecstream.adapters.keras import KerasBatches  # noqa: E402
+from ecstream.adapters.torch import TorchBatch, loader  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Torch on one CPU thread: deterministic, and fast on a shared machine (no thread spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_same(served: list, plain: list) -> None:
+    """Served batches (TorchBatch or Batch) equal plain batches, byte for byte, in order."""
+    assert len(served) == len(plain)
+    for got, want in zip(served, plain, strict=True):
+        x = np.asarray(got.x)
+        assert x.dtype == np.uint8 and x.shape == want.x.shape
+        assert x.tobytes() == want.x.tobytes()
+        assert np.array_equal(np.asarray(got.y), want.y)
+        assert list(got.ids) == want.ids.tolist()
+
+
+def all_ids(store, split: str) -> Counter:
+    """The ids of a split read with pyarrow, independently of ecstream's batches."""
+    ids = Counter()
+    for shard in store.manifest["splits"][split]["shards"]:
+        with pa.memory_map(str(store.path / shard)) as source:
+            ids.update(pa.ipc.open_file(source).read_all().column("id").to_pylist())
+    assert ids and sum(ids.values()) == store.num_records(split)
+    return ids
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_loader_matches_plain_iteration(small_store, in_memory, num_workers):
+    args = dict(batch_size=100, max_length=660, shuffle=True, bucket=True, seed=5, epoch=1)
+    plain = list(small_store.batches("train", **args))
+    batches = small_store.batches("train", in_memory=in_memory, **args)
+    served = list(loader(batches, num_workers=num_workers, pin_memory=False))
+    assert all(isinstance(b, TorchBatch) for b in served)
+    assert all(b.x.dtype == torch.uint8 and b.y.dtype == torch.int64 for b in served)
+    assert len({b.x.shape[1] for b in served}) > 1  # bucketing: widths vary, still identical
+    assert_same(served, plain)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@settings(max_examples=8, deadline=None)
+@given(
+    batch_size=st.integers(5, 120),
+    bucket=st.booleans(),
+    shuffle=st.booleans(),
+    window=st.integers(1, 8),
+    num_workers=st.sampled_from([0, 1, 2, 3]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_record_once_per_epoch(
+    small_store, batch_size, bucket, shuffle, window, num_workers, seed
+):
+    expected = all_ids(small_store, "test")
+    batches = small_store.batches(
+        "test", batch_size=batch_size, bucket=bucket, shuffle=shuffle, window=window, seed=seed
+    )
+    data = loader(batches, num_workers=num_workers, pin_memory=False)
+    for epoch in (0, 1):
+        data.sampler.set_epoch(epoch)  # as Lightning does, with persistent workers
+        served = list(data)
+        assert len(served) == len(batches)
+        assert Counter(i for b in served for i in b.ids) == expected
+        assert sum(len(b.y) for b in served) == batches.num_samples == sum(expected.values())
+
+
+def test_loader_resumes_mid_epoch(small_store):
+    args = dict(batch_size=128, max_length=400, shuffle=True, seed=3, epoch=2)
+    plain = list(small_store.batches("train", **args))
+    first = small_store.batches("train", **args)
+    stream = iter(first)
+    for _ in range(5):
+        next(stream)
+    state = first.state_dict()
+    assert state["step"] == 5
+
+    resumed = small_store.batches("train", **args)
+    resumed.load_state_dict(state)
+    data = loader(resumed, num_workers=2, pin_memory=False)
+    data.sampler.set_epoch(2)  # Lightning calls this at the start of the resumed epoch
+    assert len(data) == len(plain)  # len() is the epoch's, as Lightning expects on resume
+    assert_same(list(data), plain[5:])
+    # the completed epoch rewinds: the next pass is the whole epoch again
+    assert_same(list(data), plain)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_set_epoch_changes_the_order_when_shuffling(small_store, num_workers):
+    args = dict(batch_size=32, max_length=200, seed=11)
+    data = loader(
+        small_store.batches("val", shuffle=True, **args), num_workers=num_workers, pin_memory=False
+    )
+    epoch0 = list(data)
+    data.sampler.set_epoch(1)
+    epoch1 = list(data)
+    ids0 = [i for b in epoch0 for i in b.ids]
+    ids1 = [i for b in epoch1 for i in b.ids]
+    assert ids0 != ids1 and sorted(ids0) == sorted(ids1)
+    assert_same(epoch0, list(small_store.batches("val", shuffle=True, epoch=0, **args)))
+    assert_same(epoch1, list(small_store.batches("val", shuffle=True, epoch=1, **args)))
+
+    plain = list(small_store.batches("val", shuffle=False, **args))
+    fixed = loader(small_store.batches("val", shuffle=False, **args), num_workers=num_workers)
+    assert_same(list(fixed), plain)
+    fixed.sampler.set_epoch(1)
+    assert_same(list(fixed), plain)
+
+
+def test_keras_pydataset_serves_plain_batches(small_store):
+    args = dict(batch_size=50, max_length=300, shuffle=True, seed=2)
+    ds = KerasBatches(small_store.batches("val", **args), workers=3, max_queue_size=4)
+    assert (ds.workers, ds.use_multiprocessing, ds.max_queue_size) == (3, False, 4)
+    assert ds.split == "val" and len(ds) == len(small_store.batches("val", **args))
+    for epoch in (0, 1):
+        plain = list(small_store.batches("val", epoch=epoch, **args))
+        served = [ds[i] for i in range(len(ds))]
+        assert all(x.dtype == np.uint8 and y.dtype == np.int64 for x, y in served)
+        assert [x.tobytes() for x, _ in served] == [b.x.tobytes() for b in plain]
+        assert all(np.array_equal(y, b.y) for (_, y), b in zip(served, plain, strict=True))
+        ds.on_epoch_end()
+    assert ds.epoch == 2
+
+    fixed = KerasBatches(small_store.batches("val", shuffle=False, batch_size=50))
+    before = [fixed[i][0].tobytes() for i in range(len(fixed))]
+    fixed.on_epoch_end()
+    assert fixed.epoch == 0 and [fixed[i][0].tobytes() for i in range(len(fixed))] == before
+
+
+class Recorder(keras.Model):
+    """A model that records the bytes of every batch it trains on."""
+
+    seen: list[bytes]
+
+    def train_step(self, data):
+        self.seen.append(keras.ops.convert_to_numpy(data[0]).tobytes())
+        return super().train_step(data)
+
+
+@pytest.mark.parametrize(("workers", "use_multiprocessing"), [(1, False), (2, False), (2, True)])
+def test_keras_fit_trains_on_exact_epochs(small_store, workers, use_multiprocessing):
+    """fit() with Keras' parallel workers trains on the same batches, each exactly once."""
+    args = dict(batch_size=32, max_length=64, shuffle=True, seed=4)
+    tokens = keras.Input((64,), dtype="uint8")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(22, 2)(tokens))
+    model = Recorder(tokens, keras.layers.Dense(7, activation="softmax")(pooled))
+    model.seen = []
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    ds = KerasBatches(
+        small_store.batches("val", **args),
+        workers=workers,
+        use_multiprocessing=use_multiprocessing,
+        max_queue_size=3,
+    )
+    model.fit(ds, epochs=2, shuffle=False, verbose=0)
+    # Keras calls on_epoch_end once while fit() sets up, so fit's epochs are the stream's 1 and 2
+    expected = [
+        b.x.tobytes() for epoch in (1, 2) for b in small_store.batches("val", epoch=epoch, **args)
+    ]
+    assert model.seen == expected

@@ -1,0 +1,246 @@
+"""MMseqs2 layer: cluster split, target databases and best hits, the leakage report.
+
+These run the real ``mmseqs`` on small slices of the real data (1,500 rows). Without MMseqs2 they
+skip and say why, except in CI (``CI=true``), where its absence is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ecstream
+from ecstream import homology
+from ecstream.homology import (
+    BANDS,
+    MMseqs,
+    MMseqsError,
+    MMseqsNotFound,
+    TargetDB,
+    band_counts,
+    best_hits,
+    format_leakage,
+    identity_bands,
+    leakage_report,
+    record_leakage,
+    split_records,
+)
+from ecstream.overlap import hash64
+
+ROWS = 1500
+THREADS = 2
+SENSITIVITY = 4.0  # the leakage tests compare splits; the default 7.5 only costs time here
+
+
+def require_mmseqs() -> str:
+    try:
+        return homology.find_mmseqs()
+    except MMseqsNotFound as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def mmseqs() -> str:
+    return require_mmseqs()
+
+
+@pytest.fixture(scope="module")
+def cluster_build(mmseqs, data_path, tmp_path_factory):
+    """A cluster-split store (identity 0.5) built with a spy that keeps what the build deletes:
+    the representative of each staged record and the split it was routed to, in input order."""
+    real = homology.cluster_split
+    seen: dict = {"splits": [], "ids": [], "hashes_ok": True}
+
+    def spy(chunks, route, workdir, config, threads=None, **kw):
+        def spy_route(kept, splits, seq_hashes):
+            seen["ids"].extend(kept.ids)
+            seen["splits"].append(np.array(splits))
+            seen["hashes_ok"] &= bool(np.array_equal(seq_hashes, hash64(kept.seqs)))
+            route(kept, splits, seq_hashes)
+
+        info = real(chunks, spy_route, workdir, config, threads, **kw)
+        seen["rep"] = np.load(Path(workdir) / "cluster" / "representatives.npy").copy()
+        return info
+
+    out = tmp_path_factory.mktemp("homology") / "cluster-a"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(homology, "cluster_split", spy)
+        store = ecstream.build_store(
+            data_path, out, split="cluster", identity=0.5, max_records=ROWS, threads=THREADS
+        )
+    seen["splits"] = np.concatenate(seen["splits"])
+    return store, seen
+
+
+@pytest.fixture(scope="module")
+def random_store(data_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("homology") / "random"
+    return ecstream.build_store(data_path, out, max_records=ROWS)
+
+
+@pytest.fixture(scope="module")
+def train_db(cluster_build, tmp_path_factory):
+    store, _ = cluster_build
+    return TargetDB.create(store, "train", tmp_path_factory.mktemp("db") / "train", THREADS)
+
+
+# ----------------------------------------------------------------------------- no MMseqs2 needed
+
+
+def test_bands_are_one_constant_and_map_identities():
+    assert BANDS == (">=0.9", "0.5-0.9", "0.3-0.5", "<0.3", "no_hit")
+    ident = np.array([1.0, 0.9, 0.899, 0.5, 0.49, 0.3, 0.0, np.nan])
+    assert identity_bands(ident).tolist() == [
+        ">=0.9",
+        ">=0.9",
+        "0.5-0.9",
+        "0.5-0.9",
+        "0.3-0.5",
+        "0.3-0.5",
+        "<0.3",
+        "no_hit",
+    ]
+    counts = band_counts(ident)
+    assert list(counts) == list(BANDS) and sum(counts.values()) == len(ident)
+
+
+def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path, data_path):
+    monkeypatch.setenv(homology.ENV_VAR, str(tmp_path / "no-such-mmseqs"))
+    with pytest.raises(MMseqsNotFound, match=homology.ENV_VAR):
+        homology.find_mmseqs()
+    monkeypatch.delenv(homology.ENV_VAR)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MMseqsNotFound) as err:
+        MMseqs.find()
+    assert "apt-get install mmseqs2" in str(err.value)
+    assert "conda install -c bioconda mmseqs2" in str(err.value)
+    # a cluster build fails before any work, and leaves nothing behind
+    out = tmp_path / "store"
+    with pytest.raises(MMseqsNotFound):
+        ecstream.build_store(data_path, out, split="cluster", max_records=50)
+    assert not out.exists() and not list(tmp_path.glob(".store.*"))
+
+
+# ----------------------------------------------------------------------------- with MMseqs2
+
+
+def test_failed_command_names_command_and_stderr(mmseqs, tmp_path):
+    mm = MMseqs.find(THREADS)
+    assert mm.version and mm.threads == THREADS
+    assert MMseqs.find().threads == (os.cpu_count() or 1)
+    with pytest.raises(MMseqsError, match=r"(?s)createdb .*no-such\.fasta.*does not exist"):
+        mm.run(["createdb", tmp_path / "no-such.fasta", tmp_path / "db"], tmp_path, "createdb")
+
+
+def test_cluster_split_keeps_clusters_whole(cluster_build):
+    store, seen = cluster_build
+    rep, splits = seen["rep"], seen["splits"]
+    assert len(rep) == len(splits) == store.manifest["records"]
+    assert rep.min() >= 0 and (rep[rep] == rep).all()  # representatives represent themselves
+    assert (splits == splits[rep]).all()  # every member goes where its representative goes
+    assert seen["hashes_ok"]
+    # routed in input order: the first ids are the first rows of the file
+    assert seen["ids"][:2] == ["UniRef90_A0A009HT58", "UniRef90_A0A009JDX8"]
+    # the manifest's cluster counts agree with the mapping
+    info = store.manifest["split"]
+    reps = np.unique(rep)
+    assert info["clusters"] == len(reps)
+    per_split = np.bincount(splits[reps], minlength=3)
+    splits_named = dict(zip(("train", "val", "test"), per_split.tolist(), strict=True))
+    assert info["clusters_per_split"] == splits_named
+    sizes = np.bincount(rep)
+    assert info["singletons"] == int((sizes == 1).sum())
+    assert info["largest_cluster"] == int(sizes.max()) > 1
+    assert 1 < info["clusters"] < len(rep)  # real data at 50%: some clusters, not all singletons
+    records = {s: store.num_records(s) for s in store.splits}
+    assert records == {s: int((splits == k).sum()) for k, s in enumerate(("train", "val", "test"))}
+    assert store.verify() == []
+
+
+def test_manifest_records_method_and_thresholds(cluster_build, mmseqs):
+    info = cluster_build[0].manifest["split"]
+    assert info["method"] == "cluster"
+    assert info["identity"] == 0.5 and info["coverage"] == 0.8 and info["cov_mode"] == 0
+    assert info["tool"] == "mmseqs easy-cluster"
+    assert info["options"] == "--min-seq-id 0.5 -c 0.8 --cov-mode 0"
+    assert info["mmseqs_version"] == MMseqs(mmseqs, 1).version
+    assert sum(info["clusters_per_split"].values()) == info["clusters"]
+    assert info["seed"] == 0 and info["val"] == 0.1 and info["test"] == 0.1
+
+
+def test_cluster_split_is_deterministic(cluster_build, data_path, tmp_path):
+    first = cluster_build[0]
+    again = ecstream.build_store(
+        data_path, tmp_path / "b", split="cluster", identity=0.5, max_records=ROWS, threads=THREADS
+    )
+    assert again.manifest["split"] == first.manifest["split"]
+    for split in first.splits:
+        assert again.fingerprint(split) == first.fingerprint(split)
+
+
+def test_best_hits_finds_own_sequence(train_db, cluster_build, tmp_path):
+    store, _ = cluster_build
+    train = list(split_records(store, "train"))[:40]
+    rng = np.random.default_rng(0)
+    nonsense = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 120))
+    queries = [*train, ("nonsense", nonsense)]
+    hits = best_hits(queries, train_db, tmp_path, THREADS, sensitivity=SENSITIVITY)
+    assert hits.query_ids == [q for q, _ in queries]
+    own = hits.best_id[:40]
+    assert own.tolist() == [q for q, _ in train]
+    assert (hits.best_target[:40] == np.arange(40)).all()
+    assert (hits.best_fident[:40] == 1.0).all() and (hits.max_fident[:40] == 1.0).all()
+    labels = next(store.records("train"))[2][:40]
+    assert (hits.best_label[:40] == labels).all()
+    # a query without any hit is marked, not dropped
+    assert not hits.has_hit[40] and hits.best_target[40] == -1 and hits.best_label[40] == -1
+    assert hits.best_id[40] == "" and np.isnan(hits.max_fident[40])
+    # the database reopens from its directory
+    again = TargetDB(train_db.directory)
+    assert again.records == store.num_records("train") and again.split == "train"
+    assert again.ids(np.array([1, -1])).tolist() == [train[1][0], ""]
+
+
+def test_leakage_report_cluster_vs_random(cluster_build, random_store, train_db):
+    cluster_store = cluster_build[0]
+    assert random_store.manifest["records"] == cluster_store.manifest["records"]  # same rows
+    reports = {
+        "cluster": leakage_report(cluster_store, THREADS, sensitivity=SENSITIVITY, target=train_db),
+        "random": leakage_report(random_store, THREADS, sensitivity=SENSITIVITY),
+    }
+    high = {}
+    for name, report in reports.items():
+        store = cluster_store if name == "cluster" else random_store
+        assert set(report["splits"]) == {"val", "test"}
+        for split, info in report["splits"].items():
+            assert list(info["counts"]) == list(BANDS)
+            assert sum(info["counts"].values()) == info["records"] == store.num_records(split)
+        high[name] = sum(
+            info["counts"][">=0.9"] + info["counts"]["0.5-0.9"]
+            for info in report["splits"].values()
+        )
+    # seen on this slice: 36 vs 164 val/test sequences with a train relative at >= 50% identity;
+    # what remains after the cluster split are mostly partial alignments (under 80% coverage)
+    assert high["cluster"] < high["random"] / 2
+
+    table = format_leakage(reports["cluster"])
+    assert all(b in table for b in BANDS) and "val" in table and "test" in table
+
+    record_leakage(cluster_store, reports["cluster"])
+    on_disk = json.loads((cluster_store.path / "manifest.json").read_text())
+    assert on_disk["leakage"] == reports["cluster"] == cluster_store.manifest["leakage"]
+    assert not list(cluster_store.path.glob("*.tmp"))
+    assert ecstream.open_store(cluster_store.path).verify() == []
+
+
+def test_target_db_refuses_to_overwrite(train_db, cluster_build):
+    with pytest.raises(FileExistsError):
+        TargetDB.create(cluster_build[0], "train", train_db.directory, THREADS)
+    assert shutil.which(homology.find_mmseqs())
