@@ -35,6 +35,23 @@ def require_data() -> Path:
     pytest.skip(message)
 
 
+def require_mmseqs() -> str:
+    """The mmseqs binary; CI installs it (make test), so there its absence fails."""
+    from ecstream.homology import MMseqsNotFound, find_mmseqs
+
+    try:
+        return find_mmseqs()
+    except MMseqsNotFound as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def mmseqs() -> str:
+    return require_mmseqs()
+
+
 @pytest.fixture(scope="session")
 def data_path() -> Path:
     """Path of the shared gzip TSV of 206k EC-labelled proteins."""
@@ -48,3 +65,13 @@ def small_store(data_path, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("stores") / "small"
     return ecstream.build_store(data_path, out, max_records=3000)
+
+
+@pytest.fixture(scope="session")
+def cnn_run(small_store, tmp_path_factory):
+    """A small CNN trained briefly on ``small_store`` (a few hundred records, two epochs)."""
+    from ecstream.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    config = TrainConfig(epochs=2, batch_size=32, limit_train_batches=10, progress=False)
+    return train(small_store.path, out, config).run

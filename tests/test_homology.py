@@ -37,20 +37,6 @@ THREADS = 2
 SENSITIVITY = 4.0  # the leakage tests compare splits; the default 7.5 only costs time here
 
 
-def require_mmseqs() -> str:
-    try:
-        return homology.find_mmseqs()
-    except MMseqsNotFound as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def mmseqs() -> str:
-    return require_mmseqs()
-
-
 @pytest.fixture(scope="module")
 def cluster_build(mmseqs, data_path, tmp_path_factory):
     """A cluster-split store (identity 0.5) built with a spy that keeps what the build deletes:

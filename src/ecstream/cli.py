@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             sample=args.sample,
             identity=args.identity,
             coverage=args.coverage,
+            leakage=args.leakage,
         )
     finally:
         stop()
@@ -82,6 +84,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.model == "knn":
+        from .knn import train_knn
+
+        val = train_knn(args.store, args.out, threads=args.threads)
+        console.print(
+            f"kNN run written to [bold]{args.out}[/]: validation accuracy {val['val_acc']:.4f} "
+            f"({val['val_no_hit']:,} of {val['val_records']:,} without any hit)"
+        )
+        return 0
+    if args.model == "hybrid":
+        from .knn import train_hybrid
+
+        if not (args.cnn and args.knn):
+            raise ValueError("--model hybrid needs --cnn RUN and --knn RUN")
+        val = train_hybrid(args.store, args.out, args.cnn, args.knn)
+        console.print(
+            f"hybrid run written to [bold]{args.out}[/]: homolog's class at identity ≥ "
+            f"{val['threshold']:.2f}; validation accuracy {val['val_acc']:.4f} (CNN "
+            f"{val['val_acc_cnn']:.4f}, kNN {val['val_acc_knn']:.4f})"
+        )
+        return 0
     from .train import TrainConfig, train
 
     limit = args.limit_train_batches
@@ -131,7 +154,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import metrics_table
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
-    result = evaluate(args.run, args.source, args.out, split=args.split, columns=columns)
+    result = evaluate(
+        args.run, args.source, args.out, split=args.split, columns=columns, bands=args.bands
+    )
     out.print(metrics_table(result))
     console.print(f"metrics and plots written to [bold]{args.out}[/]")
     return 0
@@ -156,6 +181,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
         f"[bold]{summary['per_second']:,.0f} sequences/s[/]"
     )
+    return 0
+
+
+def cmd_leakage(args: argparse.Namespace) -> int:
+    from .homology import format_leakage, leakage_report, record_leakage
+    from .store import open_store
+
+    store = open_store(args.store)
+    report = leakage_report(store, threads=args.threads)
+    out.print(format_leakage(report))
+    if not args.no_record:
+        record_leakage(store, report)
+        console.print(f"recorded in {store.path / 'manifest.json'}")
     return 0
 
 
@@ -192,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", type=float, default=0.5, help="cluster split: min identity")
     p.add_argument("--coverage", type=float, default=0.8, help="cluster split: min coverage")
     p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
+    p.add_argument(
+        "--leakage", action=argparse.BooleanOptionalAction, default=None,
+        help="MMseqs2 report of val/test identity to train (default: with --split cluster)",
+    )  # fmt: skip
     p.add_argument("--max-records", type=int, default=None, help="read only the first N rows")
     p.add_argument("--sample", type=float, default=None, help="keep a seeded fraction of rows")
     p.add_argument("--level", type=int, default=1, help="EC level of the classes (default 1)")
@@ -221,7 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--model", default="small", help="small (CPU) or large (GPU)")
+    p.add_argument(
+        "--model", default="small",
+        help="small (CNN for CPUs), large (CNN for GPUs), knn (nearest MMseqs2 homolog) or "
+        "hybrid (homolog above an identity threshold, else CNN; needs --cnn and --knn)",
+    )  # fmt: skip
+    p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
+    p.add_argument("--knn", default=None, help="hybrid: the kNN run")
+    p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -255,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a store directory, or a labelled TSV/CSV/Parquet file")
     p.add_argument("--split", default="test", help="store split to evaluate (default test)")
     p.add_argument("--out", required=True, help="directory for metrics.json and the plots")
+    p.add_argument(
+        "--bands", action=argparse.BooleanOptionalAction, default=None,
+        help="accuracy per band of identity to the training split (default: if MMseqs2 is found)",
+    )  # fmt: skip
     _column_flags(p, ec=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -270,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
     _column_flags(p, ec=False)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "leakage",
+        help="how close val/test sequences are to training (MMseqs2 identity bands)",
+        description="For every val/test sequence, its best identity to any training sequence.",
+    )
+    p.add_argument("store")
+    p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
+    p.add_argument("--no-record", action="store_true", help="do not write it into the manifest")
+    p.set_defaults(func=cmd_leakage)
 
     p = sub.add_parser(
         "demo",
@@ -300,14 +363,20 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "torch")
+    # Lightning's advertising tips are noise here; its warnings still show
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    from .homology import MMseqsError, MMseqsNotFound
     from .runs import RunError
     from .sources import InputError
     from .store import StoreError
 
     try:
         return args.func(args)
-    except (InputError, StoreError, RunError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (
+        InputError, StoreError, RunError, MMseqsNotFound, MMseqsError, KeyError, ValueError,
+        FileNotFoundError, FileExistsError,
+    ) as exc:  # fmt: skip
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[bold red]error:[/] {message}")
         return 2

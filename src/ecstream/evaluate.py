@@ -7,6 +7,7 @@ hybrid) and writes ``metrics.json``, ``confusion.png`` and ``learning_curves.png
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torchmetrics.functional.classification import (
-    multiclass_accuracy,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
@@ -27,7 +27,7 @@ from .predict import Scorer, load_model
 from .runs import RunError, read_metrics, write_json
 from .skips import Skips
 from .sources import Columns, describe, read_rows
-from .store import INVALID_CHARACTERS, MISSING_SEQUENCE, MANIFEST, open_store
+from .store import DEFAULT_COLUMNS, INVALID_CHARACTERS, MANIFEST, MISSING_SEQUENCE, open_store
 
 Records = Iterator[tuple[list[str], list[bytes], np.ndarray]]
 
@@ -37,7 +37,7 @@ def is_store(source: Any) -> bool:
 
 
 def labelled_records(
-    source: Any, policy: LabelPolicy, skips: Skips, columns: Columns = Columns(), fmt=None
+    source: Any, policy: LabelPolicy, skips: Skips, columns: Columns = DEFAULT_COLUMNS, fmt=None
 ) -> Records:
     """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``."""
     name = describe(source)
@@ -61,26 +61,30 @@ def labelled_records(
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``y_pred`` = -1 means no prediction (a kNN query without a hit): counted as wrong, and as
+    its own last column of the confusion matrix.
+    """
     c = len(policy.classes)
-    t, p = torch.from_numpy(y_true), torch.from_numpy(y_pred)
+    none = int((y_pred < 0).sum())
+    k = c + 1 if none else c
+    t = torch.from_numpy(y_true)
+    p = torch.from_numpy(np.where(y_pred < 0, c, y_pred))
     per = {
-        name: fn(p, t, num_classes=c, average="none").tolist()
+        name: fn(p, t, num_classes=k, average="none")[:c].tolist()
         for name, fn in (
             ("precision", multiclass_precision),
             ("recall", multiclass_recall),
             ("f1", multiclass_f1_score),
         )
     }
-    confusion = multiclass_confusion_matrix(p, t, num_classes=c).tolist()
+    confusion = multiclass_confusion_matrix(p, t, num_classes=k)[:c].tolist()
     return {
         "n": len(y_true),
-        "accuracy": float(multiclass_accuracy(p, t, num_classes=c, average="micro"))
-        if len(t)
-        else float("nan"),
-        "macro_f1": float(multiclass_f1_score(p, t, num_classes=c, average="macro"))
-        if len(t)
-        else float("nan"),
+        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
+        "macro_f1": float(np.mean(per["f1"])) if len(y_true) else float("nan"),
+        "no_prediction": none,
         "per_class": {
             key: {
                 "name": name,
@@ -91,7 +95,10 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
             }
             for i, (key, name) in enumerate(zip(policy.classes, policy.names, strict=True))
         },
-        "confusion": {"classes": list(policy.classes), "rows_true_columns_predicted": confusion},
+        "confusion": {
+            "classes": list(policy.classes) + (["none"] if none else []),
+            "rows_true_columns_predicted": confusion,
+        },
     }
 
 
@@ -101,7 +108,8 @@ def predictions(model: Scorer, records: Records) -> tuple[np.ndarray, np.ndarray
     for ids, seqs, labels in records:
         scores = model.score(ids, seqs)
         truth.append(labels)
-        predicted.append(scores.probs.argmax(1))
+        no_class = np.isnan(scores.probs).all(axis=1)
+        predicted.append(np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1)))
         for k, v in scores.extra.items():
             extra.setdefault(k, []).extend(v)
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
@@ -114,22 +122,33 @@ def evaluate(
     out: str | os.PathLike,
     *,
     split: str = "test",
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
+    bands: bool | None = None,
 ) -> dict:
-    """Score a store split or a labelled file with a run; write metrics.json and the plots."""
+    """Score a store split or a labelled file with a run; write metrics.json and the plots.
+
+    ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
+    default it is on when MMseqs2 is installed.
+    """
     model = load_model(run)
     skips = Skips()
     if is_store(source):
         store = open_store(source)
         if store.policy != model.policy:
             raise RunError(f"{source}: its classes differ from those the run was trained on")
-        records: Records = store.records(split)
+
+        def records() -> Records:
+            return store.records(split)
+
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
-        records = labelled_records(source, model.policy, skips, columns, fmt)
+
+        def records() -> Records:
+            return labelled_records(source, model.policy, skips, columns, fmt)
+
         where = {"file": describe(source)}
-    y_true, y_pred, extra = predictions(model, records)
+    y_true, y_pred, extra = predictions(model, records())
     if len(y_true) == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
@@ -141,6 +160,11 @@ def evaluate(
         **metrics(y_true, y_pred, model.policy),
         "set_aside": skips.to_dict(),
     }
+    if bands is None:
+        bands = mmseqs_available()
+    if bands:
+        identity = _identity_to_train(run, records, extra)
+        result["identity_bands"] = band_accuracy(y_true, y_pred, identity)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from . import plots
@@ -151,3 +175,39 @@ def evaluate(
         plots.learning_curves(history, out / "learning_curves.png")
     write_json(out / "metrics.json", result)
     return result
+
+
+def mmseqs_available() -> bool:
+    from .homology import MMseqsNotFound, find_mmseqs
+
+    try:
+        find_mmseqs()
+    except MMseqsNotFound:
+        return False
+    return True
+
+
+def _identity_to_train(run, records, extra: dict) -> np.ndarray:
+    """Each record's highest identity to the run's training split (NaN: no hit)."""
+    if "max_identity" in extra:  # kNN and hybrid runs searched already
+        return np.asarray(extra["max_identity"], dtype=np.float64)
+    from .homology import best_hits
+    from .knn import train_targets
+
+    target = train_targets(run)
+    queries = ((i, s) for ids, seqs, _ in records() for i, s in zip(ids, seqs, strict=True))
+    with tempfile.TemporaryDirectory(prefix="ecstream-bands-") as work:
+        return best_hits(queries, target, work).max_fident
+
+
+def band_accuracy(y_true: np.ndarray, y_pred: np.ndarray, identity: np.ndarray) -> dict:
+    """Records and accuracy per band of identity to the training split."""
+    from .homology import BANDS, identity_bands
+
+    names = identity_bands(identity)
+    out = {}
+    for band in BANDS:
+        sel = names == band
+        n = int(sel.sum())
+        out[band] = {"n": n, "accuracy": float((y_true[sel] == y_pred[sel]).mean()) if n else None}
+    return out

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(fig, path: Path) -> None:
@@ -22,27 +22,19 @@ def _save(fig, path: Path) -> None:
 def confusion(result: dict, path: Path) -> None:
     """Row-normalised confusion matrix with counts, classes labelled by key and name."""
     matrix = np.asarray(result["confusion"]["rows_true_columns_predicted"], dtype=float)
-    keys = result["confusion"]["classes"]
+    keys = list(result["per_class"])
     names = [result["per_class"][k]["name"] for k in keys]
+    labels = [f"{k} {n}" if len(keys) <= 10 else k for k, n in zip(keys, names, strict=True)]
+    columns = labels + ["no class"] * (matrix.shape[1] - len(keys))  # kNN queries without hit
     share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = max(5.0, 0.7 * len(keys) + 2)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if len(keys) <= 20:
-        for i in range(len(keys)):
-            for j in range(len(keys)):
-                color = "white" if share[i, j] > 0.5 else "black"
-                ax.text(
-                    j,
-                    i,
-                    f"{int(matrix[i, j]):,}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color=color,
-                )
-    labels = [f"{k} {n}" if len(keys) <= 10 else k for k, n in zip(keys, names, strict=True)]
-    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right")
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{int(count):,}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(keys)), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")

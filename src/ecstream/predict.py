@@ -109,9 +109,9 @@ def load_model(run: str | os.PathLike, device: str | None = None) -> Scorer:
     kind = config.get("kind", "cnn")
     if kind == "cnn":
         return CNNPredictor(run, config, device)
-    from . import homology_models
+    from . import knn
 
-    return homology_models.load(run, config, device)
+    return knn.load(run, config, device)
 
 
 def handled(length: int, max_length: int) -> str:
@@ -171,14 +171,19 @@ def predict_file(
                         continue
                     j = at[k]
                     p = scores.probs[j]
+                    extras = [str(scores.extra[c][j]) for c in model.extra_columns]
+                    length = len(seqs[j])
+                    if np.isnan(p).all():  # e.g. no homolog found: no class, not an error
+                        empty = [""] * (len(classes) + 4)
+                        fields = [rid, *empty, str(length), handled(length, model.max_length)]
+                        fh.write("\t".join([*fields, *extras, ""]) + "\n")
+                        continue
                     best = int(np.argmax(p))
                     ranked = np.argsort(-p, kind="stable")[:top_k]
-                    length = len(seqs[j])
                     fields = [
                         rid, classes[best], names[best], f"{p[best]:.4f}", *(f"{v:.4f}" for v in p),
                         "; ".join(f"{classes[r]} ({p[r]:.3f})" for r in ranked),
-                        str(length), handled(length, model.max_length),
-                        *(str(scores.extra[c][j]) for c in model.extra_columns), "",
+                        str(length), handled(length, model.max_length), *extras, "",
                     ]  # fmt: skip
                     fh.write("\t".join(fields) + "\n")
                 counts["records"] += len(rows)

@@ -13,9 +13,13 @@ def store_tables(store: Store) -> list[Table | str]:
     m = store.manifest
     policy = store.policy
     split = m["split"]
+    method = split["method"]
+    if method == "cluster":
+        method += f" at identity {split['identity']:g}, coverage {split['coverage']:g}"
+        method += f", {split['clusters']:,} clusters"
     head = (
         f"[bold]{store.path}[/]  ecstream store v{m['format_version']} · built {m['created']} · "
-        f"split {split['method']} (val {split['val']}, test {split['test']}, seed {split['seed']})"
+        f"split {method} (val {split['val']}, test {split['test']}, seed {split['seed']})"
     )
     counts = Table(title="Records per split and EC class", title_justify="left")
     counts.add_column("class")
@@ -68,7 +72,12 @@ def store_tables(store: Store) -> list[Table | str]:
         f"{s['path']} ({s['format']}, {s['rows']:,} rows, sha256 {s.get('sha256', '-')[:12]})"
         for s in m["sources"]
     )
-    return [head, counts, lengths, aside, notes, sources]
+    items = [head, counts, lengths, aside, notes, sources]
+    if "leakage" in m:
+        from .homology import format_leakage
+
+        items.append(format_leakage(m["leakage"]))
+    return items
 
 
 def print_all(console: Console, items: list) -> None:

@@ -115,6 +115,11 @@ class BuildConfig:
                 "--val and --test must be fractions adding up to under 1, "
                 f"got {self.val} and {self.test}"
             )
+        if not (0 <= self.identity <= 1 and 0 <= self.coverage <= 1):
+            raise StoreError(
+                f"--identity and --coverage are fractions in [0, 1], got {self.identity} and "
+                f"{self.coverage}"
+            )
         if self.sample is not None and not 0 < self.sample <= 1:
             raise StoreError(f"--sample must be a fraction in (0, 1], got {self.sample}")
         if not (self.split in ("random", "cluster") or self.split.startswith("column:")):
@@ -239,12 +244,14 @@ def build_store(
     force: bool = False,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    leakage: bool | None = None,
     **options: Any,
 ) -> Store:
     """Build a store at ``out`` from one or more inputs (paths or DataFrames).
 
     ``options`` are the fields of :class:`BuildConfig` (``val``, ``test``, ``seed``, ``split``,
     ``level``, ``multi``, ``max_records``, ``sample``, ``identity``, ``coverage``).
+    ``leakage`` adds the MMseqs2 leakage report to the manifest (default: for cluster splits).
     """
     config = BuildConfig(**options)
     config.check()
@@ -267,6 +274,11 @@ def build_store(
         manifest = _build_into(tmp, inputs, columns, policy, config, fmt, progress, threads)
         _write_json(tmp / MANIFEST, manifest)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
+        if leakage or (leakage is None and config.split == "cluster"):
+            from .homology import leakage_report, record_leakage
+
+            built = Store(tmp)
+            record_leakage(built, leakage_report(built, threads))
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)

@@ -1,0 +1,62 @@
+"""The command line: thin, helpful, and clear about errors (exit status 2, no traceback)."""
+
+import json
+
+import pytest
+
+from ecstream import demo
+from ecstream.cli import main
+
+
+def test_build_info_train_evaluate_predict(data_path, tmp_path, capsys):
+    store, run = tmp_path / "store", tmp_path / "run"
+    assert main(["build", str(data_path), "--out", str(store), "--max-records", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "Records per split and EC class" in out and "multiple_classes" in out
+    assert main(["info", str(store), "--verify"]) == 0
+    assert "every split matches its fingerprint" in capsys.readouterr().err
+    assert main(["info", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_read"] == 1000
+    args = ["train", str(store), "--out", str(run), "--epochs", "1", "--quiet"]
+    assert main([*args, "--limit-train-batches", "4", "--batch-size", "16"]) == 0
+    assert "val_acc" in capsys.readouterr().out
+    assert (
+        main(["evaluate", str(run), str(store), "--out", str(tmp_path / "ev"), "--no-bands"]) == 0
+    )
+    assert "macro-F1" in capsys.readouterr().out
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">a\nMKVLAAGIVG\n>b\nMK-V\n")
+    assert main(["predict", str(run), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 0
+    assert "2 records" in capsys.readouterr().err
+    assert len((tmp_path / "p.tsv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "missing.tsv", "--out", "x"], "missing.tsv: no such file"),
+        (["info", "."], "not an ecstream store"),
+        (["predict", ".", "x.fa", "--out", "y.tsv"], "not an ecstream run"),
+        (["build", "missing.tsv", "--out", "x", "--val", "0.7", "--test", "0.5"], "under 1"),
+    ],
+)
+def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err.replace("\n", " ") and "Traceback" not in err
+
+
+def test_demo_without_data_says_what_it_needs(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "DATA_NAME", "no-such-file.tsv.gz")
+    monkeypatch.setenv("ECSTREAM_DATA", str(tmp_path / "nope.tsv"))
+    with pytest.raises(demo.DemoDataMissing, match="Entry, EC number and Sequence") as info:
+        demo.find_data()
+    assert "ECSTREAM_DATA" in str(info.value) and "rest.uniprot.org" in str(info.value)
+
+
+def test_demo_finds_the_shared_data_or_the_environment(data_path, monkeypatch):
+    assert demo.find_data() == data_path.resolve() or demo.find_data().samefile(data_path)
+    monkeypatch.setattr(demo, "DATA_NAME", "no-such-file.tsv.gz")
+    monkeypatch.setenv("ECSTREAM_DATA", str(data_path))
+    assert demo.find_data() == data_path

@@ -1,0 +1,109 @@
+"""Evaluation and prediction with a trained run: honest metrics, every record answered."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from conftest import head_lines
+
+from ecstream.evaluate import evaluate
+from ecstream.predict import load_model, predict_file
+from ecstream.runs import RunError
+
+
+def test_evaluate_a_store_split_writes_metrics_and_plots(cnn_run, small_store, tmp_path):
+    result = evaluate(cnn_run, small_store.path, tmp_path / "ev", split="test", bands=False)
+    n = small_store.num_records("test")
+    assert result["n"] == n
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["accuracy"] == pytest.approx(result["accuracy"]) and 0 <= m["accuracy"] <= 1
+    assert sum(c["support"] for c in m["per_class"].values()) == n
+    confusion = np.array(m["confusion"]["rows_true_columns_predicted"])
+    assert confusion.shape == (7, 7) and confusion.sum() == n
+    assert m["accuracy"] == pytest.approx(np.trace(confusion) / n)
+    per_class_recall = [c["recall"] for c in m["per_class"].values()]
+    support = [c["support"] for c in m["per_class"].values()]
+    assert m["accuracy"] == pytest.approx(np.dot(per_class_recall, support) / n)
+    for png in ("confusion.png", "learning_curves.png"):
+        assert (tmp_path / "ev" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_a_labelled_file_counts_what_it_sets_aside(cnn_run, data_path, tmp_path):
+    path = tmp_path / "labelled.tsv"
+    path.write_text("".join(head_lines(data_path, 400)) + "BAD1\t\tMKV\nBAD2\t1.1.1.1\tMK1V\n")
+    result = evaluate(cnn_run, path, tmp_path / "ev", bands=False)
+    aside = result["set_aside"]
+    assert aside["missing_ec"]["count"] == 1 and aside["invalid_characters"]["count"] == 1
+    assert result["n"] + sum(v["count"] for v in aside.values()) == 401
+    assert result["source"] == {"file": str(path)}
+
+
+def test_evaluation_equals_the_exact_batches_of_the_store(cnn_run, small_store):
+    """Scoring records one by one (length-sorted, own padding) = scoring the store's batches."""
+    import torch
+
+    model = load_model(cnn_run)
+    ids, seqs, _ = next(small_store.records("val"))
+    direct = model.score(ids, seqs).probs
+    batches = small_store.batches("val", shuffle=False, max_length=model.max_length)
+    logits = np.concatenate([model.logits(b.x) for b in batches])
+    via_batches = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert np.allclose(direct, via_batches[: len(direct)], atol=1e-5)
+
+
+def test_predict_answers_every_record_in_input_order(cnn_run, tmp_path):
+    fasta = tmp_path / "in.fasta.gz"
+    records = [
+        ("p1", "MKVLAAGIVGLLLAAQPAMA"),
+        ("empty", ""),
+        ("bad", "MKV-LL"),
+        ("long", "M" + "ACDEFGHIKL" * 80),
+        ("lower", "mkvlaagivg*"),
+    ]
+    with gzip.open(fasta, "wt") as fh:
+        fh.writelines(f">{i} desc\n{s}\n" for i, s in records)
+    summary = predict_file(load_model(cnn_run), fasta, tmp_path / "out.tsv", top_k=2)
+    assert summary["records"] == 5 and summary["scored"] == 3 and summary["errors"] == 2
+    lines = (tmp_path / "out.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[:4] == ["id", "ec_class", "class_name", "probability"]
+    assert header[4:11] == [f"p_{k}" for k in range(1, 8)]
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    assert [r["id"] for r in rows] == [i for i, _ in records]
+    assert rows[1]["error"] == "empty sequence" and rows[1]["ec_class"] == ""
+    assert rows[2]["error"] == "characters that are not letters"
+    assert rows[3]["handled"] == "truncated to 660" and rows[3]["length"] == "801"
+    assert rows[4]["length"] == "10" and rows[4]["handled"] == "whole"
+    for r in (rows[0], rows[3], rows[4]):
+        p = np.array([float(r[f"p_{k}"]) for k in range(1, 8)])
+        assert p.sum() == pytest.approx(1, abs=1e-3)
+        assert r["ec_class"] == str(int(p.argmax()) + 1) and float(r["probability"]) == p.max()
+        assert len(r["top_k"].split("; ")) == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_python_api_predicts_probabilities(cnn_run):
+    model = load_model(cnn_run)
+    probs = model.predict(["MKVLAAGIVGLLLAAQPAMA", "mkkllpt"])
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="sequence 1"):
+        model.predict(["MKV", "MK V"])
+
+
+def test_a_run_of_another_version_or_alphabet_is_refused(cnn_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(cnn_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["run_version"] = 99
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match="format 99"):
+        load_model(copy)
+    config["run_version"], config["alphabet"]["name"] = 1, "esm"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match="alphabet 'esm'"):
+        load_model(copy)
+    with pytest.raises(RunError, match="not an ecstream run"):
+        load_model(tmp_path)

@@ -1,0 +1,85 @@
+"""The homology baseline and the hybrid on a cluster split of real records (real MMseqs2)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ecstream.evaluate import evaluate
+from ecstream.knn import train_hybrid, train_knn
+from ecstream.predict import load_model, predict_file
+from ecstream.store import build_store
+from ecstream.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def runs(mmseqs, data_path, tmp_path_factory):
+    base = tmp_path_factory.mktemp("knn")
+    store = build_store(
+        data_path, base / "store", split="cluster", identity=0.5, max_records=1500, threads=2
+    )
+    cnn = train(
+        store.path, base / "cnn",
+        TrainConfig(epochs=1, batch_size=32, limit_train_batches=8, progress=False),
+    ).run  # fmt: skip
+    knn_val = train_knn(store.path, base / "knn", threads=2)
+    hybrid_val = train_hybrid(store.path, base / "hybrid", cnn, base / "knn")
+    return store, cnn, base / "knn", base / "hybrid", knn_val, hybrid_val
+
+
+def test_cluster_build_records_leakage_in_the_manifest(runs):
+    store = runs[0]
+    leakage = store.manifest["leakage"]
+    for split in ("val", "test"):
+        assert sum(leakage["splits"][split]["counts"].values()) == store.num_records(split)
+
+
+def test_knn_transfers_the_class_of_the_best_hit_and_marks_no_hit(runs, tmp_path):
+    store, _, knn, *_ = runs
+    model = load_model(knn)
+    ids, seqs, labels = next(store.records("train"))
+    scores = model.score(ids[:20] + ["none"], seqs[:20] + [b"WWWWHHHHWWWWHHHHCCCCWWWW"])
+    assert (scores.probs[:20].argmax(1) == labels[:20]).all()  # itself, at identity 1
+    assert scores.extra["source"][:20] == ["homolog"] * 20
+    assert scores.extra["identity"][0] == "1.000"
+    assert np.isnan(scores.probs[20]).all() and scores.extra["source"][20] == "no_hit"
+
+
+def test_hybrid_threshold_is_chosen_on_validation(runs):
+    *_, hybrid, knn_val, hybrid_val = runs
+    config = json.loads((hybrid / "config.json").read_text())
+    curve = config["validation"]["accuracy_by_threshold"]
+    assert config["threshold"] == float(max(curve, key=lambda t: (curve[t], -float(t))))
+    assert hybrid_val["val_acc"] >= max(hybrid_val["val_acc_cnn"], hybrid_val["val_acc_knn"])
+    assert hybrid_val["val_acc_knn"] == pytest.approx(knn_val["val_acc"])
+
+
+def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
+    store, cnn, knn, hybrid, *_ = runs
+    results = {}
+    for name, run in (("cnn", cnn), ("knn", knn), ("hybrid", hybrid)):
+        results[name] = evaluate(run, store.path, tmp_path / name, split="test")
+        bands = results[name]["identity_bands"]
+        assert sum(b["n"] for b in bands.values()) == store.num_records("test")
+    # the three see the same records, so their band counts agree
+    assert results["cnn"]["identity_bands"].keys() == results["knn"]["identity_bands"].keys()
+    assert [b["n"] for b in results["cnn"]["identity_bands"].values()] == [
+        b["n"] for b in results["knn"]["identity_bands"].values()
+    ]
+    knn_result = results["knn"]
+    assert knn_result["no_prediction"] == knn_result["identity_bands"]["no_hit"]["n"]
+    assert knn_result["identity_bands"]["no_hit"]["accuracy"] in (0.0, None)
+
+    fasta = tmp_path / "q.fasta"
+    ids, seqs, _ = next(store.records("test"))
+    fasta.write_text("".join(f">{i}\n{s.decode()}\n" for i, s in zip(ids[:30], seqs[:30])))
+    sources = {}
+    for name, run in (("knn", knn), ("hybrid", hybrid)):
+        predict_file(load_model(run), fasta, tmp_path / f"{name}.tsv")
+        lines = (tmp_path / f"{name}.tsv").read_text().splitlines()
+        header = lines[0].split("\t")
+        rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+        assert [r["id"] for r in rows] == ids[:30]
+        sources[name] = [r["source"] for r in rows]
+    assert set(sources["knn"]) <= {"homolog", "no_hit"}
+    assert set(sources["hybrid"]) <= {"homolog", "cnn"}
