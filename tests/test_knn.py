@@ -38,7 +38,7 @@ def test_knn_transfers_the_class_of_the_best_hit_and_marks_no_hit(runs, tmp_path
     store, _, knn, *_ = runs
     model = load_model(knn)
     ids, seqs, labels = next(store.records("train"))
-    scores = model.score(ids[:20] + ["none"], seqs[:20] + [b"WWWWHHHHWWWWHHHHCCCCWWWW"])
+    scores = model.score([*ids[:20], "none"], [*seqs[:20], b"WWWWHHHHWWWWHHHHCCCCWWWW"])
     assert (scores.probs[:20].argmax(1) == labels[:20]).all()  # itself, at identity 1
     assert scores.extra["source"][:20] == ["homolog"] * 20
     assert scores.extra["identity"][0] == "1.000"
@@ -72,7 +72,9 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
 
     fasta = tmp_path / "q.fasta"
     ids, seqs, _ = next(store.records("test"))
-    fasta.write_text("".join(f">{i}\n{s.decode()}\n" for i, s in zip(ids[:30], seqs[:30])))
+    fasta.write_text(
+        "".join(f">{i}\n{s.decode()}\n" for i, s in zip(ids[:30], seqs[:30], strict=True))
+    )
     sources = {}
     for name, run in (("knn", knn), ("hybrid", hybrid)):
         predict_file(load_model(run), fasta, tmp_path / f"{name}.tsv")

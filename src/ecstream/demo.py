@@ -1,4 +1,4 @@
-"""``ecstream demo``: build → train → evaluate → predict on the default data, in about ten minutes."""
+"""``ecstream demo``: build → train → evaluate → predict on the default data in ~10 minutes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def find_data(explicit: str | None = None) -> Path:
         f"EC number and Sequence (gzip is fine). Put it at ../shared/data/{DATA_NAME} or set "
         "ECSTREAM_DATA=/path/to/export.tsv.gz"
         + (f" (ECSTREAM_DATA={env} does not exist)" if env else "")
-        + f". To download bacterial enzymes from UniProt: curl -o uniprot-ec.tsv.gz '{UNIPROT_QUERY}'"
+        + ". To download bacterial enzymes from UniProt: "
+        + f"curl -o uniprot-ec.tsv.gz '{UNIPROT_QUERY}'"
     )
 
 
@@ -93,7 +94,8 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
         f"on {metrics['n']:,} proteins never seen in training\n"
         f"predictions: {out / 'predictions.tsv'} ({summary['records']:,} proteins, "
         f"{summary['per_second']:,.0f} sequences/s)\n"
-        f"plots: {out / 'evaluation' / 'confusion.png'}, {out / 'evaluation' / 'learning_curves.png'}\n"
+        f"plots: {out / 'evaluation' / 'confusion.png'}, "
+        f"{out / 'evaluation' / 'learning_curves.png'}\n"
         f"run: {out / 'run'} · store: {store.path} · total {time.perf_counter() - started:.0f} s"
     )
     return 0

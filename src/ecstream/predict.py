@@ -93,7 +93,7 @@ class CNNPredictor:
         return Scores(probs)
 
     def predict(self, sequences: Iterable[str]) -> np.ndarray:
-        """Class probabilities ``[N, C]`` for sequences given as text (columns: ``policy.classes``)."""
+        """Class probabilities ``[N, C]`` for sequences as text (columns: ``policy.classes``)."""
         seqs = []
         for i, text in enumerate(sequences):
             clean = alphabet.clean(text.strip())

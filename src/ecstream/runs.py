@@ -58,13 +58,13 @@ def read_config(run: str | os.PathLike) -> dict:
     if config.get("run_version") != RUN_VERSION:
         raise RunError(
             f"{run}: a run of format {config.get('run_version')} (ecstream "
-            f"{config.get('versions', {}).get('ecstream', '?')}); this ecstream {__version__} reads "
-            f"format {RUN_VERSION}: retrain it, or use the ecstream version that made it"
+            f"{config.get('versions', {}).get('ecstream', '?')}); this ecstream {__version__} "
+            f"reads format {RUN_VERSION}: retrain it, or use the ecstream version that made it"
         )
     if config.get("alphabet") != alphabet.spec():
         raise RunError(
-            f"{run}: trained with alphabet {config.get('alphabet', {}).get('name')!r}, this ecstream "
-            f"uses {alphabet.NAME!r}; retrain it"
+            f"{run}: trained with alphabet {config.get('alphabet', {}).get('name')!r}, "
+            f"this ecstream uses {alphabet.NAME!r}; retrain it"
         )
     return config
 

@@ -495,7 +495,7 @@ class Store:
         return Batches(data, settings, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
 
     def records(self, split: str) -> Iterator[tuple[list[str], list[bytes], np.ndarray]]:
-        """``(ids, sequences, labels)`` of a split in stored order, one Arrow record batch at a time."""
+        """``(ids, sequences, labels)`` of a split in stored order, a record batch at a time."""
         import pyarrow as pa
 
         for shard in self._split(split)["shards"]:
