@@ -129,9 +129,25 @@ def run_child(workload: str, **kwargs: object) -> ChildRun:
     The child prints one JSON line as its last line of output; that becomes ``ChildRun.result``.
     """
     command = [sys.executable, str(CONSUMERS), workload, json.dumps(kwargs)]
+    out, _, peak, samples, wall = run_sampled(command)
+    return ChildRun(json.loads(out.strip().splitlines()[-1]), peak, samples, wall)
+
+
+def run_sampled(
+    command: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[str, str, int, int, float]:
+    """Run a command, sampling its ``RssAnon`` from a thread.
+
+    Returns (stdout, stderr, peak anonymous bytes, number of samples, wall seconds).
+
+    Only the command's own process is sampled (not children it may start).
+    """
     peak, samples = 0, 0
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
     def sample() -> None:
         nonlocal peak, samples
@@ -147,8 +163,12 @@ def run_child(workload: str, **kwargs: object) -> ChildRun:
     wall = time.perf_counter() - start
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"{workload} failed (exit {proc.returncode}):\n{err[-4000:]}")
-    return ChildRun(json.loads(out.strip().splitlines()[-1]), peak, samples, wall)
+        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}):\n{err[-4000:]}")
+    return out, err, peak, samples, wall
+
+
+ECSTREAM = [sys.executable, "-m", "ecstream.cli"]
+TWO_CORES = {name: "2" for name in THREAD_VARIABLES}  # training and prediction use both cores
 
 
 # --- timing and formatting -----------------------------------------------------------------
@@ -170,8 +190,17 @@ def fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def verdict(met: bool) -> str:
-    return "yes" if met else "**NO**"
+def verdict(met: bool | None) -> str:
+    return "" if met is None else "yes" if met else "**NO**"
+
+
+def targets_table(rows: Sequence[tuple[str, str, str, bool | None]]) -> list[str]:
+    """Markdown lines of a (measurement, figure, target, met) table; met None: no target."""
+    return [
+        "| Measurement | Figure | Target | Met |",
+        "|---|---:|---:|:---:|",
+        *(f"| {m} | {f} | {t} | {verdict(ok)} |" for m, f, t, ok in rows),
+    ]
 
 
 # --- BENCHMARKS.md -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from common import (
     median,
     run_child,
     spread,
-    verdict,
+    targets_table,
 )
 from per_sample import SequenceDataset, sequence_loader
 from scaled_data import write_scaled
@@ -279,9 +279,7 @@ def report(r: Results) -> str:
         "",
         "### Targets",
         "",
-        "| Measurement | Figure | Target | Met |",
-        "|---|---:|---:|:---:|",
-        *(f"| {m} | {f} | {t} | {verdict(ok)} |" for m, f, t, ok in targets(r)),
+        *targets_table(targets(r)),
         "",
         load_note(r),
         "",

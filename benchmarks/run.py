@@ -15,7 +15,7 @@ import time
 from common import REPORT, limit_threads, write_section
 
 # section name → module in benchmarks/ (add training, homology, … here)
-SECTIONS = {"pipeline": "pipeline"}
+SECTIONS = {"pipeline": "pipeline", "training": "training", "accuracy": "accuracy"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,215 @@
+"""Accuracy on the full data: random vs homology-aware splits; the CNN, the kNN and the hybrid.
+
+For each split (random; whole MMseqs2 clusters at 0.5 and at 0.3 identity), with the CLI:
+
+1. ``ecstream build`` of the full shared data (cluster splits add the leakage report; the random
+   split gets it from ``ecstream leakage``);
+2. ``ecstream train`` of the ``small`` CNN (early stopping on val_loss, patience 3);
+3. ``ecstream train --model knn`` (nearest MMseqs2 homolog in the training split);
+4. ``ecstream train --model hybrid`` (homolog above an identity threshold chosen on val, else CNN);
+5. ``ecstream evaluate`` of each on the test split, with accuracy per identity band.
+
+This takes hours on 2 cores. Every step writes under ``bench-output/accuracy/`` and records its
+time in ``times.json`` when it succeeds; a step already recorded is skipped, so an interrupted
+run continues where it stopped (an interrupted CNN resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from common import DATA, ECSTREAM, OUTPUT, TWO_CORES, machine_info, machine_markdown, run_sampled
+
+WORK = OUTPUT / "accuracy"
+TIMES = WORK / "times.json"
+SPLITS = {
+    "random": [],
+    "cluster 0.5": ["--split", "cluster", "--identity", "0.5"],
+    "cluster 0.3": ["--split", "cluster", "--identity", "0.3"],
+}
+MODELS = {"small": "CNN `small`", "knn": "kNN (MMseqs2)", "hybrid": "hybrid"}
+MIN_RANDOM_VAL_ACC = 0.90
+BANDS = (">=0.9", "0.5-0.9", "0.3-0.5", "<0.3", "no_hit")
+
+
+def _times() -> dict:
+    return json.loads(TIMES.read_text()) if TIMES.exists() else {}
+
+
+def step(key: str, *args: str) -> float:
+    """Run ``ecstream ARGS`` once; its wall time is recorded under ``key`` (skipped if there)."""
+    times = _times()
+    if key not in times:
+        print(f"   {key}: ecstream {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        run_sampled([*ECSTREAM, *args], env=TWO_CORES)
+        times = _times()
+        times[key] = time.perf_counter() - start
+        TIMES.write_text(json.dumps(times, indent=1) + "\n")
+    return times[key]
+
+
+def _dir(split: str) -> Path:
+    return WORK / split.replace(" ", "-")
+
+
+def run_split(split: str) -> None:
+    d = _dir(split)
+    store = str(d / "store")
+    step(f"{split}/build", "build", str(DATA), "--out", store, "--force", *SPLITS[split])
+    if split == "random":
+        step(f"{split}/leakage", "leakage", store)
+    cnn = d / "small"
+    resume = ["--resume"] if (cnn / "checkpoints" / "last.ckpt").exists() else []
+    step(f"{split}/train small", "train", store, "--out", str(cnn), "--quiet", *resume)
+    step(f"{split}/train knn", "train", store, "--model", "knn", "--out", str(d / "knn"))
+    step(
+        f"{split}/train hybrid", "train", store, "--model", "hybrid", "--cnn", str(cnn),
+        "--knn", str(d / "knn"), "--out", str(d / "hybrid"),
+    )  # fmt: skip
+    for model in MODELS:
+        out = str(d / f"eval-{model}")
+        step(f"{split}/evaluate {model}", "evaluate", str(d / model), store, "--out", out)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _best_val(run: Path) -> dict:
+    import csv
+
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return min(rows, key=lambda r: float(r["val_loss"])) | {"epochs": len(rows)}
+
+
+def run() -> str:
+    WORK.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    for split in SPLITS:
+        print(f"== accuracy: {split}", flush=True)
+        run_split(split)
+    times = _times()
+    lines = [
+        "## Accuracy: random vs homology-aware splits",
+        "",
+        "Command: `.venv/bin/python benchmarks/run.py accuracy` (part of `make bench`; hours on "
+        "2 cores; resumable). Full shared data, seed 0, val 0.1, test 0.1; both cores.",
+        "",
+        machine_markdown(info),
+        *_random_cnn(times),
+        *_comparison(times),
+        *_leakage(),
+    ]
+    return "\n".join(lines)
+
+
+def _random_cnn(times: dict) -> list[str]:
+    d = _dir("random")
+    best = _best_val(d / "small")
+    test = _json(d / "eval-small" / "metrics.json")
+    val_acc = float(best["val_acc"])
+    met = "yes" if val_acc >= MIN_RANDOM_VAL_ACC else "**NO**"
+    lines = [
+        "### The `small` CNN on the random split",
+        "",
+        f"Validation accuracy (best epoch by val_loss, epoch {int(best['epoch']) + 1} of "
+        f"{best['epochs']}): **{val_acc:.4f}** (target ≥ {MIN_RANDOM_VAL_ACC:.2f}: {met}); "
+        f"validation macro-F1 {float(best['val_macro_f1']):.4f}. Test accuracy "
+        f"{test['accuracy']:.4f}, test macro-F1 {test['macro_f1']:.4f} on {test['n']:,} proteins. "
+        f"Training took {times['random/train small'] / 60:.0f} min "
+        f"({float(best['samples_per_s']):.0f} training sequences/s).",
+        "",
+        "| class | name | test precision | test recall | test F1 | support |",
+        "|---|---|---:|---:|---:|---:|",
+        *(
+            f"| {k} | {c['name']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} "
+            f"| {c['support']:,} |"
+            for k, c in test["per_class"].items()
+        ),
+        "",
+    ]
+    return lines
+
+
+def _comparison(times: dict) -> list[str]:
+    head = " | ".join(f"acc. {b} (n)" for b in BANDS)
+    lines = [
+        "### Test accuracy by split and model, and per band of identity to the training split",
+        "",
+        "Identity: MMseqs2 `fident` of each test protein's closest training protein (max over "
+        "hits, `-s 5.7`); *no_hit*: no hit at E ≤ 0.001. The kNN gives no class to a protein "
+        "without hit (counted wrong). Time: training (CNN: all epochs; kNN: target database and "
+        "validation search; hybrid: threshold choice on val) + evaluation on test.",
+        "",
+        f"| split | model | val acc. | test acc. | macro-F1 | {head} | time |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|",
+    ]
+    for split in SPLITS:
+        d = _dir(split)
+        for model, label in MODELS.items():
+            m = _json(d / f"eval-{model}" / "metrics.json")
+            bands = m.get("identity_bands", {})
+            cells = " | ".join(
+                f"{bands[b]['accuracy']:.3f} ({bands[b]['n']:,})"
+                if bands.get(b, {}).get("accuracy") is not None
+                else f"– ({bands.get(b, {}).get('n', 0):,})"
+                for b in BANDS
+            )
+            seconds = times[f"{split}/train {model}"] + times[f"{split}/evaluate {model}"]
+            lines.append(
+                f"| {split} | {label} | {_val_acc(d, model):.3f} | {m['accuracy']:.3f} "
+                f"| {m['macro_f1']:.3f} | {cells} | {seconds / 60:.0f} min |"
+            )
+    cluster = {
+        m: _json(_dir("cluster 0.3") / f"eval-{m}" / "metrics.json")["accuracy"] for m in MODELS
+    }
+    beats = cluster["hybrid"] > max(cluster["small"], cluster["knn"])
+    random_val = _val_acc(_dir("random"), "small")
+    lines += [
+        "",
+        f"Target: on the cluster split at 0.3 identity the hybrid ({cluster['hybrid']:.3f}) beats "
+        f"the kNN ({cluster['knn']:.3f}) and the CNN alone ({cluster['small']:.3f}): "
+        f"{'yes' if beats else '**NO**'}. Beside it, the random-split validation accuracy of the "
+        f"CNN: {random_val:.3f}.",
+        "",
+    ]
+    return lines
+
+
+def _val_acc(d: Path, model: str) -> float:
+    if model == "small":
+        return float(_best_val(d / "small")["val_acc"])
+    return float(_json(d / model / "config.json")["validation"]["val_acc"])
+
+
+def _leakage() -> list[str]:
+    lines = [
+        "### Leakage: each val/test protein's highest identity to any training protein",
+        "",
+        "MMseqs2 `-s 7.5`, E ≤ 0.001 (`ecstream leakage`, or at build time for cluster splits).",
+        "",
+        "| split | part | records | " + " | ".join(BANDS) + " |",
+        "|---|---|---:|" + "---:|" * len(BANDS),
+    ]
+    for split in SPLITS:
+        report = _json(_dir(split) / "store" / "manifest.json").get("leakage")
+        if not report:
+            continue
+        for part, info in report["splits"].items():
+            n = max(info["records"], 1)
+            cells = " | ".join(f"{100 * info['counts'][b] / n:.1f}%" for b in BANDS)
+            lines.append(f"| {split} | {part} | {info['records']:,} | {cells} |")
+    clusters = {
+        s: _json(_dir(s) / "store" / "manifest.json")["split"].get("clusters") for s in SPLITS
+    }
+    lines += [
+        "",
+        "Clusters: "
+        + ", ".join(f"{s} {c:,}" for s, c in clusters.items() if c)
+        + " (MMseqs2 easy-cluster, coverage 0.8 of both sequences).",
+    ]
+    return lines
