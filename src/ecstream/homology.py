@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from .overlap import hash64
-from .shards import SplitWriter
+from .shards import SplitWriter, read_batches
 
 if TYPE_CHECKING:  # store imports this module lazily; a module-level import would be circular
     from .store import BuildConfig, Kept, Store
@@ -173,25 +173,10 @@ def _write_fasta(fh: BinaryIO, first: int, seqs: Sequence[bytes]) -> None:
     fh.write(b"".join(b">%d\n%s\n" % (first + i, s) for i, s in enumerate(seqs)))
 
 
-def _shard_batches(paths: Iterable[Path]) -> Iterator[pa.RecordBatch]:
-    """Record batches of ecstream Arrow shards, in order, memory-mapped."""
-    for path in paths:
-        with pa.memory_map(str(path), "r") as mm:
-            reader = pa.ipc.open_file(mm)
-            for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
-
-
-def _split_paths(store: Store, split: str) -> list[Path]:
-    return [store.path / s for s in store.manifest["splits"][split]["shards"]]
-
-
 def split_records(store: Store, split: str) -> Iterator[tuple[str, bytes]]:
     """``(id, sequence)`` of every record of a store split, in stored order (row ``0 … n-1``)."""
-    for batch in _shard_batches(_split_paths(store, split)):
-        yield from zip(
-            batch.column("id").to_pylist(), batch.column("sequence").to_pylist(), strict=True
-        )
+    for ids, seqs, _ in store.records(split):
+        yield from zip(ids, seqs, strict=True)
 
 
 def _read_tsv(path: Path, names: Sequence[str], types: dict[str, pa.DataType]) -> Iterator[dict]:
@@ -335,7 +320,7 @@ def cluster_split(
 
     # 4. route in staging (= input) order
     row = 0
-    for batch in _shard_batches(work / "stage" / s for s in writer.shards):
+    for batch in read_batches(work / "stage" / s for s in writer.shards):
         rows = np.arange(row, row + batch.num_rows)
         row += batch.num_rows
         kept = Kept(
@@ -437,7 +422,7 @@ class TargetDB:
                 pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink,
                 pa.ipc.new_file(sink, schema) as ids,
             ):
-                for batch in _shard_batches(_split_paths(store, split)):
+                for batch in read_batches(store.shard_paths(split)):
                     _write_fasta(fa, row, batch.column("sequence").to_pylist())
                     labels[row : row + batch.num_rows] = batch.column("label").to_numpy()
                     ids.write_batch(pa.record_batch([batch.column("id")], schema=schema))

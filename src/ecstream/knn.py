@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import alphabet
 from .homology import SEARCH_SENSITIVITY, Hits, MMseqs, TargetDB, best_hits
 from .labels import LabelPolicy
 from .predict import CNNPredictor, Scores
-from .runs import RUN_FORMAT, RUN_VERSION, RunError, read_config, versions, write_json
+from .runs import RunError, base_config, read_config, write_json
 from .store import Store, open_store
 
 TARGETS = "targets"  # the TargetDB of the training split inside a run directory
@@ -140,22 +139,6 @@ def _new_run(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _base_config(kind: str, store: Store) -> dict:
-    return {
-        "format": RUN_FORMAT,
-        "run_version": RUN_VERSION,
-        "kind": kind,
-        "alphabet": alphabet.spec(),
-        "labels": store.policy.to_dict(),
-        "store": {
-            "path": str(store.path.resolve()),
-            "fingerprints": {s: store.fingerprint(s) for s in store.splits},
-            "split": store.manifest["split"],
-        },
-        "versions": versions(),
-    }
-
-
 def _val_records(store: Store) -> tuple[list[str], list[bytes], np.ndarray]:
     ids, seqs, labels = [], [], []
     for i, s, y in store.records("val"):
@@ -177,7 +160,7 @@ def train_knn(
     mm = MMseqs.find(threads)
     TargetDB.create(store, "train", out / TARGETS, mm.threads)
     config = {
-        **_base_config("knn", store),
+        **base_config("knn", store),
         "search": {"tool": "mmseqs easy-search", "sensitivity": sensitivity, "version": mm.version},
     }
     write_json(out / "config.json", config)
@@ -223,7 +206,7 @@ def train_hybrid(
         "accuracy_by_threshold": curve,
     }
     config = {
-        **_base_config("hybrid", store),
+        **base_config("hybrid", store),
         "cnn_run": str(Path(cnn_run).resolve()),
         "knn_run": str(Path(knn_run).resolve()),
         "threshold": float(best),

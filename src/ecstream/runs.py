@@ -38,6 +38,23 @@ def versions() -> dict:
     }
 
 
+def base_config(kind: str, store) -> dict:
+    """What every run records: format, kind, alphabet, label policy, store identity, versions."""
+    return {
+        "format": RUN_FORMAT,
+        "run_version": RUN_VERSION,
+        "kind": kind,
+        "alphabet": alphabet.spec(),
+        "labels": store.policy.to_dict(),
+        "store": {
+            "path": str(store.path.resolve()),
+            "fingerprints": {s: store.fingerprint(s) for s in store.splits},
+            "split": store.manifest["split"],
+        },
+        "versions": versions(),
+    }
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")

@@ -12,7 +12,7 @@ same code, hence byte-identical batches.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,19 +318,24 @@ class SplitData:
         return bytearray().join(parts), width, labels, lengths
 
 
-def fingerprint_file(paths: list[Path]) -> tuple[str, int]:
-    """Recompute a split's fingerprint and record count from its shard files."""
-    digest, records = hashlib.sha256(), 0
+def read_batches(paths: Iterable[Path]) -> Iterator[pa.RecordBatch]:
+    """The Arrow record batches of shard files, in order, memory-mapped."""
     for path in paths:
         with pa.memory_map(str(path), "r") as mm:
             reader = pa.ipc.open_file(mm)
             for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                fingerprint_update(
-                    digest,
-                    batch.column("id").to_pylist(),
-                    batch.column("sequence").to_pylist(),
-                    batch.column("label").to_pylist(),
-                )
-                records += batch.num_rows
+                yield reader.get_batch(i)
+
+
+def fingerprint_file(paths: list[Path]) -> tuple[str, int]:
+    """Recompute a split's fingerprint and record count from its shard files."""
+    digest, records = hashlib.sha256(), 0
+    for batch in read_batches(paths):
+        fingerprint_update(
+            digest,
+            batch.column("id").to_pylist(),
+            batch.column("sequence").to_pylist(),
+            batch.column("label").to_pylist(),
+        )
+        records += batch.num_rows
     return digest.hexdigest(), records

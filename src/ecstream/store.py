@@ -34,7 +34,7 @@ from .batches import Batches
 from .labels import ECError, LabelPolicy, class_keys
 from .overlap import OverlapCheck, hash64
 from .plan import BatchSettings, mix64
-from .shards import SplitData, SplitWriter
+from .shards import SplitData, SplitWriter, fingerprint_file, read_batches
 from .skips import Skips
 from .sources import Columns, InputError, describe, detect_format, file_sha256, read_rows
 
@@ -458,9 +458,8 @@ class Store:
         """The records of one split, memory-mapped or loaded into RAM (cached per mode)."""
         key = (split, in_memory)
         if key not in self._data:
-            info = self._split(split)
-            paths = [self.path / s for s in info["shards"]]
-            self._data[key] = SplitData(split, paths, info["fingerprint"], in_memory)
+            paths = self.shard_paths(split)
+            self._data[key] = SplitData(split, paths, self.fingerprint(split), in_memory)
         return self._data[key]
 
     def batches(
@@ -494,30 +493,25 @@ class Store:
         data = self.split_data(split, in_memory)
         return Batches(data, settings, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
 
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.path / s for s in self._split(split)["shards"]]
+
     def records(self, split: str) -> Iterator[tuple[list[str], list[bytes], np.ndarray]]:
         """``(ids, sequences, labels)`` of a split in stored order, a record batch at a time."""
-        import pyarrow as pa
-
-        for shard in self._split(split)["shards"]:
-            with pa.memory_map(str(self.path / shard), "r") as mm:
-                reader = pa.ipc.open_file(mm)
-                for i in range(reader.num_record_batches):
-                    batch = reader.get_batch(i)
-                    yield (
-                        batch.column("id").to_pylist(),
-                        batch.column("sequence").to_pylist(),
-                        batch.column("label").to_numpy().astype(np.int64),
-                    )
+        for batch in read_batches(self.shard_paths(split)):
+            yield (
+                batch.column("id").to_pylist(),
+                batch.column("sequence").to_pylist(),
+                batch.column("label").to_numpy().astype(np.int64),
+            )
 
     def verify(self) -> list[str]:
         """Recompute every split's fingerprint from its shards; returns the problems found."""
-        from .shards import fingerprint_file
-
         problems = []
         for split in self.splits:
             info = self._split(split)
             try:
-                digest, records = fingerprint_file([self.path / s for s in info["shards"]])
+                digest, records = fingerprint_file(self.shard_paths(split))
             except (OSError, ValueError) as exc:
                 problems.append(f"{split}: cannot read its shards: {exc}")
                 continue

@@ -26,10 +26,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
 
-from . import alphabet
 from .adapters.torch import loader
 from .model import ECClassifier, ModelConfig, preset
-from .runs import RUN_FORMAT, RUN_VERSION, RunError, read_metrics, versions, write_json
+from .runs import RunError, base_config, read_metrics, write_json
 from .store import Store, open_store
 
 
@@ -248,21 +247,7 @@ class SamplesProgressBar(TQDMProgressBar):
 
 
 def _run_config(store: Store, config: TrainConfig, model_config: ModelConfig) -> dict:
-    return {
-        "format": RUN_FORMAT,
-        "run_version": RUN_VERSION,
-        "kind": "cnn",
-        "train": asdict(config),
-        "model": model_config.to_dict(),
-        "alphabet": alphabet.spec(),
-        "labels": store.policy.to_dict(),
-        "store": {
-            "path": str(store.path.resolve()),
-            "fingerprints": {s: store.fingerprint(s) for s in store.splits},
-            "split": store.manifest["split"],
-        },
-        "versions": versions(),
-    }
+    return {**base_config("cnn", store), "train": asdict(config), "model": model_config.to_dict()}
 
 
 def _class_weights(store: Store) -> torch.Tensor:
