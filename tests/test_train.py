@@ -78,3 +78,25 @@ def test_refuses_to_overwrite_a_run_or_resume_with_other_settings(small_store, t
         train(small_store.path, tmp_path / "run", TrainConfig(**{**FAST, "lr": 0.1}), resume=True)
     with pytest.raises(RunError, match="nothing to resume"):
         train(small_store.path, tmp_path / "empty", TrainConfig(**FAST), resume=True)
+
+
+def test_two_ranks_on_cpu_share_each_epoch(small_store, tmp_path):
+    """Lightning DDP (gloo, 2 CPU processes) through the CLI: one run, one metrics row per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "ecstream.cli", "train", str(small_store.path), "--out", str(run),
+        "--accelerator", "cpu", "--devices", "2", "--epochs", "2", "--batch-size", "32",
+        "--limit-train-batches", "4", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MEMBER: 2/2" in done.stderr  # a second process really joined
+    assert done.stdout.count("Epochs") == 1 and done.stderr.count("run written to") == 1
+    history = read_metrics(run)
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    assert (run / "model.pt").is_file()

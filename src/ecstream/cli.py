@@ -128,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     result = train(args.store, args.out, config, resume=args.resume)
+    if result.rank != 0:
+        return 0
     _print_history(result.history)
     console.print(
         f"run written to [bold]{result.run}[/] (best val_loss {result.best_val_loss:.4f})"

@@ -199,6 +199,8 @@ class EpochLog(Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         # runs after this epoch's validation: train and val metrics are both in callback_metrics
+        if not trainer.is_global_zero:
+            return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = self._train_seconds or time.perf_counter() - self._start
         samples = self.samples
@@ -262,6 +264,7 @@ class TrainResult:
     best_val_loss: float
     epochs: int
     history: list[dict] = field(default_factory=list)
+    rank: int = 0  # under DDP every rank returns; only rank 0 should report
 
 
 def train(
@@ -279,12 +282,15 @@ def train(
     model_config = preset(config.model, len(store.policy.classes))
     run_config = _run_config(store, config, model_config)
     last = run / "checkpoints" / "last.ckpt"
-    if resume:
-        _check_resumable(run, run_config, last)
-    elif run.exists() and any(run.iterdir()):
-        raise RunError(f"{run} already holds a run; use --resume to continue it or another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", run_config)
+    if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
+        if resume:
+            _check_resumable(run, run_config, last)
+        elif run.exists() and any(run.iterdir()):
+            raise RunError(
+                f"{run} already holds a run; use --resume to continue it or another --out"
+            )
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "config.json", run_config)
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
@@ -322,7 +328,15 @@ def train(
         _export(run, best.best_model_path or str(last), model_config)
     history = read_metrics(run)
     best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
-    return TrainResult(run=run, best_val_loss=best_loss, epochs=len(history), history=history)
+    return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
+
+
+def _launched_rank() -> int:
+    """This process's global rank as set by a launcher (Lightning DDP, torchrun, SLURM), else 0."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
 
 
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
