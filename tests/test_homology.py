@@ -230,3 +230,19 @@ def test_target_db_refuses_to_overwrite(train_db, cluster_build):
     with pytest.raises(FileExistsError):
         TargetDB.create(cluster_build[0], "train", train_db.directory, THREADS)
     assert shutil.which(homology.find_mmseqs())
+
+
+def test_the_same_search_is_answered_from_the_cache(train_db, cluster_build, tmp_path, monkeypatch):
+    store, _ = cluster_build
+    queries = list(split_records(store, "val"))[:25]
+    first = best_hits(queries, train_db, tmp_path / "a", THREADS, sensitivity=SENSITIVITY)
+
+    def no_mmseqs(*args, **kwargs):
+        raise AssertionError("MMseqs2 ran again for a search already made")
+
+    monkeypatch.setattr(homology, "_easy_search", no_mmseqs)
+    again = best_hits(queries, train_db, tmp_path / "b", THREADS, sensitivity=SENSITIVITY)
+    assert np.array_equal(first.best_target, again.best_target)
+    assert np.array_equal(first.max_fident, again.max_fident, equal_nan=True)
+    with pytest.raises(AssertionError, match="ran again"):  # other settings: a new search
+        best_hits(queries, train_db, tmp_path / "c", THREADS, sensitivity=SENSITIVITY + 1)
