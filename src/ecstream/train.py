@@ -92,11 +92,18 @@ class ECModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # dropout draws from a generator seeded per epoch: a resumed run repeats it exactly
         torch.manual_seed(self.seed * 1_000_003 + self.current_epoch)
+        self.seen = 0
+
+    @property
+    def samples_seen(self) -> int:
+        """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch)."""
+        return getattr(self, "seen", 0) * self.trainer.world_size
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch.x)
         loss = F.cross_entropy(logits, batch.y, weight=self.class_weights)
         n = len(batch.y)
+        self.seen = getattr(self, "seen", 0) + n
         self.train_acc(logits.detach(), batch.y)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n)
@@ -179,8 +186,8 @@ class EpochLog(Callback):
         "lr", "samples", "seconds", "samples_per_s",
     )  # fmt: skip
 
-    def __init__(self, path: Path, samples_per_epoch: int):
-        self.path, self.samples = path, samples_per_epoch
+    def __init__(self, path: Path):
+        self.path = path
         self.rows: list[dict] | None = None
         self._start, self._train_seconds = 0.0, None
 
@@ -203,9 +210,7 @@ class EpochLog(Callback):
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         seconds = self._train_seconds or time.perf_counter() - self._start
-        samples = self.samples
-        if trainer.num_training_batches < math.ceil(self.samples / module_batch(trainer)):
-            samples = trainer.num_training_batches * module_batch(trainer)  # --limit-train-batches
+        samples = module.samples_seen
         row = {
             "epoch": trainer.current_epoch,
             **{k: f"{m[k]:.6f}" for k in self.FIELDS[1:6] if k in m},
@@ -223,25 +228,17 @@ class EpochLog(Callback):
         os.replace(tmp, self.path)
 
 
-def module_batch(trainer) -> int:
-    return trainer.datamodule.config.batch_size
-
-
 class SamplesProgressBar(TQDMProgressBar):
     """Lightning's bar (steps) with the samples seen beside it: steps and samples, never mixed."""
 
-    def __init__(self, samples_per_epoch: int, batch_size: int):
+    def __init__(self, samples_per_epoch: int):
         super().__init__()
-        self.samples, self.batch_size = samples_per_epoch, batch_size
+        self.samples = samples_per_epoch
 
     def get_metrics(self, trainer, module) -> dict:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
-        seen = min(
-            self.samples,
-            (self.train_progress_bar.n if self.train_progress_bar else 0) * self.batch_size,
-        )
-        items["samples"] = f"{seen:,}/{self.samples:,}"
+        items["samples"] = f"{module.samples_seen:,}/{self.samples:,}"
         return items
 
 
@@ -311,8 +308,8 @@ def train(
         callbacks=[
             EarlyStopping("val_loss", patience=config.patience),
             best,
-            EpochLog(run / "metrics.csv", samples),
-            *([SamplesProgressBar(samples, config.batch_size)] if config.progress else []),
+            EpochLog(run / "metrics.csv"),
+            *([SamplesProgressBar(samples)] if config.progress else []),
             *(callbacks or []),
         ],
         plugins=[AtomicCheckpointIO()],
