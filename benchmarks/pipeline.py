@@ -297,7 +297,8 @@ def report(r: Results) -> str:
         ),
         "",
         "Every loader reads the training split's records. ecstream yields numpy `uint8 [64, L]` "
-        "tokens with labels and ids; the torch Dataset `uint8 [64, 660]` tensors with labels; the "
+        "tokens with labels (ids are read only when asked for); the torch Dataset "
+        "`uint8 [64, 660]` tensors with labels; the "
         f"story generator `float32 [64, 660, 21]` one-hot. The story generator is timed on the "
         f"first {STORY_SAMPLES:,} records of its shuffled epoch, and its memory figure is for "
         f"reading the table with pandas and making those batches. On the {SCALE}× store, a pass is "
