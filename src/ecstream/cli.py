@@ -153,13 +153,15 @@ def _print_history(history: list[dict]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .report import metrics_table
+    from .report import bands_table, metrics_table
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
     result = evaluate(
         args.run, args.source, args.out, split=args.split, columns=columns, bands=args.bands
     )
     out.print(metrics_table(result))
+    if bands := bands_table(result):
+        out.print(bands)
     console.print(f"metrics and plots written to [bold]{args.out}[/]")
     return 0
 

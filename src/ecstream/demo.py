@@ -56,7 +56,7 @@ def _fresh(path: Path, marker: str) -> None:
 def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> int:
     from .evaluate import evaluate
     from .predict import load_model, predict_file
-    from .report import metrics_table, print_all, store_tables
+    from .report import bands_table, metrics_table, print_all, store_tables
     from .store import build_store
     from .train import TrainConfig, train
 
@@ -80,6 +80,8 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
     console.rule("3/4 evaluate: the held-out test split")
     metrics = evaluate(out / "run", store.path, out / "evaluation", split="test")
     console.print(metrics_table(metrics))
+    if bands := bands_table(metrics):
+        console.print(bands)
 
     console.rule("4/4 predict: a FASTA of the test proteins")
     fasta = out / "test-proteins.fasta"

@@ -104,3 +104,20 @@ def metrics_table(result: dict) -> Table:
         reasons = ", ".join(f"{k} {v['count']:,}" for k, v in result["set_aside"].items())
         table.caption = f"set aside: {reasons}"
     return table
+
+
+def bands_table(result: dict) -> Table | None:
+    """Accuracy per band of identity to the training split, when the evaluation has it."""
+    bands = result.get("identity_bands")
+    if not bands:
+        return None
+    table = Table(
+        title="Accuracy by identity to the closest training protein",
+        title_justify="left",
+    )
+    for col in ("identity", "proteins", "accuracy"):
+        table.add_column(col, justify="right")
+    for band, info in bands.items():
+        acc = "–" if info["accuracy"] is None else f"{info['accuracy']:.3f}"
+        table.add_row(band.replace("_", " "), f"{info['n']:,}", acc)
+    return table
