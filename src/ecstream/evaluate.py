@@ -21,13 +21,12 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from . import alphabet
 from .labels import LabelPolicy
 from .predict import Scorer, load_model
 from .runs import RunError, read_metrics, write_json
 from .skips import Skips
 from .sources import Columns, describe, read_rows
-from .store import DEFAULT_COLUMNS, INVALID_CHARACTERS, MANIFEST, MISSING_SEQUENCE, open_store
+from .store import DEFAULT_COLUMNS, MANIFEST, open_store, validate
 
 Records = Iterator[tuple[list[str], list[bytes], np.ndarray]]
 
@@ -42,22 +41,9 @@ def labelled_records(
     """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``."""
     name = describe(source)
     for rows in read_rows(source, columns, skips, fmt):
-        ids, seqs, labels = [], [], []
-        for line, rid, ec, seq, _ in rows:
-            clean = alphabet.clean(seq.strip())
-            if clean is None:
-                reason = MISSING_SEQUENCE if not seq.strip() else INVALID_CHARACTERS
-                skips.add(reason, f"{name}:{line}", rid)
-                continue
-            label, reason = policy.assign(ec)
-            if reason:
-                skips.add(reason, f"{name}:{line}", f"{rid}: {ec!r}")
-                continue
-            ids.append(rid)
-            seqs.append(clean.encode())
-            labels.append(label)
-        if ids:
-            yield ids, seqs, np.asarray(labels, dtype=np.int64)
+        kept = validate(name, rows, policy, skips)
+        if kept.ids:
+            yield kept.ids, kept.seqs, np.asarray(kept.labels, dtype=np.int64)
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict:

@@ -111,6 +111,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def source_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    p = Path(path)
+    return (
+        sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.is_dir()
+        else p.stat().st_size
+    )
+
+
 def read_rows(
     source: Any,
     columns: Columns = Columns(),

@@ -36,7 +36,15 @@ from .overlap import OverlapCheck, hash64
 from .plan import BatchSettings, mix64
 from .shards import SplitData, SplitWriter, fingerprint_file, read_batches
 from .skips import Skips
-from .sources import Columns, InputError, describe, detect_format, file_sha256, read_rows
+from .sources import (
+    Columns,
+    InputError,
+    describe,
+    detect_format,
+    file_sha256,
+    read_rows,
+    source_size,
+)
 
 SPLITS = ("train", "val", "test")
 FORMAT = "ecstream-store"
@@ -126,31 +134,58 @@ class BuildConfig:
             raise StoreError(f"--split must be random, cluster or column:NAME, got {self.split!r}")
 
 
+def validate(
+    name: str, rows: list, policy: LabelPolicy, skips: Skips, split_column: bool = False
+) -> Kept:
+    """Rows that can be used, cleaned and labelled; every other row counted with its reason."""
+    kept = Kept()
+    for line, rid, ec, seq, split_value in rows:
+        rid, seq, where = rid.strip(), seq.strip(), f"{name}:{line}"
+        if not rid:
+            skips.add(MISSING_ID, where)
+            continue
+        if not seq:
+            skips.add(MISSING_SEQUENCE, where, rid)
+            continue
+        clean = alphabet.clean(seq)
+        if clean is None:
+            bad = next((c for c in seq.rstrip("*") if not (c.isascii() and c.isalpha())), "?")
+            skips.add(INVALID_CHARACTERS, where, f"{rid}: {bad!r}")
+            continue
+        label, reason = policy.assign(ec)
+        if reason is not None:
+            skips.add(reason, where, f"{rid}: {ec!r}")
+            continue
+        if split_column:
+            value = (split_value or "").strip().lower()
+            if value not in SPLIT_NAMES:
+                skips.add(UNKNOWN_SPLIT, where, f"{rid}: {split_value!r}")
+                continue
+            kept.split_values.append(value)
+        kept.ids.append(rid)
+        kept.seqs.append(clean.encode())
+        kept.labels.append(label)
+        kept.ecs.append(ec.strip())
+    return kept
+
+
+@dataclass
 class _Reader:
     """Reads all inputs, validates each row and yields :class:`Kept` chunks; counts the rest."""
 
-    def __init__(
-        self,
-        inputs: Sequence[Any],
-        columns: Columns,
-        policy: LabelPolicy,
-        config: BuildConfig,
-        fmt: str | None,
-    ):
-        self.inputs, self.columns, self.policy, self.config, self.fmt = (
-            inputs,
-            columns,
-            policy,
-            config,
-            fmt,
-        )
-        self.skips = Skips()
-        self.rows_read = 0
-        self.not_sampled = 0
-        self.sources: list[dict] = []
+    inputs: Sequence[Any]
+    columns: Columns
+    policy: LabelPolicy
+    config: BuildConfig
+    fmt: str | None
+    skips: Skips = field(default_factory=Skips)
+    rows_read: int = 0
+    not_sampled: int = 0
+    sources: list[dict] = field(default_factory=list)
 
     def chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[Kept]:
         limit = self.config.max_records
+        split_column = self.config.split.startswith("column:")
         for source in self.inputs:
             name = describe(source)
             fmt = self.fmt or detect_format(source)
@@ -161,58 +196,20 @@ class _Reader:
                 )
             entry = {"path": name, "format": fmt, "rows": 0}
             if isinstance(source, str | os.PathLike):
-                entry["sha256"] = file_sha256(source)
-                entry["bytes"] = (
-                    sum(f.stat().st_size for f in Path(source).rglob("*") if f.is_file())
-                    if Path(source).is_dir()
-                    else Path(source).stat().st_size
-                )
+                entry |= {"sha256": file_sha256(source), "bytes": source_size(source)}
             self.sources.append(entry)
             for rows in read_rows(source, self.columns, self.skips, fmt):
                 if limit is not None and self.rows_read + len(rows) > limit:
                     rows = rows[: limit - self.rows_read]
                 entry["rows"] += len(rows)
                 self.rows_read += len(rows)
-                kept = self._validate(name, rows)
+                kept = validate(name, rows, self.policy, self.skips, split_column)
                 if kept.ids:
                     yield self._sample(kept)
                 if progress:
                     progress(self.rows_read)
                 if limit is not None and self.rows_read >= limit:
                     return
-
-    def _validate(self, name: str, rows: list) -> Kept:
-        kept = Kept()
-        add, skips, assign = kept.ids.append, self.skips, self.policy.assign
-        split_column = self.config.split.startswith("column:")
-        for line, rid, ec, seq, split_value in rows:
-            rid, seq = rid.strip(), seq.strip()
-            if not rid:
-                skips.add(MISSING_ID, f"{name}:{line}")
-                continue
-            if not seq:
-                skips.add(MISSING_SEQUENCE, f"{name}:{line}", rid)
-                continue
-            clean = alphabet.clean(seq)
-            if clean is None:
-                bad = next((c for c in seq.rstrip("*") if not (c.isascii() and c.isalpha())), "?")
-                skips.add(INVALID_CHARACTERS, f"{name}:{line}", f"{rid}: {bad!r}")
-                continue
-            label, reason = assign(ec)
-            if reason is not None:
-                skips.add(reason, f"{name}:{line}", f"{rid}: {ec!r}")
-                continue
-            if split_column:
-                value = (split_value or "").strip().lower()
-                if value not in SPLIT_NAMES:
-                    skips.add(UNKNOWN_SPLIT, f"{name}:{line}", f"{rid}: {split_value!r}")
-                    continue
-                kept.split_values.append(value)
-            add(rid)
-            kept.seqs.append(clean.encode())
-            kept.labels.append(label)
-            kept.ecs.append(ec.strip())
-        return kept
 
     def _sample(self, kept: Kept) -> Kept:
         if self.config.sample is None:
