@@ -107,3 +107,24 @@ def test_a_run_of_another_version_or_alphabet_is_refused(cnn_run, tmp_path):
         load_model(copy)
     with pytest.raises(RunError, match="not an ecstream run"):
         load_model(tmp_path)
+
+
+def test_readme_model_table_matches_the_code():
+    """The parameter counts and FLOPs per residue quoted in the README are the models' own."""
+    from pathlib import Path
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ecstream.model import PRESETS, ECClassifier, count_parameters, flops_per_residue
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, config in PRESETS.items():
+        model = ECClassifier(config)
+        assert f"| {count_parameters(model):,} |" in readme, name
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randint(1, 22, (1, 600), dtype=torch.uint8))
+        measured = counter.get_total_flops() / 600
+        assert abs(measured - flops_per_residue(config)) / measured < 0.01
+        shown = f"{flops_per_residue(config) / 1e6:.2g} M"
+        assert f"| {shown} |" in readme, (name, shown)

@@ -483,30 +483,6 @@ class Hits:
         return self.best_target >= 0
 
 
-def search(
-    queries: Iterable[tuple[str, bytes | str]],
-    target: TargetDB,
-    workdir: str | os.PathLike[str],
-    threads: int | None = None,
-    *,
-    sensitivity: float = SEARCH_SENSITIVITY,
-    evalue: float = 1e-3,
-    max_seqs: int = 300,
-    coverage: float = 0.0,
-) -> tuple[list[str], Path]:
-    """Search queries against a target database with ``mmseqs easy-search``.
-
-    Returns the query ids (query ``i`` is the ``i``-th record given) and the path of the hit table
-    (columns :data:`_SEARCH_COLUMNS`, queries and targets as row numbers); read it with
-    :func:`read_hits`. ``coverage`` > 0 keeps only alignments covering that fraction of both.
-    """
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    ids, _ = _write_queries(queries, work / "queries.fasta")
-    params = _SearchParams(sensitivity, evalue, max_seqs, coverage)
-    return ids, _easy_search(work, target, params, threads, bool(ids))
-
-
 @dataclass(frozen=True)
 class _SearchParams:
     sensitivity: float
@@ -556,7 +532,7 @@ def _easy_search(
 
 
 def read_hits(path: Path) -> Iterator[dict[str, np.ndarray]]:
-    """Blocks of a :func:`search` hit table: ``query``, ``target`` (int64), ``fident``, ``bits``,
+    """Blocks of an ``easy-search`` hit table: ``query``, ``target`` (int64), ``fident``, ``bits``,
     ``evalue`` (float64)."""
     types = {"query": pa.int64(), "target": pa.int64()}
     types |= {c: pa.float64() for c in ("fident", "bits", "evalue")}

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 # (line or row number, id, EC field or None, sequence, split column value or None)
 Row = tuple[int, str, "str | None", str, "str | None"]
-Source = "str | os.PathLike[str] | pd.DataFrame"
 
 CHUNK_ROWS = 8192
 WRONG_COLUMN_COUNT = "wrong_column_count"
