@@ -198,3 +198,18 @@ def test_deeper_ec_level_discovers_classes(data_path, tmp_path):
     assert len(classes) > 10 and all(c.count(".") == 1 for c in classes)
     labels = np.concatenate([b.y for b in store.batches("train")])
     assert labels.max() < len(classes)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"val": 0.6, "test": 0.5}, "adding up to under 1"),
+        ({"identity": 1.5}, r"\[0, 1\]"),
+        ({"sample": 0}, "--sample"),
+        ({"split": "by-phase-of-moon"}, "random, cluster or column:NAME"),
+    ],
+)
+def test_bad_build_options_are_refused_before_reading(options, message, tmp_path):
+    with pytest.raises(StoreError, match=message):
+        build_store(tmp_path / "never-read.tsv", tmp_path / "s", **options)
+    assert not (tmp_path / "s").exists()

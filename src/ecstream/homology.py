@@ -229,11 +229,8 @@ def cluster_split(
 
     Memory holds one block of records at a time; disk holds about two copies of the input.
     """
-    from .store import SPLITS, Kept, StoreError, assign_splits
+    from .store import SPLITS, Kept, assign_splits
 
-    for name in ("identity", "coverage"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise StoreError(f"--{name} must be a fraction in [0, 1], got {getattr(config, name)}")
     mm = MMseqs.find(threads)  # fail before reading any input if mmseqs is missing
     work = Path(workdir) / "cluster"
     work.mkdir(parents=True, exist_ok=True)
