@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bacteria-ec.tsv.gz"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_search_cache(tmp_path_factory):
+    """MMseqs2 results are cached per user; tests use a cache of their own, empty at start."""
+    os.environ["ECSTREAM_CACHE"] = str(tmp_path_factory.mktemp("ecstream-cache"))
+
+
 def head_lines(path: Path, n: int) -> list[str]:
     """The first ``n`` lines of a (gzip) text file."""
     import gzip

@@ -550,9 +550,9 @@ def best_hits(
     """Best hit (by bit score; ties by E-value, then target row) and max identity per query.
 
     ``queries`` are ``(id, sequence)`` records, streamed to a FASTA file in ``workdir``. The
-    per-query result is kept in the target's directory (``hits/``), keyed by the query sequences
-    and the search settings, so the same search (a kNN run and the hybrid built on it, say) runs
-    MMseqs2 once.
+    per-query result (a few MB) is cached in :func:`cache_dir`, keyed by the query sequences, the
+    search settings and the target split's fingerprint: the same search (the leakage report,
+    a kNN run, the hybrid built on it, identity bands of a CNN's evaluation) runs MMseqs2 once.
     """
     target = target if isinstance(target, TargetDB) else TargetDB(target)
     work = Path(workdir)
@@ -560,13 +560,13 @@ def best_hits(
     ids, digest = _write_queries(queries, work / "queries.fasta")
     params = _SearchParams(sensitivity, evalue, max_seqs, coverage)
     key = hashlib.sha256(f"{digest}|{params}|{target.meta['fingerprint']}".encode()).hexdigest()
-    cache = target.directory / "hits" / f"{key[:32]}.npz"
+    cache = cache_dir() / "hits" / f"{key[:32]}.npz"
     if cache.is_file():
         with np.load(cache) as saved:
             arrays = {name: saved[name] for name in saved.files}
     else:
         arrays = _reduce_hits(_easy_search(work, target, params, threads, bool(ids)), len(ids))
-        cache.parent.mkdir(exist_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex[:8]}.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, cache)
@@ -579,6 +579,14 @@ def best_hits(
         best_label=labels,
         **arrays,
     )
+
+
+def cache_dir() -> Path:
+    """Where search results are cached: ``$ECSTREAM_CACHE``, else ``$XDG_CACHE_HOME/ecstream``
+    (``~/.cache/ecstream``). Safe to delete at any time."""
+    if env := os.environ.get("ECSTREAM_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecstream"
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:
@@ -693,33 +701,25 @@ def leakage_report(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         chosen = [s for s in splits if s in store.splits and s != reference]
-        # one search for all splits: MMseqs2's fixed cost (databases, k-mer tables) is paid once
-        hits = best_hits(
-            itertools.chain.from_iterable(split_records(store, s) for s in chosen),
-            target,
-            work / "search",
-            mm.threads,
-            sensitivity=sensitivity,
-            evalue=evalue,
-        )
-        start = 0
-        for split in chosen:
-            stop = start + store.num_records(split)
-            max_fident, max_target = hits.max_fident[start:stop], hits.max_target[start:stop]
+        for split in chosen:  # one search per split: each is then cached for kNN and evaluation
+            hits = best_hits(
+                split_records(store, split), target, work / split, mm.threads,
+                sensitivity=sensitivity, evalue=evalue,
+            )  # fmt: skip
+            max_fident, max_target = hits.max_fident, hits.max_target
             found = np.flatnonzero(max_target >= 0)
             top = found[np.lexsort((found, -max_fident[found]))][:examples]
             report["splits"][split] = {
-                "records": stop - start,
+                "records": len(hits),
                 "counts": band_counts(max_fident),
                 "median_max_identity": (
                     float(np.median(max_fident[found])) if len(found) else None
                 ),
                 "closest": [
-                    [hits.query_ids[start + i], str(tid), float(max_fident[i])]
+                    [hits.query_ids[i], str(tid), float(max_fident[i])]
                     for i, tid in zip(top, target.ids(max_target[top]), strict=True)
                 ],
             }
-            start = stop
         return report
     finally:
         if own:
