@@ -151,7 +151,7 @@ def _comparison(times: dict) -> list[str]:
         "### Test accuracy by split and model, and per band of identity to the training split",
         "",
         "Identity: MMseqs2 `fident` of each test protein's closest training protein (max over "
-        "hits, `-s 5.7`); *no_hit*: no hit at E ≤ 0.001. The kNN gives no class to a protein "
+        "hits, `-s 5.7 --max-seqs 100`); *no_hit*: no hit at E ≤ 0.001. The kNN gives no class to a protein "
         "without hit (counted wrong). Time: training (CNN: all epochs; kNN: target database and "
         "validation search; hybrid: threshold choice on val) + evaluation on test, wall clock "
         "and CPU time. MMseqs2 searches are cached, so a step that reuses one (the hybrid; the "
@@ -210,7 +210,8 @@ def _leakage() -> list[str]:
     lines = [
         "### Leakage: each val/test protein's highest identity to any training protein",
         "",
-        "MMseqs2 `-s 7.5`, E ≤ 0.001 (`ecstream leakage`, or at build time for cluster splits).",
+        "MMseqs2 `-s 5.7 --max-seqs 100`, E ≤ 0.001 (`ecstream leakage`, or at build time for "
+        "cluster splits).",
         "",
         "| split | part | records | " + " | ".join(BANDS) + " |",
         "|---|---|---:|" + "---:|" * len(BANDS),

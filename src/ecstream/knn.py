@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .homology import SEARCH_SENSITIVITY, Hits, MMseqs, TargetDB, best_hits
+from .homology import MAX_SEQS, SEARCH_SENSITIVITY, Hits, MMseqs, TargetDB, best_hits
 from .labels import LabelPolicy
 from .predict import CNNPredictor, Scores
 from .runs import RunError, base_config, read_config, write_json
@@ -161,7 +161,12 @@ def train_knn(
     TargetDB.create(store, "train", out / TARGETS, mm.threads)
     config = {
         **base_config("knn", store),
-        "search": {"tool": "mmseqs easy-search", "sensitivity": sensitivity, "version": mm.version},
+        "search": {
+            "tool": "mmseqs easy-search",
+            "sensitivity": sensitivity,
+            "max_seqs": MAX_SEQS,
+            "version": mm.version,
+        },  # fmt: skip
     }
     write_json(out / "config.json", config)
     ids, seqs, labels = _val_records(store)
