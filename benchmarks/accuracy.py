@@ -151,11 +151,11 @@ def _comparison(times: dict) -> list[str]:
         "### Test accuracy by split and model, and per band of identity to the training split",
         "",
         "Identity: MMseqs2 `fident` of each test protein's closest training protein (max over "
-        "hits, `-s 5.7 --max-seqs 100`); *no_hit*: no hit at E ≤ 0.001. The kNN gives no class to a protein "
-        "without hit (counted wrong). Time: training (CNN: all epochs; kNN: target database and "
-        "validation search; hybrid: threshold choice on val) + evaluation on test, wall clock "
-        "and CPU time. MMseqs2 searches are cached, so a step that reuses one (the hybrid; the "
-        "evaluations after the first of a split) shows only its own work.",
+        "hits, `-s 5.7 --max-seqs 100`); *no_hit*: no hit at E ≤ 0.001. The kNN gives no class "
+        "to a protein without hit (counted wrong). Time: training (CNN: all epochs; kNN: target "
+        "database and validation search; hybrid: threshold choice on val) + evaluation on test, "
+        "wall clock and CPU time. MMseqs2 searches are cached, so a step that reuses one (the "
+        "hybrid; the evaluations after the first of a split) shows only its own work.",
         "",
         f"| split | model | val acc. | test acc. | macro-F1 | {head} | time |",
         "|---|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|",

@@ -166,7 +166,7 @@ def train_knn(
             "sensitivity": sensitivity,
             "max_seqs": MAX_SEQS,
             "version": mm.version,
-        },  # fmt: skip
+        },
     }
     write_json(out / "config.json", config)
     ids, seqs, labels = _val_records(store)
