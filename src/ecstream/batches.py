@@ -55,12 +55,17 @@ def _batch(x, y, lengths, ids) -> Batch:
     return batch
 
 
+def padded_width(longest: int, max_length: int) -> int:
+    """Width for a batch whose longest sequence has ``longest`` residues: capped at
+    ``max_length``, rounded up to a multiple of 8, never above ``max_length``."""
+    return min(max_length, -(-min(max(longest, 1), max_length) // 8) * 8)
+
+
 def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
-    """Batch width: ``max_length``, or with bucketing the longest (capped) rounded up to 8."""
+    """Batch width: ``max_length``, or with bucketing :func:`padded_width` of the longest."""
     if not settings.bucket:
         return settings.max_length
-    longest = int(min(lengths.max(initial=1), settings.max_length))
-    return min(settings.max_length, -(-longest // 8) * 8)
+    return padded_width(int(lengths.max(initial=1)), settings.max_length)
 
 
 class Batches:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +88,17 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
     }
 
 
-def predictions(model: Scorer, records: Records) -> tuple[np.ndarray, np.ndarray, dict]:
+def predictions(
+    model: Scorer, records: Records, progress: Callable[[str], None] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """True labels, predicted labels and the extra columns (concatenated) of all records."""
     truth, predicted, extra = [], [], {}
+    done = 0
     for ids, seqs, labels in records:
         scores = model.score(ids, seqs)
+        done += len(ids)
+        if progress:
+            progress(f"{done:,} records scored")
         truth.append(labels)
         no_class = np.isnan(scores.probs).all(axis=1)
         predicted.append(np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1)))
@@ -111,6 +117,7 @@ def evaluate(
     columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
     bands: bool | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Score a store split or a labelled file with a run; write metrics.json and the plots.
 
@@ -134,7 +141,7 @@ def evaluate(
             return labelled_records(source, model.policy, skips, columns, fmt)
 
         where = {"file": describe(source)}
-    y_true, y_pred, extra = predictions(model, records())
+    y_true, y_pred, extra = predictions(model, records(), progress)
     if len(y_true) == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
@@ -149,6 +156,8 @@ def evaluate(
     if bands is None:
         bands = mmseqs_available()
     if bands:
+        if progress:
+            progress("identity to the training split (MMseqs2)")
         identity = _identity_to_train(run, records, extra)
         result["identity_bands"] = band_accuracy(y_true, y_pred, identity)
     out = Path(out)

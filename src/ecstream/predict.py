@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import alphabet
+from .batches import padded_width
 from .labels import LabelPolicy
 from .model import ECClassifier, ModelConfig
 from .runs import RunError, read_config
@@ -70,7 +71,7 @@ class CNNPredictor:
         self.model = ECClassifier(ModelConfig.from_dict(payload["model"]))
         self.model.load_state_dict(payload["state_dict"])
         self.model.to(self.device).eval()
-        self.batch_size = 256
+        self.batch_size = 64
 
     @torch.inference_mode()
     def logits(self, tokens: np.ndarray) -> np.ndarray:
@@ -79,14 +80,18 @@ class CNNPredictor:
         return self.model(x).float().cpu().numpy()
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
-        """Probabilities for sequences (upper-case letters), batched by length internally."""
+        """Probabilities for sequences (upper-case letters), in length-sorted batches.
+
+        ``batch_size`` sequences per forward pass: on 2 CPU cores 64 was the fastest measured
+        (3,300 seq/s; 256 gave 2,100 seq/s with twice the memory, and packing more short
+        sequences into a fixed token budget was slower too).
+        """
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
         probs = np.empty((len(seqs), len(self.policy.classes)), dtype=np.float32)
         for start in range(0, len(seqs), self.batch_size):
             idx = order[start : start + self.batch_size]
-            longest = min(int(lengths[idx].max()), self.max_length)
-            width = min(self.max_length, -(-longest // 8) * 8)
+            width = padded_width(int(lengths[idx[-1]]), self.max_length)
             tokens = alphabet.encode(letters_matrix([seqs[i] for i in idx], width))
             logits = torch.from_numpy(self.logits(tokens))
             probs[idx] = torch.softmax(logits, dim=1).numpy()
