@@ -89,7 +89,7 @@ class BatchSettings:
     max_length: int = 660
     shuffle: bool = True
     bucket: bool = False
-    window: int = 64  # batches per length-sorted window when bucketing
+    window: int = 32  # batches per length-sorted window when bucketing
     drop_last: bool = False
     padding: str = "post"
     truncating: str = "post"

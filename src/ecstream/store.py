@@ -474,7 +474,7 @@ class Store:
         world_size: int = 1,
         padding: str = "post",
         truncating: str = "post",
-        window: int = 64,
+        window: int = 32,
     ) -> Batches:
         """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`."""
         settings = BatchSettings(
