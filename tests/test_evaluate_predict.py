@@ -128,3 +128,15 @@ def test_readme_model_table_matches_the_code():
         assert abs(measured - flops_per_residue(config)) / measured < 0.01
         shown = f"{flops_per_residue(config) / 1e6:.2g} M"
         assert f"| {shown} |" in readme, (name, shown)
+
+
+def test_predict_reads_a_csv_with_a_sequence_column(cnn_run, tmp_path):
+    table = tmp_path / "mine.csv"
+    table.write_text("name,seq,note\nx1,MKVLAAGIVG,a\nx2,,b\n")
+    from ecstream.sources import Columns
+
+    columns = Columns(id="name", ec=None, sequence="seq")
+    summary = predict_file(load_model(cnn_run), table, tmp_path / "o.tsv", columns=columns)
+    rows = (tmp_path / "o.tsv").read_text().splitlines()[1:]
+    assert summary["scored"] == 1 and [r.split("\t")[0] for r in rows] == ["x1", "x2"]
+    assert rows[1].endswith("empty sequence")

@@ -100,3 +100,15 @@ def test_two_ranks_on_cpu_share_each_epoch(small_store, tmp_path):
     history = read_metrics(run)
     assert [int(r["epoch"]) for r in history] == [0, 1]
     assert (run / "model.pt").is_file()
+
+
+def test_class_weights_follow_the_training_counts(small_store, tmp_path):
+    from ecstream.train import _class_weights
+
+    counts = list(small_store.manifest["splits"]["train"]["per_class"].values())
+    weights = _class_weights(small_store)
+    # rare classes weigh more, and the weighted class counts are all equal
+    assert torch.allclose(weights * torch.tensor(counts, dtype=torch.float32),
+                          torch.full((7,), sum(counts) / 7), rtol=1e-5)  # fmt: skip
+    result = train(small_store.path, tmp_path / "w", TrainConfig(**FAST, class_weights=True))
+    assert json.loads((result.run / "config.json").read_text())["train"]["class_weights"]
