@@ -44,14 +44,14 @@ def cluster_build(mmseqs, data_path, tmp_path_factory):
     real = homology.cluster_split
     seen: dict = {"splits": [], "ids": [], "hashes_ok": True}
 
-    def spy(chunks, route, workdir, config, threads=None, **kw):
+    def spy(chunks, route, workdir, config, threads=None, *args, **kw):
         def spy_route(kept, splits, seq_hashes):
             seen["ids"].extend(kept.ids)
             seen["splits"].append(np.array(splits))
             seen["hashes_ok"] &= bool(np.array_equal(seq_hashes, hash64(kept.seqs)))
             route(kept, splits, seq_hashes)
 
-        info = real(chunks, spy_route, workdir, config, threads, **kw)
+        info = real(chunks, spy_route, workdir, config, threads, *args, **kw)
         seen["rep"] = np.load(Path(workdir) / "cluster" / "representatives.npy").copy()
         return info
 

@@ -31,7 +31,6 @@ def _progress(label: str) -> tuple[Callable[[int | str], None], Callable[[], Non
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .sources import Columns
     from .store import build_store
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)

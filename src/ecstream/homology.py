@@ -215,6 +215,7 @@ def cluster_split(
     workdir: Path,
     config: BuildConfig,
     threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
     *,
     tool: str | None = None,
 ) -> dict[str, Any]:
@@ -278,6 +279,8 @@ def cluster_split(
         return info
 
     # 2. cluster
+    if progress:
+        progress(f"clustering {n:,} sequences with mmseqs {tool}")
     prefix = work / "clu"
     args = [tool, fasta, prefix, work / "tmp", *options, "--threads", mm.threads]
     mm.run([*args, "--remove-tmp-files", "1"], work, tool)

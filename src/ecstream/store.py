@@ -183,7 +183,7 @@ class _Reader:
     not_sampled: int = 0
     sources: list[dict] = field(default_factory=list)
 
-    def chunks(self, progress: Callable[[int], None] | None = None) -> Iterator[Kept]:
+    def chunks(self, progress: Callable[[int | str], None] | None = None) -> Iterator[Kept]:
         limit = self.config.max_records
         split_column = self.config.split.startswith("column:")
         for source in self.inputs:
@@ -239,7 +239,7 @@ def build_store(
     columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
     force: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int | str], None] | None = None,
     threads: int | None = None,
     leakage: bool | None = None,
     **options: Any,
@@ -274,6 +274,8 @@ def build_store(
         if leakage or (leakage is None and config.split == "cluster"):
             from .homology import leakage_report, record_leakage
 
+            if progress:
+                progress("leakage report (MMseqs2)")
             built = Store(tmp)
             record_leakage(built, leakage_report(built, threads))
         if out.exists():
@@ -296,7 +298,7 @@ def _build_into(
     policy: LabelPolicy,
     config: BuildConfig,
     fmt: str | None,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int | str], None] | None,
     threads: int | None,
 ) -> dict:
     reader = _Reader(inputs, columns, policy, config, fmt)
@@ -328,9 +330,8 @@ def _build_into(
     if config.split == "cluster":
         from .homology import cluster_split
 
-        split_info.update(
-            cluster_split(reader.chunks(progress), route, tmp / ".work", config, threads)
-        )
+        chunks = reader.chunks(progress)
+        split_info.update(cluster_split(chunks, route, tmp / ".work", config, threads, progress))
     else:
         for kept in reader.chunks(progress):
             seq_hashes = hash64(kept.seqs)
