@@ -12,11 +12,14 @@ For each split (random; whole MMseqs2 clusters at 0.5 and at 0.3 identity), with
 This takes hours on 2 cores. Every step writes under ``bench-output/accuracy/`` and records its
 time in ``times.json`` when it succeeds; a step already recorded is skipped, so an interrupted
 run continues where it stopped (an interrupted CNN resumes from its last checkpoint).
+``ECSTREAM_ACCURACY_SPLITS`` (comma-separated, e.g. ``random,cluster 0.3``) runs and reports
+only those splits; by default all three run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -27,12 +30,23 @@ WORK = OUTPUT / "accuracy"
 TIMES = WORK / "times.json"
 SPLITS = {
     "random": [],
-    "cluster 0.5": ["--split", "cluster", "--identity", "0.5"],
     "cluster 0.3": ["--split", "cluster", "--identity", "0.3"],
+    "cluster 0.5": ["--split", "cluster", "--identity", "0.5"],
 }
 MODELS = {"small": "CNN `small`", "knn": "kNN (MMseqs2)", "hybrid": "hybrid"}
 MIN_RANDOM_VAL_ACC = 0.90
 BANDS = (">=0.9", "0.5-0.9", "0.3-0.5", "<0.3", "no_hit")
+
+
+def _splits() -> list[str]:
+    """The splits to run and report: ``ECSTREAM_ACCURACY_SPLITS`` or all of them."""
+    chosen = os.environ.get("ECSTREAM_ACCURACY_SPLITS")
+    names = [s.strip() for s in chosen.split(",")] if chosen else list(SPLITS)
+    if unknown := [s for s in names if s not in SPLITS]:
+        raise SystemExit(
+            f"ECSTREAM_ACCURACY_SPLITS: unknown split {unknown}; choose from {list(SPLITS)}"
+        )
+    return names
 
 
 def _times() -> dict:
@@ -99,7 +113,8 @@ def _best_val(run: Path) -> dict:
 def run() -> str:
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    for split in SPLITS:
+    splits = _splits()
+    for split in splits:
         print(f"== accuracy: {split}", flush=True)
         run_split(split)
     times = _times()
@@ -107,12 +122,19 @@ def run() -> str:
         "## Accuracy: random vs homology-aware splits",
         "",
         "Command: `.venv/bin/python benchmarks/run.py accuracy` (part of `make bench`; hours on "
-        "2 cores; resumable). Full shared data, seed 0, val 0.1, test 0.1; both cores.",
+        "2 cores; resumable). Full shared data, seed 0, val 0.1, test 0.1; both cores. Splits "
+        f"in this report: {', '.join(splits)}"
+        + (
+            f" (not run: {', '.join(s for s in SPLITS if s not in splits)})"
+            if len(splits) < len(SPLITS)
+            else ""
+        )
+        + ".",
         "",
         machine_markdown(info),
         *_random_cnn(times),
-        *_comparison(times),
-        *_leakage(),
+        *_comparison(times, splits),
+        *_leakage(splits),
     ]
     return "\n".join(lines)
 
@@ -145,7 +167,7 @@ def _random_cnn(times: dict) -> list[str]:
     return lines
 
 
-def _comparison(times: dict) -> list[str]:
+def _comparison(times: dict, splits: list[str]) -> list[str]:
     head = " | ".join(f"acc. {b} (n)" for b in BANDS)
     lines = [
         "### Test accuracy by split and model, and per band of identity to the training split",
@@ -160,7 +182,7 @@ def _comparison(times: dict) -> list[str]:
         f"| split | model | val acc. | test acc. | macro-F1 | {head} | time |",
         "|---|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|",
     ]
-    for split in SPLITS:
+    for split in splits:
         d = _dir(split)
         for model, label in MODELS.items():
             m = _json(d / f"eval-{model}" / "metrics.json")
@@ -176,6 +198,8 @@ def _comparison(times: dict) -> list[str]:
                 f"| {split} | {label} | {_val_acc(d, model):.3f} | {m['accuracy']:.3f} "
                 f"| {m['macro_f1']:.3f} | {cells} | {_minutes(spent)} |"
             )
+    if "cluster 0.3" not in splits:
+        return [*lines, ""]
     cluster = {
         m: _json(_dir("cluster 0.3") / f"eval-{m}" / "metrics.json")["accuracy"] for m in MODELS
     }
@@ -206,7 +230,7 @@ def _val_acc(d: Path, model: str) -> float:
     return float(_json(d / model / "config.json")["validation"]["val_acc"])
 
 
-def _leakage() -> list[str]:
+def _leakage(splits: list[str]) -> list[str]:
     lines = [
         "### Leakage: each val/test protein's highest identity to any training protein",
         "",
@@ -216,7 +240,7 @@ def _leakage() -> list[str]:
         "| split | part | records | " + " | ".join(BANDS) + " |",
         "|---|---|---:|" + "---:|" * len(BANDS),
     ]
-    for split in SPLITS:
+    for split in splits:
         report = _json(_dir(split) / "store" / "manifest.json").get("leakage")
         if not report:
             continue
@@ -225,12 +249,15 @@ def _leakage() -> list[str]:
             cells = " | ".join(f"{100 * info['counts'][b] / n:.1f}%" for b in BANDS)
             lines.append(f"| {split} | {part} | {info['records']:,} | {cells} |")
     clusters = {
-        s: _json(_dir(s) / "store" / "manifest.json")["split"].get("clusters") for s in SPLITS
+        s: c
+        for s in splits
+        if (c := _json(_dir(s) / "store" / "manifest.json")["split"].get("clusters"))
     }
-    lines += [
-        "",
-        "Clusters: "
-        + ", ".join(f"{s} {c:,}" for s, c in clusters.items() if c)
-        + " (MMseqs2 easy-cluster, coverage 0.8 of both sequences).",
-    ]
+    if clusters:
+        lines += [
+            "",
+            "Clusters: "
+            + ", ".join(f"{s} {c:,}" for s, c in clusters.items())
+            + " (MMseqs2 easy-cluster, coverage 0.8 of both sequences).",
+        ]
     return lines
