@@ -14,14 +14,25 @@ import time
 
 from common import REPORT, limit_threads, write_section
 
-# section name → module in benchmarks/ (add training, homology, … here)
-SECTIONS = {"pipeline": "pipeline", "training": "training", "accuracy": "accuracy"}
+# section name → module in benchmarks/
+SECTIONS = {"pipeline": "pipeline", "training": "training", "accuracy": "accuracy", "gpu": "gpu"}
+NEEDS_CUDA = {"gpu"}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
-    names = parser.parse_args(argv).sections or list(SECTIONS)
+    names = parser.parse_args(argv).sections
+    if not names:  # all of them, but those that need a GPU only where there is one
+        names = [n for n in SECTIONS if n not in NEEDS_CUDA or _has_cuda()]
+        if skipped := [n for n in SECTIONS if n not in names]:
+            print(f"== skipping {', '.join(skipped)}: no CUDA GPU here", flush=True)
     if unknown := [n for n in names if n not in SECTIONS]:
         parser.error(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     limit_threads()  # before any section imports numpy, torch or pyarrow
