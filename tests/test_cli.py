@@ -29,6 +29,39 @@ def test_build_info_train_evaluate_predict(data_path, tmp_path, capsys):
     assert main(["predict", str(run), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 0
     assert "2 records" in capsys.readouterr().err
     assert len((tmp_path / "p.tsv").read_text().splitlines()) == 3
+    # a line that is not a record cannot have a row: it is reported with its place
+    table = tmp_path / "q.tsv"
+    table.write_text("Entry\tSequence\na\tMKVLAAGIVG\nb\tMKV\textra\nc\tMKKLLPT\n")
+    assert main(["predict", str(run), str(table), "--out", str(tmp_path / "t.tsv")]) == 0
+    err = capsys.readouterr().err
+    assert "could not be read" in err and "q.tsv:3" in err
+    assert len((tmp_path / "t.tsv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--limit-train-batches", "1.5"], "a fraction must be in (0, 1]"),
+        (["--limit-train-batches", "0"], "must be at least 1"),
+        (["--batch-size", "-4"], "must be at least 1"),
+        (["--model", "huge"], "invalid choice"),
+    ],
+)
+def test_train_refuses_bad_numbers_before_it_starts(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "store", "--out", "run", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_limit_train_batches_reads_counts_and_fractions():
+    from ecstream.cli import build_parser
+
+    parse = build_parser().parse_args
+    for text, value in (("10", 10), ("1.0", 1.0), ("0.25", 0.25)):
+        limit = parse(
+            ["train", "s", "--out", "r", "--limit-train-batches", text]
+        ).limit_train_batches
+        assert limit == value and type(limit) is type(value)
 
 
 @pytest.mark.parametrize(

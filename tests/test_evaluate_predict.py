@@ -83,6 +83,17 @@ def test_predict_answers_every_record_in_input_order(cnn_run, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_macro_f1_averages_the_classes_that_occur():
+    from ecstream.evaluate import metrics
+    from ecstream.labels import LabelPolicy
+
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    result = metrics(y_true, y_pred, LabelPolicy())  # 7 classes, 2 occur
+    f1 = [result["per_class"][k]["f1"] for k in ("1", "2")]
+    assert result["macro_f1"] == pytest.approx(np.mean(f1))
+    assert result["per_class"]["5"]["f1"] == 0.0 and result["per_class"]["5"]["support"] == 0
+
+
 def test_python_api_predicts_probabilities(cnn_run):
     model = load_model(cnn_run)
     probs = model.predict(["MKVLAAGIVGLLLAAQPAMA", "mkkllpt"])

@@ -8,6 +8,7 @@ import pytest
 from ecstream.evaluate import evaluate
 from ecstream.knn import train_hybrid, train_knn
 from ecstream.predict import load_model, predict_file
+from ecstream.runs import RunError
 from ecstream.store import build_store
 from ecstream.train import TrainConfig, train
 
@@ -43,6 +44,39 @@ def test_knn_transfers_the_class_of_the_best_hit_and_marks_no_hit(runs, tmp_path
     assert scores.extra["source"][:20] == ["homolog"] * 20
     assert scores.extra["identity"][0] == "1.000"
     assert np.isnan(scores.probs[20]).all() and scores.extra["source"][20] == "no_hit"
+
+
+def test_every_run_kind_answers_the_python_api(runs):
+    import ecstream
+
+    store, cnn, knn, hybrid, *_ = runs
+    _, seqs, labels = next(store.records("train"))
+    texts = [s.decode() for s in seqs[:5]] + ["WWWWHHHHWWWWHHHHCCCCWWWW"]
+    for run in (cnn, knn, hybrid):
+        probs = ecstream.load_model(run).predict(texts)
+        assert probs.shape == (6, 7)
+    knn_probs = ecstream.load_model(knn).predict(texts)
+    assert (knn_probs[:5].argmax(1) == labels[:5]).all() and np.isnan(knn_probs[5]).all()
+    hybrid_probs = ecstream.load_model(hybrid).predict(texts)
+    assert not np.isnan(hybrid_probs).any()  # no hit: the CNN answers
+
+
+def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_path, monkeypatch):
+    from ecstream import knn as knn_module
+
+    store = runs[0]
+    out = tmp_path / "knn"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("search failed")
+
+    monkeypatch.setattr(knn_module.KNNPredictor, "hits", broken)
+    with pytest.raises(RuntimeError, match="search failed"):
+        train_knn(store.path, out, threads=2)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    assert train_knn(store.path, out, threads=2)["val_records"] == store.num_records("val")
+    assert (out / "config.json").is_file()
 
 
 def test_hybrid_threshold_is_chosen_on_validation(runs):
@@ -85,3 +119,19 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
         sources[name] = [r["source"] for r in rows]
     assert set(sources["knn"]) <= {"homolog", "no_hit"}
     assert set(sources["hybrid"]) <= {"homolog", "cnn"}
+
+
+def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):
+    import shutil
+
+    store, cnn, *_ = runs
+    moved = tmp_path / "cnn"
+    shutil.copytree(cnn, moved, ignore=shutil.ignore_patterns("targets"))
+    config = json.loads((moved / "config.json").read_text())
+    config["store"]["path"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    result = evaluate(moved, store.path, tmp_path / "eval", split="test")
+    assert "identity_bands" not in result and "gone" in result["identity_bands_skipped"]
+    assert result["n"] == store.num_records("test")
+    with pytest.raises(RunError, match="training store"):
+        evaluate(moved, store.path, tmp_path / "eval2", split="test", bands=True)

@@ -198,6 +198,27 @@ def test_deeper_ec_level_discovers_classes(data_path, tmp_path):
     assert len(classes) > 10 and all(c.count(".") == 1 for c in classes)
     labels = np.concatenate([b.y for b in store.batches("train")])
     assert labels.max() < len(classes)
+    # every class has records: keys come only from rows the label policy keeps
+    per_class = {
+        k: sum(store.manifest["splits"][s]["per_class"][k] for s in SPLITS) for k in classes
+    }
+    assert min(per_class.values()) > 0
+
+
+def test_deeper_level_keys_ignore_rows_set_aside(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "Entry": ["a", "b", "c"],
+            "EC number": ["1.1.1.1", "2.7.1.1; 3.1.1.1", "1.1.1.2"],
+            "Sequence": ["MKVLAAGIVG", "MSTNPKPQRK", "MKKLLPTAAG"],
+        }
+    )
+    skip = build_store(df, tmp_path / "skip", level=2, val=0, test=0)
+    assert skip.policy.classes == ("1.1",)
+    first = build_store(df, tmp_path / "first", level=2, val=0, test=0, multi="first")
+    assert first.policy.classes == ("1.1", "2.7")
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,17 @@ from .batches import Batch, Batches
 from .labels import LabelPolicy, parse_ec
 from .store import Store, StoreError, build_store, open_store
 
+
+def load_model(run, device: str | None = None):
+    """A trained run (CNN, kNN or hybrid) for prediction: ``load_model(RUN).predict(seqs)``.
+
+    Imported on use, so ``import ecstream`` does not load PyTorch.
+    """
+    from .predict import load_model as load
+
+    return load(run, device)
+
+
 __all__ = [
     "AlreadyEncodedError",
     "Batch",
@@ -25,6 +36,7 @@ __all__ = [
     "__version__",
     "build_store",
     "encode",
+    "load_model",
     "open_store",
     "parse_ec",
 ]

@@ -30,6 +30,34 @@ def _progress(label: str) -> tuple[Callable[[int | str], None], Callable[[], Non
     return update, status.stop
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _batch_limit(text: str) -> int | float:
+    """Lightning's ``limit_train_batches``: a count (``10``) or a fraction (``0.25``, ``1.0``)."""
+    try:
+        return _positive(text)
+    except ValueError:
+        value = float(text)
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(
+                f"a fraction must be in (0, 1], got {text}; a count has no decimal point"
+            ) from None
+        return value
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from .store import build_store
 
@@ -110,7 +138,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .train import TrainConfig, train
 
-    limit = args.limit_train_batches
     config = TrainConfig(
         model=args.model,
         epochs=args.epochs,
@@ -125,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         devices=args.devices,
         precision=args.precision,
         num_workers=args.num_workers,
-        limit_train_batches=None if limit is None else (int(limit) if limit >= 1 else limit),
+        limit_train_batches=args.limit_train_batches,
         class_weights=args.class_weights,
         max_time=args.max_time,
         progress=not args.quiet,
@@ -170,6 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out.print(metrics_table(result))
     if bands := bands_table(result):
         out.print(bands)
+    if skipped := result.get("identity_bands_skipped"):
+        console.print(f"[yellow]no identity bands:[/] {skipped}")
     console.print(f"metrics and plots written to [bold]{args.out}[/]")
     return 0
 
@@ -178,7 +207,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import load_model, predict_file
 
     model = load_model(args.run)
-    if hasattr(model, "batch_size") and args.batch_size:
+    if hasattr(model, "batch_size") and args.batch_size:  # a CNN or a hybrid's CNN
         model.batch_size = args.batch_size
     columns = Columns(id=args.id_column, ec=None, sequence=args.sequence_column)
     update, stop = _progress(f"predicting {args.input}")
@@ -193,6 +222,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
         f"[bold]{summary['per_second']:,.0f} sequences/s[/]"
     )
+    if summary["unreadable_lines"]:
+        console.print(
+            "[yellow]lines that could not be read as records (no row in the output):[/]\n"
+            + "\n".join(summary["unreadable_lines"])
+        )
     return 0
 
 
@@ -276,17 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument(
-        "--model", default="small",
+        "--model", default="small", choices=("small", "large", "knn", "hybrid"),
         help="small (CNN for CPUs), large (CNN for GPUs), knn (nearest MMseqs2 homolog) or "
         "hybrid (homolog above an identity threshold, else CNN; needs --cnn and --knn)",
     )  # fmt: skip
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
     p.add_argument("--knn", default=None, help="hybrid: the kNN run")
     p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=660, help="truncate longer sequences")
+    p.add_argument("--epochs", type=_positive, default=50)
+    p.add_argument(
+        "--patience", type=_not_negative, default=3, help="early stopping patience (epochs)"
+    )
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--max-length", type=_positive, default=660, help="truncate longer sequences")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     p.add_argument(
         "--bucket", action=argparse.BooleanOptionalAction, default=True,
@@ -297,10 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, …")
     p.add_argument("--devices", default="auto", help="auto, 1, 4, …")
     p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU), 32-true, …")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument(
-        "--limit-train-batches", type=float, default=None, help="N batches or a fraction"
+        "--num-workers", type=_not_negative, default=0, help="DataLoader worker processes"
     )
+    p.add_argument(
+        "--limit-train-batches", type=_batch_limit, default=None,
+        help="N batches (10) or a fraction of them (0.25)",
+    )  # fmt: skip
     p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -331,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("input")
     p.add_argument("--out", required=True, help="TSV to write")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed in the top_k column")
+    p.add_argument("--top-k", type=_positive, default=3, help="classes listed in the top_k column")
     p.add_argument(
-        "--batch-size", type=int, default=None,
+        "--batch-size", type=_positive, default=None,
         help="sequences per forward pass (default 64, the fastest on CPU)",
     )  # fmt: skip
     _column_flags(p, ec=False)

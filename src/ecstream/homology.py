@@ -385,6 +385,7 @@ class TargetDB:
     def ids(self, rows: np.ndarray) -> np.ndarray:
         """Record ids of target rows; ``""`` for row ``-1`` (no hit)."""
         if self._ids is None:
+            # the ids may be zero-copy views of the mapping, which stays open while they live
             source = pa.memory_map(str(self.directory / "ids.arrow"), "r")
             self._ids = pa.ipc.open_file(source).read_all().column("id").combine_chunks()
         rows = np.asarray(rows, dtype=np.int64)

@@ -20,15 +20,15 @@ import numpy as np
 
 from .homology import MAX_SEQS, SEARCH_SENSITIVITY, Hits, MMseqs, TargetDB, best_hits
 from .labels import LabelPolicy
-from .predict import CNNPredictor, Scores
-from .runs import RunError, base_config, read_config, write_json
+from .predict import CNNPredictor, Predicts, Scores
+from .runs import RunError, base_config, new_run, read_config, write_json
 from .store import Store, open_store
 
 TARGETS = "targets"  # the TargetDB of the training split inside a run directory
 THRESHOLDS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 
 
-class KNNPredictor:
+class KNNPredictor(Predicts):
     """Nearest-homolog classifier: the class of the best MMseqs2 hit in the training split."""
 
     kind = "knn"
@@ -73,7 +73,7 @@ def _extra(hits: Hits) -> dict[str, list]:
     }
 
 
-class HybridPredictor:
+class HybridPredictor(Predicts):
     """The homolog's class at or above an identity threshold, the CNN's below it or without hit."""
 
     kind = "hybrid"
@@ -87,6 +87,15 @@ class HybridPredictor:
         self.threshold = float(config["threshold"])
         if self.knn.policy != self.policy:
             raise RunError(f"{run}: its CNN and kNN runs have different classes")
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per forward pass of the CNN."""
+        return self.cnn.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.cnn.batch_size = value
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         cnn = self.cnn.score(ids, seqs)
@@ -133,12 +142,6 @@ def train_targets(run: str | os.PathLike) -> TargetDB:
 # --- making the runs ------------------------------------------------------------------------
 
 
-def _new_run(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} already holds a run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _val_records(store: Store) -> tuple[list[str], list[bytes], np.ndarray]:
     ids, seqs, labels = [], [], []
     for i, s, y in store.records("val"):
@@ -155,8 +158,12 @@ def train_knn(
     sensitivity: float = SEARCH_SENSITIVITY,
 ) -> dict:
     """Make a kNN run: a searchable database of the training split, scored on validation."""
-    store, out = open_store(store_path), Path(out)
-    _new_run(out)
+    store = open_store(store_path)
+    with new_run(out) as work:
+        return _fill_knn(store, work, threads, sensitivity)
+
+
+def _fill_knn(store: Store, out: Path, threads: int | None, sensitivity: float) -> dict:
     mm = MMseqs.find(threads)
     TargetDB.create(store, "train", out / TARGETS, mm.threads)
     config = {
@@ -187,35 +194,35 @@ def train_hybrid(
     knn_run: str | os.PathLike,
 ) -> dict:
     """Make a hybrid run: choose the identity threshold that maximises validation accuracy."""
-    store, out = open_store(store_path), Path(out)
+    store = open_store(store_path)
     cnn_config, knn_config = read_config(cnn_run), read_config(knn_run)
     for run, config in ((cnn_run, cnn_config), (knn_run, knn_config)):
         if config["store"]["fingerprints"]["train"] != store.fingerprint("train"):
             raise RunError(f"{run} was not trained on {store.path}'s training split")
     if cnn_config.get("kind", "cnn") != "cnn" or knn_config.get("kind") != "knn":
         raise RunError("a hybrid needs a CNN run (--cnn) and a kNN run (--knn)")
-    _new_run(out)
-    ids, seqs, labels = _val_records(store)
-    cnn = CNNPredictor(cnn_run, cnn_config).score(ids, seqs).probs.argmax(1)
-    hits = KNNPredictor(knn_run, knn_config).hits(ids, seqs)
-    curve = {}
-    for t in THRESHOLDS:
-        pred = np.where(homolog_decides(hits, float(t)), hits.best_label, cnn)
-        curve[f"{t:.2f}"] = float((pred == labels).mean())
-    best = max(curve, key=lambda t: (curve[t], -float(t)))  # ties: the lower threshold
-    val = {
-        "val_acc": curve[best],
-        "val_acc_cnn": float((cnn == labels).mean()),
-        "val_acc_knn": float((hits.best_label == labels).mean()),
-        "val_records": len(labels),
-        "accuracy_by_threshold": curve,
-    }
-    config = {
-        **base_config("hybrid", store),
-        "cnn_run": str(Path(cnn_run).resolve()),
-        "knn_run": str(Path(knn_run).resolve()),
-        "threshold": float(best),
-        "validation": val,
-    }
-    write_json(out / "config.json", config)
+    with new_run(out) as work:  # refuses a used --out before the searches, not after
+        ids, seqs, labels = _val_records(store)
+        cnn = CNNPredictor(cnn_run, cnn_config).score(ids, seqs).probs.argmax(1)
+        hits = KNNPredictor(knn_run, knn_config).hits(ids, seqs)
+        curve = {}
+        for t in THRESHOLDS:
+            pred = np.where(homolog_decides(hits, float(t)), hits.best_label, cnn)
+            curve[f"{t:.2f}"] = float((pred == labels).mean())
+        best = max(curve, key=lambda t: (curve[t], -float(t)))  # ties: the lower threshold
+        val = {
+            "val_acc": curve[best],
+            "val_acc_cnn": float((cnn == labels).mean()),
+            "val_acc_knn": float((hits.best_label == labels).mean()),
+            "val_records": len(labels),
+            "accuracy_by_threshold": curve,
+        }
+        config = {
+            **base_config("hybrid", store),
+            "cnn_run": str(Path(cnn_run).resolve()),
+            "knn_run": str(Path(knn_run).resolve()),
+            "threshold": float(best),
+            "validation": val,
+        }
+        write_json(work / "config.json", config)
     return {"threshold": float(best), **val}

@@ -45,6 +45,27 @@ class Scorer(Protocol):
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores: ...
 
 
+class Predicts:
+    """``predict(sequences)`` for a scorer: the Python API's one call."""
+
+    def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
+        raise NotImplementedError
+
+    def predict(self, sequences: Iterable[str]) -> np.ndarray:
+        """Class probabilities ``[N, C]`` for sequences as text (columns: ``policy.classes``).
+
+        A kNN run gives its homolog's class probability 1, and a row of NaN to a sequence
+        without any hit; ``score`` also returns which homolog decided.
+        """
+        seqs = []
+        for i, text in enumerate(sequences):
+            clean = alphabet.clean(text.strip())
+            if clean is None:
+                raise ValueError(f"sequence {i} is empty or holds characters that are not letters")
+            seqs.append(clean.encode())
+        return self.score([str(i) for i in range(len(seqs))], seqs).probs
+
+
 def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
     """Residue letters of sequences, post-padded with 0 and truncated to ``width``."""
     letters = np.zeros((len(seqs), width), dtype=np.uint8)
@@ -54,7 +75,7 @@ def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
     return letters
 
 
-class CNNPredictor:
+class CNNPredictor(Predicts):
     """A trained CNN run, ready to score sequences (CPU or GPU)."""
 
     extra_columns: tuple[str, ...] = ()
@@ -97,16 +118,6 @@ class CNNPredictor:
             probs[idx] = torch.softmax(logits, dim=1).numpy()
         return Scores(probs)
 
-    def predict(self, sequences: Iterable[str]) -> np.ndarray:
-        """Class probabilities ``[N, C]`` for sequences as text (columns: ``policy.classes``)."""
-        seqs = []
-        for i, text in enumerate(sequences):
-            clean = alphabet.clean(text.strip())
-            if clean is None:
-                raise ValueError(f"sequence {i} is empty or holds characters that are not letters")
-            seqs.append(clean.encode())
-        return self.score([str(i) for i in range(len(seqs))], seqs).probs
-
 
 def load_model(run: str | os.PathLike, device: str | None = None) -> Scorer:
     """Load a run for prediction: a CNN, a homology (kNN) or a hybrid run."""
@@ -137,7 +148,9 @@ def predict_file(
     """Score every record of ``source`` into a TSV at ``out`` (written atomically), input order.
 
     A record that cannot be scored (no sequence, characters that are not letters) keeps its row,
-    with the ``error`` column saying why. Returns counts and the speed.
+    with the ``error`` column saying why. A line that cannot be read as a record at all (wrong
+    column count, a truncated gzip) has no id to give a row: it is counted under ``unreadable``
+    with its file and line. Returns counts and the speed.
     """
     out = Path(out)
     classes, names = model.policy.classes, model.policy.names
@@ -204,6 +217,7 @@ def predict_file(
     return {
         **counts,
         "unreadable": skips.to_dict(),
+        "unreadable_lines": skips.lines(),
         "seconds": seconds,
         "per_second": counts["records"] / max(seconds, 1e-9),
     }

@@ -34,9 +34,10 @@ def store_tables(store: Store) -> list[Table | str]:
     counts.add_row("", "[bold]total", *(f"[bold]{v:,}" for v in totals), f"[bold]{sum(totals):,}")
 
     lengths = Table(title="Sequence lengths", title_justify="left")
-    for col in ("split", "residues", "mean", "≤ 660", "> 660"):
+    # the histogram's bins are 50 wide here: 700 is the edge nearest the default max_length 660
+    for col in ("split", "residues", "mean", "< 700", "≥ 700"):
         lengths.add_column(col, justify="right")
-    cut = HISTOGRAM_EDGES.index(650)
+    cut = HISTOGRAM_EDGES.index(650)  # the bin [650, 700)
     for s in SPLITS:
         info = m["splits"][s]
         hist = info["length_histogram"]

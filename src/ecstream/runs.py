@@ -6,6 +6,10 @@ import csv
 import json
 import os
 import platform
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,29 @@ def base_config(kind: str, store) -> dict:
         },
         "versions": versions(),
     }
+
+
+@contextmanager
+def new_run(out: str | os.PathLike) -> Iterator[Path]:
+    """Make a run directory atomically: filled in a hidden sibling, renamed to ``out`` at the end.
+
+    ``out`` must be absent or empty. A failure leaves nothing behind, so the same ``out`` can be
+    used again.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} already holds a run; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
+    work.mkdir()
+    try:
+        yield work
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -130,23 +130,23 @@ class ShardView:
 
     @classmethod
     def scan(cls, path: Path) -> ShardView:
-        mm = pa.memory_map(str(path), "r")
-        base = mm.read_buffer(mm.size()).address
-        mm.seek(0)
-        reader = pa.ipc.open_file(mm)
-        if not reader.schema.equals(SCHEMA):
-            raise ValueError(f"{path}: not an ecstream shard (schema {reader.schema})")
-        cols = {name: [] for name in ("id", "sequence", "label", "ec")}
-        counts = []
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            counts.append(batch.num_rows)
-            for name, positions in cols.items():
-                array = batch.column(name)
-                if array.null_count or array.offset:
-                    raise ValueError(f"{path}: unexpected nulls or slicing in column {name!r}")
-                buffers = array.buffers()[1:]
-                positions.append([b.address - base if b is not None else 0 for b in buffers])
+        with pa.memory_map(str(path), "r") as mm:  # only to find the buffers' positions
+            base = mm.read_buffer(mm.size()).address
+            mm.seek(0)
+            reader = pa.ipc.open_file(mm)
+            if not reader.schema.equals(SCHEMA):
+                raise ValueError(f"{path}: not an ecstream shard (schema {reader.schema})")
+            cols = {name: [] for name in ("id", "sequence", "label", "ec")}
+            counts = []
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                counts.append(batch.num_rows)
+                for name, positions in cols.items():
+                    array = batch.column(name)
+                    if array.null_count or array.offset:
+                        raise ValueError(f"{path}: unexpected nulls or slicing in column {name!r}")
+                    buffers = array.buffers()[1:]
+                    positions.append([b.address - base if b is not None else 0 for b in buffers])
         pos = {k: np.asarray(v, dtype=np.int64).reshape(len(counts), -1) for k, v in cols.items()}
         return cls(
             path=path,

@@ -32,7 +32,7 @@ class Skips:
 
     def to_dict(self) -> dict:
         return {
-            reason: {"count": self.counts[reason], "first": self.examples.get(reason, [])}
+            reason: {"count": self.counts[reason], "first": list(self.examples.get(reason, []))}
             for reason in sorted(self.counts)
         }
 

@@ -262,18 +262,18 @@ def _read_parquet(path: Path, columns: Columns, chunk_rows: int) -> Iterator[lis
     import pyarrow.parquet as pq
 
     for part in _parquet_files(path):
-        pf = pq.ParquetFile(part)
-        names = pf.schema_arrow.names
-        positions = _positions(names, columns, str(part))
-        wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
-        row = 0
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
-            values = [
-                batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
-                for k in positions
-            ]
-            yield _rows(row, *values)
-            row += batch.num_rows
+        with pq.ParquetFile(part) as pf:
+            names = pf.schema_arrow.names
+            positions = _positions(names, columns, str(part))
+            wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
+            row = 0
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
+                values = [
+                    batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
+                    for k in positions
+                ]
+                yield _rows(row, *values)
+                row += batch.num_rows
 
 
 def _read_dataframe(df: pd.DataFrame, columns: Columns, chunk_rows: int) -> Iterator[list[Row]]:

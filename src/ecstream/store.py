@@ -219,16 +219,29 @@ class _Reader:
         return kept.take(keep)
 
 
-def _scan_keys(inputs: Sequence[Any], columns: Columns, level: int, fmt: str | None) -> list[str]:
-    """Class keys present at an EC level deeper than 1 (a first pass over the inputs)."""
+def _scan_keys(
+    inputs: Sequence[Any], columns: Columns, config: BuildConfig, fmt: str | None
+) -> list[str]:
+    """Class keys at an EC level deeper than 1 (a first pass over the inputs, or their first
+    ``max_records`` rows), from the rows the label policy keeps: a row spanning several classes
+    adds none under ``multi="skip"`` and its first under ``"first"``."""
     keys: set[str] = set()
+    left = config.max_records
     for source in inputs:
         for rows in read_rows(source, columns, Skips(), fmt):
-            for _, _, ec, *_ in rows:
+            for _, _, ec, *_ in rows[:left]:
                 with contextlib.suppress(ECError):
-                    keys.update(class_keys(ec or "", level))
+                    found = class_keys(ec or "", config.level)
+                    if len(found) == 1 or (found and config.multi == "first"):
+                        keys.add(found[0])
+            if left is not None:
+                left -= min(left, len(rows))
+                if left == 0:
+                    break
+        if left == 0:
+            break
     if not keys:
-        raise StoreError(f"no EC number in the inputs is specific to level {level}")
+        raise StoreError(f"no EC number in the inputs is specific to level {config.level}")
     return sorted(keys)
 
 
@@ -262,7 +275,7 @@ def build_store(
         raise StoreError(f"{out} exists and is not an ecstream store; refusing to replace it")
     if config.split.startswith("column:"):
         columns = dataclasses.replace(columns, split=config.split.split(":", 1)[1])
-    keys = _scan_keys(inputs, columns, config.level, fmt) if config.level > 1 else None
+    keys = _scan_keys(inputs, columns, config, fmt) if config.level > 1 else None
     policy = LabelPolicy.for_level(config.level, keys, multi=config.multi)
 
     tmp = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"

@@ -282,7 +282,8 @@ def train(
     if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
         if resume:
             _check_resumable(run, run_config, last)
-        elif run.exists() and any(run.iterdir()):
+        elif run.exists() and any(p.name != "config.json" for p in run.iterdir()):
+            # a lone config.json is a run that failed before its first checkpoint: reusable
             raise RunError(
                 f"{run} already holds a run; use --resume to continue it or another --out"
             )
@@ -290,7 +291,9 @@ def train(
         write_json(run / "config.json", run_config)
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
+    # bit-identical runs are promised on CPU; CUDA's convolution backward is not deterministic
+    on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer changes it
     weights = _class_weights(store) if config.class_weights else None
     module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed)
     data = StoreData(store, config)
@@ -314,13 +317,16 @@ def train(
         ],
         plugins=[AtomicCheckpointIO()],
         logger=False,
-        deterministic=not torch.cuda.is_available(),
+        deterministic=on_cpu,
         use_distributed_sampler=False,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    finally:  # Lightning sets deterministic algorithms for the whole process; give it back
+        torch.use_deterministic_algorithms(was_deterministic)
     if trainer.global_rank == 0:
         _export(run, best.best_model_path or str(last), model_config)
     history = read_metrics(run)
