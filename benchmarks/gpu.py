@@ -17,6 +17,10 @@ the same time. Synchronising every step costs a little speed, so these figures a
 The device run can also be split from the report (the GPU machine of a session may not be the
 one that writes BENCHMARKS.md): ``python benchmarks/gpu.py measure DATA OUT.json`` on the GPU,
 then ``python benchmarks/gpu.py render OUT.json`` writes the section.
+
+``python benchmarks/gpu.py export STORE OUT.tsv.gz`` writes a store's records with a ``split``
+column: a GPU machine without MMseqs2 rebuilds the same splits from it (``ecstream build OUT.tsv.gz
+--split column:split``, same fingerprints), e.g. to train ``large`` on a cluster split.
 """
 
 from __future__ import annotations
@@ -217,13 +221,37 @@ def run() -> str:
     return render(measure(DATA, out))
 
 
+def export(store_path: Path, out: Path) -> int:
+    """Write a store's records (stored order, split by split) as a gz TSV with a split column."""
+    import gzip
+
+    from ecstream import open_store
+    from ecstream.shards import read_batches
+
+    store, n = open_store(store_path), 0
+    with gzip.open(out, "wt", compresslevel=6) as fh:
+        fh.write("Entry\tEC number\tSequence\tsplit\n")
+        for split in store.splits:
+            for batch in read_batches(store.shard_paths(split)):
+                columns = (batch.column(c).to_pylist() for c in ("id", "ec", "sequence"))
+                for rid, ec, seq in zip(*columns, strict=True):
+                    fh.write(f"{rid}\t{ec}\t{seq.decode()}\t{split}\n")
+                    n += 1
+    return n
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) == 3 and argv[0] == "measure":
+    if len(argv) == 3 and argv[0] == "export":
+        print(f"{export(Path(argv[1]), Path(argv[2])):,} records written to {argv[2]}")
+    elif len(argv) == 3 and argv[0] == "measure":
         measure(Path(argv[1]), Path(argv[2]))
     elif len(argv) == 2 and argv[0] == "render":
         write_section("gpu", render(json.loads(Path(argv[1]).read_text())))
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} measure DATA OUT.json | render OUT.json")
+        raise SystemExit(
+            f"usage: {sys.argv[0]} measure DATA OUT.json | render OUT.json | "
+            "export STORE OUT.tsv.gz"
+        )
 
 
 if __name__ == "__main__":
