@@ -216,15 +216,13 @@ def cluster_split(
     config: BuildConfig,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
-    *,
-    tool: str | None = None,
 ) -> dict[str, Any]:
     """Split records by whole MMseqs2 clusters; route them in input order; manifest info.
 
     1. Every record is staged on disk (Arrow shards via :class:`SplitWriter`, a FASTA named by
        staging row, and the 64-bit hash of its sequence in ``hashes.u64``).
     2. ``mmseqs easy-cluster`` (``easy-linclust`` above :data:`LINCLUST_ABOVE` records, or as
-       ``tool`` says) clusters them with ``--min-seq-id config.identity -c config.coverage
+       clusters them with ``--min-seq-id config.identity -c config.coverage
        --cov-mode`` :data:`COV_MODE`.
     3. ``representatives.npy`` (``int64`` per staging row, memory-mapped) receives each record's
        cluster representative, parsed from ``*_cluster.tsv``; a record missing from the output is
@@ -253,7 +251,7 @@ def cluster_split(
             hash64(kept.seqs).tofile(fh)
     writer.close()
     n = writer.records
-    tool = tool or ("easy-linclust" if n > LINCLUST_ABOVE else "easy-cluster")
+    tool = "easy-linclust" if n > LINCLUST_ABOVE else "easy-cluster"
     options = [
         "--min-seq-id",
         str(float(config.identity)),
@@ -402,14 +400,9 @@ class TargetDB:
         directory: str | os.PathLike[str],
         threads: int | None = None,
         *,
-        index: bool = False,
         force: bool = False,
     ) -> TargetDB:
-        """Build the database of ``store``'s ``split`` in ``directory`` (atomically).
-
-        ``index=True`` also runs ``mmseqs createindex``: worth it when one large target is searched
-        many times (it moves the k-mer table build out of every search, at the cost of disk).
-        """
+        """Build the database of ``store``'s ``split`` in ``directory`` (atomically)."""
         store = _open_store(store)
         mm = MMseqs.find(threads)
         directory = Path(directory)
@@ -439,15 +432,11 @@ class TargetDB:
             del labels
             mm.run(["createdb", tmp / "targets.fasta", tmp / "db"], tmp, "createdb")
             (tmp / "targets.fasta").unlink()
-            if index:
-                args = ["createindex", tmp / "db", tmp / "tmp", "--threads", mm.threads]
-                mm.run([*args, "--remove-tmp-files", "1"], tmp, "createindex")
             meta = {
                 "store": str(store.path.resolve()),
                 "split": split,
                 "fingerprint": store.fingerprint(split),
                 "records": n,
-                "index": index,
                 "mmseqs_version": mm.version,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }

@@ -1,9 +1,10 @@
 """Readers for UniProt TSV, CSV, FASTA, Parquet and pandas DataFrames, all in chunks.
 
-Every reader yields lists of :data:`Row` tuples ``(line, id, ec, sequence)`` of bounded size, so
-memory stays flat whatever the input size; ``.gz`` input is recognised by its magic bytes. Rows
-that cannot be read (wrong column count, a truncated gzip) are counted in a :class:`Skips` with
-their file and line. Cleaning the sequence and assigning a label is left to the caller.
+Every reader yields lists of :data:`Row` tuples ``(line, id, ec, sequence, split)`` of bounded
+size (``split``: the split column's value, when one is chosen), so memory stays flat whatever the
+input size; ``.gz`` input is recognised by its magic bytes. Rows that cannot be read (wrong
+column count, a truncated gzip) are counted in a :class:`Skips` with their file and line.
+Cleaning the sequence and assigning a label is left to the caller.
 """
 
 from __future__ import annotations
