@@ -70,12 +70,11 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
     # macro-F1 as torchmetrics' "macro" (and training's val_macro_f1): over the classes that
     # occur as truth or as prediction; a class absent from both has no F1 to average
     present = (matrix[:c].sum(1) + matrix[:, :c].sum(0)).numpy() > 0
+    macro_f1 = float(np.mean(np.asarray(per["f1"])[present])) if present.any() else float("nan")
     return {
         "n": len(y_true),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
-        "macro_f1": float(np.mean(np.asarray(per["f1"])[present]))
-        if present.any()
-        else float("nan"),
+        "macro_f1": macro_f1,
         "no_prediction": none,
         "per_class": {
             key: {

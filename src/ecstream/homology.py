@@ -221,9 +221,8 @@ def cluster_split(
 
     1. Every record is staged on disk (Arrow shards via :class:`SplitWriter`, a FASTA named by
        staging row, and the 64-bit hash of its sequence in ``hashes.u64``).
-    2. ``mmseqs easy-cluster`` (``easy-linclust`` above :data:`LINCLUST_ABOVE` records, or as
-       clusters them with ``--min-seq-id config.identity -c config.coverage
-       --cov-mode`` :data:`COV_MODE`.
+    2. ``mmseqs easy-cluster`` (``easy-linclust`` above :data:`LINCLUST_ABOVE` records) clusters
+       them with ``--min-seq-id config.identity -c config.coverage --cov-mode`` :data:`COV_MODE`.
     3. ``representatives.npy`` (``int64`` per staging row, memory-mapped) receives each record's
        cluster representative, parsed from ``*_cluster.tsv``; a record missing from the output is
        its own cluster.
