@@ -143,7 +143,8 @@ def run() -> str:
             if len(splits) < len(SPLITS)
             else ""
         )
-        + ".",
+        + ". Steps already recorded in `bench-output/accuracy/times.json` are not run again, so "
+        "one report can gather steps of several invocations (the date below is the last one's).",
         "",
         machine_markdown(info),
         *_random_cnn(times),
@@ -273,7 +274,11 @@ def _leakage(splits: list[str]) -> list[str]:
         "### Leakage: each val/test protein's highest identity to any training protein",
         "",
         "MMseqs2 `-s 5.7 --max-seqs 100`, E ≤ 0.001 (`ecstream leakage`, or at build time for "
-        "cluster splits).",
+        "cluster splits). Clustering asks for 80% coverage of both sequences, this search for "
+        "none: a protein that shares only a domain with a training protein lies in another "
+        "cluster, yet shows that domain's identity here. So a split at 0.3 identity still has "
+        "close local relatives across it, and the bands, not the split's name, say how far test "
+        "proteins are from training.",
         "",
         "| split | part | records | " + " | ".join(BANDS) + " |",
         "|---|---|---:|" + "---:|" * len(BANDS),
