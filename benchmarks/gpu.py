@@ -146,7 +146,7 @@ def measure(
                 **fields,
                 "seq_per_s": timer.samples / total,
                 "wait_share": timer.wait / total,
-                "ms_per_step": 1000 * total / max(timer.steps, 1),
+                "ms_per_step": 1000 * total / timer.steps,
                 "measured_steps": timer.steps,
                 "val_acc": float(history[-1]["val_acc"]),
                 "wall_s": time.perf_counter() - started,
