@@ -105,13 +105,10 @@ def run_split(split: str) -> None:
         f"{split}/train hybrid", "train", store, "--model", "hybrid", "--cnn", str(cnn),
         "--knn", str(d / "knn"), "--out", str(d / "hybrid"),
     )  # fmt: skip
-    for model in MODELS:
+    gpu_runs = [m for m in GPU_MODELS if (d / m / "model.pt").is_file()]
+    for model in [*MODELS, *gpu_runs]:
         out = str(d / f"eval-{model}")
         step(f"{split}/evaluate {model}", "evaluate", str(d / model), store, "--out", out)
-    for model in GPU_MODELS:
-        if (d / model / "model.pt").is_file():
-            out = str(d / f"eval-{model}")
-            step(f"{split}/evaluate {model}", "evaluate", str(d / model), store, "--out", out)
 
 
 def _json(path: Path) -> dict:

@@ -32,7 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from common import DATA, machine_info, write_section
+from lightning.pytorch.callbacks import Callback
 
 STEPS = 1000
 WARMUP = 50
@@ -53,61 +55,42 @@ MAIN = "large, bf16, 4 workers"
 MAX_WAIT_SHARE = 0.05
 
 
-def _timer_class():
-    import torch
-    from lightning.pytorch.callbacks import Callback
+class StepTimer(Callback):
+    """Data wait and step time of each training step after ``warmup`` (see module doc)."""
 
-    class StepTimer(Callback):
-        """Data wait and step time of each training step after ``warmup`` (see module doc)."""
+    def __init__(self, warmup: int = WARMUP):
+        self.warmup = warmup
+        self.wait = self.step = 0.0
+        self.steps = self.samples = 0
+        self.last_end: float | None = None
+        self.start = 0.0
 
-        def __init__(self, warmup: int = WARMUP):
-            self.warmup = warmup
-            self.wait = self.step = 0.0
-            self.steps = self.samples = 0
-            self.last_end: float | None = None
-            self.start = 0.0
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.last_end = None
 
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.last_end = None
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.start = time.perf_counter()
+        if self.last_end is not None and batch_idx >= self.warmup:
+            self.wait += self.start - self.last_end
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-            self.start = time.perf_counter()
-            if self.last_end is not None and batch_idx >= self.warmup:
-                self.wait += self.start - self.last_end
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.last_end = time.perf_counter()
-            if batch_idx >= self.warmup:
-                self.step += self.last_end - self.start
-                self.steps += 1
-                self.samples += len(batch.y)
-
-    return StepTimer
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        torch.cuda.synchronize()
+        self.last_end = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.step += self.last_end - self.start
+            self.steps += 1
+            self.samples += len(batch.y)
 
 
-def measure(
-    data: Path,
-    out: Path,
-    steps: int = STEPS,
-    accelerator: str = "gpu",
-    max_records: int | None = None,
-) -> dict:
-    """Train every configuration on a fresh store of ``data``; write and return the figures.
-
-    ``accelerator="cpu"`` and ``max_records`` only serve to try the script without a GPU.
-    """
-    import torch
-
+def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
+    """Train every configuration on a fresh store of ``data``; write and return the figures."""
     from ecstream import build_store
     from ecstream.train import TrainConfig, train
 
-    if accelerator == "gpu" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise SystemExit("the gpu benchmark needs a CUDA GPU (torch.cuda.is_available() is False)")
-    StepTimer = _timer_class()
     results: dict = {
-        "card": torch.cuda.get_device_name() if accelerator == "gpu" else platform.processor(),
+        "card": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
@@ -118,18 +101,17 @@ def measure(
     }
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        store = build_store([data], Path(tmp) / "store", max_records=max_records)
+        store = build_store([data], Path(tmp) / "store")
         results["build_s"] = time.perf_counter() - started
         results["train_records"] = store.num_records("train")
         for name, fields in CONFIGS.items():
             print(f"== {name}", flush=True)
             timer = StepTimer()
             config = TrainConfig(
-                epochs=1, limit_train_batches=steps, progress=False, accelerator=accelerator,
+                epochs=1, limit_train_batches=steps, progress=False, accelerator="gpu",
                 **fields,
             )  # fmt: skip
-            if accelerator == "gpu":
-                torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             try:
                 history = train(store.path, Path(tmp) / name.replace(" ", ""), config,
@@ -150,9 +132,7 @@ def measure(
                 "measured_steps": timer.steps,
                 "val_acc": float(history[-1]["val_acc"]),
                 "wall_s": time.perf_counter() - started,
-                "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9
-                if accelerator == "gpu"
-                else 0,
+                "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
             }
             print(f"   {json.dumps(results['runs'][name])}", flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")  # each run's figures kept

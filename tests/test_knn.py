@@ -52,13 +52,10 @@ def test_every_run_kind_answers_the_python_api(runs):
     store, cnn, knn, hybrid, *_ = runs
     _, seqs, labels = next(store.records("train"))
     texts = [s.decode() for s in seqs[:5]] + ["WWWWHHHHWWWWHHHHCCCCWWWW"]
-    for run in (cnn, knn, hybrid):
-        probs = ecstream.load_model(run).predict(texts)
-        assert probs.shape == (6, 7)
-    knn_probs = ecstream.load_model(knn).predict(texts)
-    assert (knn_probs[:5].argmax(1) == labels[:5]).all() and np.isnan(knn_probs[5]).all()
-    hybrid_probs = ecstream.load_model(hybrid).predict(texts)
-    assert not np.isnan(hybrid_probs).any()  # no hit: the CNN answers
+    probs = {run: ecstream.load_model(run).predict(texts) for run in (cnn, knn, hybrid)}
+    assert all(p.shape == (6, 7) for p in probs.values())
+    assert (probs[knn][:5].argmax(1) == labels[:5]).all() and np.isnan(probs[knn][5]).all()
+    assert not np.isnan(probs[hybrid]).any()  # no hit: the CNN answers
 
 
 def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .homology import MAX_SEQS, SEARCH_SENSITIVITY, Hits, MMseqs, TargetDB, best_hits
 from .labels import LabelPolicy
-from .predict import CNNPredictor, Predicts, Scores
+from .predict import CNNPredictor, Scorer, Scores
 from .runs import RunError, base_config, new_run, read_config, write_json
 from .store import Store, open_store
 
@@ -28,7 +28,7 @@ TARGETS = "targets"  # the TargetDB of the training split inside a run directory
 THRESHOLDS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 
 
-class KNNPredictor(Predicts):
+class KNNPredictor(Scorer):
     """Nearest-homolog classifier: the class of the best MMseqs2 hit in the training split."""
 
     kind = "knn"
@@ -73,7 +73,7 @@ def _extra(hits: Hits) -> dict[str, list]:
     }
 
 
-class HybridPredictor(Predicts):
+class HybridPredictor(Scorer):
     """The homolog's class at or above an identity threshold, the CNN's below it or without hit."""
 
     kind = "hybrid"

@@ -488,7 +488,7 @@ class Store:
         world_size: int = 1,
         padding: str = "post",
         truncating: str = "post",
-        window: int = 32,
+        window: int = BatchSettings.window,
     ) -> Batches:
         """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`."""
         settings = BatchSettings(
