@@ -110,8 +110,8 @@ def run() -> str:
         import ecstream
 
         with open(test_fasta, "w") as fh:
-            for ids, seqs, _ in ecstream.open_store(store).records("test"):
-                fh.writelines(f">{i}\n{s.decode()}\n" for i, s in zip(ids, seqs, strict=True))
+            for chunk in ecstream.open_store(store).records("test"):
+                fh.writelines(f">{i}\n{s.decode()}\n" for i, s in chunk.pairs())
     run_dir = bucketed["run"]
     err, _, predict_wall = _cli(
         "predict", str(run_dir), str(test_fasta), "--out", str(WORK / "p.tsv")

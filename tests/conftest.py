@@ -43,7 +43,7 @@ def require_data() -> Path:
 
 def require_mmseqs() -> str:
     """The mmseqs binary; CI installs it (make test), so there its absence fails."""
-    from ecstream.homology import MMseqsNotFound, find_mmseqs
+    from ecstream.mmseqs.binary import MMseqsNotFound, find_mmseqs
 
     try:
         return find_mmseqs()

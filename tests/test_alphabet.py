@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecstream import alphabet
-from ecstream.alphabet import PAD, STANDARD, UNKNOWN, AlreadyEncodedError, clean, encode
+from ecstream.alphabet import (
+    STANDARD,
+    UNKNOWN,
+    AlreadyEncodedError,
+    SequenceError,
+    clean_sequence,
+    encode,
+)
 
 
 def test_standard_residues_are_1_to_20_in_order():
@@ -17,7 +24,7 @@ def test_standard_residues_are_1_to_20_in_order():
 @pytest.mark.parametrize("letter", list("XBZUOJ"))
 def test_other_letters_are_unknown_never_padding(letter):
     assert encode(letter).tolist() == [UNKNOWN]
-    assert UNKNOWN != PAD
+    assert encode(letter)[0] != encode(bytes(1))[0]  # differs from what padding encodes to
 
 
 def test_zero_byte_is_padding_so_a_padded_batch_encodes_in_one_pass():
@@ -44,12 +51,18 @@ def test_non_letters_are_refused_with_the_character():
 
 
 def test_clean_upper_cases_and_drops_one_stop_codon():
-    assert clean("mkv*") == "MKV"
-    assert clean("MK V") is None
-    assert clean("MK1") is None
-    assert clean("*") is None
-    assert clean("") is None
-    assert clean("MK**") is None
+    assert clean_sequence("mkv*") == "MKV"
+    assert clean_sequence("  mkv \n") == "MKV"
+    for bad, reason, where in (
+        ("MK V", "invalid_characters", "' ' at position 3"),
+        ("MK1", "invalid_characters", "'1' at position 3"),
+        ("MK**", "invalid_characters", "'*' at position 3"),
+        ("*", "missing_sequence", "empty"),
+        ("", "missing_sequence", "empty"),
+    ):
+        with pytest.raises(SequenceError, match=where) as error:
+            clean_sequence(bad)
+        assert error.value.reason == reason
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=65, max_codepoint=122), max_size=50))

@@ -8,7 +8,8 @@ import pytest
 from conftest import head_lines
 
 from ecstream.evaluate import evaluate
-from ecstream.predict import load_model, predict_file
+from ecstream.predict import predict_file
+from ecstream.predictors import load_model
 from ecstream.runs import RunError
 
 
@@ -44,7 +45,8 @@ def test_evaluation_equals_the_exact_batches_of_the_store(cnn_run, small_store):
     import torch
 
     model = load_model(cnn_run)
-    ids, seqs, _ = next(small_store.records("val"))
+    first = next(small_store.records("val"))
+    ids, seqs = first.ids, first.seqs
     direct = model.score(ids, seqs).probs
     batches = small_store.batches("val", shuffle=False, max_length=model.max_length)
     logits = np.concatenate([model.logits(b.x) for b in batches])
@@ -72,7 +74,7 @@ def test_predict_answers_every_record_in_input_order(cnn_run, tmp_path):
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
     assert [r["id"] for r in rows] == [i for i, _ in records]
     assert rows[1]["error"] == "empty sequence" and rows[1]["ec_class"] == ""
-    assert rows[2]["error"] == "characters that are not letters"
+    assert rows[2]["error"] == "character '-' at position 4 is not a residue letter"
     assert rows[3]["handled"] == "truncated to 660" and rows[3]["length"] == "801"
     assert rows[4]["length"] == "10" and rows[4]["handled"] == "whole"
     for r in (rows[0], rows[3], rows[4]):

@@ -9,7 +9,8 @@ import pytest
 from conftest import head_lines
 
 import ecstream
-from ecstream.store import SPLITS, StoreError, build_store, open_store
+from ecstream.build import build_store
+from ecstream.store import SPLITS, StoreError, open_store
 
 
 def _split_of_ids(store):

@@ -24,16 +24,25 @@ def _weights(run):
     return torch.load(run / "model.pt", weights_only=True)["state_dict"]
 
 
+class Initial(Callback):
+    """Keeps a copy of the weights as training starts (after seeding and initialisation)."""
+
+    def on_train_start(self, trainer, module):
+        self.weights = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
 def test_streamed_and_in_memory_training_give_identical_weights(small_store, tmp_path):
-    streamed = train(small_store.path, tmp_path / "mmap", TrainConfig(**FAST, in_memory=False))
+    initial = Initial()
+    config = TrainConfig(**FAST, in_memory=False)
+    streamed = train(small_store.path, tmp_path / "mmap", config, callbacks=[initial])
     in_ram = train(small_store.path, tmp_path / "ram", TrainConfig(**FAST, in_memory=True))
     a, b = _weights(streamed.run), _weights(in_ram.run)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert streamed.history[0]["val_loss"] == in_ram.history[0]["val_loss"]
-    # and training moved the weights away from a fresh initialisation
-    fresh = train(small_store.path, tmp_path / "other-seed", TrainConfig(**FAST, seed=1))
-    assert not all(torch.equal(a[k], _weights(fresh.run)[k]) for k in a)
+    # and training moved every weight of this run away from where it started
+    assert a.keys() == initial.weights.keys()
+    assert all(not torch.equal(a[k], initial.weights[k]) for k in a)
 
 
 class Crash(Callback):
@@ -110,13 +119,26 @@ def test_two_ranks_on_cpu_share_each_epoch(small_store, tmp_path):
     assert (run / "model.pt").is_file()
 
 
-def test_class_weights_follow_the_training_counts(small_store, tmp_path):
-    from ecstream.train import _class_weights
+def test_class_weights_reach_the_loss(small_store, tmp_path, monkeypatch):
+    """The loss of every training step is weighted by 1/frequency of the training classes."""
+    from torch.nn import functional as F
 
-    counts = list(small_store.manifest["splits"]["train"]["per_class"].values())
-    weights = _class_weights(small_store)
-    # rare classes weigh more, and the weighted class counts are all equal
-    assert torch.allclose(weights * torch.tensor(counts, dtype=torch.float32),
-                          torch.full((7,), sum(counts) / 7), rtol=1e-5)  # fmt: skip
+    seen = []
+    real = F.cross_entropy
+
+    def spy(logits, target, weight=None, **kwargs):
+        seen.append(None if weight is None else weight.detach().clone())
+        return real(logits, target, weight=weight, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    counts = torch.tensor(
+        list(small_store.manifest["splits"]["train"]["per_class"].values()), dtype=torch.float32
+    )
+    expected = counts.sum() / (len(counts) * counts)  # weighted class counts are all equal
     result = train(small_store.path, tmp_path / "w", TrainConfig(**FAST, class_weights=True))
     assert json.loads((result.run / "config.json").read_text())["train"]["class_weights"]
+    assert len(seen) >= FAST["limit_train_batches"]
+    assert all(w is not None and torch.allclose(w, expected, rtol=1e-5) for w in seen)
+    seen.clear()
+    train(small_store.path, tmp_path / "plain", TrainConfig(**FAST))
+    assert seen and all(w is None for w in seen)

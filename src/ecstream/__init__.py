@@ -8,12 +8,12 @@ The Python API in brief::
         batch.x, batch.y, batch.ids   # uint8 [B, L] tokens, int64 [B] labels, str [B]
 """
 
-__version__ = "0.1.0"
-
 from .alphabet import AlreadyEncodedError, encode
 from .batches import Batch, Batches
+from .build import build_store
 from .labels import LabelPolicy, parse_ec
-from .store import Store, StoreError, build_store, open_store
+from .store import Store, StoreError, open_store
+from .version import __version__
 
 
 def load_model(run, device: str | None = None):
@@ -21,7 +21,7 @@ def load_model(run, device: str | None = None):
 
     Imported on use, so ``import ecstream`` does not load PyTorch.
     """
-    from .predict import load_model as load
+    from .predictors import load_model as load
 
     return load(run, device)
 

@@ -6,7 +6,7 @@ with a 256-entry table, once, at the moment a batch is assembled.
 
 Tokens: 0 is padding; the 20 standard amino acids are 1–20 in the order ``ACDEFGHIKLMNPQRSTVWY``;
 every other letter (X, B, Z, U, O, J, …) is 21, "unknown", so an unknown residue never looks
-like padding. Lower-case letters are upper-cased when a record is read (:func:`clean`).
+like padding. Lower-case letters are upper-cased when a record is read (:func:`clean_sequence`).
 """
 
 from __future__ import annotations
@@ -48,16 +48,35 @@ def spec() -> dict:
     return {"name": NAME, "pad": PAD, "standard": STANDARD, "unknown": UNKNOWN}
 
 
-def clean(sequence: str) -> str | None:
-    """Normalise one sequence as read from a file: upper-case letters, or ``None`` if invalid.
+MISSING_SEQUENCE = "missing_sequence"
+INVALID_CHARACTERS = "invalid_characters"
 
-    A single terminal ``*`` (stop codon in translated ORFs) is dropped; any other character that
-    is not an ASCII letter makes the sequence invalid.
+
+class SequenceError(ValueError):
+    """A sequence that cannot be used; ``reason`` is one of the set-aside reasons above."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def clean_sequence(text: str) -> str:
+    """The one cleaning of a sequence as read from any input: upper-case letters, or an error.
+
+    Surrounding white space and a single terminal ``*`` (the stop codon of translated ORFs)
+    are dropped; any other character that is not an ASCII letter raises :class:`SequenceError`
+    naming it and its position (1-based). Build, evaluation and prediction all call this.
     """
+    sequence = text.strip()
     if sequence.endswith("*"):
         sequence = sequence[:-1]
-    if not sequence or not (sequence.isascii() and sequence.isalpha()):
-        return None
+    if not sequence:
+        raise SequenceError(MISSING_SEQUENCE, "empty sequence")
+    if not (sequence.isascii() and sequence.isalpha()):
+        at, bad = next((k, c) for k, c in enumerate(sequence) if not (c.isascii() and c.isalpha()))
+        raise SequenceError(
+            INVALID_CHARACTERS, f"character {bad!r} at position {at + 1} is not a residue letter"
+        )
     return sequence.upper()
 
 
@@ -77,7 +96,9 @@ def _letters(data: str | bytes | bytearray | memoryview | np.ndarray) -> np.ndar
 
 
 def _refuse(letters: np.ndarray) -> None:
-    if np.any((letters > 0) & (letters <= UNKNOWN)):
+    # token ids are 1-21 and letters >= 65: only input made of nothing but token ids (and
+    # padding) is "already encoded"; a stray control byte among letters is just a bad byte
+    if letters.size and int(letters.max()) <= UNKNOWN and np.any(letters > 0):
         raise AlreadyEncodedError(
             "encode() was given token ids (values 1-21), not residue letters: the data is already "
             "encoded; encoding it again would turn every residue into 'unknown'"

@@ -11,7 +11,10 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
+from .build import BuildConfig
+from .config import PREDICT_BATCH_SIZE, TOP_K, TrainConfig
 from .sources import Columns
+from .version import __version__
 
 console = Console(stderr=True)
 out = Console()
@@ -59,7 +62,7 @@ def _batch_limit(text: str) -> int | float:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .store import build_store
+    from .build import build_store
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
     update, stop = _progress("building " + str(args.out))
@@ -116,27 +119,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "knn":
-        from .knn import train_knn
+        from .baselines import make_knn_run
 
-        val = train_knn(args.store, args.out, threads=args.threads)
+        val = make_knn_run(args.store, args.out, threads=args.threads)
         console.print(
             f"kNN run written to [bold]{args.out}[/]: validation accuracy {val['val_acc']:.4f} "
             f"({val['val_no_hit']:,} of {val['val_records']:,} without any hit)"
         )
         return 0
     if args.model == "hybrid":
-        from .knn import train_hybrid
+        from .baselines import make_hybrid_run
 
         if not (args.cnn and args.knn):
             raise ValueError("--model hybrid needs --cnn RUN and --knn RUN")
-        val = train_hybrid(args.store, args.out, args.cnn, args.knn)
+        val = make_hybrid_run(args.store, args.out, args.cnn, args.knn)
         console.print(
             f"hybrid run written to [bold]{args.out}[/]: homolog's class at identity ≥ "
             f"{val['threshold']:.2f}; validation accuracy {val['val_acc']:.4f} (CNN "
             f"{val['val_acc_cnn']:.4f}, kNN {val['val_acc_knn']:.4f})"
         )
         return 0
-    from .train import TrainConfig, train
+    from .train import train
 
     config = TrainConfig(
         model=args.model,
@@ -204,10 +207,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import load_model, predict_file
+    from .predict import predict_file
+    from .predictors import load_model
 
     model = load_model(args.run)
-    if hasattr(model, "batch_size") and args.batch_size:  # a CNN or a hybrid's CNN
+    if args.batch_size:
+        if model.batch_size is None:
+            raise ValueError(f"--batch-size: a {model.kind} run has no forward pass to batch")
         model.batch_size = args.batch_size
     columns = Columns(id=args.id_column, ec=None, sequence=args.sequence_column)
     update, stop = _progress(f"predicting {args.input}")
@@ -231,14 +237,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_leakage(args: argparse.Namespace) -> int:
-    from .homology import format_leakage, leakage_report, record_leakage
+    from .mmseqs.leakage import leakage_report
+    from .report import format_leakage
     from .store import open_store
 
     store = open_store(args.store)
     report = leakage_report(store, threads=args.threads)
     out.print(format_leakage(report))
     if not args.no_record:
-        record_leakage(store, report)
+        store.record("leakage", report)
         console.print(f"recorded in {store.path / 'manifest.json'}")
     return 0
 
@@ -254,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ecstream",
         description="Train, evaluate and serve EC class classifiers on protein sequences.",
     )
-    parser.add_argument("--version", action="version", version=f"ecstream {_version()}")
+    parser.add_argument("--version", action="version", version=f"ecstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -264,34 +271,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="TSV/CSV (.gz ok), Parquet file/dir")
     p.add_argument("--out", required=True, help="store directory to create")
-    p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
-    p.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    b = BuildConfig
+    p.add_argument("--val", type=float, default=b.val, help="validation fraction (%(default)s)")
+    p.add_argument("--test", type=float, default=b.test, help="test fraction (%(default)s)")
+    p.add_argument("--seed", type=int, default=b.seed, help="seed of the split (%(default)s)")
     p.add_argument(
         "--split",
-        default="random",
+        default=b.split,
         help="random (hash of the sequence), column:NAME (a column saying train/val/test), "
         "or cluster (whole MMseqs2 clusters)",
     )
-    p.add_argument("--identity", type=float, default=0.5, help="cluster split: min identity")
-    p.add_argument("--coverage", type=float, default=0.8, help="cluster split: min coverage")
+    p.add_argument(
+        "--identity", type=float, default=b.identity,
+        help="cluster split: min identity (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--coverage", type=float, default=b.coverage,
+        help="cluster split: min coverage of both sequences (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
     p.add_argument(
         "--leakage", action=argparse.BooleanOptionalAction, default=None,
         help="MMseqs2 report of val/test identity to train (default: with --split cluster)",
     )  # fmt: skip
-    p.add_argument("--max-records", type=int, default=None, help="read only the first N rows")
-    p.add_argument("--sample", type=float, default=None, help="keep a seeded fraction of rows")
-    p.add_argument("--level", type=int, default=1, help="EC level of the classes (default 1)")
+    p.add_argument("--max-records", type=int, default=b.max_records, help="read the first N rows")
+    p.add_argument("--sample", type=float, default=b.sample, help="keep a seeded fraction of rows")
+    p.add_argument(
+        "--level", type=int, default=b.level, help="EC level of the classes (default %(default)s)"
+    )
     p.add_argument(
         "--multi-class",
         choices=("skip", "first"),
-        default="skip",
+        default=b.multi,
         help="rows whose EC numbers span several classes: set aside (default) or take the first",
     )
-    p.add_argument("--id-column", default="Entry")
-    p.add_argument("--ec-column", default="EC number")
-    p.add_argument("--sequence-column", default="Sequence")
+    _column_flags(p, ec=True)
     p.add_argument("--format", choices=("tsv", "csv", "parquet"), default=None)
     p.add_argument("--force", action="store_true", help="replace an existing store")
     p.set_defaults(func=cmd_build)
@@ -317,27 +331,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
     p.add_argument("--knn", default=None, help="hybrid: the kNN run")
     p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
-    p.add_argument("--epochs", type=_positive, default=50)
+    t = TrainConfig
+    p.add_argument("--epochs", type=_positive, default=t.epochs)
     p.add_argument(
-        "--patience", type=_not_negative, default=3, help="early stopping patience (epochs)"
-    )
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--max-length", type=_positive, default=660, help="truncate longer sequences")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+        "--patience", type=_not_negative, default=t.patience,
+        help="early stopping patience in epochs (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=_positive, default=t.batch_size)
     p.add_argument(
-        "--bucket", action=argparse.BooleanOptionalAction, default=True,
+        "--max-length", type=_positive, default=t.max_length,
+        help="truncate longer sequences (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
+    p.add_argument(
+        "--bucket", action=argparse.BooleanOptionalAction, default=t.bucket,
         help="length-bucketed batches (default) or fixed padding to --max-length",
     )  # fmt: skip
     p.add_argument("--in-memory", action="store_true", help="load the splits into RAM")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--accelerator", default="auto", help="auto, cpu, gpu, …")
-    p.add_argument("--devices", default="auto", help="auto, 1, 4, …")
-    p.add_argument("--precision", default="auto", help="auto (bf16-mixed on GPU), 32-true, …")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--accelerator", default=t.accelerator, help="auto, cpu, gpu, …")
+    p.add_argument("--devices", default=t.devices, help="auto, 1, 4, …")
+    p.add_argument("--precision", default=t.precision, help="auto (bf16-mixed on GPU), 32-true, …")
     p.add_argument(
-        "--num-workers", type=_not_negative, default=0, help="DataLoader worker processes"
-    )
+        "--num-workers", type=_not_negative, default=t.num_workers,
+        help="DataLoader worker processes",
+    )  # fmt: skip
     p.add_argument(
-        "--limit-train-batches", type=_batch_limit, default=None,
+        "--limit-train-batches", type=_batch_limit, default=t.limit_train_batches,
         help="N batches (10) or a fraction of them (0.25)",
     )  # fmt: skip
     p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
@@ -370,10 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("input")
     p.add_argument("--out", required=True, help="TSV to write")
-    p.add_argument("--top-k", type=_positive, default=3, help="classes listed in the top_k column")
+    p.add_argument(
+        "--top-k", type=_positive, default=TOP_K, help="classes listed in the top_k column"
+    )
     p.add_argument(
         "--batch-size", type=_positive, default=None,
-        help="sequences per forward pass (default 64, the fastest on CPU)",
+        help=f"sequences per forward pass (default {PREDICT_BATCH_SIZE})",
     )  # fmt: skip
     _column_flags(p, ec=False)
     p.set_defaults(func=cmd_predict)
@@ -403,16 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _column_flags(p: argparse.ArgumentParser, ec: bool) -> None:
-    p.add_argument("--id-column", default="Entry")
+    p.add_argument("--id-column", default=Columns.id)
     if ec:
-        p.add_argument("--ec-column", default="EC number")
-    p.add_argument("--sequence-column", default="Sequence")
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
+        p.add_argument("--ec-column", default=Columns.ec)
+    p.add_argument("--sequence-column", default=Columns.sequence)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Lightning's advertising tips are noise here; its warnings still show
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    from .homology import MMseqsError, MMseqsNotFound
+    from .mmseqs.binary import MMseqsError, MMseqsNotFound
     from .runs import RunError
     from .sources import InputError
     from .store import StoreError

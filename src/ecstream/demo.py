@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .atomic import atomic_open
+
 DATA_NAME = "bacteria-ec.tsv.gz"
 SAMPLE = 0.15  # ~30k of the 206k shared records
 UNIPROT_QUERY = (
@@ -54,11 +56,13 @@ def _fresh(path: Path, marker: str) -> None:
 
 
 def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> int:
+    from .build import build_store
+    from .config import TrainConfig
     from .evaluate import evaluate
-    from .predict import load_model, predict_file
+    from .predict import predict_file
+    from .predictors import load_model
     from .report import bands_table, metrics_table, print_all, store_tables
-    from .store import build_store
-    from .train import TrainConfig, train
+    from .train import train
 
     console = Console()
     source = find_data(data)
@@ -85,9 +89,9 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
 
     console.rule("4/4 predict: a FASTA of the test proteins")
     fasta = out / "test-proteins.fasta"
-    with open(fasta, "w") as fh:
-        for ids, seqs, _ in store.records("test"):
-            fh.writelines(f">{i}\n{s.decode()}\n" for i, s in zip(ids, seqs, strict=True))
+    with atomic_open(fasta, "w") as fh:
+        for chunk in store.records("test"):
+            fh.writelines(f">{i}\n{s.decode()}\n" for i, s in chunk.pairs())
     summary = predict_file(load_model(out / "run"), fasta, out / "predictions.tsv")
 
     console.rule("summary")

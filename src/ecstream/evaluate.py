@@ -21,29 +21,33 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from . import plots
+from .atomic import write_json
+from .identity import band_accuracy
 from .labels import LabelPolicy
-from .predict import Scorer, load_model
-from .runs import RunError, read_metrics, write_json
+from .mmseqs.binary import available as mmseqs_available
+from .mmseqs.search import best_hits
+from .predictors import Predictor, load_model
+from .predictors.homolog import training_targets
+from .records import Records, pairs
+from .runs import RunError, read_metrics
 from .skips import Skips
 from .sources import Columns, describe, read_rows
-from .store import DEFAULT_COLUMNS, MANIFEST, open_store, validate
+from .splits import validate
+from .store import is_store, open_store
 
-Records = Iterator[tuple[list[str], list[bytes], np.ndarray]]
-
-
-def is_store(source: Any) -> bool:
-    return isinstance(source, str | os.PathLike) and (Path(source) / MANIFEST).is_file()
+DEFAULT_COLUMNS = Columns()
 
 
 def labelled_records(
     source: Any, policy: LabelPolicy, skips: Skips, columns: Columns = DEFAULT_COLUMNS, fmt=None
-) -> Records:
+) -> Iterator[Records]:
     """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``."""
     name = describe(source)
     for rows in read_rows(source, columns, skips, fmt):
         kept = validate(name, rows, policy, skips)
-        if kept.ids:
-            yield kept.ids, kept.seqs, np.asarray(kept.labels, dtype=np.int64)
+        if len(kept):
+            yield kept
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict:
@@ -94,23 +98,27 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
 
 
 def predictions(
-    model: Scorer, records: Records, progress: Callable[[str], None] | None = None
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """True labels, predicted labels and the extra columns (concatenated) of all records."""
-    truth, predicted, extra = [], [], {}
+    model: Predictor, records: Iterator[Records], progress: Callable[[str], None] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """True labels, predicted labels (-1: none) and, when the predictor searched, identities."""
+    truth, predicted, identity = [], [], []
     done = 0
-    for ids, seqs, labels in records:
-        scores = model.score(ids, seqs)
-        done += len(ids)
+    for chunk in records:
+        scores = model.score(chunk.ids, chunk.seqs)
+        done += len(chunk)
         if progress:
             progress(f"{done:,} records scored")
-        truth.append(labels)
+        truth.append(chunk.labels)
         no_class = np.isnan(scores.probs).all(axis=1)
         predicted.append(np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1)))
-        for k, v in scores.extra.items():
-            extra.setdefault(k, []).extend(v)
-    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
-    return cat(truth), cat(predicted), extra
+        if scores.identity is not None:
+            identity.append(scores.identity)
+
+    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    searched = cat(identity, np.float64) if identity else None
+    return cat(truth, np.int64), cat(predicted, np.int64), searched
 
 
 def evaluate(
@@ -136,24 +144,24 @@ def evaluate(
         if store.policy != model.policy:
             raise RunError(f"{source}: its classes differ from those the run was trained on")
 
-        def records() -> Records:
+        def records() -> Iterator[Records]:
             return store.records(split)
 
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
 
-        def records() -> Records:
+        def records() -> Iterator[Records]:
             return labelled_records(source, model.policy, skips, columns, fmt)
 
         where = {"file": describe(source)}
-    y_true, y_pred, extra = predictions(model, records(), progress)
+    y_true, y_pred, searched = predictions(model, records(), progress)
     if len(y_true) == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
         )
     result = {
         "run": str(Path(run).resolve()),
-        "kind": getattr(model, "kind", "cnn"),
+        "kind": model.kind,
         "source": where,
         **metrics(y_true, y_pred, model.policy),
         "set_aside": skips.to_dict(),
@@ -165,7 +173,7 @@ def evaluate(
         if progress:
             progress("identity to the training split (MMseqs2)")
         try:
-            identity = _identity_to_train(run, records, extra)
+            identity = searched if searched is not None else _identity_to_train(run, records)
         except RunError as error:  # e.g. the training store moved: the metrics still count
             if asked:
                 raise
@@ -174,8 +182,6 @@ def evaluate(
             result["identity_bands"] = band_accuracy(y_true, y_pred, identity)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from . import plots
-
     plots.confusion(result, out / "confusion.png")
     history = read_metrics(run)
     if history:
@@ -184,37 +190,8 @@ def evaluate(
     return result
 
 
-def mmseqs_available() -> bool:
-    from .homology import MMseqsNotFound, find_mmseqs
-
-    try:
-        find_mmseqs()
-    except MMseqsNotFound:
-        return False
-    return True
-
-
-def _identity_to_train(run, records, extra: dict) -> np.ndarray:
+def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
     """Each record's highest identity to the run's training split (NaN: no hit)."""
-    if "max_identity" in extra:  # kNN and hybrid runs searched already
-        return np.asarray(extra["max_identity"], dtype=np.float64)
-    from .homology import best_hits
-    from .knn import train_targets
-
-    target = train_targets(run)
-    queries = ((i, s) for ids, seqs, _ in records() for i, s in zip(ids, seqs, strict=True))
+    target = training_targets(run)
     with tempfile.TemporaryDirectory(prefix="ecstream-bands-") as work:
-        return best_hits(queries, target, work).max_fident
-
-
-def band_accuracy(y_true: np.ndarray, y_pred: np.ndarray, identity: np.ndarray) -> dict:
-    """Records and accuracy per band of identity to the training split."""
-    from .homology import BANDS, identity_bands
-
-    names = identity_bands(identity)
-    out = {}
-    for band in BANDS:
-        sel = names == band
-        n = int(sel.sum())
-        out[band] = {"n": n, "accuracy": float((y_true[sel] == y_pred[sel]).mean()) if n else None}
-    return out
+        return best_hits(pairs(records()), target, work).max_fident

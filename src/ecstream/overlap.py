@@ -7,7 +7,6 @@ end each bucket is sorted on its own, so memory holds 1/64 of the entries at a t
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,6 @@ import numpy as np
 ENTRY = np.dtype([("h", "<u8"), ("split", "u1"), ("label", "<i2"), ("row", "<i8")])
 BUCKET_BITS = 6
 EXAMPLES = 5
-
-
-def hash64(items: list[bytes]) -> np.ndarray:
-    """64-bit BLAKE2b hashes of byte strings, as uint64."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little") for b in items),
-        dtype=np.uint64,
-        count=len(items),
-    )
 
 
 class OverlapCheck:

@@ -20,31 +20,13 @@ every rank has the same number of steps and every record still appears exactly o
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    x = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
-
-
-def derive_key(*parts: object) -> int:
-    """A 64-bit key from any printable parts (fingerprint, seed, epoch, …)."""
-    text = "|".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+from .hashing import GOLDEN, MIX1, MIX2, derive_key, mix64
 
 
 class Permutation:
@@ -61,13 +43,13 @@ class Permutation:
         self.shift = np.uint64(64) - self.half
         self.mask = np.uint64((1 << int(self.half)) - 1)
         steps = np.arange(1, self.ROUNDS + 1, dtype=np.uint64)
-        self.round_keys = [np.uint64(k) for k in mix64(np.uint64(key) + _GOLDEN * steps)]
+        self.round_keys = [np.uint64(k) for k in mix64(np.uint64(key) + GOLDEN * steps)]
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self.half, x & self.mask
         for k in self.round_keys:
             # round function: the high bits of a keyed multiply-xorshift of the right half
-            f = ((right ^ k) * _M1 ^ (right * _M2)) >> self.shift
+            f = ((right ^ k) * MIX1 ^ (right * MIX2)) >> self.shift
             left, right = right, left ^ f
         return (left << self.half) | right
 

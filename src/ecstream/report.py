@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
+from .plan import BatchSettings
+from .splits import SplitMethod
 from .store import HISTOGRAM_EDGES, SPLITS, Store
 
 
@@ -14,7 +18,7 @@ def store_tables(store: Store) -> list[Table | str]:
     policy = store.policy
     split = m["split"]
     method = split["method"]
-    if method == "cluster":
+    if SplitMethod.parse(method).kind == "cluster":
         method += f" at identity {split['identity']:g}, coverage {split['coverage']:g}"
         method += f", {split['clusters']:,} clusters"
     head = (
@@ -34,10 +38,11 @@ def store_tables(store: Store) -> list[Table | str]:
     counts.add_row("", "[bold]total", *(f"[bold]{v:,}" for v in totals), f"[bold]{sum(totals):,}")
 
     lengths = Table(title="Sequence lengths", title_justify="left")
-    # the histogram's bins are 50 wide here: 700 is the edge nearest the default max_length 660
-    for col in ("split", "residues", "mean", "< 700", "≥ 700"):
+    # split at the first histogram edge above the default max_length: what training truncates
+    cut = next(k for k, e in enumerate(HISTOGRAM_EDGES) if e > BatchSettings.max_length) - 1
+    edge = HISTOGRAM_EDGES[cut + 1]
+    for col in ("split", "residues", "mean", f"< {edge}", f"≥ {edge}"):
         lengths.add_column(col, justify="right")
-    cut = HISTOGRAM_EDGES.index(650)  # the bin [650, 700)
     for s in SPLITS:
         info = m["splits"][s]
         hist = info["length_histogram"]
@@ -75,8 +80,6 @@ def store_tables(store: Store) -> list[Table | str]:
     )
     items = [head, counts, lengths, aside, notes, sources]
     if "leakage" in m:
-        from .homology import format_leakage
-
         items.append(format_leakage(m["leakage"]))
     return items
 
@@ -122,3 +125,30 @@ def bands_table(result: dict) -> Table | None:
         acc = "–" if info["accuracy"] is None else f"{info['accuracy']:.3f}"
         table.add_row(band.replace("_", " "), f"{info['n']:,}", acc)
     return table
+
+
+def format_leakage(report: dict[str, Any]) -> str:
+    """The leakage report as a plain-text table (counts and percentages per band)."""
+    bands = report["bands"]
+    head = (
+        f"Highest identity of each sequence to any of {report['reference_records']:,} "
+        f"{report['reference']} sequences (MMseqs2 {report['mmseqs_version']}, "
+        f"-s {report['sensitivity']:g}, E <= {report['evalue']:g})"
+    )
+    rows = []
+    for split, info in report["splits"].items():
+        n = max(info["records"], 1)
+        cells = [f"{c:,} ({100 * c / n:.1f}%)" for c in (info["counts"][b] for b in bands)]
+        rows.append([split, f"{info['records']:,}", *cells])
+    header = ["split", "records", *bands]
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
+    lines = [head]
+    for r in [header, *rows]:
+        lines.append(
+            f"{r[0]:<{widths[0]}}"
+            + "".join(f"  {c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True))
+        )
+    for split, info in report["splits"].items():
+        for qid, tid, ident in info.get("closest", [])[:3]:
+            lines.append(f"  closest {split}: {qid} ~ {tid} at {ident:.3f}")
+    return "\n".join(lines)

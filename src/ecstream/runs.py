@@ -6,14 +6,13 @@ import csv
 import json
 import os
 import platform
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from . import __version__, alphabet
+from . import alphabet
+from .atomic import atomic_dir
+from .version import __version__
 
 RUN_FORMAT = "ecstream-run"
 RUN_VERSION = 1
@@ -69,24 +68,8 @@ def new_run(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} already holds a run; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
-    work.mkdir()
-    try:
+    with atomic_dir(out) as work:
         yield work
-        if out.exists():
-            out.rmdir()
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def read_config(run: str | os.PathLike) -> dict:

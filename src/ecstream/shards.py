@@ -11,13 +11,14 @@ same code, hence byte-identical batches.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from .hashing import RecordDigest
 
 SCHEMA = pa.schema(
     [
@@ -32,16 +33,6 @@ BATCH_ROWS = 16384  # records per Arrow record batch inside a shard
 SHARD_ROWS = 1 << 20  # records per shard file
 
 
-def fingerprint_update(digest: hashlib._Hash, ids: list[str], seqs: list[bytes], labels) -> None:
-    """Add records to a split fingerprint; independent of how records are chunked."""
-    digest.update(
-        b"".join(
-            i.encode() + b"\t" + s + b"\t" + str(int(y)).encode() + b"\n"
-            for i, s, y in zip(ids, seqs, labels, strict=True)
-        )
-    )
-
-
 class SplitWriter:
     """Appends records to one split's shards in bounded chunks and fingerprints them."""
 
@@ -52,7 +43,7 @@ class SplitWriter:
         self.records = 0
         self.residues = 0
         self.shards: list[str] = []
-        self.digest = hashlib.sha256()
+        self.digest = RecordDigest()
         self._buf: tuple[list, list, list, list] = ([], [], [], [])
         self._sink: pa.OSFile | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
@@ -96,7 +87,7 @@ class SplitWriter:
             schema=SCHEMA,
         )
         self._writer.write_batch(batch)
-        fingerprint_update(self.digest, ids, seqs, labels)
+        self.digest.update(ids, seqs, labels)
         self._in_shard += len(ids)
         self._buf = ([], [], [], [])
 
@@ -329,10 +320,9 @@ def read_batches(paths: Iterable[Path]) -> Iterator[pa.RecordBatch]:
 
 def fingerprint_file(paths: list[Path]) -> tuple[str, int]:
     """Recompute a split's fingerprint and record count from its shard files."""
-    digest, records = hashlib.sha256(), 0
+    digest, records = RecordDigest(), 0
     for batch in read_batches(paths):
-        fingerprint_update(
-            digest,
+        digest.update(
             batch.column("id").to_pylist(),
             batch.column("sequence").to_pylist(),
             batch.column("label").to_pylist(),

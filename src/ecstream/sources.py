@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import os
 import zlib
@@ -97,18 +96,6 @@ def _open_text(path: Path) -> io.TextIOBase:
         gz = fh.read(2) == b"\x1f\x8b"
     raw = gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115 - wrapped below
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Checksum of a file (or of every file under a directory, in sorted order)."""
-    digest = hashlib.sha256()
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def source_size(path: str | os.PathLike[str]) -> int:

@@ -27,40 +27,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
 
 from .adapters.torch import loader
+from .atomic import atomic_open, atomic_path, write_json
+from .config import TrainConfig
 from .model import ECClassifier, ModelConfig, preset
-from .runs import RunError, base_config, read_metrics, write_json
+from .runs import RunError, base_config, read_metrics
 from .store import Store, open_store
-
-
-@dataclass
-class TrainConfig:
-    """Every choice of a training run; recorded in ``RUN/config.json``."""
-
-    model: str = "small"
-    epochs: int = 50
-    patience: int = 3
-    batch_size: int = 64
-    max_length: int = 660
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    bucket: bool = True
-    in_memory: bool = False
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str = "auto"
-    num_workers: int = 0
-    limit_train_batches: float | int | None = None
-    class_weights: bool = False
-    max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
-    progress: bool = True
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
-        return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
-
 
 # --- the LightningModule ------------------------------------------------------------------
 
@@ -168,11 +139,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file and renamed; loaded with weights_only=True."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -220,12 +188,10 @@ class EpochLog(Callback):
             "samples_per_s": f"{samples / max(seconds, 1e-9):.1f}",
         }
         self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.FIELDS)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 class SamplesProgressBar(TQDMProgressBar):
@@ -363,6 +329,5 @@ def _export(run: Path, checkpoint: str, model_config: ModelConfig) -> None:
     """Save the best weights as ``model.pt`` (a plain state dict and the model config)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    tmp = run / "model.pt.tmp"
-    torch.save({"model": model_config.to_dict(), "state_dict": weights}, tmp)
-    os.replace(tmp, run / "model.pt")
+    with atomic_path(run / "model.pt") as tmp:
+        torch.save({"model": model_config.to_dict(), "state_dict": weights}, tmp)

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from ecstream.baselines import make_hybrid_run, make_knn_run, threshold_curve
+from ecstream.build import build_store
 from ecstream.evaluate import evaluate
-from ecstream.knn import train_hybrid, train_knn
-from ecstream.predict import load_model, predict_file
+from ecstream.mmseqs.search import Hits
+from ecstream.predict import predict_file
+from ecstream.predictors import load_model
 from ecstream.runs import RunError
-from ecstream.store import build_store
 from ecstream.train import TrainConfig, train
 
 
@@ -23,8 +25,8 @@ def runs(mmseqs, data_path, tmp_path_factory):
         store.path, base / "cnn",
         TrainConfig(epochs=1, batch_size=32, limit_train_batches=8, progress=False),
     ).run  # fmt: skip
-    knn_val = train_knn(store.path, base / "knn", threads=2)
-    hybrid_val = train_hybrid(store.path, base / "hybrid", cnn, base / "knn")
+    knn_val = make_knn_run(store.path, base / "knn", threads=2)
+    hybrid_val = make_hybrid_run(store.path, base / "hybrid", cnn, base / "knn")
     return store, cnn, base / "knn", base / "hybrid", knn_val, hybrid_val
 
 
@@ -38,7 +40,8 @@ def test_cluster_build_records_leakage_in_the_manifest(runs):
 def test_knn_transfers_the_class_of_the_best_hit_and_marks_no_hit(runs, tmp_path):
     store, _, knn, *_ = runs
     model = load_model(knn)
-    ids, seqs, labels = next(store.records("train"))
+    first = next(store.records("train"))
+    ids, seqs, labels = first.ids, first.seqs, first.labels
     scores = model.score([*ids[:20], "none"], [*seqs[:20], b"WWWWHHHHWWWWHHHHCCCCWWWW"])
     assert (scores.probs[:20].argmax(1) == labels[:20]).all()  # itself, at identity 1
     assert scores.extra["source"][:20] == ["homolog"] * 20
@@ -50,7 +53,8 @@ def test_every_run_kind_answers_the_python_api(runs):
     import ecstream
 
     store, cnn, knn, hybrid, *_ = runs
-    _, seqs, labels = next(store.records("train"))
+    first = next(store.records("train"))
+    seqs, labels = first.seqs, first.labels
     texts = [s.decode() for s in seqs[:5]] + ["WWWWHHHHWWWWHHHHCCCCWWWW"]
     probs = {run: ecstream.load_model(run).predict(texts) for run in (cnn, knn, hybrid)}
     assert all(p.shape == (6, 7) for p in probs.values())
@@ -59,7 +63,7 @@ def test_every_run_kind_answers_the_python_api(runs):
 
 
 def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_path, monkeypatch):
-    from ecstream import knn as knn_module
+    from ecstream.predictors.homolog import KNNPredictor
 
     store = runs[0]
     out = tmp_path / "knn"
@@ -67,20 +71,45 @@ def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_pat
     def broken(*args, **kwargs):
         raise RuntimeError("search failed")
 
-    monkeypatch.setattr(knn_module.KNNPredictor, "hits", broken)
+    monkeypatch.setattr(KNNPredictor, "hits", broken)
     with pytest.raises(RuntimeError, match="search failed"):
-        train_knn(store.path, out, threads=2)
+        make_knn_run(store.path, out, threads=2)
     assert not out.exists() and not list(tmp_path.iterdir())
     monkeypatch.undo()
-    assert train_knn(store.path, out, threads=2)["val_records"] == store.num_records("val")
+    assert make_knn_run(store.path, out, threads=2)["val_records"] == store.num_records("val")
     assert (out / "config.json").is_file()
+
+
+def test_the_threshold_is_the_lowest_with_the_best_accuracy():
+    # (label, CNN's label, homolog's label, identity): worked out by hand, the hybrid is right
+    # on 2 of 5 at t <= 0.2, on 3 at 0.25-0.6 (the homolog at 0.2 is wrong, at 0.6 right),
+    # on 2 at 0.65-0.95 and on 3 again at 1.0 (only the CNN): the lowest best is 0.25
+    rows = [(0, 0, 1, 0.95), (1, 0, 1, 0.6), (2, 2, 2, 0.3), (3, 0, -1, np.nan), (4, 4, 5, 0.2)]
+    labels, cnn, hit_label, fident = (np.array(c) for c in zip(*rows, strict=True))
+    has = hit_label >= 0
+    hits = Hits(
+        query_ids=[str(i) for i in range(5)],
+        best_target=np.where(has, np.arange(5), -1),
+        best_id=np.array(["t"] * 5),
+        best_label=hit_label,
+        best_fident=fident,
+        best_bits=np.where(has, 50.0, np.nan),
+        best_evalue=np.where(has, 1e-9, np.nan),
+        max_fident=fident,
+        max_target=np.where(has, np.arange(5), -1),
+    )
+    best, curve = threshold_curve(labels, cnn, hits)
+    assert best == 0.25
+    assert curve["0.20"] == pytest.approx(0.4) and curve["0.25"] == pytest.approx(0.6)
+    assert curve["0.60"] == pytest.approx(0.6) and curve["0.65"] == pytest.approx(0.4)
+    assert curve["1.00"] == pytest.approx(0.6)
 
 
 def test_hybrid_threshold_is_chosen_on_validation(runs):
     *_, hybrid, knn_val, hybrid_val = runs
     config = json.loads((hybrid / "config.json").read_text())
     curve = config["validation"]["accuracy_by_threshold"]
-    assert config["threshold"] == float(max(curve, key=lambda t: (curve[t], -float(t))))
+    assert curve[f"{config['threshold']:.2f}"] == max(curve.values()) == hybrid_val["val_acc"]
     assert hybrid_val["val_acc"] >= max(hybrid_val["val_acc_cnn"], hybrid_val["val_acc_knn"])
     assert hybrid_val["val_acc_knn"] == pytest.approx(knn_val["val_acc"])
 
@@ -102,7 +131,8 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
     assert knn_result["identity_bands"]["no_hit"]["accuracy"] in (0.0, None)
 
     fasta = tmp_path / "q.fasta"
-    ids, seqs, _ = next(store.records("test"))
+    first = next(store.records("test"))
+    ids, seqs = first.ids, first.seqs
     fasta.write_text(
         "".join(f">{i}\n{s.decode()}\n" for i, s in zip(ids[:30], seqs[:30], strict=True))
     )

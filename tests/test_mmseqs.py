@@ -8,56 +8,51 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ecstream
-from ecstream import homology
-from ecstream.homology import (
-    BANDS,
-    MMseqs,
-    MMseqsError,
-    MMseqsNotFound,
-    TargetDB,
-    band_counts,
-    best_hits,
-    format_leakage,
-    identity_bands,
-    leakage_report,
-    record_leakage,
-    split_records,
-)
-from ecstream.overlap import hash64
+from ecstream import build
+from ecstream.hashing import hash64
+from ecstream.identity import BANDS, band_counts, identity_bands
+from ecstream.mmseqs import binary, search
+from ecstream.mmseqs.binary import MMseqs, MMseqsError, MMseqsNotFound
+from ecstream.mmseqs.cluster import ClusterSplit
+from ecstream.mmseqs.leakage import leakage_report
+from ecstream.mmseqs.search import TargetDB, best_hits
+from ecstream.records import pairs
+from ecstream.report import format_leakage
 
 ROWS = 1500
 THREADS = 2
-SENSITIVITY = 4.0  # the leakage tests compare splits; the default 7.5 only costs time here
+SENSITIVITY = 4.0  # the leakage tests compare splits; the default sensitivity only costs time
 
 
 @pytest.fixture(scope="module")
 def cluster_build(mmseqs, data_path, tmp_path_factory):
     """A cluster-split store (identity 0.5) built with a spy that keeps what the build deletes:
     the representative of each staged record and the split it was routed to, in input order."""
-    real = homology.cluster_split
+    real = build.cluster_split
     seen: dict = {"splits": [], "ids": [], "hashes_ok": True}
 
-    def spy(chunks, route, workdir, config, threads=None, *args, **kw):
-        def spy_route(kept, splits, seq_hashes):
-            seen["ids"].extend(kept.ids)
-            seen["splits"].append(np.array(splits))
-            seen["hashes_ok"] &= bool(np.array_equal(seq_hashes, hash64(kept.seqs)))
-            route(kept, splits, seq_hashes)
-
-        info = real(chunks, spy_route, workdir, config, threads, *args, **kw)
+    def spy(chunks, workdir, *args, **kw):
+        clustered = real(chunks, workdir, *args, **kw)
         seen["rep"] = np.load(Path(workdir) / "cluster" / "representatives.npy").copy()
-        return info
+
+        def routed():
+            for kept, splits, seq_hashes in clustered.routed():
+                seen["ids"].extend(kept.ids)
+                seen["splits"].append(np.array(splits))
+                seen["hashes_ok"] &= bool(np.array_equal(seq_hashes, hash64(kept.seqs)))
+                yield kept, splits, seq_hashes
+
+        return ClusterSplit(clustered.info, routed())
 
     out = tmp_path_factory.mktemp("homology") / "cluster-a"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(homology, "cluster_split", spy)
+        mp.setattr(build, "cluster_split", spy)
         store = ecstream.build_store(
             data_path, out, split="cluster", identity=0.5, max_records=ROWS, threads=THREADS
         )
@@ -98,10 +93,10 @@ def test_bands_are_one_constant_and_map_identities():
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path, data_path):
-    monkeypatch.setenv(homology.ENV_VAR, str(tmp_path / "no-such-mmseqs"))
-    with pytest.raises(MMseqsNotFound, match=homology.ENV_VAR):
-        homology.find_mmseqs()
-    monkeypatch.delenv(homology.ENV_VAR)
+    monkeypatch.setenv(binary.ENV_VAR, str(tmp_path / "no-such-mmseqs"))
+    with pytest.raises(MMseqsNotFound, match=binary.ENV_VAR):
+        binary.find_mmseqs()
+    monkeypatch.delenv(binary.ENV_VAR)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MMseqsNotFound) as err:
         MMseqs.find()
@@ -173,7 +168,7 @@ def test_cluster_split_is_deterministic(cluster_build, data_path, tmp_path):
 
 def test_best_hits_finds_own_sequence(train_db, cluster_build, tmp_path):
     store, _ = cluster_build
-    train = list(split_records(store, "train"))[:40]
+    train = list(pairs(store.records("train")))[:40]
     rng = np.random.default_rng(0)
     nonsense = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 120))
     queries = [*train, ("nonsense", nonsense)]
@@ -183,7 +178,7 @@ def test_best_hits_finds_own_sequence(train_db, cluster_build, tmp_path):
     assert own.tolist() == [q for q, _ in train]
     assert (hits.best_target[:40] == np.arange(40)).all()
     assert (hits.best_fident[:40] == 1.0).all() and (hits.max_fident[:40] == 1.0).all()
-    labels = next(store.records("train"))[2][:40]
+    labels = next(store.records("train")).labels[:40]
     assert (hits.best_label[:40] == labels).all()
     # a query without any hit is marked, not dropped
     assert not hits.has_hit[40] and hits.best_target[40] == -1 and hits.best_label[40] == -1
@@ -212,35 +207,36 @@ def test_leakage_report_cluster_vs_random(cluster_build, random_store, train_db)
             info["counts"][">=0.9"] + info["counts"]["0.5-0.9"]
             for info in report["splits"].values()
         )
-    # seen on this slice: 36 vs 164 val/test sequences with a train relative at >= 50% identity;
     # what remains after the cluster split are mostly partial alignments (under 80% coverage)
     assert high["cluster"] < high["random"] / 2
 
     table = format_leakage(reports["cluster"])
     assert all(b in table for b in BANDS) and "val" in table and "test" in table
 
-    record_leakage(cluster_store, reports["cluster"])
+    cluster_store.record("leakage", reports["cluster"])
     on_disk = json.loads((cluster_store.path / "manifest.json").read_text())
     assert on_disk["leakage"] == reports["cluster"] == cluster_store.manifest["leakage"]
-    assert not list(cluster_store.path.glob("*.tmp"))
+    assert not list(cluster_store.path.glob(".*tmp*"))
     assert ecstream.open_store(cluster_store.path).verify() == []
 
 
 def test_target_db_refuses_to_overwrite(train_db, cluster_build):
+    before = (train_db.directory / TargetDB.META).read_bytes()
     with pytest.raises(FileExistsError):
         TargetDB.create(cluster_build[0], "train", train_db.directory, THREADS)
-    assert shutil.which(homology.find_mmseqs())
+    assert (train_db.directory / TargetDB.META).read_bytes() == before
+    assert TargetDB(train_db.directory).records == cluster_build[0].num_records("train")
 
 
 def test_the_same_search_is_answered_from_the_cache(train_db, cluster_build, tmp_path, monkeypatch):
     store, _ = cluster_build
-    queries = list(split_records(store, "val"))[:25]
+    queries = list(pairs(store.records("val")))[:25]
     first = best_hits(queries, train_db, tmp_path / "a", THREADS, sensitivity=SENSITIVITY)
 
     def no_mmseqs(*args, **kwargs):
         raise AssertionError("MMseqs2 ran again for a search already made")
 
-    monkeypatch.setattr(homology, "_easy_search", no_mmseqs)
+    monkeypatch.setattr(search, "_easy_search", no_mmseqs)
     again = best_hits(queries, train_db, tmp_path / "b", THREADS, sensitivity=SENSITIVITY)
     assert np.array_equal(first.best_target, again.best_target)
     assert np.array_equal(first.max_fident, again.max_fident, equal_nan=True)

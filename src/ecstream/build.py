@@ -1,0 +1,325 @@
+"""Building a store: read inputs in chunks, validate, split, write shards, record a manifest.
+
+The build streams its inputs, so memory does not grow with them, and is atomic: everything is
+written into a temporary directory beside ``out`` that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import alphabet
+from .atomic import atomic_dir
+from .hashing import file_sha256, hash64
+from .labels import ECError, LabelPolicy, class_keys
+from .mmseqs.cluster import ClusterSettings, cluster_split
+from .mmseqs.leakage import leakage_report
+from .overlap import OverlapCheck
+from .records import Records
+from .shards import SplitData, SplitWriter
+from .skips import Skips
+from .sources import Columns, InputError, describe, detect_format, read_rows, source_size
+from .splits import (
+    SPLIT_NAMES,
+    SplitMethod,
+    SplitMethodError,
+    assign_splits,
+    sample_mask,
+    validate,
+)
+from .store import (
+    FORMAT,
+    FORMAT_VERSION,
+    HISTOGRAM_EDGES,
+    MANIFEST,
+    SPLITS,
+    Store,
+    StoreError,
+    write_manifest,
+)
+from .version import __version__
+
+DEFAULT_COLUMNS = Columns()
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build is asked for, with its defaults (the CLI reads them from here)."""
+
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+    split: str = "random"  # random | column:NAME | cluster (see SplitMethod)
+    level: int = 1
+    multi: str = "skip"
+    max_records: int | None = None
+    sample: float | None = None
+    identity: float = 0.5
+    coverage: float = 0.8
+    method: SplitMethod = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Check every option before any input is read; parse the split method once."""
+        if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
+            raise StoreError(
+                "--val and --test must be fractions adding up to under 1, "
+                f"got {self.val} and {self.test}"
+            )
+        if not (0 <= self.identity <= 1 and 0 <= self.coverage <= 1):
+            raise StoreError(
+                f"--identity and --coverage are fractions in [0, 1], got {self.identity} and "
+                f"{self.coverage}"
+            )
+        if self.sample is not None and not 0 < self.sample <= 1:
+            raise StoreError(f"--sample must be a fraction in (0, 1], got {self.sample}")
+        try:
+            self.method = SplitMethod.parse(self.split)
+        except SplitMethodError as error:
+            raise StoreError(str(error)) from None
+
+    def manifest_split(self) -> dict[str, Any]:
+        return {"method": str(self.method), "val": self.val, "test": self.test, "seed": self.seed}
+
+
+@dataclass
+class _Reader:
+    """Reads all inputs, validates each row and yields :class:`Records` chunks; counts the rest."""
+
+    inputs: Sequence[Any]
+    columns: Columns
+    policy: LabelPolicy
+    config: BuildConfig
+    fmt: str | None
+    skips: Skips = field(default_factory=Skips)
+    rows_read: int = 0
+    not_sampled: int = 0
+    sources: list[dict] = field(default_factory=list)
+
+    def chunks(self, progress: Callable[[int | str], None] | None = None) -> Iterator[Records]:
+        limit = self.config.max_records
+        split_column = self.config.method.kind == "column"
+        for source in self.inputs:
+            name = describe(source)
+            fmt = self.fmt or detect_format(source)
+            if fmt == "fasta":
+                raise InputError(
+                    f"{name}: FASTA carries no EC numbers; build a store from a labelled table "
+                    "(TSV, CSV, Parquet) and give FASTA to 'ecstream predict'"
+                )
+            entry = {"path": name, "format": fmt, "rows": 0}
+            if isinstance(source, str | os.PathLike):
+                entry |= {"sha256": file_sha256(source), "bytes": source_size(source)}
+            self.sources.append(entry)
+            for rows in read_rows(source, self.columns, self.skips, fmt):
+                if limit is not None and self.rows_read + len(rows) > limit:
+                    rows = rows[: limit - self.rows_read]
+                entry["rows"] += len(rows)
+                self.rows_read += len(rows)
+                kept = validate(name, rows, self.policy, self.skips, split_column)
+                if len(kept):
+                    yield self._sample(kept)
+                if progress:
+                    progress(self.rows_read)
+                if limit is not None and self.rows_read >= limit:
+                    return
+
+    def _sample(self, kept: Records) -> Records:
+        if self.config.sample is None:
+            return kept
+        keep = sample_mask(hash64(kept.seqs), self.config.seed, self.config.sample)
+        self.not_sampled += int((~keep).sum())
+        return kept.take(keep)
+
+
+def _scan_keys(
+    inputs: Sequence[Any], columns: Columns, config: BuildConfig, fmt: str | None
+) -> list[str]:
+    """Class keys at an EC level deeper than 1 (a first pass over the inputs, or their first
+    ``max_records`` rows), from the rows the label policy keeps: a row spanning several classes
+    adds none under ``multi="skip"`` and its first under ``"first"``."""
+    keys: set[str] = set()
+    left = config.max_records
+    for source in inputs:
+        for rows in read_rows(source, columns, Skips(), fmt):
+            for _, _, ec, *_ in rows[:left]:
+                with contextlib.suppress(ECError):
+                    found = class_keys(ec or "", config.level)
+                    if len(found) == 1 or (found and config.multi == "first"):
+                        keys.add(found[0])
+            if left is not None:
+                left -= min(left, len(rows))
+                if left == 0:
+                    break
+        if left == 0:
+            break
+    if not keys:
+        raise StoreError(f"no EC number in the inputs is specific to level {config.level}")
+    return sorted(keys)
+
+
+def build_store(
+    inputs: Sequence[Any] | Any,
+    out: str | os.PathLike[str],
+    *,
+    columns: Columns = DEFAULT_COLUMNS,
+    fmt: str | None = None,
+    force: bool = False,
+    progress: Callable[[int | str], None] | None = None,
+    threads: int | None = None,
+    leakage: bool | None = None,
+    **options: Any,
+) -> Store:
+    """Build a store at ``out`` from one or more inputs (paths or DataFrames).
+
+    ``options`` are the fields of :class:`BuildConfig` (``val``, ``test``, ``seed``, ``split``,
+    ``level``, ``multi``, ``max_records``, ``sample``, ``identity``, ``coverage``).
+    ``leakage`` adds the MMseqs2 leakage report to the manifest (default: for cluster splits).
+    """
+    config = BuildConfig(**options)
+    inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    if not inputs:
+        raise StoreError("no input given")
+    out = Path(out)
+    if out.exists() and not force:
+        raise StoreError(f"{out} already exists; use --force (force=True) to replace it")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise StoreError(f"{out} exists and is not an ecstream store; refusing to replace it")
+    if config.method.kind == "column":
+        columns = dataclasses.replace(columns, split=config.method.column)
+    keys = _scan_keys(inputs, columns, config, fmt) if config.level > 1 else None
+    policy = LabelPolicy.for_level(config.level, keys, multi=config.multi)
+
+    with atomic_dir(out, replace=True) as tmp:
+        manifest = _build_into(tmp, inputs, columns, policy, config, fmt, progress, threads)
+        write_manifest(tmp, manifest)
+        if leakage or (leakage is None and config.method.kind == "cluster"):
+            if progress:
+                progress("leakage report (MMseqs2)")
+            built = Store(tmp)
+            built.record("leakage", leakage_report(built, threads))
+    return Store(out)
+
+
+def _build_into(
+    tmp: Path,
+    inputs: list,
+    columns: Columns,
+    policy: LabelPolicy,
+    config: BuildConfig,
+    fmt: str | None,
+    progress: Callable[[int | str], None] | None,
+    threads: int | None,
+) -> dict:
+    reader = _Reader(inputs, columns, policy, config, fmt)
+    writers = [SplitWriter(tmp / name) for name in SPLITS]
+    work = Path(tmp) / ".work"
+    check = OverlapCheck(work / "overlap")
+    counts = np.zeros((len(SPLITS), len(policy.classes)), dtype=np.int64)
+    histogram = np.zeros((len(SPLITS), len(HISTOGRAM_EDGES) - 1), dtype=np.int64)
+    split_info: dict[str, Any] = config.manifest_split()
+
+    def route(kept: Records, splits: np.ndarray, seq_hashes: np.ndarray) -> None:
+        rows = np.empty(len(kept), dtype=np.int64)
+        for i, (rid, seq, label, ec) in enumerate(
+            zip(kept.ids, kept.seqs, kept.labels.tolist(), kept.ecs, strict=True)
+        ):
+            rows[i] = writers[splits[i]].add(rid, seq, label, ec)
+        labels = kept.labels.astype(np.int16)
+        check.add("sequence", seq_hashes, splits, labels, rows)
+        check.add("id", hash64(i.encode() for i in kept.ids), splits, labels, rows)
+        np.add.at(counts, (splits, kept.labels), 1)
+        lengths = np.fromiter((len(s) for s in kept.seqs), dtype=np.int64, count=len(kept))
+        bins = np.searchsorted(HISTOGRAM_EDGES, lengths, side="right") - 1
+        np.add.at(histogram, (splits, bins), 1)
+
+    try:
+        if config.method.kind == "cluster":
+            settings = ClusterSettings(
+                config.identity, config.coverage, config.seed, config.val, config.test
+            )
+            clustered = cluster_split(reader.chunks(progress), work, settings, threads, progress)
+            split_info.update(clustered.info)
+            for kept, splits, seq_hashes in clustered.routed():
+                route(kept, splits, seq_hashes)
+        else:
+            for kept in reader.chunks(progress):
+                seq_hashes = hash64(kept.seqs)
+                if config.method.kind == "random":
+                    splits = assign_splits(seq_hashes, config.seed, config.val, config.test)
+                else:
+                    splits = np.fromiter(
+                        (SPLIT_NAMES[v] for v in kept.split_values), np.uint8, count=len(kept)
+                    )
+                route(kept, splits, seq_hashes)
+
+        fingerprints = [w.close() for w in writers]
+        total = int(counts.sum())
+        if total == 0:
+            reasons = "; ".join(reader.skips.lines()) or "the inputs hold no rows"
+            names = ", ".join(describe(s) for s in inputs)
+            raise StoreError(f"no usable record in {names}: {reasons}")
+        overlap = check.finish()
+        _name_examples(overlap, tmp, writers, fingerprints)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    splits_manifest = {}
+    for k, name in enumerate(SPLITS):
+        w = writers[k]
+        splits_manifest[name] = {
+            "records": w.records,
+            "residues": w.residues,
+            "fingerprint": fingerprints[k],
+            "shards": [f"{name}/{s}" for s in w.shards],
+            "per_class": {c: int(n) for c, n in zip(policy.classes, counts[k], strict=True)},
+            "length_histogram": histogram[k].tolist(),
+        }
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "ecstream_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "alphabet": alphabet.spec(),
+        "labels": policy.to_dict(),
+        "split": split_info,
+        "build": {
+            "max_records": config.max_records,
+            "sample": config.sample,
+            "columns": vars(columns),
+        },
+        "sources": reader.sources,
+        "rows_read": reader.rows_read,
+        "records": total,
+        "not_sampled": reader.not_sampled,
+        "set_aside": reader.skips.to_dict(),
+        "set_aside_total": reader.skips.total,
+        "duplicates": overlap,
+        "length_histogram_edges": HISTOGRAM_EDGES,
+        "splits": splits_manifest,
+    }
+
+
+def _name_examples(
+    overlap: dict, tmp: Path, writers: list[SplitWriter], fingerprints: list[str]
+) -> None:
+    """Turn (split, row) examples into record ids, reading the shards just written."""
+    data = [
+        SplitData(SPLITS[k], [tmp / SPLITS[k] / s for s in w.shards], fingerprints[k])
+        for k, w in enumerate(writers)
+    ]
+    for report in overlap.values():
+        for key, groups in report["examples"].items():
+            report["examples"][key] = [
+                [f"{SPLITS[s]}:{data[s].strings(np.array([r]))[0]}" for s, r in group]
+                for group in groups
+            ]

@@ -1,0 +1,50 @@
+"""Plain-data configuration of training and prediction, with every default stated once.
+
+The CLI reads its defaults from here (and from :class:`~ecstream.build.BuildConfig` and
+:class:`~ecstream.plan.BatchSettings`); nothing here imports PyTorch, so ``ecstream --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import BatchSettings
+
+#: Sequences per forward pass when predicting (BENCHMARKS.md, training section, compares sizes).
+PREDICT_BATCH_SIZE = 64
+#: Classes listed in a prediction's ``top_k`` column.
+TOP_K = 3
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run; recorded in ``RUN/config.json``."""
+
+    model: str = "small"
+    epochs: int = 50
+    patience: int = 3
+    batch_size: int = BatchSettings.batch_size
+    max_length: int = BatchSettings.max_length
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    bucket: bool = True
+    in_memory: bool = False
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    limit_train_batches: float | int | None = None
+    class_weights: bool = False
+    max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
+    progress: bool = True
+
+    def resolved_precision(self) -> str:
+        """``auto``: bf16-mixed on a GPU that supports it, else 32-bit."""
+        if self.precision != "auto":
+            return self.precision
+        import torch  # only when training: the CLI reads these defaults without torch
+
+        gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
+        return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"

@@ -1,0 +1,85 @@
+"""Hashes: 64-bit record hashes, key derivation, split fingerprints and file checksums.
+
+One place for every digest ecstream computes, so that a record hashes the same way wherever it
+is hashed (splits, samples, overlap checks, search caches) and nobody re-implements BLAKE2b
+truncation or SplitMix64 by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * MIX1
+        x = (x ^ (x >> np.uint64(27))) * MIX2
+        return x ^ (x >> np.uint64(31))
+
+
+def hash64(items: Iterable[bytes]) -> np.ndarray:
+    """64-bit BLAKE2b hashes of byte strings, as uint64."""
+    items = list(items)
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little") for b in items),
+        dtype=np.uint64,
+        count=len(items),
+    )
+
+
+def derive_key(*parts: object) -> int:
+    """A 64-bit key from any printable parts (fingerprint, seed, epoch, …)."""
+    text = "|".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def unit_interval(hashes: np.ndarray, salt: int, seed: int) -> np.ndarray:
+    """Map 64-bit hashes to [0, 1) under a salt and a seed: the basis of split and sampling."""
+    key = mix64(np.uint64(salt) ^ mix64(np.uint64(seed & (2**64 - 1))))
+    return (mix64(hashes ^ key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def text_digest(*parts: object) -> str:
+    """SHA-256 hex digest of printable parts (cache keys)."""
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+
+
+class RecordDigest:
+    """A split's content fingerprint: SHA-256 over its records, independent of chunking."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, ids: list[str], seqs: list[bytes], labels: Iterable[int]) -> None:
+        self._digest.update(
+            b"".join(
+                i.encode() + b"\t" + s + b"\t" + str(int(y)).encode() + b"\n"
+                for i, s, y in zip(ids, seqs, labels, strict=True)
+            )
+        )
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Checksum of a file (or of every file under a directory, in sorted order)."""
+    digest = hashlib.sha256()
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,96 @@
+"""Leakage: each val/test sequence's highest identity to any training sequence, in bands.
+
+:func:`leakage_report` computes it; ``Store.record("leakage", report)`` keeps it in the
+manifest and :func:`ecstream.report.format_leakage` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..identity import BAND_EDGES, BANDS, band_counts
+from ..records import pairs
+from ..store import Store
+from .binary import MMseqs
+from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY, TargetDB, best_hits
+
+#: Sensitivity of the leakage report: the same as every other search, so that its bands and
+#: those of ``evaluate`` count the same hits.
+LEAKAGE_SENSITIVITY = SEARCH_SENSITIVITY
+
+
+def leakage_report(
+    store: Store | str | os.PathLike[str],
+    threads: int | None = None,
+    *,
+    reference: str = "train",
+    splits: Sequence[str] = ("val", "test"),
+    sensitivity: float = LEAKAGE_SENSITIVITY,
+    evalue: float = SEARCH_EVALUE,
+    workdir: str | os.PathLike[str] | None = None,
+    target: TargetDB | None = None,
+    examples: int = 5,
+) -> dict[str, Any]:
+    """Each val/test sequence's highest identity to any training sequence, counted in bands.
+
+    ``target`` reuses a database of the reference split (else one is built in ``workdir``, a
+    temporary directory by default, removed afterwards). The result lists the band counts per
+    split and the closest pairs found.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="ecstream-leakage-")) if own else Path(workdir)
+    try:
+        mm = MMseqs.find(threads)
+        if target is None:
+            target = TargetDB.create(store, reference, work / "target", mm.threads, force=True)
+        elif target.meta["fingerprint"] != store.fingerprint(reference):
+            raise ValueError(
+                f"target database {target.directory} is not of {store.path}:{reference}"
+            )
+        report: dict[str, Any] = {
+            "reference": reference,
+            "reference_records": target.records,
+            "identity": "fident (identical residues / aligned columns), max over all hits",
+            "tool": "mmseqs easy-search",
+            "mmseqs_version": mm.version,
+            "sensitivity": sensitivity,
+            "evalue": evalue,
+            "max_seqs": MAX_SEQS,
+            "band_edges": list(BAND_EDGES),
+            "bands": list(BANDS),
+            "splits": {},
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        chosen = [s for s in splits if s in store.splits and s != reference]
+        for split in chosen:  # one search per split: each is then cached for kNN and evaluation
+            hits = best_hits(
+                pairs(store.records(split)), target, work / split, mm.threads,
+                sensitivity=sensitivity, evalue=evalue,
+            )  # fmt: skip
+            max_fident, max_target = hits.max_fident, hits.max_target
+            found = np.flatnonzero(max_target >= 0)
+            top = found[np.lexsort((found, -max_fident[found]))][:examples]
+            report["splits"][split] = {
+                "records": len(hits),
+                "counts": band_counts(max_fident),
+                "median_max_identity": (
+                    float(np.median(max_fident[found])) if len(found) else None
+                ),
+                "closest": [
+                    [hits.query_ids[i], str(tid), float(max_fident[i])]
+                    for i, tid in zip(top, target.ids(max_target[top]), strict=True)
+                ],
+            }
+        return report
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,316 @@
+"""Searches of a store split: a target database, the best hit of every query, a result cache.
+
+A split becomes an MMseqs2 database (:class:`TargetDB`); :func:`best_hits` searches queries
+against it and keeps, per query, the best hit by bit score and the highest identity over all
+hits: the primitive of the leakage report, the nearest-homolog classifier and identity bands.
+Search output is read back in blocks; results are cached per user, keyed by the queries, the
+settings and the target split's fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..atomic import atomic_dir, atomic_open, write_json
+from ..hashing import text_digest
+from ..shards import read_batches
+from ..store import Store
+from .binary import MMseqs, read_tsv, write_fasta
+
+#: Sensitivity (``-s``) of every search by default (that of ``mmseqs easy-search``).
+SEARCH_SENSITIVITY = 5.7
+#: Prefilter candidates aligned per query (``--max-seqs``; MMseqs2's default is 300). The best
+#: hit by bit score is almost always among the first few candidates, and alignment time grows
+#: with this number (BENCHMARKS.md, accuracy section, has the search times).
+MAX_SEQS = 100
+#: Largest E-value of a hit: MMseqs2's default for easy-search.
+SEARCH_EVALUE = 1e-3
+_SEARCH_COLUMNS = ("query", "target", "fident", "bits", "evalue")
+
+
+class TargetDB:
+    """An MMseqs2 database of one store split, with the id and label of every target row.
+
+    A directory holding ``db*`` (``mmseqs createdb``; ``db.idx`` after ``createindex``),
+    ``labels.npy`` (``int16`` per row), ``ids.arrow`` and ``target.json`` (written last: a
+    directory without it is incomplete). Target names inside MMseqs2 are the split's row numbers.
+    """
+
+    META = "target.json"
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(directory)
+        meta_path = self.directory / self.META
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{self.directory}: not an ecstream target database (no {self.META}); "
+                "make one with TargetDB.create"
+            )
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self._ids: pa.Array | None = None
+
+    @property
+    def db(self) -> Path:
+        return self.directory / "db"
+
+    @property
+    def records(self) -> int:
+        return int(self.meta["records"])
+
+    @property
+    def split(self) -> str:
+        return self.meta["split"]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Label of every target row (memory-mapped)."""
+        return np.load(self.directory / "labels.npy", mmap_mode="r")
+
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        """Record ids of target rows; ``""`` for row ``-1`` (no hit)."""
+        if self._ids is None:
+            # the ids may be zero-copy views of the mapping, which stays open while they live
+            source = pa.memory_map(str(self.directory / "ids.arrow"), "r")
+            self._ids = pa.ipc.open_file(source).read_all().column("id").combine_chunks()
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full(len(rows), "", dtype=object)
+        hit = rows >= 0
+        out[hit] = self._ids.take(pa.array(rows[hit])).to_numpy(zero_copy_only=False)
+        return out.astype(str)
+
+    @classmethod
+    def create(
+        cls,
+        store: Store | str | os.PathLike[str],
+        split: str,
+        directory: str | os.PathLike[str],
+        threads: int | None = None,
+        *,
+        force: bool = False,
+    ) -> TargetDB:
+        """Build the database of ``store``'s ``split`` in ``directory`` (atomically)."""
+        store = store if isinstance(store, Store) else Store(store)
+        mm = MMseqs.find(threads)
+        directory = Path(directory)
+        if (directory / cls.META).exists() and not force:
+            raise FileExistsError(f"{directory} already holds a target database; use force=True")
+        n = store.num_records(split)
+        if n == 0:
+            raise ValueError(f"{store.path}: split {split!r} has no records to search against")
+        with atomic_dir(directory, replace=force) as tmp:
+            labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int16, (n,))
+            schema = pa.schema([("id", pa.string())])
+            row = 0
+            with (
+                open(tmp / "targets.fasta", "wb") as fa,
+                pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink,
+                pa.ipc.new_file(sink, schema) as ids,
+            ):
+                for batch in read_batches(store.shard_paths(split)):
+                    write_fasta(fa, row, batch.column("sequence").to_pylist())
+                    labels[row : row + batch.num_rows] = batch.column("label").to_numpy()
+                    ids.write_batch(pa.record_batch([batch.column("id")], schema=schema))
+                    row += batch.num_rows
+            labels.flush()
+            del labels
+            mm.run(["createdb", tmp / "targets.fasta", tmp / "db"], tmp, "createdb")
+            (tmp / "targets.fasta").unlink()
+            meta = {
+                "store": str(store.path.resolve()),
+                "split": split,
+                "fingerprint": store.fingerprint(split),
+                "records": n,
+                "mmseqs_version": mm.version,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            write_json(tmp / cls.META, meta)
+        return cls(directory)
+
+
+@dataclass
+class Hits:
+    """Per query: its best hit by bit score, and the highest identity over all its hits.
+
+    The two can differ: a long alignment at 60% identity outscores a short one at 95%. Use the
+    best-bits hit to transfer a label (nearest homolog) and ``max_fident`` to measure how close
+    the query's nearest relative is (leakage, identity bands). No hit: row ``-1``, label ``-1``,
+    id ``""``, numbers NaN.
+    """
+
+    query_ids: list[str]
+    best_target: np.ndarray  # int64 target row
+    best_id: np.ndarray  # str
+    best_label: np.ndarray  # int64
+    best_fident: np.ndarray  # float64, in [0, 1]
+    best_bits: np.ndarray  # float64
+    best_evalue: np.ndarray  # float64
+    max_fident: np.ndarray  # float64: max over all hits of the query
+    max_target: np.ndarray  # int64: target row of that maximum (best bits among ties)
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    @property
+    def has_hit(self) -> np.ndarray:
+        return self.best_target >= 0
+
+
+@dataclass(frozen=True)
+class _SearchParams:
+    sensitivity: float
+    evalue: float
+    max_seqs: int
+    coverage: float
+
+
+def _write_queries(queries: Iterable[tuple[str, bytes | str]], fasta: Path) -> tuple[list, str]:
+    """Stream queries to a FASTA named by row numbers; returns their ids and a content digest."""
+    ids: list[str] = []
+    digest = hashlib.sha256()
+    with open(fasta, "wb") as fa:
+        block: list[bytes] = []
+        for qid, seq in queries:
+            ids.append(qid)
+            block.append(seq.encode() if isinstance(seq, str) else bytes(seq))
+            if len(block) >= 4096:
+                digest.update(b"\n".join(block) + b"\n")
+                write_fasta(fa, len(ids) - len(block), block)
+                block = []
+        digest.update(b"\n".join(block) + b"\n")
+        write_fasta(fa, len(ids) - len(block), block)
+    return ids, digest.hexdigest()
+
+
+def _easy_search(
+    work: Path, target: TargetDB, p: _SearchParams, threads: int | None, any_query: bool
+) -> Path:
+    """Run ``mmseqs easy-search`` of ``work/queries.fasta``; returns the hit table's path."""
+    fasta, out = work / "queries.fasta", work / "hits.tsv"
+    if not any_query:
+        out.write_bytes(b"")
+        return out
+    mm = MMseqs.find(threads)
+    args = [
+        "easy-search", fasta, target.db, out, work / "tmp",
+        "-s", str(float(p.sensitivity)), "-e", f"{p.evalue:g}", "--max-seqs", p.max_seqs,
+        "--format-output", ",".join(_SEARCH_COLUMNS), "--threads", mm.threads,
+        "--remove-tmp-files", "1",
+    ]  # fmt: skip
+    if p.coverage > 0:
+        args += ["-c", str(float(p.coverage)), "--cov-mode", "0"]
+    mm.run(args, work, "easy-search")
+    fasta.unlink()
+    return out
+
+
+def read_hits(path: Path) -> Iterator[dict[str, np.ndarray]]:
+    """Blocks of an ``easy-search`` hit table: ``query``, ``target`` (int64), ``fident``, ``bits``,
+    ``evalue`` (float64)."""
+    types = {"query": pa.int64(), "target": pa.int64()}
+    types |= {c: pa.float64() for c in ("fident", "bits", "evalue")}
+    yield from read_tsv(path, _SEARCH_COLUMNS, types)
+
+
+def best_hits(
+    queries: Iterable[tuple[str, bytes | str]],
+    target: TargetDB | str | os.PathLike[str],
+    workdir: str | os.PathLike[str],
+    threads: int | None = None,
+    *,
+    sensitivity: float = SEARCH_SENSITIVITY,
+    evalue: float = SEARCH_EVALUE,
+    max_seqs: int = MAX_SEQS,
+    coverage: float = 0.0,
+) -> Hits:
+    """Best hit (by bit score; ties by E-value, then target row) and max identity per query.
+
+    ``queries`` are ``(id, sequence)`` records, streamed to a FASTA file in ``workdir``. The
+    per-query result (a few MB) is cached in :func:`cache_dir`, keyed by the query sequences, the
+    search settings and the target split's fingerprint: the same search (the leakage report,
+    a kNN run, the hybrid built on it, identity bands of a CNN's evaluation) runs MMseqs2 once.
+    """
+    target = target if isinstance(target, TargetDB) else TargetDB(target)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ids, digest = _write_queries(queries, work / "queries.fasta")
+    params = _SearchParams(sensitivity, evalue, max_seqs, coverage)
+    key = text_digest(digest, params, target.meta["fingerprint"])
+    cache = cache_dir() / "hits" / f"{key[:32]}.npz"
+    if cache.is_file():
+        with np.load(cache) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+    else:
+        arrays = _reduce_hits(_easy_search(work, target, params, threads, bool(ids)), len(ids))
+        with atomic_open(cache, "wb") as fh:
+            np.savez(fh, **arrays)
+    best_t = arrays["best_target"]
+    labels = np.full(len(ids), -1, dtype=np.int64)
+    labels[best_t >= 0] = target.labels[best_t[best_t >= 0]]
+    return Hits(
+        query_ids=ids,
+        best_id=target.ids(best_t),
+        best_label=labels,
+        **arrays,
+    )
+
+
+def cache_dir() -> Path:
+    """Where search results are cached: ``$ECSTREAM_CACHE``, else ``$XDG_CACHE_HOME/ecstream``
+    (``~/.cache/ecstream``). Safe to delete at any time."""
+    if env := os.environ.get("ECSTREAM_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecstream"
+
+
+def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:
+    """Per query: best hit by bits and max identity over all hits, from a hit table."""
+    best_t = np.full(m, -1, dtype=np.int64)
+    best_bits = np.full(m, -np.inf)
+    best_e = np.full(m, np.nan)
+    best_f = np.full(m, np.nan)
+    max_f = np.full(m, -np.inf)
+    max_t = np.full(m, -1, dtype=np.int64)
+    max_bits = np.full(m, -np.inf)
+    for h in read_hits(path):
+        q, t, f, b, e = h["query"], h["target"], h["fident"], h["bits"], h["evalue"]
+        # best by bits within the block: sort by (query, -bits, evalue, target), take firsts
+        order = np.lexsort((t, e, -b, q))
+        first = order[np.r_[True, q[order][1:] != q[order][:-1]]]
+        qq = q[first]
+        better = (b[first] > best_bits[qq]) | (
+            (b[first] == best_bits[qq])
+            & ((e[first] < best_e[qq]) | ((e[first] == best_e[qq]) & (t[first] < best_t[qq])))
+        )
+        sel, qs = first[better], qq[better]
+        best_t[qs], best_bits[qs], best_e[qs], best_f[qs] = t[sel], b[sel], e[sel], f[sel]
+        # max identity within the block: sort by (query, -fident, -bits, target)
+        order = np.lexsort((t, -b, -f, q))
+        first = order[np.r_[True, q[order][1:] != q[order][:-1]]]
+        qq = q[first]
+        better = (f[first] > max_f[qq]) | (
+            (f[first] == max_f[qq])
+            & ((b[first] > max_bits[qq]) | ((b[first] == max_bits[qq]) & (t[first] < max_t[qq])))
+        )
+        sel, qs = first[better], qq[better]
+        max_f[qs], max_t[qs], max_bits[qs] = f[sel], t[sel], b[sel]
+    none = best_t < 0
+    best_bits[none] = np.nan
+    max_f[max_t < 0] = np.nan
+    return {
+        "best_target": best_t,
+        "best_fident": best_f,
+        "best_bits": best_bits,
+        "best_evalue": best_e,
+        "max_fident": max_f,
+        "max_target": max_t,
+    }
