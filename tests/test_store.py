@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -235,3 +236,14 @@ def test_bad_build_options_are_refused_before_reading(options, message, tmp_path
     with pytest.raises(StoreError, match=message):
         build_store(tmp_path / "never-read.tsv", tmp_path / "s", **options)
     assert not (tmp_path / "s").exists()
+
+
+def test_a_store_built_by_ecstream_0_1_0_still_opens_and_matches_a_rebuild(data_path, tmp_path):
+    """tests/data/store-0.1.0: the first 60 rows, built before the upper half was restructured."""
+    old = open_store(Path(__file__).parent / "data" / "store-0.1.0")
+    assert old.manifest["ecstream_version"] == "0.1.0" and old.verify() == []
+    new = build_store(data_path, tmp_path / "new", max_records=60)
+    for split in SPLITS:
+        assert old.fingerprint(split) == new.fingerprint(split)
+        a = [b.x.tobytes() for b in old.batches(split, seed=3)]
+        assert a == [b.x.tobytes() for b in new.batches(split, seed=3)]
