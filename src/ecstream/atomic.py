@@ -137,6 +137,14 @@ def check_not_input(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
 # --------------------------------------------------------------------------- files
 
 
+def _name_output(error: BaseException, tmp: Path, path: Path) -> None:
+    """Let a system error (a full disk…) name the output, not its temporary or nothing."""
+    if isinstance(error, OSError) and (
+        not error.filename or str(error.filename).startswith(str(tmp))
+    ):
+        error.filename = str(path)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -159,8 +167,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             if tmp.is_file():
                 _fsync(tmp)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             _remove(tmp)
+            _name_output(error, tmp, path)
             raise
 
 
@@ -222,8 +231,9 @@ def atomic_dir(path: str | os.PathLike[str], replace: bool = False) -> Iterator[
                 swap_dir(tmp, path)
             else:
                 os.rename(tmp, path)
-        except BaseException:
+        except BaseException as error:
             _remove(tmp)
+            _name_output(error, tmp, path)
             raise
 
 

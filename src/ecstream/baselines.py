@@ -19,7 +19,7 @@ from .mmseqs.search import MAX_SEQS, SEARCH_SENSITIVITY, Hits, TargetDB
 from .predictors.cnn import CNNPredictor
 from .predictors.homolog import TARGETS, KNNPredictor, homolog_decides
 from .records import concat
-from .runs import RunError, base_config, new_run, read_config
+from .runs import RunError, base_config, new_run, read_config, record_seen
 from .store import Store, open_store
 
 #: Identity thresholds the hybrid tries on validation.
@@ -51,6 +51,7 @@ def _fill_knn(store: Store, out: Path, threads: int | None, sensitivity: float) 
         },
     }
     write_json(out / "config.json", config)
+    record_seen(out, store)
     val = concat(store.records("val"))
     hits = KNNPredictor(out, config, threads).hits(val.ids, val.seqs)
     result = {
@@ -112,4 +113,5 @@ def make_hybrid_run(
             "validation": result,
         }
         write_json(work / "config.json", config)
+        record_seen(work, store)
     return {"threshold": best, **result}

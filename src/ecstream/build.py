@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import alphabet
-from .atomic import atomic_dir
+from .atomic import JSONFileError, atomic_dir, check_not_input, read_json
 from .hashing import file_sha256, hash64
 from .labels import ECError, LabelPolicy, class_keys
 from .mmseqs.cluster import ClusterSettings, cluster_split
@@ -190,10 +190,11 @@ def build_store(
     if not inputs:
         raise StoreError("no input given")
     out = Path(out)
+    check_not_input(out, inputs)
     if out.exists() and not force:
         raise StoreError(f"{out} already exists; use --force (force=True) to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise StoreError(f"{out} exists and is not an ecstream store; refusing to replace it")
+    if out.exists():
+        _check_replaceable(out)
     if config.method.kind == "column":
         columns = dataclasses.replace(columns, split=config.method.column)
     keys = _scan_keys(inputs, columns, config, fmt) if config.level > 1 else None
@@ -208,6 +209,28 @@ def build_store(
             built = Store(tmp)
             built.record("leakage", leakage_report(built, threads))
     return Store(out)
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--force`` replaces an ecstream store and nothing else: a directory holding only a
+    store manifest and split directories (or nothing at all)."""
+    if out.is_symlink() or not out.is_dir():
+        raise StoreError(f"{out} exists and is not a directory; refusing to replace it")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    extra = sorted(entries - {MANIFEST, *SPLITS})
+    if MANIFEST not in entries or extra:
+        what = f"it also holds {', '.join(extra[:3])}" if extra else f"it has no {MANIFEST}"
+        raise StoreError(f"{out} is not an ecstream store ({what}); refusing to replace it")
+    try:
+        is_store = read_json(out / MANIFEST).get("format") == FORMAT
+    except (JSONFileError, AttributeError, OSError):
+        is_store = False
+    if not is_store:
+        raise StoreError(
+            f"{out}/{MANIFEST} is not an ecstream store manifest; refusing to replace {out}"
+        )
 
 
 def _build_into(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from .config import PREDICT_BATCH_SIZE, TOP_K, TrainConfig
 from .sources import Columns
 from .version import __version__
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line in logs
 out = Console()
 
 
@@ -185,6 +184,8 @@ def _print_history(history: list[dict]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from .evaluate import evaluate
     from .report import bands_table, metrics_table
 
@@ -193,13 +194,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(
             args.run, args.source, args.out, split=args.split, columns=columns,
-            bands=args.bands, progress=update,
+            bands=args.bands, allow_seen=args.allow_seen, progress=update,
         )  # fmt: skip
     finally:
         stop()
     out.print(metrics_table(result))
     if bands := bands_table(result):
         out.print(bands)
+    seen = result["seen"]
+    if not seen["checked"]:
+        console.print(f"[yellow]warning:[/] {escape(seen['why'])}")
+    elif seen["in_train"] or seen["in_val"]:
+        console.print(
+            f"[yellow]seen by the run:[/] {seen['in_train']:,} records of its training split, "
+            f"{seen['in_val']:,} of its validation split (of {seen['records']:,})"
+        )
     if skipped := result.get("identity_bands_skipped"):
         console.print(f"[yellow]no identity bands:[/] {skipped}")
     console.print(f"metrics and plots written to [bold]{args.out}[/]")
@@ -262,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and serve EC class classifiers on protein sequences.",
     )
     parser.add_argument("--version", action="version", version=f"ecstream {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the traceback of a failure (anywhere on the line; or ECSTREAM_DEBUG=1)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -379,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--bands", action=argparse.BooleanOptionalAction, default=None,
         help="accuracy per band of identity to the training split (default: if MMseqs2 is found)",
     )  # fmt: skip
+    p.add_argument(
+        "--allow-seen", action="store_true",
+        help="evaluate even if over 1%% of the records are in the run's training split",
+    )  # fmt: skip
     _column_flags(p, ec=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -432,27 +449,27 @@ def _column_flags(p: argparse.ArgumentParser, ec: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("KERAS_BACKEND", "torch")
-    # Lightning's advertising tips are noise here; its warnings still show
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    from .mmseqs.binary import MMseqsError, MMseqsNotFound
-    from .runs import RunError
-    from .sources import InputError
-    from .store import StoreError
+    """Run one command; every failure is one line on stderr unless ``--debug`` is given."""
+    from rich.markup import escape
 
+    from .errors import debugging, describe
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
-    except (
-        InputError, StoreError, RunError, MMseqsNotFound, MMseqsError, KeyError, ValueError,
-        FileNotFoundError, FileExistsError,
-    ) as exc:  # fmt: skip
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[bold red]error:[/] {message}")
-        return 2
     except KeyboardInterrupt:
+        if debug:
+            raise
         console.print("[yellow]interrupted[/]")
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {escape(describe(exc))}")
+        return 2
 
 
 if __name__ == "__main__":

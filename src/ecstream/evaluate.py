@@ -22,7 +22,8 @@ from torchmetrics.functional.classification import (
 )
 
 from . import plots
-from .atomic import write_json
+from .atomic import claim, write_json
+from .hashing import hash64
 from .identity import band_accuracy
 from .labels import LabelPolicy
 from .mmseqs.binary import available as mmseqs_available
@@ -30,13 +31,15 @@ from .mmseqs.search import best_hits
 from .predictors import Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, pairs
-from .runs import RunError, read_metrics
+from .runs import RunError, read_metrics, read_seen
 from .skips import Skips
 from .sources import Columns, describe, read_rows
 from .splits import validate
 from .store import is_store, open_store
 
 DEFAULT_COLUMNS = Columns()
+#: Share of evaluated records from the run's training split above which evaluate refuses.
+MAX_SEEN = 0.01
 
 
 def labelled_records(
@@ -130,13 +133,31 @@ def evaluate(
     columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
     bands: bool | None = None,
+    allow_seen: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Score a store split or a labelled file with a run; write metrics.json and the plots.
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
-    default it is on when MMseqs2 is installed.
+    default it is on when MMseqs2 is installed. Records the run was trained on are counted
+    first: above :data:`MAX_SEEN` of them the evaluation is refused unless ``allow_seen``.
+    ``out`` is claimed for the whole evaluation: a second evaluation into it fails at once.
     """
+    with claim(out):
+        return _evaluate(run, source, Path(out), split, columns, fmt, bands, allow_seen, progress)
+
+
+def _evaluate(
+    run: str | os.PathLike,
+    source: Any,
+    out: Path,
+    split: str,
+    columns: Columns,
+    fmt: str | None,
+    bands: bool | None,
+    allow_seen: bool,
+    progress: Callable[[str], None] | None,
+) -> dict:
     model = load_model(run)
     skips = Skips()
     if is_store(source):
@@ -144,17 +165,27 @@ def evaluate(
         if store.policy != model.policy:
             raise RunError(f"{source}: its classes differ from those the run was trained on")
 
-        def records() -> Iterator[Records]:
+        def records(_: Skips | None = None) -> Iterator[Records]:
             return store.records(split)
 
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
 
-        def records() -> Iterator[Records]:
-            return labelled_records(source, model.policy, skips, columns, fmt)
+        def records(counted: Skips | None = None) -> Iterator[Records]:
+            """Another pass over the file; only the scoring pass counts what it sets aside."""
+            sink = counted if counted is not None else Skips()
+            return labelled_records(source, model.policy, sink, columns, fmt)
 
         where = {"file": describe(source)}
-    y_true, y_pred, searched = predictions(model, records(), progress)
+    seen = seen_by_run(run, records)
+    if seen["checked"] and seen["share_in_train"] > MAX_SEEN and not allow_seen:
+        raise SeenRecordsError(
+            f"{seen['in_train']:,} of {seen['records']:,} records to evaluate "
+            f"({seen['share_in_train']:.1%}) are in the training split of {run}: the metrics "
+            "would overstate accuracy on new proteins; evaluate other data, or pass "
+            "--allow-seen (allow_seen=True) to measure it anyway"
+        )
+    y_true, y_pred, searched = predictions(model, records(skips), progress)
     if len(y_true) == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
@@ -164,6 +195,7 @@ def evaluate(
         "kind": model.kind,
         "source": where,
         **metrics(y_true, y_pred, model.policy),
+        "seen": seen,
         "set_aside": skips.to_dict(),
     }
     asked = bands
@@ -180,7 +212,6 @@ def evaluate(
             result["identity_bands_skipped"] = str(error)
         else:
             result["identity_bands"] = band_accuracy(y_true, y_pred, identity)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots.confusion(result, out / "confusion.png")
     history = read_metrics(run)
@@ -188,6 +219,38 @@ def evaluate(
         plots.learning_curves(history, out / "learning_curves.png")
     write_json(out / "metrics.json", result)
     return result
+
+
+class SeenRecordsError(RunError):
+    """Evaluation data the run was trained on."""
+
+
+def seen_by_run(run: str | os.PathLike, records: Callable[[], Iterator[Records]]) -> dict:
+    """How many records the run learnt from (training split) or was tuned on (validation).
+
+    Identity is by sequence (a 64-bit hash, as the run recorded it). A run made before runs
+    recorded their sequences cannot be checked: ``checked`` is then false, with the reason.
+    """
+    known = read_seen(run)
+    if known is None:
+        return {
+            "checked": False,
+            "why": f"{run} was made before runs recorded their training sequences: whether "
+            "it has seen these records cannot be checked (retrain it to check)",
+        }
+    hashes = [hash64(chunk.seqs) for chunk in records()]
+    mine = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    n = len(mine)
+    in_train = int(np.isin(mine, known["train"]).sum())
+    in_val = int(np.isin(mine, known["val"]).sum())
+    return {
+        "checked": True,
+        "records": n,
+        "in_train": in_train,
+        "share_in_train": in_train / n if n else 0.0,
+        "in_val": in_val,
+        "share_in_val": in_val / n if n else 0.0,
+    }
 
 
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from . import alphabet
-from .atomic import atomic_dir
+from .atomic import atomic_dir, atomic_open, read_json
+from .hashing import hash64
 from .version import __version__
 
 RUN_FORMAT = "ecstream-run"
 RUN_VERSION = 1
+#: Hashes of the sequences a run learnt from (``train``) and was tuned on (``val``).
+SEEN = "seen.npz"
+#: Everything a run directory may hold.
+RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "model.pt", SEEN, "targets")
 
 
 class RunError(Exception):
@@ -79,7 +85,7 @@ def read_config(run: str | os.PathLike) -> dict:
         raise RunError(
             f"{run}: not an ecstream run (no config.json); train one with 'ecstream train'"
         )
-    config = json.loads(path.read_text())
+    config = read_json(path)
     if config.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not an ecstream run config")
     if config.get("run_version") != RUN_VERSION:
@@ -103,3 +109,26 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
         return []
     with open(path) as fh:
         return list(csv.DictReader(fh))
+
+
+def record_seen(run: Path, store) -> None:
+    """Record which sequences the run learns from and is tuned on (sorted 64-bit hashes).
+
+    About 8 bytes per training record; :func:`read_seen` gives them to ``evaluate``, which
+    then knows how many evaluated records the run has seen.
+    """
+    arrays = {}
+    for split in ("train", "val"):
+        parts = [hash64(chunk.seqs) for chunk in store.records(split)]
+        arrays[split] = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    with atomic_open(run / SEEN, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def read_seen(run: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The hashes :func:`record_seen` wrote, or ``None`` for a run made before it existed."""
+    path = Path(run) / SEEN
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return {name: saved[name] for name in saved.files}

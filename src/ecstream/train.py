@@ -10,11 +10,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
+import io
+import logging
 import math
 import os
+import shutil
+import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,10 +32,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
 
 from .adapters.torch import loader
-from .atomic import atomic_open, atomic_path, write_json
+from .atomic import atomic_open, claim, read_json, write_bytes, write_json
 from .config import TrainConfig
 from .model import ECClassifier, ModelConfig, preset
-from .runs import RunError, base_config, read_metrics
+from .runs import RUN_FILES, RUN_FORMAT, RunError, base_config, read_metrics, record_seen
 from .store import Store, open_store
 
 # --- the LightningModule ------------------------------------------------------------------
@@ -139,8 +144,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file and renamed; loaded with weights_only=True."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        write_bytes(path, _serialized(checkpoint))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -237,7 +241,11 @@ def train(
     resume: bool = False,
     callbacks: list[Callback] | None = None,
 ) -> TrainResult:
-    """Train a CNN on a store's train split, validating on its val split; see the module doc."""
+    """Train a CNN on a store's train split, validating on its val split; see the module doc.
+
+    The run directory is claimed (locked) by rank 0 while it trains, so a second ``train`` or
+    ``--resume`` of the same run fails at once instead of mixing two runs' checkpoints.
+    """
     store = open_store(store_path)
     run = Path(out)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
@@ -245,17 +253,36 @@ def train(
     model_config = preset(config.model, len(store.policy.classes))
     run_config = _run_config(store, config, model_config)
     last = run / "checkpoints" / "last.ckpt"
-    if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
-        if resume:
-            _check_resumable(run, run_config, last)
-        elif run.exists() and any(p.name != "config.json" for p in run.iterdir()):
-            # a lone config.json is a run that failed before its first checkpoint: reusable
-            raise RunError(
-                f"{run} already holds a run; use --resume to continue it or another --out"
-            )
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "config.json", run_config)
+    with contextlib.ExitStack() as stack:
+        if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
+            stack.enter_context(claim(run))
+            if resume:
+                _check_resumable(run, run_config, last)
+            else:
+                _check_new(run, last)
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / "config.json", run_config)
+            if not resume:
+                record_seen(run, store)
+        stack.enter_context(_quiet_lightning())
+        trainer, best = _fit(store, run, config, model_config, resume, last, callbacks)
+        if trainer.global_rank == 0:
+            _export(run, best.best_model_path or str(last), model_config)
+    history = read_metrics(run)
+    best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
+    return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
 
+
+def _fit(
+    store: Store,
+    run: Path,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    resume: bool,
+    last: Path,
+    callbacks: list[Callback] | None,
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Fit with Lightning; an interruption or failure says how to continue."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     # bit-identical runs are promised on CPU; CUDA's convolution backward is not deterministic
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
@@ -289,15 +316,65 @@ def train(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+    sigint = signal.getsignal(signal.SIGINT)
+    resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    except SystemExit:  # Lightning's answer to Ctrl-C: it has saved nothing more, and exits
+        signal.signal(signal.SIGINT, sigint)  # Lightning leaves Ctrl-C ignored
+        raise TrainingInterrupted(
+            f"training of {run} was interrupted; "
+            + (resume_hint if last.is_file() else "no epoch had finished: start it again")
+        ) from None
+    except Exception as error:
+        if last.is_file() and trainer.global_rank == 0:
+            error.add_note(f"the last checkpoint is intact: {resume_hint}")
+        raise
     finally:  # Lightning sets deterministic algorithms for the whole process; give it back
         torch.use_deterministic_algorithms(was_deterministic)
-    if trainer.global_rank == 0:
-        _export(run, best.best_model_path or str(last), model_config)
-    history = read_metrics(run)
-    best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
-    return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
+    return trainer, best
+
+
+class TrainingInterrupted(RunError):
+    """Training stopped by the user (Ctrl-C); the message says how to continue."""
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's notices that are not the user's to act on, for this call only."""
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = tips.level
+    tips.setLevel(logging.WARNING)  # "💡 Tip: …" advertisements
+    with warnings.catch_warnings():
+        # a deprecation inside Lightning itself, and a notice on every resume
+        warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.*")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        try:
+            yield
+        finally:
+            tips.setLevel(level)
+
+
+def _check_new(run: Path, last: Path) -> None:
+    """A new run needs an empty ``--out``; leftovers of a run that never finished an epoch
+    (a failure before the first checkpoint, e.g. a full disk) are cleared and reused."""
+    if not run.exists() or not any(run.iterdir()):
+        return
+    if last.is_file():
+        raise RunError(f"{run} already holds a run; use --resume to continue it or another --out")
+    try:
+        is_run = read_json(run / "config.json").get("format") == RUN_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_run = False
+    unknown = {p.name for p in run.iterdir()} - set(RUN_FILES)
+    if not is_run or unknown:
+        raise RunError(f"{run} is not empty and not an unfinished run; choose another --out")
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _launched_rank() -> int:
@@ -310,8 +387,11 @@ def _launched_rank() -> int:
 
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
     if not last.is_file():
-        raise RunError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
-    saved = json.loads((run / "config.json").read_text())
+        raise RunError(
+            f"{run}: nothing to resume (no checkpoints/last.ckpt: no epoch finished); "
+            "start it again without --resume"
+        )
+    saved = read_json(run / "config.json")
     for key in ("train", "model", "store", "labels", "alphabet"):
         theirs = saved.get(key)
         ours = run_config[key]
@@ -329,5 +409,14 @@ def _export(run: Path, checkpoint: str, model_config: ModelConfig) -> None:
     """Save the best weights as ``model.pt`` (a plain state dict and the model config)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    with atomic_path(run / "model.pt") as tmp:
-        torch.save({"model": model_config.to_dict(), "state_dict": weights}, tmp)
+    write_bytes(
+        run / "model.pt", _serialized({"model": model_config.to_dict(), "state_dict": weights})
+    )
+
+
+def _serialized(obj: object) -> bytes:
+    """``torch.save`` into memory: the file is then written by :mod:`ecstream.atomic`, so a
+    full disk is an ``OSError`` naming the file, not a torch error about a zip offset."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

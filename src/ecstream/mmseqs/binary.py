@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -87,18 +90,58 @@ class MMseqs:
         """Run ``mmseqs ARGS``; stdout and stderr go to ``workdir/LOG.{out,err}``.
 
         Raises :class:`MMseqsError` with the command, its exit status and the tail of stderr.
+        MMseqs2's workflows start further mmseqs processes; all of them die with ecstream,
+        whether it fails, is interrupted or is killed (see :func:`_supervised`).
         """
         workdir.mkdir(parents=True, exist_ok=True)
         command = [self.binary, *map(str, args)]
         out, err = workdir / f"{log}.out", workdir / f"{log}.err"
         with open(out, "wb") as fo, open(err, "wb") as fe:
-            code = subprocess.run(command, stdout=fo, stderr=fe, check=False).returncode
+            code = _supervised(command, fo, fe)
         if code != 0:
             tail = _tail(err.read_text(errors="replace")) or _tail(out.read_text(errors="replace"))
             raise MMseqsError(
                 f"MMseqs2 failed (exit status {code}): {' '.join(command)}\n{tail}\n"
                 f"(full output: {out}, {err})"
             )
+
+
+#: Runs the command in the background and waits; on SIGTERM (sent by the kernel when ecstream
+#: dies, see _pdeathsig) it kills its whole process group: the command and every process
+#: the command started.
+_SUPERVISOR = 'trap "kill -KILL 0" TERM INT HUP; "$@" & wait $!'
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A pre-exec function asking the kernel for SIGTERM when the parent dies (Linux only).
+
+    libc is looked up here, in the parent: between fork and exec only the call itself runs.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):  # not Linux: the group is still killed on our errors
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _supervised(command: list[str], stdout: BinaryIO, stderr: BinaryIO) -> int:
+    """Run ``command`` under a small shell supervisor in a process group of its own; return its
+    exit status. Any exception here (Ctrl-C included) kills the group before it propagates."""
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", _SUPERVISOR, "mmseqs-supervisor", *command],
+        stdout=stdout,
+        stderr=stderr,
+        process_group=0,
+        preexec_fn=_pdeathsig(),
+    )
+    try:
+        return process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
 
 
 def write_fasta(fh: BinaryIO, first: int, seqs: Sequence[bytes]) -> None:

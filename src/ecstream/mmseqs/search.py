@@ -9,6 +9,7 @@ settings and the target split's fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..atomic import atomic_dir, atomic_open, write_json
+from ..atomic import OutputBusyError, atomic_dir, atomic_open, write_json
 from ..hashing import text_digest
 from ..shards import read_batches
 from ..store import Store
@@ -251,7 +252,8 @@ def best_hits(
             arrays = {name: saved[name] for name in saved.files}
     else:
         arrays = _reduce_hits(_easy_search(work, target, params, threads, bool(ids)), len(ids))
-        with atomic_open(cache, "wb") as fh:
+        # another process writing the same entry writes the same bytes: let it
+        with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
             np.savez(fh, **arrays)
     best_t = arrays["best_target"]
     labels = np.full(len(ids), -1, dtype=np.int64)
