@@ -2,11 +2,14 @@
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
 from conftest import head_lines
 
+import ecstream
+from ecstream.cli import main
 from ecstream.evaluate import evaluate
 from ecstream.predict import predict_file
 from ecstream.predictors import load_model
@@ -157,3 +160,23 @@ def test_predict_reads_a_csv_with_a_sequence_column(cnn_run, tmp_path):
     rows = (tmp_path / "o.tsv").read_text().splitlines()[1:]
     assert summary["scored"] == 1 and [r.split("\t")[0] for r in rows] == ["x1", "x2"]
     assert rows[1].endswith("empty sequence")
+
+
+def test_evaluate_refuses_a_store_whose_test_split_the_run_trained_on(
+    cnn_run, small_store, data_path, tmp_path, capsys
+):
+    other = ecstream.build_store(data_path, tmp_path / "seed1", max_records=3000, seed=1)
+    with pytest.raises(RunError, match=r"are in the training split .*--allow-seen"):
+        evaluate(cnn_run, other.path, tmp_path / "ev", bands=False)
+    own = evaluate(cnn_run, small_store.path, tmp_path / "own", bands=False)
+    assert own["seen"]["in_train"] == 0 and own["seen"]["records"] == own["n"]
+    assert own["seen"]["in_val"] == 0  # test and val are disjoint by sequence
+    on_val = evaluate(cnn_run, small_store.path, tmp_path / "val", split="val", bands=False)
+    assert on_val["seen"]["in_val"] == on_val["n"] and on_val["seen"]["in_train"] == 0
+    # a run made before runs recorded their sequences: evaluated, with a warning
+    old = tmp_path / "old-run"
+    shutil.copytree(cnn_run, old)
+    (old / "seen.npz").unlink()
+    assert main(["evaluate", str(old), str(other.path), "--out", str(tmp_path / "o"),
+                 "--no-bands"]) == 0  # fmt: skip
+    assert "cannot be checked" in capsys.readouterr().err
