@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
 )
 
 from . import plots
-from .atomic import write_json
+from .atomic import OutputIsInputError, write_json
 from .identity import band_accuracy
 from .labels import LabelPolicy
 from .mmseqs.binary import available as mmseqs_available
@@ -32,7 +32,7 @@ from .predictors.homolog import training_targets
 from .records import Records, pairs
 from .runs import RunError, read_metrics
 from .skips import Skips
-from .sources import Columns, describe, read_rows
+from .sources import Columns, SourceInfo, describe, is_stream, read_rows
 from .splits import validate
 from .store import is_store, open_store
 
@@ -40,11 +40,21 @@ DEFAULT_COLUMNS = Columns()
 
 
 def labelled_records(
-    source: Any, policy: LabelPolicy, skips: Skips, columns: Columns = DEFAULT_COLUMNS, fmt=None
+    source: Any,
+    policy: LabelPolicy,
+    skips: Skips,
+    columns: Columns = DEFAULT_COLUMNS,
+    fmt: str | None = None,
+    *,
+    allow_partial: bool = False,
+    info: SourceInfo | None = None,
 ) -> Iterator[Records]:
-    """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``."""
+    """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``.
+
+    A file that ends early or cannot be decoded is refused unless ``allow_partial``.
+    """
     name = describe(source)
-    for rows in read_rows(source, columns, skips, fmt):
+    for rows in read_rows(source, columns, skips, fmt, allow_partial=allow_partial, info=info):
         kept = validate(name, rows, policy, skips)
         if len(kept):
             yield kept
@@ -131,14 +141,19 @@ def evaluate(
     fmt: str | None = None,
     bands: bool | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_partial: bool = False,
 ) -> dict:
     """Score a store split or a labelled file with a run; write metrics.json and the plots.
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
-    default it is on when MMseqs2 is installed.
+    default it is on when MMseqs2 is installed. ``out`` may be neither the run nor the store,
+    nor inside them. A file that ends early or cannot be decoded is refused unless
+    ``allow_partial``; then the records before the break are evaluated and the result's
+    ``partial`` says where it stopped.
     """
+    _check_out(out, run, source)
     model = load_model(run)
-    skips = Skips()
+    skips, info = Skips(), SourceInfo()
     if is_store(source):
         store = open_store(source)
         if store.policy != model.policy:
@@ -151,7 +166,9 @@ def evaluate(
     else:
 
         def records() -> Iterator[Records]:
-            return labelled_records(source, model.policy, skips, columns, fmt)
+            return labelled_records(
+                source, model.policy, skips, columns, fmt, allow_partial=allow_partial, info=info
+            )
 
         where = {"file": describe(source)}
     y_true, y_pred, searched = predictions(model, records(), progress)
@@ -166,9 +183,17 @@ def evaluate(
         **metrics(y_true, y_pred, model.policy),
         "set_aside": skips.to_dict(),
     }
+    if info.stopped is not None:
+        result["partial"] = info.partial()
     asked = bands
     if bands is None:
         bands = mmseqs_available()
+    if bands and searched is None and is_stream(source):  # the bands would read it again
+        message = f"{describe(source)} is a pipe, which cannot be read a second time"
+        if asked:
+            raise RunError(f"identity bands: {message}; give a file")
+        result["identity_bands_skipped"] = message
+        bands = False
     if bands:
         if progress:
             progress("identity to the training split (MMseqs2)")
@@ -188,6 +213,19 @@ def evaluate(
         plots.learning_curves(history, out / "learning_curves.png")
     write_json(out / "metrics.json", result)
     return result
+
+
+def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> None:
+    """Refuse an output directory that is the run or the store, or lies inside one of them."""
+    target = Path(out).resolve()
+    for given in (run, source):
+        if not isinstance(given, str | os.PathLike) or str(given) == "-":
+            continue
+        place = Path(given).resolve()
+        if target == place or (place.is_dir() and place in target.parents):
+            raise OutputIsInputError(
+                f"the output {target} would write into the input {given}; choose another --out"
+            )
 
 
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
