@@ -15,7 +15,13 @@ import time
 from common import REPORT, limit_threads, write_section
 
 # section name → module in benchmarks/
-SECTIONS = {"pipeline": "pipeline", "training": "training", "accuracy": "accuracy", "gpu": "gpu"}
+SECTIONS = {
+    "pipeline": "pipeline",
+    "training": "training",
+    "accuracy": "accuracy",
+    "gpu": "gpu",
+    "input-fuzz": "input_fuzz",
+}
 NEEDS_CUDA = {"gpu"}
 
 

@@ -46,8 +46,10 @@ def test_one_hot_or_integer_arrays_are_refused(dtype):
 
 
 def test_non_letters_are_refused_with_the_character():
-    with pytest.raises(ValueError, match=r"b'-'"):
+    with pytest.raises(ValueError, match=r"'-' at position 3"):
         encode("AC-D")
+    with pytest.raises(ValueError, match=r"b'-' at position 3"):
+        encode(b"AC-D")
 
 
 def test_clean_upper_cases_and_drops_one_stop_codon():

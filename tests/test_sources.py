@@ -14,7 +14,9 @@ from ecstream.sources import (
     TRUNCATED_INPUT,
     WRONG_COLUMN_COUNT,
     Columns,
+    DamagedInputError,
     InputError,
+    SourceInfo,
     detect_format,
     read_rows,
 )
@@ -99,16 +101,21 @@ def test_wrong_column_count_is_counted_with_file_and_line(tmp_path):
     assert skips.examples[WRONG_COLUMN_COUNT][0].startswith(f"{path}:3")
 
 
-def test_truncated_gzip_keeps_the_complete_rows_and_reports_where_it_stopped(data_path, tmp_path):
+def test_truncated_gzip_is_refused_or_with_allow_partial_keeps_the_complete_rows(
+    data_path, tmp_path
+):
     raw = "".join(head_lines(data_path, 4000)).encode()
     broken = tmp_path / "cut.tsv.gz"
     whole = gzip.compress(raw)
     broken.write_bytes(whole[: len(whole) * 2 // 3])
-    skips = Skips()
-    rows = _all(broken, skips=skips)
+    with pytest.raises(DamagedInputError, match=r"cut.tsv.gz:\d+: the gzip data end early"):
+        _all(broken)
+    skips, info = Skips(), SourceInfo()
+    rows = _all(broken, skips=skips, allow_partial=True, info=info)
     assert skips.counts[TRUNCATED_INPUT] == 1
     assert "reading stopped" in skips.examples[TRUNCATED_INPUT][0]
-    assert len(rows) > 1000
+    assert len(rows) > 1000 and info.rows == len(rows)
+    assert info.partial() == {"stopped_at": info.stopped, "rows_kept": len(rows)}
     # every row read is a complete, untruncated row of the original
     original = {line.split("\t")[0]: line.split("\t")[2] for line in raw.decode().splitlines()[1:]}
     assert all(original[r[1]] == r[3] for r in rows)

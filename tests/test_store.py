@@ -160,7 +160,7 @@ def test_bad_input_is_counted_per_reason_with_file_and_line(tmp_path, data_path)
     cut = tmp_path / "cut.tsv.gz"
     whole = gzip.compress("".join(head_lines(data_path, 3000)).encode())
     cut.write_bytes(whole[: len(whole) // 2])
-    store = build_store([path, cut], tmp_path / "s")
+    store = build_store([path, cut], tmp_path / "s", allow_partial=True)
     aside = store.manifest["set_aside"]
     expected = {
         "missing_sequence": 21,
@@ -184,6 +184,8 @@ def test_bad_input_is_counted_per_reason_with_file_and_line(tmp_path, data_path)
     row_reasons = m["set_aside_total"] - 2  # minus the truncation and the wrong-column counts
     assert m["records"] + row_reasons == m["rows_read"]
     assert m["sources"][1]["rows"] > 1000
+    assert m["sources"][1]["partial"]["rows_kept"] == m["sources"][1]["rows"]
+    assert m["sources"][1]["partial"]["stopped_at"].startswith(f"{cut}:")
 
 
 def test_sample_keeps_a_seeded_fraction(data_path, tmp_path):

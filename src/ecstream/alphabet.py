@@ -60,14 +60,18 @@ class SequenceError(ValueError):
         self.reason = reason
 
 
+_SURROUNDING = " \t\r\n"  # what a reader may leave around a field; other control bytes are refused
+
+
 def clean_sequence(text: str) -> str:
     """The one cleaning of a sequence as read from any input: upper-case letters, or an error.
 
-    Surrounding white space and a single terminal ``*`` (the stop codon of translated ORFs)
-    are dropped; any other character that is not an ASCII letter raises :class:`SequenceError`
-    naming it and its position (1-based). Build, evaluation and prediction all call this.
+    Surrounding spaces, tabs and line ends and a single terminal ``*`` (the stop codon of
+    translated ORFs) are dropped; any other character that is not an ASCII letter, a stray
+    control byte included, raises :class:`SequenceError` naming it and its position (1-based).
+    Build, evaluation and prediction all call this.
     """
-    sequence = text.strip()
+    sequence = text.strip(_SURROUNDING)
     if sequence.endswith("*"):
         sequence = sequence[:-1]
     if not sequence:
@@ -95,16 +99,24 @@ def _letters(data: str | bytes | bytearray | memoryview | np.ndarray) -> np.ndar
     raise TypeError(f"encode() takes residue letters as str or bytes, got {type(data).__name__}")
 
 
-def _refuse(letters: np.ndarray) -> None:
+def _refuse(letters: np.ndarray, text: str | None = None) -> None:
+    """Raise for letters that hold a byte the table does not map, naming it and where it is."""
     # token ids are 1-21 and letters >= 65: only input made of nothing but token ids (and
-    # padding) is "already encoded"; a stray control byte among letters is just a bad byte
-    if letters.size and int(letters.max()) <= UNKNOWN and np.any(letters > 0):
+    # padding) is "already encoded"; text is never tokens, and a stray control byte among
+    # letters is just a bad byte
+    if text is None and letters.size and int(letters.max()) <= UNKNOWN and np.any(letters > 0):
         raise AlreadyEncodedError(
             "encode() was given token ids (values 1-21), not residue letters: the data is already "
             "encoded; encoding it again would turn every residue into 'unknown'"
         )
-    bad = letters[TABLE[letters] == INVALID][0]
-    raise ValueError(f"encode() was given a byte that is not a residue letter: {bytes([bad])!r}")
+    at = int(np.flatnonzero(TABLE[letters] == INVALID)[0])
+    bad = repr(text[at]) if text is not None else repr(bytes([letters.reshape(-1)[at]]))
+    where = (
+        f"position {at + 1}"
+        if letters.ndim <= 1
+        else f"index {tuple(int(k) for k in np.unravel_index(at, letters.shape))}"
+    )
+    raise ValueError(f"encode() was given {bad} at {where}, which is not a residue letter")
 
 
 def encode(data: str | bytes | bytearray | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -114,6 +126,8 @@ def encode(data: str | bytes | bytearray | np.ndarray, out: np.ndarray | None = 
     and refused with :class:`AlreadyEncodedError` instead of being encoded a second time. Byte 0 is
     taken as padding (token 0), which lets a zero-filled batch of letters be encoded in one pass.
     Bytes are translated in C (``bytes.translate``); a ``bytearray`` gives a writable array.
+    Any other byte that is not a letter (a stray control byte) is a :class:`ValueError` naming
+    it and its position.
     """
     if isinstance(data, bytes | bytearray):
         tokens = data.translate(_TABLE_BYTES)
@@ -123,7 +137,7 @@ def encode(data: str | bytes | bytearray | np.ndarray, out: np.ndarray | None = 
     letters = _letters(data)
     tokens = np.take(TABLE, letters, out=out)
     if tokens.size and int(tokens.max()) == INVALID:
-        _refuse(letters)
+        _refuse(letters, data if isinstance(data, str) else None)
     return tokens
 
 

@@ -28,7 +28,16 @@ from .overlap import OverlapCheck
 from .records import Records
 from .shards import SplitData, SplitWriter
 from .skips import Skips
-from .sources import Columns, InputError, describe, detect_format, read_rows, source_size
+from .sources import (
+    Columns,
+    InputError,
+    SourceInfo,
+    describe,
+    detect_format,
+    is_stream,
+    read_rows,
+    source_size,
+)
 from .splits import (
     SPLIT_NAMES,
     SplitMethod,
@@ -82,6 +91,16 @@ class BuildConfig:
             )
         if self.sample is not None and not 0 < self.sample <= 1:
             raise StoreError(f"--sample must be a fraction in (0, 1], got {self.sample}")
+        if self.max_records is not None and (
+            isinstance(self.max_records, bool)
+            or not isinstance(self.max_records, int | np.integer)
+            or self.max_records < 1
+        ):  # a negative count would slice rows from the end of each chunk
+            raise StoreError(f"--max-records must be at least 1, got {self.max_records!r}")
+        if self.level not in (1, 2, 3, 4):
+            raise StoreError(f"--level must be 1, 2, 3 or 4, got {self.level!r}")
+        if self.multi not in ("skip", "first"):
+            raise StoreError(f"--multi-class must be 'skip' or 'first', got {self.multi!r}")
         try:
             self.method = SplitMethod.parse(self.split)
         except SplitMethodError as error:
@@ -100,6 +119,7 @@ class _Reader:
     policy: LabelPolicy
     config: BuildConfig
     fmt: str | None
+    allow_partial: bool = False
     skips: Skips = field(default_factory=Skips)
     rows_read: int = 0
     not_sampled: int = 0
@@ -110,17 +130,19 @@ class _Reader:
         split_column = self.config.method.kind == "column"
         for source in self.inputs:
             name = describe(source)
-            fmt = self.fmt or detect_format(source)
-            if fmt == "fasta":
-                raise InputError(
-                    f"{name}: FASTA carries no EC numbers; build a store from a labelled table "
-                    "(TSV, CSV, Parquet) and give FASTA to 'ecstream predict'"
-                )
-            entry = {"path": name, "format": fmt, "rows": 0}
-            if isinstance(source, str | os.PathLike):
+            fmt = self.fmt or detect_format(source)  # None for a pipe: sniffed as it is read
+            info = SourceInfo(name, fmt)
+            _refuse_fasta(info)
+            entry: dict[str, Any] = {"path": name, "format": fmt, "rows": 0}
+            if isinstance(source, str | os.PathLike) and not is_stream(source):
                 entry |= {"sha256": file_sha256(source), "bytes": source_size(source)}
             self.sources.append(entry)
-            for rows in read_rows(source, self.columns, self.skips, fmt):
+            chunks = read_rows(
+                source, self.columns, self.skips, fmt, allow_partial=self.allow_partial, info=info
+            )
+            for rows in chunks:
+                _refuse_fasta(info)
+                entry["format"] = info.format
                 if limit is not None and self.rows_read + len(rows) > limit:
                     rows = rows[: limit - self.rows_read]
                 entry["rows"] += len(rows)
@@ -132,6 +154,10 @@ class _Reader:
                     progress(self.rows_read)
                 if limit is not None and self.rows_read >= limit:
                     return
+            _refuse_fasta(info)
+            entry["format"] = info.format
+            if info.stopped is not None:  # with allow_partial: say how much was kept
+                entry["partial"] = info.partial()
 
     def _sample(self, kept: Records) -> Records:
         if self.config.sample is None:
@@ -141,8 +167,20 @@ class _Reader:
         return kept.take(keep)
 
 
+def _refuse_fasta(info: SourceInfo) -> None:
+    if info.format == "fasta":
+        raise InputError(
+            f"{info.name}: FASTA carries no EC numbers; build a store from a labelled table "
+            "(TSV, CSV, Parquet) and give FASTA to 'ecstream predict'"
+        )
+
+
 def _scan_keys(
-    inputs: Sequence[Any], columns: Columns, config: BuildConfig, fmt: str | None
+    inputs: Sequence[Any],
+    columns: Columns,
+    config: BuildConfig,
+    fmt: str | None,
+    allow_partial: bool,
 ) -> list[str]:
     """Class keys at an EC level deeper than 1 (a first pass over the inputs, or their first
     ``max_records`` rows), from the rows the label policy keeps: a row spanning several classes
@@ -150,7 +188,7 @@ def _scan_keys(
     keys: set[str] = set()
     left = config.max_records
     for source in inputs:
-        for rows in read_rows(source, columns, Skips(), fmt):
+        for rows in read_rows(source, columns, Skips(), fmt, allow_partial=allow_partial):
             for _, _, ec, *_ in rows[:left]:
                 with contextlib.suppress(ECError):
                     found = class_keys(ec or "", config.level)
@@ -177,18 +215,23 @@ def build_store(
     progress: Callable[[int | str], None] | None = None,
     threads: int | None = None,
     leakage: bool | None = None,
+    allow_partial: bool = False,
     **options: Any,
 ) -> Store:
-    """Build a store at ``out`` from one or more inputs (paths or DataFrames).
+    """Build a store at ``out`` from one or more inputs (paths, ``"-"`` for stdin, DataFrames).
 
     ``options`` are the fields of :class:`BuildConfig` (``val``, ``test``, ``seed``, ``split``,
     ``level``, ``multi``, ``max_records``, ``sample``, ``identity``, ``coverage``).
     ``leakage`` adds the MMseqs2 leakage report to the manifest (default: for cluster splits).
+    An input that ends early or cannot be decoded fails the build unless ``allow_partial``; then
+    its rows before the break are kept and its entry in the manifest's ``sources`` says where
+    reading stopped and how many rows were kept. ``out`` never holds an input.
     """
     config = BuildConfig(**options)
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     if not inputs:
         raise StoreError("no input given")
+    check_not_input(out, inputs)
     out = Path(out)
     check_not_input(out, inputs)
     if out.exists() and not force:
@@ -197,11 +240,17 @@ def build_store(
         _check_replaceable(out)
     if config.method.kind == "column":
         columns = dataclasses.replace(columns, split=config.method.column)
-    keys = _scan_keys(inputs, columns, config, fmt) if config.level > 1 else None
+    if config.level > 1 and (streams := [describe(s) for s in inputs if is_stream(s)]):
+        raise InputError(
+            f"--level {config.level} reads the inputs twice, and {', '.join(streams)} can be "
+            "read only once (a pipe or stdin); give a file"
+        )
+    keys = _scan_keys(inputs, columns, config, fmt, allow_partial) if config.level > 1 else None
     policy = LabelPolicy.for_level(config.level, keys, multi=config.multi)
 
     with atomic_dir(out, replace=True) as tmp:
-        manifest = _build_into(tmp, inputs, columns, policy, config, fmt, progress, threads)
+        reader = _Reader(inputs, columns, policy, config, fmt, allow_partial)
+        manifest = _build_into(tmp, reader, policy, config, progress, threads)
         write_manifest(tmp, manifest)
         if leakage or (leakage is None and config.method.kind == "cluster"):
             if progress:
@@ -235,15 +284,12 @@ def _check_replaceable(out: Path) -> None:
 
 def _build_into(
     tmp: Path,
-    inputs: list,
-    columns: Columns,
+    reader: _Reader,
     policy: LabelPolicy,
     config: BuildConfig,
-    fmt: str | None,
     progress: Callable[[int | str], None] | None,
     threads: int | None,
 ) -> dict:
-    reader = _Reader(inputs, columns, policy, config, fmt)
     writers = [SplitWriter(tmp / name) for name in SPLITS]
     work = Path(tmp) / ".work"
     check = OverlapCheck(work / "overlap")
@@ -289,7 +335,7 @@ def _build_into(
         total = int(counts.sum())
         if total == 0:
             reasons = "; ".join(reader.skips.lines()) or "the inputs hold no rows"
-            names = ", ".join(describe(s) for s in inputs)
+            names = ", ".join(describe(s) for s in reader.inputs)
             raise StoreError(f"no usable record in {names}: {reasons}")
         overlap = check.finish()
         _name_examples(overlap, tmp, writers, fingerprints)
@@ -318,7 +364,7 @@ def _build_into(
         "build": {
             "max_records": config.max_records,
             "sample": config.sample,
-            "columns": vars(columns),
+            "columns": vars(reader.columns),
         },
         "sources": reader.sources,
         "rows_read": reader.rows_read,

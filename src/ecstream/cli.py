@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from .build import BuildConfig
 from .config import PREDICT_BATCH_SIZE, TOP_K, TrainConfig
-from .sources import Columns
+from .sources import TEXT_FORMATS, Columns
 from .version import __version__
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one line in logs
@@ -23,6 +24,7 @@ def _progress(label: str) -> tuple[Callable[[int | str], None], Callable[[], Non
     """A live status line ('N rows read', or a message) on a terminal; silent otherwise."""
     if not console.is_terminal:
         return (lambda _n: None), (lambda: None)
+    label = escape(label)  # paths are user text, not markup
     status = console.status(f"{label}…")
     status.start()
 
@@ -85,11 +87,23 @@ def cmd_build(args: argparse.Namespace) -> int:
             identity=args.identity,
             coverage=args.coverage,
             leakage=args.leakage,
+            allow_partial=args.allow_partial,
         )
     finally:
         stop()
     _print_store(store)
+    for source in store.manifest["sources"]:
+        if partial := source.get("partial"):
+            _warn_partial(partial, "rows")
     return 0
+
+
+def _warn_partial(partial: dict, what: str) -> None:
+    """Say loudly that an input broke off and how much of it was used (--allow-partial)."""
+    console.print(
+        f"[yellow]input cut short or damaged:[/] {escape(partial['stopped_at'])}; "
+        f"the {partial['rows_kept']:,} {what} before it were used (--allow-partial)"
+    )
 
 
 def _print_store(store) -> None:
@@ -109,7 +123,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.verify:
         problems = store.verify()
         for p in problems:
-            console.print(f"[red]verify:[/] {p}")
+            console.print(f"[red]verify:[/] {escape(str(p))}")
         if problems:
             return 1
         console.print("[green]verify: every split matches its fingerprint[/]")
@@ -122,8 +136,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         val = make_knn_run(args.store, args.out, threads=args.threads)
         console.print(
-            f"kNN run written to [bold]{args.out}[/]: validation accuracy {val['val_acc']:.4f} "
-            f"({val['val_no_hit']:,} of {val['val_records']:,} without any hit)"
+            f"kNN run written to [bold]{escape(args.out)}[/]: validation accuracy "
+            f"{val['val_acc']:.4f} ({val['val_no_hit']:,} of {val['val_records']:,} "
+            "without any hit)"
         )
         return 0
     if args.model == "hybrid":
@@ -133,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("--model hybrid needs --cnn RUN and --knn RUN")
         val = make_hybrid_run(args.store, args.out, args.cnn, args.knn)
         console.print(
-            f"hybrid run written to [bold]{args.out}[/]: homolog's class at identity ≥ "
+            f"hybrid run written to [bold]{escape(args.out)}[/]: homolog's class at identity ≥ "
             f"{val['threshold']:.2f}; validation accuracy {val['val_acc']:.4f} (CNN "
             f"{val['val_acc_cnn']:.4f}, kNN {val['val_acc_knn']:.4f})"
         )
@@ -164,7 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     _print_history(result.history)
     console.print(
-        f"run written to [bold]{result.run}[/] (best val_loss {result.best_val_loss:.4f})"
+        f"run written to [bold]{escape(str(result.run))}[/] "
+        f"(best val_loss {result.best_val_loss:.4f})"
     )
     return 0
 
@@ -194,7 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(
             args.run, args.source, args.out, split=args.split, columns=columns,
-            bands=args.bands, allow_seen=args.allow_seen, progress=update,
+            bands=args.bands, allow_seen=args.allow_seen, allow_partial=args.allow_partial,
+            progress=update,
         )  # fmt: skip
     finally:
         stop()
@@ -210,8 +227,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{seen['in_val']:,} of its validation split (of {seen['records']:,})"
         )
     if skipped := result.get("identity_bands_skipped"):
-        console.print(f"[yellow]no identity bands:[/] {skipped}")
-    console.print(f"metrics and plots written to [bold]{args.out}[/]")
+        console.print(f"[yellow]no identity bands:[/] {escape(skipped)}")
+    if partial := result.get("partial"):
+        _warn_partial(partial, "rows")
+    console.print(f"metrics and plots written to [bold]{escape(args.out)}[/]")
     return 0
 
 
@@ -228,20 +247,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     update, stop = _progress(f"predicting {args.input}")
     try:
         summary = predict_file(
-            model, args.input, args.out, top_k=args.top_k, columns=columns, progress=update
-        )
+            model, args.input, args.out, top_k=args.top_k, columns=columns, fmt=args.format,
+            progress=update, allow_partial=args.allow_partial,
+        )  # fmt: skip
+    except BrokenPipeError:  # the reader of --out - stopped early (e.g. head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # as a Unix tool killed by SIGPIPE
     finally:
         stop()
+    where = "stdout" if args.out == "-" else escape(args.out)
     console.print(
-        f"{summary['records']:,} records → [bold]{args.out}[/] ({summary['scored']:,} scored, "
+        f"{summary['records']:,} records → [bold]{where}[/] ({summary['scored']:,} scored, "
         f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
         f"[bold]{summary['per_second']:,.0f} sequences/s[/]"
     )
     if summary["unreadable_lines"]:
         console.print(
             "[yellow]lines that could not be read as records (no row in the output):[/]\n"
-            + "\n".join(summary["unreadable_lines"])
+            + escape("\n".join(summary["unreadable_lines"]))
         )
+    if partial := summary["partial"]:
+        _warn_partial(partial, "records")
     return 0
 
 
@@ -252,10 +278,10 @@ def cmd_leakage(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     report = leakage_report(store, threads=args.threads)
-    out.print(format_leakage(report))
+    out.print(format_leakage(report), markup=False)  # ids are text, not markup
     if not args.no_record:
         store.record("leakage", report)
-        console.print(f"recorded in {store.path / 'manifest.json'}")
+        console.print(f"recorded in {escape(str(store.path / 'manifest.json'))}")
     return 0
 
 
@@ -307,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--leakage", action=argparse.BooleanOptionalAction, default=None,
         help="MMseqs2 report of val/test identity to train (default: with --split cluster)",
     )  # fmt: skip
-    p.add_argument("--max-records", type=int, default=b.max_records, help="read the first N rows")
+    p.add_argument(
+        "--max-records", type=_positive, default=b.max_records, help="read the first N rows"
+    )
     p.add_argument("--sample", type=float, default=b.sample, help="keep a seeded fraction of rows")
     p.add_argument(
         "--level", type=int, default=b.level, help="EC level of the classes (default %(default)s)"
@@ -320,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _column_flags(p, ec=True)
     p.add_argument("--format", choices=("tsv", "csv", "parquet"), default=None)
+    _allow_partial_flag(p)
     p.add_argument("--force", action="store_true", help="replace an existing store")
     p.set_defaults(func=cmd_build)
 
@@ -397,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate even if over 1%% of the records are in the run's training split",
     )  # fmt: skip
     _column_flags(p, ec=True)
+    _allow_partial_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -405,8 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream INPUT (FASTA, or TSV/CSV with a sequence column; .gz ok) into a TSV.",
     )
     p.add_argument("run")
-    p.add_argument("input")
-    p.add_argument("--out", required=True, help="TSV to write")
+    p.add_argument("input", help="FASTA or TSV/CSV (gzip ok), or - for stdin")
+    p.add_argument("--out", required=True, help="TSV to write, or - for stdout (streamed)")
+    p.add_argument(
+        "--format", choices=TEXT_FORMATS, default=None,
+        help="the input's format when its name and first line do not tell",
+    )  # fmt: skip
     p.add_argument(
         "--top-k", type=_positive, default=TOP_K, help="classes listed in the top_k column"
     )
@@ -415,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sequences per forward pass (default {PREDICT_BATCH_SIZE})",
     )  # fmt: skip
     _column_flags(p, ec=False)
+    _allow_partial_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -439,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _allow_partial_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-partial", action="store_true",
+        help="an input that ends early or cannot be decoded: use the rows before the break "
+        "(reported) instead of failing",
+    )  # fmt: skip
 
 
 def _column_flags(p: argparse.ArgumentParser, ec: bool) -> None:

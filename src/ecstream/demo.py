@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from .atomic import atomic_open
 
@@ -70,7 +72,7 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    console.rule(f"1/4 build: a seeded {SAMPLE:.0%} sample of {source.name}")
+    console.rule(f"1/4 build: a seeded {SAMPLE:.0%} sample of {escape(source.name)}")
     store = build_store(source, out / "store", sample=SAMPLE, seed=0, force=True)
     print_all(console, store_tables(store)[:2])
 
@@ -97,11 +99,14 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
     console.rule("summary")
     console.print(
         f"test accuracy [bold]{metrics['accuracy']:.1%}[/], macro-F1 {metrics['macro_f1']:.3f} "
-        f"on {metrics['n']:,} proteins never seen in training\n"
+        f"on {metrics['n']:,} proteins never seen in training"
+    )
+    paths = Text(  # user paths are text, never markup
         f"predictions: {out / 'predictions.tsv'} ({summary['records']:,} proteins, "
         f"{summary['per_second']:,.0f} sequences/s)\n"
         f"plots: {out / 'evaluation' / 'confusion.png'}, "
         f"{out / 'evaluation' / 'learning_curves.png'}\n"
         f"run: {out / 'run'} · store: {store.path} · total {time.perf_counter() - started:.0f} s"
     )
+    console.print(paths)
     return 0

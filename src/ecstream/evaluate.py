@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
 )
 
 from . import plots
-from .atomic import claim, write_json
+from .atomic import OutputIsInputError, claim, write_json
 from .hashing import hash64
 from .identity import band_accuracy
 from .labels import LabelPolicy
@@ -33,7 +33,7 @@ from .predictors.homolog import training_targets
 from .records import Records, pairs
 from .runs import RunError, read_metrics, read_seen
 from .skips import Skips
-from .sources import Columns, describe, read_rows
+from .sources import Columns, SourceInfo, describe, is_stream, read_rows
 from .splits import validate
 from .store import is_store, open_store
 
@@ -43,11 +43,21 @@ MAX_SEEN = 0.01
 
 
 def labelled_records(
-    source: Any, policy: LabelPolicy, skips: Skips, columns: Columns = DEFAULT_COLUMNS, fmt=None
+    source: Any,
+    policy: LabelPolicy,
+    skips: Skips,
+    columns: Columns = DEFAULT_COLUMNS,
+    fmt: str | None = None,
+    *,
+    allow_partial: bool = False,
+    info: SourceInfo | None = None,
 ) -> Iterator[Records]:
-    """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``."""
+    """Records of a labelled file, labelled by the run's policy; the rest counted in ``skips``.
+
+    A file that ends early or cannot be decoded is refused unless ``allow_partial``.
+    """
     name = describe(source)
-    for rows in read_rows(source, columns, skips, fmt):
+    for rows in read_rows(source, columns, skips, fmt, allow_partial=allow_partial, info=info):
         kept = validate(name, rows, policy, skips)
         if len(kept):
             yield kept
@@ -102,11 +112,13 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
 
 def predictions(
     model: Predictor, records: Iterator[Records], progress: Callable[[str], None] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """True labels, predicted labels (-1: none) and, when the predictor searched, identities."""
-    truth, predicted, identity = [], [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """True labels, predicted labels (-1: none), identities (when the predictor searched) and
+    the sequences' 64-bit hashes."""
+    truth, predicted, identity, hashes = [], [], [], []
     done = 0
     for chunk in records:
+        hashes.append(hash64(chunk.seqs))
         scores = model.score(chunk.ids, chunk.seqs)
         done += len(chunk)
         if progress:
@@ -121,7 +133,7 @@ def predictions(
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     searched = cat(identity, np.float64) if identity else None
-    return cat(truth, np.int64), cat(predicted, np.int64), searched
+    return cat(truth, np.int64), cat(predicted, np.int64), searched, cat(hashes, np.uint64)
 
 
 def evaluate(
@@ -135,16 +147,23 @@ def evaluate(
     bands: bool | None = None,
     allow_seen: bool = False,
     progress: Callable[[str], None] | None = None,
+    allow_partial: bool = False,
 ) -> dict:
     """Score a store split or a labelled file with a run; write metrics.json and the plots.
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
     default it is on when MMseqs2 is installed. Records the run was trained on are counted
     first: above :data:`MAX_SEEN` of them the evaluation is refused unless ``allow_seen``.
-    ``out`` is claimed for the whole evaluation: a second evaluation into it fails at once.
+    ``out`` may be neither the run nor the store, nor inside them; it is claimed for the whole
+    evaluation, so a second evaluation into it fails at once. A file that ends early or cannot
+    be decoded is refused unless ``allow_partial``; then the records before the break are
+    evaluated and the result's ``partial`` says where it stopped.
     """
+    _check_out(out, run, source)
     with claim(out):
-        return _evaluate(run, source, Path(out), split, columns, fmt, bands, allow_seen, progress)
+        return _evaluate(
+            run, source, Path(out), split, columns, fmt, bands, allow_seen, allow_partial, progress
+        )
 
 
 def _evaluate(
@@ -156,10 +175,11 @@ def _evaluate(
     fmt: str | None,
     bands: bool | None,
     allow_seen: bool,
+    allow_partial: bool,
     progress: Callable[[str], None] | None,
 ) -> dict:
     model = load_model(run)
-    skips = Skips()
+    skips, info = Skips(), SourceInfo()
     if is_store(source):
         store = open_store(source)
         if store.policy != model.policy:
@@ -173,19 +193,21 @@ def _evaluate(
 
         def records(counted: Skips | None = None) -> Iterator[Records]:
             """Another pass over the file; only the scoring pass counts what it sets aside."""
-            sink = counted if counted is not None else Skips()
-            return labelled_records(source, model.policy, sink, columns, fmt)
+            sink, seen = (skips, info) if counted is not None else (Skips(), SourceInfo())
+            return labelled_records(
+                source, model.policy, sink, columns, fmt, allow_partial=allow_partial, info=seen
+            )
 
         where = {"file": describe(source)}
-    seen = seen_by_run(run, records)
-    if seen["checked"] and seen["share_in_train"] > MAX_SEEN and not allow_seen:
-        raise SeenRecordsError(
-            f"{seen['in_train']:,} of {seen['records']:,} records to evaluate "
-            f"({seen['share_in_train']:.1%}) are in the training split of {run}: the metrics "
-            "would overstate accuracy on new proteins; evaluate other data, or pass "
-            "--allow-seen (allow_seen=True) to measure it anyway"
-        )
-    y_true, y_pred, searched = predictions(model, records(skips), progress)
+    stream = is_stream(source)
+    if not stream:  # a quick pass first, so that no time is spent on data the run has seen
+        hashes = [hash64(chunk.seqs) for chunk in records()]
+        seen = seen_by_run(run, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        _guard(run, seen, allow_seen)
+    y_true, y_pred, searched, hashes = predictions(model, records(skips), progress)
+    if stream:  # a pipe is read once: the check comes after scoring
+        seen = seen_by_run(run, hashes)
+        _guard(run, seen, allow_seen)
     if len(y_true) == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
@@ -198,9 +220,17 @@ def _evaluate(
         "seen": seen,
         "set_aside": skips.to_dict(),
     }
+    if info.stopped is not None:
+        result["partial"] = info.partial()
     asked = bands
     if bands is None:
         bands = mmseqs_available()
+    if bands and searched is None and is_stream(source):  # the bands would read it again
+        message = f"{describe(source)} is a pipe, which cannot be read a second time"
+        if asked:
+            raise RunError(f"identity bands: {message}; give a file")
+        result["identity_bands_skipped"] = message
+        bands = False
     if bands:
         if progress:
             progress("identity to the training split (MMseqs2)")
@@ -221,16 +251,27 @@ def _evaluate(
     return result
 
 
+def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> None:
+    """Refuse an output directory that is the run or the store, or lies inside one of them."""
+    target = Path(out).resolve()
+    for given in (run, source):
+        if not isinstance(given, str | os.PathLike) or str(given) == "-":
+            continue
+        place = Path(given).resolve()
+        if target == place or (place.is_dir() and place in target.parents):
+            raise OutputIsInputError(
+                f"the output {target} would write into the input {given}; choose another --out"
+            )
+
+
 class SeenRecordsError(RunError):
     """Evaluation data the run was trained on."""
 
 
-def seen_by_run(run: str | os.PathLike, records: Callable[[], Iterator[Records]]) -> dict:
-    """How many records the run learnt from (training split) or was tuned on (validation).
-
-    Identity is by sequence (a 64-bit hash, as the run recorded it). A run made before runs
-    recorded their sequences cannot be checked: ``checked`` is then false, with the reason.
-    """
+def seen_by_run(run: str | os.PathLike, hashes: np.ndarray) -> dict:
+    """How many records (by 64-bit sequence hash) the run learnt from (training split) or was
+    tuned on (validation). A run made before runs recorded their sequences cannot be checked:
+    ``checked`` is then false, with the reason."""
     known = read_seen(run)
     if known is None:
         return {
@@ -238,11 +279,9 @@ def seen_by_run(run: str | os.PathLike, records: Callable[[], Iterator[Records]]
             "why": f"{run} was made before runs recorded their training sequences: whether "
             "it has seen these records cannot be checked (retrain it to check)",
         }
-    hashes = [hash64(chunk.seqs) for chunk in records()]
-    mine = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    n = len(mine)
-    in_train = int(np.isin(mine, known["train"]).sum())
-    in_val = int(np.isin(mine, known["val"]).sum())
+    n = len(hashes)
+    in_train = int(np.isin(hashes, known["train"]).sum())
+    in_val = int(np.isin(hashes, known["val"]).sum())
     return {
         "checked": True,
         "records": n,
@@ -252,6 +291,15 @@ def seen_by_run(run: str | os.PathLike, records: Callable[[], Iterator[Records]]
         "share_in_val": in_val / n if n else 0.0,
     }
 
+
+def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:
+    if seen["checked"] and seen["share_in_train"] > MAX_SEEN and not allow_seen:
+        raise SeenRecordsError(
+            f"{seen['in_train']:,} of {seen['records']:,} records to evaluate "
+            f"({seen['share_in_train']:.1%}) are in the training split of {run}: the metrics "
+            "would overstate accuracy on new proteins; evaluate other data, or pass "
+            "--allow-seen (allow_seen=True) to measure it anyway"
+        )
 
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
     """Each record's highest identity to the run's training split (NaN: no hit)."""

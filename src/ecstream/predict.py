@@ -6,22 +6,65 @@ Which sequences a run scores whole, and how it scores them, is the predictor's (
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import itertools
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .alphabet import SequenceError, clean_sequence
-from .atomic import atomic_open
+from .atomic import atomic_open, check_not_input
 from .config import TOP_K
 from .predictors.base import Predictor, Scores
 from .skips import Skips
-from .sources import CHUNK_ROWS, Columns, read_rows
+from .sources import CHUNK_ROWS, Columns, SourceInfo, read_rows
 
 PREDICT_COLUMNS = Columns(id="Entry", ec=None, sequence="Sequence")
+STDOUT = "-"
+
+
+class _Utf8:
+    """Text written to a binary stream as UTF-8 (stdout, whatever the locale says)."""
+
+    def __init__(self, binary: IO[bytes]):
+        self._binary = binary
+
+    def write(self, text: str) -> int:
+        return self._binary.write(text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def _output(out: str | os.PathLike) -> Iterator[Any]:
+    """A text file written atomically, or stdout for ``"-"`` (streamed as rows are scored)."""
+    if str(out) == STDOUT:
+        sys.stdout.flush()  # anything printed before goes first
+        yield _Utf8(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_open(Path(out), "w", encoding="utf-8", newline="") as fh:
+            yield fh
+
+
+class TsvWriter:
+    """Rows of a TSV that csv readers and pandas read back exactly, whatever the ids hold.
+
+    A field holding a tab, a quote or a line end is quoted; the csv module quotes a carriage
+    return only when it is part of the line end, so a row holding one is quoted whole.
+    """
+
+    def __init__(self, fh: Any):
+        self._plain = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        self._quoted = csv.writer(fh, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def row(self, fields: Sequence[str]) -> None:
+        quoted = any("\r" in f for f in fields)
+        (self._quoted if quoted else self._plain).writerow(fields)
 
 
 def predict_file(
@@ -34,14 +77,21 @@ def predict_file(
     fmt: str | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
+    allow_partial: bool = False,
 ) -> dict:
-    """Score every record of ``source`` into a TSV at ``out`` (written atomically), input order.
+    """Score every record of ``source`` into a TSV at ``out``, in input order.
 
-    A record that cannot be scored (no sequence, characters that are not letters) keeps its row,
-    with the ``error`` column saying why. A line that cannot be read as a record at all (wrong
-    column count, a truncated gzip) has no id to give a row: it is counted under ``unreadable``
-    with its file and line. Returns counts and the speed.
+    ``source`` may be ``"-"`` (stdin) and ``out`` ``"-"`` (stdout, written as rows are scored, so
+    not atomic); a file is written atomically and never replaces the input or the run. A record
+    that cannot be scored (no sequence, characters that are not letters) keeps its row, with the
+    ``error`` column saying why. A line that cannot be read as a record at all (wrong column
+    count) has no id to give a row: it is counted under ``unreadable`` with its file and line.
+    An input that ends early or cannot be decoded is refused (nothing is written to a file)
+    unless ``allow_partial``: then the records before the break are predicted and ``partial``
+    says where it stopped. Returns counts and the speed.
     """
+    if str(out) != STDOUT:
+        check_not_input(out, [source, model.run])
     classes, names = model.policy.classes, model.policy.names
     header = [
         "id", "ec_class", "class_name", "probability", *(f"p_{k}" for k in classes),
@@ -49,12 +99,17 @@ def predict_file(
     ]  # fmt: skip
     extra_blank = [""] * len(model.extra_columns)
     no_class = [""] * (len(classes) + 4)  # class, name, probability, p_*, top_k
-    skips = Skips()
+    skips, info = Skips(), SourceInfo()
     counts = {"records": 0, "scored": 0, "errors": 0}
     start = time.perf_counter()
-    with atomic_open(Path(out), "w") as fh:
-        fh.write("\t".join(header) + "\n")
-        for rows in read_rows(source, columns, skips, fmt, chunk_rows):
+    chunks = read_rows(
+        source, columns, skips, fmt, chunk_rows, allow_partial=allow_partial, info=info
+    )
+    first = next(chunks, None)  # an input that cannot be opened fails before any output exists
+    with _output(out) as fh:
+        writer = TsvWriter(fh)
+        writer.row(header)
+        for rows in itertools.chain([first] if first else [], chunks):
             ids, seqs, keep, errors = [], [], [], {}
             for k, (_, rid, _, seq, _) in enumerate(rows):
                 try:
@@ -69,25 +124,22 @@ def predict_file(
             for k, (_, rid, _, seq, _) in enumerate(rows):
                 if k in errors:
                     length = str(len(seq.strip()))
-                    fields = [rid, *no_class, length, "", *extra_blank, errors[k]]
-                    fh.write("\t".join(fields) + "\n")
+                    writer.row([rid, *no_class, length, "", *extra_blank, errors[k]])
                     continue
                 j = at[k]
                 p = scores.probs[j]
                 extras = [str(scores.extra[c][j]) for c in model.extra_columns]
                 length = len(seqs[j])
                 if np.isnan(p).all():  # e.g. no homolog found: no class, not an error
-                    fields = [rid, *no_class, str(length), model.handled(length)]
-                    fh.write("\t".join([*fields, *extras, ""]) + "\n")
+                    writer.row([rid, *no_class, str(length), model.handled(length), *extras, ""])
                     continue
                 best = int(np.argmax(p))
                 ranked = np.argsort(-p, kind="stable")[:top_k]
-                fields = [
+                writer.row([
                     rid, classes[best], names[best], f"{p[best]:.4f}", *(f"{v:.4f}" for v in p),
                     "; ".join(f"{classes[r]} ({p[r]:.3f})" for r in ranked),
                     str(length), model.handled(length), *extras, "",
-                ]  # fmt: skip
-                fh.write("\t".join(fields) + "\n")
+                ])  # fmt: skip
             counts["records"] += len(rows)
             counts["scored"] += len(keep)
             counts["errors"] += len(errors)
@@ -96,8 +148,10 @@ def predict_file(
     seconds = time.perf_counter() - start
     return {
         **counts,
+        "format": info.format,
         "unreadable": skips.to_dict(),
         "unreadable_lines": skips.lines(),
+        "partial": info.partial(),
         "seconds": seconds,
         "per_second": counts["records"] / max(seconds, 1e-9),
     }

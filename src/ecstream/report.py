@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .plan import BatchSettings
 from .splits import SplitMethod
 from .store import HISTOGRAM_EDGES, SPLITS, Store
 
 
-def store_tables(store: Store) -> list[Table | str]:
+def store_tables(store: Store) -> list[Table | Text | str]:
     """The summary of a store, as rich renderables (what ``ecstream info`` prints)."""
     m = store.manifest
     policy = store.policy
@@ -22,8 +24,9 @@ def store_tables(store: Store) -> list[Table | str]:
         method += f" at identity {split['identity']:g}, coverage {split['coverage']:g}"
         method += f", {split['clusters']:,} clusters"
     head = (
-        f"[bold]{store.path}[/]  ecstream store v{m['format_version']} · built {m['created']} · "
-        f"split {method} (val {split['val']}, test {split['test']}, seed {split['seed']})"
+        f"[bold]{escape(str(store.path))}[/]  ecstream store v{m['format_version']} · built "
+        f"{m['created']} · split {escape(method)} (val {split['val']}, test {split['test']}, "
+        f"seed {split['seed']})"
     )
     counts = Table(title="Records per split and EC class", title_justify="left")
     counts.add_column("class")
@@ -60,7 +63,8 @@ def store_tables(store: Store) -> list[Table | str]:
     aside.add_column("reason")
     aside.add_column("first seen at")
     for reason, info in m["set_aside"].items():
-        aside.add_row(f"{info['count']:,}", reason, info["first"][0] if info["first"] else "")
+        # the first place quotes the input (ids, EC fields): text, never markup
+        aside.add_row(f"{info['count']:,}", reason, Text(info["first"][0] if info["first"] else ""))
     if m.get("not_sampled"):
         aside.add_row(f"{m['not_sampled']:,}", "not_sampled", f"--sample {m['build']['sample']}")
     if not m["set_aside"] and not m.get("not_sampled"):
@@ -74,13 +78,16 @@ def store_tables(store: Store) -> list[Table | str]:
         f"{dup['sequence']['across_splits']:,}) · ids repeated {dup['id']['repeated']:,} "
         f"(across splits {dup['id']['across_splits']:,})"
     )
-    sources = "sources: " + "; ".join(
-        f"{s['path']} ({s['format']}, {s['rows']:,} rows, sha256 {s.get('sha256', '-')[:12]})"
-        for s in m["sources"]
+    sources = Text(  # paths are text, never markup
+        "sources: "
+        + "; ".join(
+            f"{s['path']} ({s['format']}, {s['rows']:,} rows, sha256 {s.get('sha256', '-')[:12]})"
+            for s in m["sources"]
+        )
     )
     items = [head, counts, lengths, aside, notes, sources]
     if "leakage" in m:
-        items.append(format_leakage(m["leakage"]))
+        items.append(Text(format_leakage(m["leakage"])))
     return items
 
 

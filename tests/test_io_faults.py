@@ -1,0 +1,484 @@
+"""Inputs and outputs under faults: nothing lost, nothing silently wrong (issue 9).
+
+An input that is cut short or cannot be decoded fails the command with its file and line unless
+``--allow-partial``; a UTF-8 byte-order mark is accepted; ids holding tabs and line ends survive
+the prediction TSV; an output never replaces an input; stdin, stdout and pipes work; a
+non-positive ``--max-records`` is refused; user text is never read as rich markup; a stray
+control byte is an invalid character; and damaged inputs never come back as other records.
+Every case uses real files (and the real data where rows are needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, head_lines
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecstream import alphabet, cli
+from ecstream.atomic import OutputIsInputError
+from ecstream.build import BuildConfig, build_store
+from ecstream.cli import main
+from ecstream.evaluate import evaluate
+from ecstream.predict import predict_file
+from ecstream.predictors import load_model
+from ecstream.skips import Skips
+from ecstream.sources import (
+    TRUNCATED_INPUT,
+    Columns,
+    DamagedInputError,
+    SourceInfo,
+    read_rows,
+)
+from ecstream.store import StoreError
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import input_fuzz  # the fuzz cases and their judge live with the benchmark
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch):
+    """Messages on one line, so that a long path is never folded in the middle."""
+    for console in (cli.console, cli.out):
+        monkeypatch.setattr(console, "_width", 1000)
+
+
+def _rows(source, **kw):
+    return [(r[1], r[2], r[3]) for chunk in read_rows(source, **kw) for r in chunk]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fasta(records) -> str:
+    return "".join(f">{i} some protein\n{s}\n" for i, s in records)
+
+
+def _real(data_path, n):
+    """The first ``n`` rows of the real data as (id, EC, sequence)."""
+    return [tuple(line.rstrip("\n").split("\t")) for line in head_lines(data_path, n + 1)[1:]]
+
+
+def _bad_crc(data: bytes) -> bytes:
+    """Gzip of ``data`` whose checksum (the trailer's first 4 bytes) does not match."""
+    whole = bytearray(gzip.compress(data, mtime=0))
+    whole[-8] ^= 0xFF
+    return bytes(whole)
+
+
+def _cut_gzip(path: Path, text: str, fraction: float = 2 / 3) -> None:
+    whole = gzip.compress(text.encode(), mtime=0)
+    path.write_bytes(whole[: int(len(whole) * fraction)])
+
+
+# --------------------------------------------------------------------------- 1. loud partial input
+
+
+def test_a_cut_gzip_fails_the_build_and_leaves_the_old_store(data_path, tmp_path, capsys):
+    store = tmp_path / "store"
+    good = tmp_path / "good.tsv"
+    good.write_text("".join(head_lines(data_path, 400)))
+    assert main(["build", str(good), "--out", str(store)]) == 0
+    before = (store / "manifest.json").read_bytes()
+    capsys.readouterr()
+
+    cut = tmp_path / "cut.tsv.gz"
+    _cut_gzip(cut, "".join(head_lines(data_path, 3000)))
+    assert main(["build", str(cut), "--out", str(store), "--force"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert f"{cut}:" in err and "the gzip data end early" in err and "--allow-partial" in err
+    assert "Traceback" not in err
+    assert (store / "manifest.json").read_bytes() == before  # the old store is intact
+
+    assert main(["build", str(cut), "--out", str(store), "--force", "--allow-partial"]) == 0
+    err = _one_line(capsys.readouterr().err)
+    source = json.loads((store / "manifest.json").read_text())["sources"][0]
+    assert source["partial"]["rows_kept"] == source["rows"] > 1000
+    assert source["partial"]["stopped_at"].startswith(f"{cut}:")
+    assert f"the {source['rows']:,} rows before it were used" in err
+
+
+def test_predict_refuses_a_cut_input_and_keeps_the_old_output(cnn_run, data_path, tmp_path, capsys):
+    records = [(r[0], r[2]) for r in _real(data_path, 600)]
+    cut = tmp_path / "q.faa.gz"
+    _cut_gzip(cut, _fasta(records))
+    out = tmp_path / "p.tsv"
+    out.write_text("the previous predictions\n")
+    assert main(["predict", str(cnn_run), str(cut), "--out", str(out)]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert f"{cut}:" in err and "end early" in err and "--allow-partial" in err
+    assert out.read_text() == "the previous predictions\n"
+
+    assert main(["predict", str(cnn_run), str(cut), "--out", str(out), "--allow-partial"]) == 0
+    err = _one_line(capsys.readouterr().err)
+    got = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)["id"].tolist()
+    assert 100 < len(got) < len(records) and got == [i for i, _ in records[: len(got)]]
+    assert f"input cut short or damaged: {cut}:" in err
+    assert f"the {len(got):,} records before it were used" in err
+
+
+def test_evaluate_refuses_a_cut_labelled_file_unless_allowed(cnn_run, data_path, tmp_path):
+    cut = tmp_path / "labelled.tsv.gz"
+    _cut_gzip(cut, "".join(head_lines(data_path, 1500)))
+    with pytest.raises(DamagedInputError, match=r"labelled.tsv.gz:\d+: the gzip data end early"):
+        evaluate(cnn_run, cut, tmp_path / "ev", bands=False)
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+    result = evaluate(cnn_run, cut, tmp_path / "ev", bands=False, allow_partial=True)
+    written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert written["partial"] == result["partial"] and result["partial"]["rows_kept"] > 500
+    assert result["set_aside"][TRUNCATED_INPUT]["count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message", "kept"),
+    [
+        (
+            "bad-utf8.tsv",
+            b"Entry\tEC number\tSequence\nA1\t1.1.1.1\tMKV\n"
+            b"A2\t1.1.1.1\tMK\xffV\nA3\t2.1.1.1\tMKL\n",
+            r"bad-utf8.tsv:3: byte 14 of the line \(b'\\xff'\) is not UTF-8",
+            ["A1"],
+        ),
+        (
+            "open-quote.csv",
+            b'Entry,EC number,Sequence\nA1,1.1.1.1,MKV\nA2,1.1.1.1,"MKV\nA3,2.1.1.1,MKL\n',
+            r"open-quote.csv:4: CSV error: unexpected end of data",
+            ["A1"],
+        ),
+        (
+            "no-line-end.tsv",
+            b"Entry\tEC number\tSequence\nA1\t1.1.1.1\tMKV\nA2\t1.1.1.1\tMKVLL",
+            r"no-line-end.tsv:3: the last line has no line end",
+            ["A1"],
+        ),
+        (
+            "no-line-end.fasta",
+            b">A1\nMKV\n>A2\nMKVLL",
+            r"no-line-end.fasta:4: the last line has no line end",
+            ["A1"],
+        ),
+        (
+            "bad-gzip.tsv",  # gzip by its magic bytes, whatever the name says
+            _bad_crc(b"Entry\tEC number\tSequence\n" + b"A1\t1.1.1.1\tMKV\n" * 3000),
+            r"bad-gzip.tsv:\d+: the gzip data are damaged \(CRC check failed",
+            ["A1"] * 3000,
+        ),
+    ],
+)
+def test_input_that_ends_early_or_cannot_be_decoded_names_file_and_line(
+    tmp_path, name, content, message, kept
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    columns = Columns(ec=None) if name.endswith("fasta") else Columns()
+    with pytest.raises(DamagedInputError, match=message):
+        _rows(path, columns=columns)
+    skips, info = Skips(), SourceInfo()
+    rows = _rows(path, columns=columns, skips=skips, allow_partial=True, info=info)
+    assert [r[0] for r in rows] == kept and skips.counts[TRUNCATED_INPUT] == 1
+    assert info.partial() == {"stopped_at": info.stopped, "rows_kept": len(kept)}
+    assert info.stopped.startswith(f"{path}:")
+
+
+# --------------------------------------------------------------------------- 2. byte-order mark
+
+
+@pytest.mark.parametrize("name", ["bom.tsv", "bom.csv", "bom.faa", "bom.tsv.gz", "bom-noext"])
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path, name):
+    sep = "," if name.endswith("csv") else "\t"
+    if name.endswith("faa"):
+        text, columns, expected = ">A1 x\nMKV\n>A2\nMKL\n", Columns(ec=None), [None, None]
+    else:
+        text = f"Entry{sep}EC number{sep}Sequence\nA1{sep}1.1.1.1{sep}MKV\nA2{sep}2.1.1.1{sep}MKL\n"
+        columns, expected = Columns(), ["1.1.1.1", "2.1.1.1"]
+    data = BOM + text.encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert _rows(path, columns=columns) == [
+        ("A1", expected[0], "MKV"),
+        ("A2", expected[1], "MKL"),
+    ]
+
+
+def test_a_build_reads_a_table_with_a_byte_order_mark(data_path, tmp_path):
+    path = tmp_path / "excel.tsv"
+    path.write_bytes(BOM + "".join(head_lines(data_path, 300)).encode())
+    store = build_store(path, tmp_path / "s")
+    assert store.manifest["rows_read"] == 299
+
+
+# --------------------------------------------------------------------------- 3. output TSV
+
+ODD_IDS = ["tab\there", "new\nline", "cr\rhere", 'a "quoted" one', "comma,id", "plain", " pad "]
+
+
+def _odd_csv(path: Path, ids: list[str], seqs: list[str], ecs: list[str] | None = None) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["Entry", "EC number", "Sequence"])
+        for k, (rid, seq) in enumerate(zip(ids, seqs, strict=True)):
+            writer.writerow([rid, ecs[k] if ecs else "", seq])
+
+
+def test_ids_with_tabs_and_line_ends_survive_the_prediction_tsv(cnn_run, data_path, tmp_path):
+    seqs = [r[2] for r in _real(data_path, len(ODD_IDS))]
+    seqs[-1] = "MK-V"  # an error row keeps its id too
+    source = tmp_path / "odd.csv"
+    _odd_csv(source, ODD_IDS, seqs)
+    out = tmp_path / "p.tsv"
+    summary = predict_file(load_model(cnn_run), source, out)
+    assert summary["records"] == len(ODD_IDS)
+    table = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
+    assert table["id"].tolist() == ODD_IDS
+    assert len(table.columns) == len(table.iloc[0]) and table["error"].iloc[-1] != ""
+    with open(out, newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert [r[0] for r in rows[1:]] == ODD_IDS
+    assert {len(r) for r in rows} == {len(rows[0])}
+
+
+@pytest.mark.slow
+def test_the_homolog_column_keeps_odd_training_ids(mmseqs, data_path, tmp_path):
+    from ecstream.baselines import make_knn_run
+
+    real = _real(data_path, 240)
+    ids = [f"{ODD_IDS[k % len(ODD_IDS)]}-{k}" for k in range(len(real))]
+    source = tmp_path / "odd-train.csv"
+    _odd_csv(source, ids, [r[2] for r in real], [r[1] for r in real])
+    store = build_store(source, tmp_path / "store", val=0.2, test=0.0)
+    make_knn_run(store.path, tmp_path / "knn", threads=2)
+    from ecstream.records import concat
+
+    train = concat(store.records("train"))
+    queries = tmp_path / "queries.faa"
+    queries.write_text(_fasta((f"q{k}", s.decode()) for k, s in enumerate(train.seqs[:20])))
+    out = tmp_path / "knn.tsv"
+    predict_file(load_model(tmp_path / "knn"), queries, out)
+    table = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
+    # each query is a training sequence: its best hit is itself (or an identical twin)
+    by_seq = {s: i for i, s in zip(train.ids, train.seqs, strict=True)}
+    assert set(table["homolog"]) <= set(train.ids) and "" not in set(table["homolog"])
+    assert sum(h == by_seq[s] for h, s in zip(table["homolog"], train.seqs, strict=False)) >= 15
+    assert any("\t" in h or "\n" in h for h in table["homolog"])
+
+
+# --------------------------------------------------------------------------- 4. outputs vs inputs
+
+
+def test_an_output_never_replaces_an_input(cnn_run, small_store, data_path, tmp_path, capsys):
+    fasta = tmp_path / "q.faa"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    assert main(["predict", str(cnn_run), str(fasta), "--out", str(fasta)]) == 2
+    assert "would replace the input" in _one_line(capsys.readouterr().err)
+    assert fasta.read_text() == ">a\nMKVLAAGIVG\n"
+    with pytest.raises(OutputIsInputError):
+        predict_file(load_model(cnn_run), fasta, cnn_run)
+
+    # a store directory that holds its own input is not replaced, even with --force
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    table = folder / "in.tsv"
+    table.write_text("".join(head_lines(data_path, 200)))
+    assert main(["build", str(table), "--out", str(folder), "--force"]) == 2
+    assert "would replace the input" in _one_line(capsys.readouterr().err)
+    assert table.read_text() == "".join(head_lines(data_path, 200))
+
+    run_files = {p: p.read_bytes() for p in Path(cnn_run).rglob("*") if p.is_file()}
+    for out in (cnn_run, small_store.path, Path(cnn_run) / "eval", small_store.path / "eval"):
+        args = ["evaluate", str(cnn_run), str(small_store.path), "--out", str(out), "--no-bands"]
+        assert main(args) == 2
+        assert "would write into the input" in _one_line(capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in Path(cnn_run).rglob("*") if p.is_file()} == run_files
+    assert small_store.verify() == [] and not (small_store.path / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- 5. pipelines
+
+
+def _pipe(data: bytes) -> int:
+    """The read end of a real pipe (not seekable) that a thread fills with ``data``."""
+    read, write = os.pipe()
+
+    def fill() -> None:
+        with os.fdopen(write, "wb") as fh:
+            fh.write(data)
+
+    threading.Thread(target=fill, daemon=True).start()
+    return read
+
+
+@pytest.fixture(scope="module")
+def queries(data_path, tmp_path_factory):
+    """A folder and 300 real (id, sequence) records."""
+    return tmp_path_factory.mktemp("pipes"), [(r[0], r[2]) for r in _real(data_path, 300)]
+
+
+def _reference(cnn_run, folder: Path, records) -> tuple[Path, str]:
+    fasta = folder / "q.faa.gz"
+    if not fasta.exists():
+        fasta.write_bytes(gzip.compress(_fasta(records).encode()))
+        predict_file(load_model(cnn_run), fasta, folder / "reference.tsv")
+    return fasta, (folder / "reference.tsv").read_text()
+
+
+def test_stdin_and_stdout_with_gzip_recognised_on_a_pipe(cnn_run, queries, monkeypatch, capsys):
+    folder, records = queries
+    fasta, reference = _reference(cnn_run, folder, records)
+    stdin = io.TextIOWrapper(os.fdopen(_pipe(fasta.read_bytes()), "rb"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["predict", str(cnn_run), "-", "--out", "-"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == reference  # the TSV, and only the TSV, went to stdout
+    assert "300 records → stdout" in _one_line(captured.err)
+
+
+def test_process_substitution_paths_are_sniffed_without_being_read_twice(cnn_run, queries):
+    folder, records = queries
+    fasta, reference = _reference(cnn_run, folder, records)
+    model = load_model(cnn_run)
+    table = "Entry\tSequence\n" + "".join(f"{i}\t{s}\n" for i, s in records)
+    out = folder / "from-pipe.tsv"
+    for data, fmt in (
+        (fasta.read_bytes(), "fasta"),
+        (gzip.decompress(fasta.read_bytes()), "fasta"),
+        (gzip.compress(table.encode()), "tsv"),
+    ):
+        fd = _pipe(data)
+        try:
+            summary = predict_file(model, f"/dev/fd/{fd}", out)  # as bash's <(zcat …) gives
+        finally:
+            os.close(fd)
+        assert summary["format"] == fmt and out.read_text() == reference
+
+
+def test_format_flag_reads_what_the_first_line_cannot_tell(cnn_run, tmp_path, monkeypatch):
+    # a CSV whose header holds a tab in a quoted name looks like a TSV to a sniffer
+    text = 'Entry,Sequence,"a\tnote"\np1,MKVLAAGIVG,x\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(_pipe(text.encode()), "rb")))
+    out = tmp_path / "p.tsv"
+    assert main(["predict", str(cnn_run), "-", "--out", str(out), "--format", "csv"]) == 0
+    assert pd.read_csv(out, sep="\t", dtype=str)["id"].tolist() == ["p1"]
+
+
+@pytest.mark.slow
+def test_a_shell_pipeline_whose_reader_stops_early_ends_quietly(cnn_run, queries):
+    folder, records = queries
+    fasta, reference = _reference(cnn_run, folder, records)
+    many = " ".join([str(fasta)] * 5)  # more output than a pipe holds, so head stops it early
+    script = (
+        f"zcat {many} | {sys.executable} -m ecstream.cli predict {cnn_run} - --out - "
+        f"| head -n 3 > {folder}/head.tsv\n"
+        'echo "status ${PIPESTATUS[1]}" >&2\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert (folder / "head.tsv").read_text().splitlines() == reference.splitlines()[:3]
+    # head closing the pipe ends ecstream quietly, with SIGPIPE's status and no traceback
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "status 141", done.stderr
+
+
+# --------------------------------------------------------------------------- 6. --max-records
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_non_positive_max_records_is_refused(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "x.tsv", "--out", str(tmp_path / "s"), "--max-records", value])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="--max-records must be at least 1"):
+        BuildConfig(max_records=int(value))
+    with pytest.raises(StoreError, match="--max-records"):
+        build_store(tmp_path / "never-read.tsv", tmp_path / "s", max_records=int(value))
+    assert not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- 7. rich markup
+
+
+def test_ids_and_ec_fields_that_look_like_markup_are_shown_as_text(data_path, tmp_path, capsys):
+    good = head_lines(data_path, 200)
+    odd = [
+        "[/x]\t1.1.1.1\tMKVLLAAG\n",  # an id that closes a tag nobody opened
+        "[bold]B2\t[/x]\tMKVLLAAG\n",  # an EC field that is not one: set aside, shown
+        "C3[/]\t1.1.1.1\tMK[red]V\n",  # a sequence that is not letters: set aside, shown
+    ]
+    path = tmp_path / "markup.tsv"
+    path.write_text("".join(good[:1] + odd + good[1:]))
+    store = tmp_path / "s[/x]"
+    assert main(["build", str(path), "--out", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "[bold]B2: '[/x]'" in out and "C3[/]: character '['" in out and f"{store}" in out
+    assert main(["info", str(store)]) == 0
+    assert "'[/x]'" in capsys.readouterr().out
+    # an error message quoting the input
+    assert main(["build", str(path), "--out", str(tmp_path / "t"), "--id-column", "[/x]"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "no column named '[/x]'" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- 8. control bytes
+
+
+@pytest.mark.parametrize("byte", ["\x01", "\x0b", "\x1f", "\x7f"])
+def test_a_stray_control_byte_is_an_invalid_character_with_its_position(byte):
+    with pytest.raises(alphabet.SequenceError, match=re.escape(f"{byte!r} at position 3")) as error:
+        alphabet.clean_sequence(f"MK{byte}VL")
+    assert error.value.reason == alphabet.INVALID_CHARACTERS
+    with pytest.raises(alphabet.SequenceError, match="at position 4"):
+        alphabet.clean_sequence(f"MKV{byte}")  # not taken for white space at the end
+    for data in (f"MK{byte}VL", f"MK{byte}VL".encode()):
+        with pytest.raises(ValueError, match="at position 3") as error:
+            alphabet.encode(data)
+        assert not isinstance(error.value, alphabet.AlreadyEncodedError)
+
+
+def test_control_bytes_in_files_are_named_where_they_are(cnn_run, tmp_path):
+    fasta = tmp_path / "ctl.faa"
+    fasta.write_text(">a\nMKV\x0bLL\n>b\nMKVLL\n")  # \x0b inside a line: not white space
+    out = tmp_path / "p.tsv"
+    predict_file(load_model(cnn_run), fasta, out)
+    table = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
+    assert table["error"].tolist() == [
+        "character '\\x0b' at position 4 is not a residue letter",
+        "",
+    ]
+
+
+# --------------------------------------------------------------------------- 9. fuzzing
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    fmt=st.sampled_from(input_fuzz.FORMATS),
+    gz=st.booleans(),
+    kind=st.sampled_from(input_fuzz.KINDS),
+    where=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=3),
+    values=st.binary(min_size=1, max_size=8),
+)
+def test_damaged_inputs_fail_clearly_or_give_the_undamaged_records(
+    data_path, tmp_path, fmt, gz, kind, where, values
+):
+    case = input_fuzz.Case(fmt, gz, kind, tuple(where), values)
+    outcome, detail = input_fuzz.judge(case, tmp_path, data_path)["outcome"]
+    assert outcome not in input_fuzz.FAILURES, (case, detail)
