@@ -10,7 +10,7 @@ from ecstream.model import PRESETS, ECClassifier, preset
 @pytest.fixture(params=list(PRESETS))
 def model(request):
     torch.manual_seed(0)
-    return ECClassifier(preset(request.param, 7)).eval()
+    return ECClassifier(preset(request.param, (7,))).eval()
 
 
 def _tokens(seqs, width):
@@ -52,4 +52,4 @@ def test_both_presets_learn_a_step(model):
 
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown model 'huge'.*small, large"):
-        preset("huge", 7)
+        preset("huge", (7,))

@@ -26,11 +26,11 @@ class Batch:
     store only when asked for (training never needs them).
     """
 
-    __slots__ = ("_ids", "_rows", "_source", "lengths", "x", "y")
+    __slots__ = ("_ecs", "_ids", "_rows", "_source", "lengths", "x", "y")
 
     def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, rows, source):
         self.x, self.y, self.lengths = x, y, lengths
-        self._rows, self._source, self._ids = rows, source, None
+        self._rows, self._source, self._ids, self._ecs = rows, source, None, None
 
     @property
     def ids(self) -> np.ndarray:
@@ -38,6 +38,13 @@ class Batch:
         if self._ids is None:
             self._ids = self._source.strings(self._rows, "id")
         return self._ids
+
+    @property
+    def ecs(self) -> np.ndarray:
+        """The EC fields of the records as read (numpy str array): all their EC numbers."""
+        if self._ecs is None:
+            self._ecs = self._source.strings(self._rows, "ec")
+        return self._ecs
 
     def __reduce__(self):  # pickled (sent to another process) with its ids, not its store
         return _batch, (self.x, self.y, self.lengths, self.ids)
@@ -69,7 +76,11 @@ def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
 
 
 class Batches:
-    """The batches of one split for one epoch and one rank; see :meth:`Store.batches`."""
+    """The batches of one split for one epoch and one rank; see :meth:`Store.batches`.
+
+    ``records`` limits the stream to the split's first records (the single-class rows that a
+    store keeps before those spanning several classes); by default it holds all of them.
+    """
 
     def __init__(
         self,
@@ -80,9 +91,13 @@ class Batches:
         epoch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        records: int | None = None,
     ):
         self.data, self.settings = data, settings
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        if records is not None and not 0 <= records <= data.n:
+            raise ValueError(f"records must be in [0, {data.n}], got {records}")
+        self.records = data.n if records is None else records
         self.step = 0
         self.set_epoch(epoch)
 
@@ -94,7 +109,7 @@ class Batches:
         """Switch to another epoch (a different order when shuffling) and rewind to its start."""
         self.epoch, self.step = epoch, 0
         self.plan = EpochPlan(
-            self.data.n,
+            self.records,
             self.settings,
             key=self.data.fingerprint,
             seed=self.seed,
@@ -144,6 +159,7 @@ class Batches:
             "step": self.step,
             "rank": self.rank,
             "world_size": self.world_size,
+            "records": self.records,
             "settings": self.settings.to_dict(),
         }
 
@@ -152,7 +168,8 @@ class Batches:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a batch stream state: {state.get('format')!r}")
         mine = self.state_dict()
-        for key in ("split", "fingerprint", "seed", "rank", "world_size", "settings"):
+        state = {"records": self.data.n, **state}  # states saved before records were limited
+        for key in ("split", "fingerprint", "seed", "rank", "world_size", "records", "settings"):
             if state[key] != mine[key]:
                 raise ValueError(
                     f"this state belongs to another stream ({key}: {state[key]!r} here "

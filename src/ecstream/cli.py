@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .build import BuildConfig
-from .config import PREDICT_BATCH_SIZE, TOP_K, TrainConfig
+from .config import PREDICT_BATCH_SIZE, TARGETS, TOP_K, TrainConfig
 from .sources import TEXT_FORMATS, Columns
 from .version import __version__
 
@@ -46,6 +46,14 @@ def _not_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -147,16 +155,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (args.cnn and args.knn):
             raise ValueError("--model hybrid needs --cnn RUN and --knn RUN")
         val = make_hybrid_run(args.store, args.out, args.cnn, args.knn)
+        levels = " · ".join(f"{t:.2f}" for t in val["identity_thresholds"])
         console.print(
-            f"hybrid run written to [bold]{escape(args.out)}[/]: homolog's class at identity ≥ "
-            f"{val['threshold']:.2f}; validation accuracy {val['val_acc']:.4f} (CNN "
-            f"{val['val_acc_cnn']:.4f}, kNN {val['val_acc_knn']:.4f})"
+            f"hybrid run written to [bold]{escape(args.out)}[/]: the homolog's number at "
+            f"identity ≥ {levels} (levels 1–{len(val['identity_thresholds'])}); class accuracy "
+            f"on validation {val['val_acc']:.4f} (CNN {val['val_acc_cnn']:.4f}, kNN "
+            f"{val['val_acc_knn']:.4f})"
         )
         return 0
     from .train import train
 
     config = TrainConfig(
         model=args.model,
+        target=args.target,
+        multi_class=args.multi_class,
         epochs=args.epochs,
         patience=args.patience,
         batch_size=args.batch_size,
@@ -182,7 +194,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"run written to [bold]{escape(str(result.run))}[/] "
         f"(best val_loss {result.best_val_loss:.4f})"
     )
+    _print_labels(result.run)
     return 0
+
+
+def _print_labels(run) -> None:
+    """What the run can say: labels per level, rare ones, and its thresholds."""
+    from .predictors import load_model
+
+    model = load_model(run)
+    vocab, thresholds = model.vocab, model.level_thresholds()
+    sizes = " · ".join(f"{n:,}" for n in vocab.sizes)
+    stated = " · ".join("not predicted" if t is None else f"{t:.3f}" for t in thresholds)
+    console.print(f"labels per level: {sizes}; thresholds for 90% precision on val: {stated}")
+    if vocab.depth > 1:
+        rare = vocab.rare()
+        console.print(
+            f"{rare[-1]:,} of the {vocab.sizes[-1]:,} full EC numbers have fewer than 5 training "
+            "proteins: none is merged or dropped, but the CNN rarely predicts them; a kNN or "
+            "hybrid run (--model knn / hybrid) transfers them from homologs"
+        )
 
 
 def _print_history(history: list[dict]) -> None:
@@ -249,6 +280,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         summary = predict_file(
             model, args.input, args.out, top_k=args.top_k, columns=columns, fmt=args.format,
             progress=update, allow_partial=args.allow_partial,
+            min_confidence=args.min_confidence,
         )  # fmt: skip
     except BrokenPipeError:  # the reader of --out - stopped early (e.g. head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
@@ -374,6 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn", default=None, help="hybrid: the kNN run")
     p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
     t = TrainConfig
+    p.add_argument(
+        "--target", choices=TARGETS, default=t.target,
+        help="CNN: class (the seven EC classes, default) or ec (all four levels, multi-label)",
+    )  # fmt: skip
+    p.add_argument(
+        "--multi-class", choices=("skip", "first"), default=t.multi_class,
+        help="--target class: rows whose numbers span several classes are left out (skip, "
+        "default) or take their first number's class",
+    )  # fmt: skip
     p.add_argument("--epochs", type=_positive, default=t.epochs)
     p.add_argument(
         "--patience", type=_not_negative, default=t.patience,
@@ -442,8 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input's format when its name and first line do not tell",
     )  # fmt: skip
     p.add_argument(
-        "--top-k", type=_positive, default=TOP_K, help="classes listed in the top_k column"
-    )
+        "--top-k", type=_positive, default=TOP_K,
+        help="classes listed in top_k, and EC numbers in ec_top_k (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-confidence", type=_fraction, default=None,
+        help="one threshold for every level (default: the run's, chosen for 90%% precision "
+        "on validation)",
+    )  # fmt: skip
     p.add_argument(
         "--batch-size", type=_positive, default=None,
         help=f"sequences per forward pass (default {PREDICT_BATCH_SIZE})",

@@ -15,6 +15,10 @@ from .plan import BatchSettings
 PREDICT_BATCH_SIZE = 64
 #: Classes listed in a prediction's ``top_k`` column.
 TOP_K = 3
+#: The threshold of every level for runs made before runs were calibrated on validation.
+UNCALIBRATED_THRESHOLD = 0.5
+#: What a CNN run learns to predict.
+TARGETS = ("class", "ec")
 
 
 @dataclass
@@ -22,6 +26,8 @@ class TrainConfig:
     """Every choice of a training run; recorded in ``RUN/config.json``."""
 
     model: str = "small"
+    target: str = "class"  # class: the seven EC classes · ec: all four levels (multi-label)
+    multi_class: str = "skip"  # class target: rows spanning several classes: skip | first
     epochs: int = 50
     patience: int = 3
     batch_size: int = BatchSettings.batch_size
@@ -39,6 +45,14 @@ class TrainConfig:
     class_weights: bool = False
     max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.multi_class not in ("skip", "first"):
+            raise ValueError(f"--multi-class must be skip or first, got {self.multi_class!r}")
+        if self.target == "ec" and self.class_weights:
+            raise ValueError("--class-weights applies to --target class runs only")
 
     def resolved_precision(self) -> str:
         """``auto``: bf16-mixed on a GPU that supports it, else 32-bit."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from torchmetrics.functional.classification import (
 
 from . import plots
 from .atomic import OutputIsInputError, claim, write_json
+from .ecmetrics import LevelScores
 from .hashing import hash64
 from .identity import band_accuracy
-from .labels import LabelPolicy
+from .labels import LabelPolicy, level_keys
 from .mmseqs.binary import available as mmseqs_available
 from .mmseqs.search import best_hits
-from .predictors import Predictor, load_model
+from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, pairs
 from .runs import RunError, read_metrics, read_seen
@@ -110,30 +112,62 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
     }
 
 
-def predictions(
-    model: Predictor, records: Iterator[Records], progress: Callable[[str], None] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """True labels, predicted labels (-1: none), identities (when the predictor searched) and
-    the sequences' 64-bit hashes."""
-    truth, predicted, identity, hashes = [], [], [], []
-    done = 0
-    for chunk in records:
-        hashes.append(hash64(chunk.seqs))
-        scores = model.score(chunk.ids, chunk.seqs)
-        done += len(chunk)
-        if progress:
-            progress(f"{done:,} records scored")
-        truth.append(chunk.labels)
-        no_class = np.isnan(scores.probs).all(axis=1)
-        predicted.append(np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1)))
+class Tally:
+    """Everything an evaluation accumulates, chunk by chunk: class labels (for the level-1
+    metrics of records in one class), and per EC level the set metrics (:mod:`ecmetrics`)."""
+
+    def __init__(self, model: Predictor):
+        self.model = model
+        self.truth: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+        self.identity: list[np.ndarray] = []
+        self.hashes: list[np.ndarray] = []
+        vocab = model.vocab
+        self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
+        self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
+        self.searched = False
+
+    def add(self, chunk: Records, identity: np.ndarray | None) -> None:
+        self.hashes.append(hash64(chunk.seqs))
+        scores = self.model.score(chunk.ids, chunk.seqs)
         if scores.identity is not None:
-            identity.append(scores.identity)
+            identity, self.searched = scores.identity, True
+        single = np.array([len(level_keys(e, 1)) == 1 for e in chunk.ecs], dtype=bool)
+        self.truth.append(chunk.labels[single])
+        no_class = np.isnan(scores.probs).all(axis=1)
+        best = np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1))
+        self.predicted.append(best[single])
+        if identity is not None:
+            self.identity.append(np.asarray(identity)[single])
+        calls = self.model.decode(scores)
+        for k, level in enumerate(self.levels):
+            level.update(chunk.ecs, scores.levels[k], calls, identity)
+        if scores.uncalibrated is not None:
+            for k, level in enumerate(self.before):
+                level.update(chunk.ecs, scores.uncalibrated[k], [[] for _ in chunk.ids])
 
-    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Class truth and prediction, their identities (when known) and all hashes."""
 
-    searched = cat(identity, np.float64) if identity else None
-    return cat(truth, np.int64), cat(predicted, np.int64), searched, cat(hashes, np.uint64)
+        def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+        identity = cat(self.identity, np.float64) if self.identity else None
+        return (
+            cat(self.truth, np.int64),
+            cat(self.predicted, np.int64),
+            identity,
+            cat(self.hashes, np.uint64),
+        )
+
+    def level_results(self) -> list[dict]:
+        out = []
+        for level, before in zip(self.levels, self.before, strict=True):
+            info = level.result()
+            if before.records and "ece" in (raw := before.result()):
+                info["ece_uncalibrated"] = raw["ece"]
+            out.append(info)
+        return out
 
 
 def evaluate(
@@ -179,23 +213,26 @@ def _evaluate(
     progress: Callable[[str], None] | None,
 ) -> dict:
     model = load_model(run)
+    full_ec = model.vocab.depth > 1  # a class run is measured on single-class records only
     skips, info = Skips(), SourceInfo()
     if is_store(source):
         store = open_store(source)
         if store.policy != model.policy:
             raise RunError(f"{source}: its classes differ from those the run was trained on")
+        limit = store.num_records(split) if full_ec else store.single_class_records(split)
 
         def records(_: Skips | None = None) -> Iterator[Records]:
-            return store.records(split)
+            return _first(store.records(split), limit)
 
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
+        policy = replace(model.policy, multi="first") if full_ec else model.policy
 
         def records(counted: Skips | None = None) -> Iterator[Records]:
             """Another pass over the file; only the scoring pass counts what it sets aside."""
             sink, seen = (skips, info) if counted is not None else (Skips(), SourceInfo())
             return labelled_records(
-                source, model.policy, sink, columns, fmt, allow_partial=allow_partial, info=seen
+                source, policy, sink, columns, fmt, allow_partial=allow_partial, info=seen
             )
 
         where = {"file": describe(source)}
@@ -204,11 +241,36 @@ def _evaluate(
         hashes = [hash64(chunk.seqs) for chunk in records()]
         seen = seen_by_run(run, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
         _guard(run, seen, allow_seen)
-    y_true, y_pred, searched, hashes = predictions(model, records(skips), progress)
+    asked = bands
+    bands = mmseqs_available() if bands is None else bands
+    skipped = None
+    identity = None
+    if bands and model.kind == "cnn":  # the homolog runs search anyway, while scoring
+        try:
+            if stream:
+                raise RunError(f"{describe(source)} is a pipe, which cannot be read a second time")
+            if progress:
+                progress("identity to the training split (MMseqs2)")
+            identity = _identity_to_train(run, records)
+        except RunError as error:  # e.g. the training store moved: the metrics still count
+            if asked:
+                raise
+            skipped = str(error)
+    tally = Tally(model)
+    if isinstance(model, CNNPredictor):
+        model.report_uncalibrated = True
+    done = 0
+    for chunk in records(skips):
+        part = None if identity is None else identity[done : done + len(chunk)]
+        tally.add(chunk, part)
+        done += len(chunk)
+        if progress:
+            progress(f"{done:,} records scored")
+    y_true, y_pred, identities, hashes = tally.arrays()
     if stream:  # a pipe is read once: the check comes after scoring
         seen = seen_by_run(run, hashes)
         _guard(run, seen, allow_seen)
-    if len(y_true) == 0:
+    if done == 0:
         raise RunError(
             f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
         )
@@ -219,36 +281,32 @@ def _evaluate(
         **metrics(y_true, y_pred, model.policy),
         "seen": seen,
         "set_aside": skips.to_dict(),
+        "levels": tally.level_results(),
     }
     if info.stopped is not None:
         result["partial"] = info.partial()
-    asked = bands
-    if bands is None:
-        bands = mmseqs_available()
-    if bands and searched is None and is_stream(source):  # the bands would read it again
-        message = f"{describe(source)} is a pipe, which cannot be read a second time"
-        if asked:
-            raise RunError(f"identity bands: {message}; give a file")
-        result["identity_bands_skipped"] = message
-        bands = False
-    if bands:
-        if progress:
-            progress("identity to the training split (MMseqs2)")
-        try:
-            identity = searched if searched is not None else _identity_to_train(run, records)
-        except RunError as error:  # e.g. the training store moved: the metrics still count
-            if asked:
-                raise
-            result["identity_bands_skipped"] = str(error)
-        else:
-            result["identity_bands"] = band_accuracy(y_true, y_pred, identity)
+    if bands and identities is not None:
+        result["identity_bands"] = band_accuracy(y_true, y_pred, identities)
+    elif bands:
+        result["identity_bands_skipped"] = skipped or "no identities"
     out.mkdir(parents=True, exist_ok=True)
     plots.confusion(result, out / "confusion.png")
+    plots.precision_coverage(result["levels"], out / "precision_coverage.png")
     history = read_metrics(run)
     if history:
         plots.learning_curves(history, out / "learning_curves.png")
     write_json(out / "metrics.json", result)
     return result
+
+
+def _first(chunks: Iterator[Records], limit: int) -> Iterator[Records]:
+    """The first ``limit`` records of a stream of chunks."""
+    left = limit
+    for chunk in chunks:
+        if left <= 0:
+            return
+        yield chunk if len(chunk) <= left else chunk.take(np.arange(len(chunk)) < left)
+        left -= len(chunk)
 
 
 def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> None:
@@ -300,6 +358,7 @@ def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:
             "would overstate accuracy on new proteins; evaluate other data, or pass "
             "--allow-seen (allow_seen=True) to measure it anyway"
         )
+
 
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
     """Each record's highest identity to the run's training split (NaN: no hit)."""

@@ -73,13 +73,14 @@ class RecordDigest:
         return self._digest.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Checksum of a file (or of every file under a directory, in sorted order)."""
+def file_sha256(*paths: str | os.PathLike[str]) -> str:
+    """Checksum of files (a directory: every file under it, in sorted order), in order."""
     digest = hashlib.sha256()
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+    for path in paths:
+        p = Path(path)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
     return digest.hexdigest()

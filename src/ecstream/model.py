@@ -1,5 +1,9 @@
 """The networks: uint8 tokens in, class logits out; embedding happens here, on the device.
 
+One linear head scores every class of every level the run predicts: the seven classes
+(``--target class``), or the classes of all four EC levels side by side (``--target ec``;
+:class:`~ecstream.labels.ECVocabulary` says which columns belong to which level).
+
 Both presets share one shape, in the spirit of ProteInfer's dilated residual CNN::
 
     tokens [B, L] ─ embedding ─ stem conv ─ (max-pool) ─ residual dilated conv blocks
@@ -24,7 +28,7 @@ from . import alphabet
 class ModelConfig:
     """Plain data describing a network; stored with every run."""
 
-    num_classes: int = 7
+    heads: tuple[int, ...] = (7,)  # classes per level scored by the head
     embed: int = 32
     channels: int = 128
     stem_kernel: int = 9
@@ -35,12 +39,20 @@ class ModelConfig:
     norm: bool = False  # LayerNorm at every position in the blocks (GPU preset); off: CPU speed
     vocab: int = alphabet.VOCAB_SIZE
 
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the head: all classes of all levels."""
+        return sum(self.heads)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "dilations": list(self.dilations)}
+        return {**asdict(self), "dilations": list(self.dilations), "heads": list(self.heads)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{**d, "dilations": tuple(d["dilations"])})
+        d = dict(d)
+        if "num_classes" in d:  # runs of ecstream 0.1.0: one level
+            d["heads"] = [d.pop("num_classes")]
+        return cls(**{**d, "dilations": tuple(d["dilations"]), "heads": tuple(d["heads"])})
 
 
 PRESETS = {
@@ -60,10 +72,11 @@ PRESETS = {
 }
 
 
-def preset(name: str, num_classes: int) -> ModelConfig:
+def preset(name: str, heads: tuple[int, ...]) -> ModelConfig:
+    """A preset network with a head for ``heads`` classes per level."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], num_classes=num_classes)
+    return replace(PRESETS[name], heads=tuple(heads))
 
 
 class ResidualBlock(nn.Module):

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .atomic import atomic_path
+from .calibrate import reliability as bins
 
 
 def _save(fig, path: Path) -> None:
@@ -66,5 +67,42 @@ def learning_curves(history: list[dict], path: Path) -> None:
     acc.set_xlabel("epoch")
     acc.set_ylim(0, 1)
     acc.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reliability(curves: list[dict], path: Path) -> None:
+    """Reliability diagrams per level: accuracy of the top prediction against its confidence,
+    before and after calibration (15 bins; the diagonal is perfect calibration)."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves) + 0.6, 3.4), squeeze=False)
+    for level, (ax, curve) in enumerate(zip(axes[0], curves, strict=True), start=1):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        for key, style in (("before", "o--"), ("after", "s-")):
+            conf, right = curve[key]
+            _, accuracy, mean_conf, counts = bins(np.asarray(conf), np.asarray(right))
+            used = counts > 0
+            ax.plot(mean_conf[used], accuracy[used], style, ms=3, label=key)
+        ax.set_title(f"level {level}")
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy of the top prediction")
+    axes[0][0].legend(loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def precision_coverage(levels: list[dict], path: Path) -> None:
+    """Precision of the top prediction against the share of proteins it is made for."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for info in levels:
+        curve = info.get("precision_coverage")
+        if curve:
+            ax.plot(curve["coverage"], curve["precision"], label=f"level {info['level']}")
+    ax.set_xlabel("coverage (share of proteins with a prediction)")
+    ax.set_ylabel("precision of the top prediction")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower left")
     fig.tight_layout()
     _save(fig, path)

@@ -13,17 +13,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from .alphabet import SequenceError, clean_sequence
-from .atomic import atomic_open, check_not_input
+from .atomic import atomic_open, check_not_input, write_json
 from .config import TOP_K
-from .predictors.base import Predictor, Scores
+from .hierarchy import decode, partial, top_numbers
+from .predictors.base import Predictor
 from .skips import Skips
 from .sources import CHUNK_ROWS, Columns, SourceInfo, read_rows
+from .version import __version__
 
 PREDICT_COLUMNS = Columns(id="Entry", ec=None, sequence="Sequence")
 STDOUT = "-"
@@ -73,6 +76,7 @@ def predict_file(
     out: str | os.PathLike,
     *,
     top_k: int = TOP_K,
+    min_confidence: float | None = None,
     columns: Columns = PREDICT_COLUMNS,
     fmt: str | None = None,
     chunk_rows: int = CHUNK_ROWS,
@@ -81,24 +85,31 @@ def predict_file(
 ) -> dict:
     """Score every record of ``source`` into a TSV at ``out``, in input order.
 
+    Columns: the seven-class view (``ec_class`` … ``top_k``), then the EC numbers decoded at the
+    run's thresholds (or ``min_confidence`` at every level): ``ec_number`` (numbers joined by
+    ``;``, partial ones allowed, empty when no level clears its threshold), ``confidence`` (of
+    the first number at its deepest stated level), ``depth`` (levels it states) and
+    ``ec_top_k`` (the ``top_k`` most probable numbers of the deepest level). A sidecar
+    ``OUT.json`` records the run, a hash of its model, the ecstream version and the thresholds.
+
     ``source`` may be ``"-"`` (stdin) and ``out`` ``"-"`` (stdout, written as rows are scored, so
-    not atomic); a file is written atomically and never replaces the input or the run. A record
-    that cannot be scored (no sequence, characters that are not letters) keeps its row, with the
-    ``error`` column saying why. A line that cannot be read as a record at all (wrong column
-    count) has no id to give a row: it is counted under ``unreadable`` with its file and line.
-    An input that ends early or cannot be decoded is refused (nothing is written to a file)
-    unless ``allow_partial``: then the records before the break are predicted and ``partial``
-    says where it stopped. Returns counts and the speed.
+    not atomic, and without sidecar); a file is written atomically and never replaces the input
+    or the run. A record that cannot be scored (no sequence, characters that are not letters)
+    keeps its row, with the ``error`` column saying why. A line that cannot be read as a record
+    at all (wrong column count) has no id to give a row: it is counted under ``unreadable`` with
+    its file and line. An input that ends early or cannot be decoded is refused (nothing is
+    written to a file) unless ``allow_partial``: then the records before the break are
+    predicted and ``partial`` says where it stopped. Returns counts and the speed.
     """
     if str(out) != STDOUT:
         check_not_input(out, [source, model.run])
-    classes, names = model.policy.classes, model.policy.names
+    classes = model.policy.classes
     header = [
-        "id", "ec_class", "class_name", "probability", *(f"p_{k}" for k in classes),
-        "top_k", "length", "handled", *model.extra_columns, "error",
+        "id", "ec_class", "class_name", "probability", *(f"p_{k}" for k in classes), "top_k",
+        "ec_number", "confidence", "depth", "ec_top_k", "length", "handled",
+        *model.extra_columns, "error",
     ]  # fmt: skip
-    extra_blank = [""] * len(model.extra_columns)
-    no_class = [""] * (len(classes) + 4)  # class, name, probability, p_*, top_k
+    thresholds = model.level_thresholds(min_confidence)
     skips, info = Skips(), SourceInfo()
     counts = {"records": 0, "scored": 0, "errors": 0}
     start = time.perf_counter()
@@ -119,32 +130,20 @@ def predict_file(
                     continue
                 keep.append(k)
                 ids.append(rid)
-            scores = model.score(ids, seqs) if seqs else Scores(np.zeros((0, len(classes))))
+            lines = _Lines(model, ids, seqs, top_k, thresholds)
             at = {k: j for j, k in enumerate(keep)}
             for k, (_, rid, _, seq, _) in enumerate(rows):
                 if k in errors:
-                    length = str(len(seq.strip()))
-                    writer.row([rid, *no_class, length, "", *extra_blank, errors[k]])
-                    continue
-                j = at[k]
-                p = scores.probs[j]
-                extras = [str(scores.extra[c][j]) for c in model.extra_columns]
-                length = len(seqs[j])
-                if np.isnan(p).all():  # e.g. no homolog found: no class, not an error
-                    writer.row([rid, *no_class, str(length), model.handled(length), *extras, ""])
-                    continue
-                best = int(np.argmax(p))
-                ranked = np.argsort(-p, kind="stable")[:top_k]
-                writer.row([
-                    rid, classes[best], names[best], f"{p[best]:.4f}", *(f"{v:.4f}" for v in p),
-                    "; ".join(f"{classes[r]} ({p[r]:.3f})" for r in ranked),
-                    str(length), model.handled(length), *extras, "",
-                ])  # fmt: skip
+                    writer.row(lines.error(rid, len(seq.strip()), errors[k]))
+                else:
+                    writer.row(lines.row(at[k]))
             counts["records"] += len(rows)
             counts["scored"] += len(keep)
             counts["errors"] += len(errors)
             if progress:
                 progress(counts["records"])
+    if str(out) != STDOUT:
+        write_json(sidecar(out), _provenance(model, thresholds, min_confidence))
     seconds = time.perf_counter() - start
     return {
         **counts,
@@ -155,3 +154,66 @@ def predict_file(
         "seconds": seconds,
         "per_second": counts["records"] / max(seconds, 1e-9),
     }
+
+
+def sidecar(out: str | os.PathLike) -> Path:
+    """Where the provenance of a predictions file is written: ``OUT.json``."""
+    return Path(f"{out}.json")
+
+
+def _provenance(model: Predictor, thresholds: list, min_confidence: float | None) -> dict:
+    return {
+        "run": str(Path(model.run).resolve()),
+        "kind": model.kind,
+        "model_sha256": model.model_hash(),
+        "ecstream_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "thresholds": thresholds,
+        "thresholds_from": "--min-confidence"
+        if min_confidence is not None
+        else ("the run's calibration" if model.thresholds is not None else "uncalibrated default"),
+        "levels": model.vocab.depth,
+    }
+
+
+class _Lines:
+    """The output rows of one chunk of scored sequences."""
+
+    def __init__(self, model: Predictor, ids, seqs, top_k: int, thresholds: list) -> None:
+        self.model, self.ids, self.seqs, self.top_k = model, ids, seqs, top_k
+        classes = model.policy.classes
+        self.blank = [""] * (len(classes) + 4 + 4)  # class … top_k, ec_number … ec_top_k
+        if seqs:
+            self.scores = model.score(ids, seqs)
+            self.calls = decode(self.scores.levels, model.vocab, thresholds)
+            self.top = top_numbers(self.scores.levels[-1], model.vocab, top_k)
+
+    def error(self, rid: str, length: int, message: str) -> list[str]:
+        extra = [""] * len(self.model.extra_columns)
+        return [rid, *self.blank, str(length), "", *extra, message]
+
+    def row(self, j: int) -> list[str]:
+        model, scores = self.model, self.scores
+        classes, names = model.policy.classes, model.policy.names
+        p = scores.probs[j]
+        extras = [str(scores.extra[c][j]) for c in model.extra_columns]
+        length = len(self.seqs[j])
+        tail = [str(length), model.handled(length), *extras, ""]
+        if np.isnan(p).all():  # e.g. no homolog found: no class, not an error
+            return [self._id(j), *self.blank, *tail]
+        best = int(np.argmax(p))
+        ranked = np.argsort(-p, kind="stable")[: self.top_k]
+        calls = self.calls[j]
+        ec = [
+            ";".join(c.number for c in calls),
+            f"{calls[0].confidence:.4f}" if calls else "",
+            str(calls[0].depth if calls else 0),
+            "; ".join(f"{partial(n)} ({q:.3f})" for n, q in self.top[j] if q > 0),
+        ]
+        return [
+            self._id(j), classes[best], names[best], f"{p[best]:.4f}", *(f"{v:.4f}" for v in p),
+            "; ".join(f"{classes[r]} ({p[r]:.3f})" for r in ranked), *ec, *tail,
+        ]  # fmt: skip
+
+    def _id(self, j: int) -> str:
+        return self.ids[j]

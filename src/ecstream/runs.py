@@ -20,8 +20,13 @@ RUN_FORMAT = "ecstream-run"
 RUN_VERSION = 1
 #: Hashes of the sequences a run learnt from (``train``) and was tuned on (``val``).
 SEEN = "seen.npz"
+#: Temperatures and thresholds fitted on validation (see ecstream.tuning).
+CALIBRATION = "calibration.json"
 #: Everything a run directory may hold.
-RUN_FILES = ("config.json", "metrics.csv", "checkpoints", "model.pt", SEEN, "targets")
+RUN_FILES = (
+    "config.json", "metrics.csv", "checkpoints", "model.pt", SEEN, "targets", CALIBRATION,
+    "reliability.png",
+)  # fmt: skip
 
 
 class RunError(Exception):
@@ -132,3 +137,9 @@ def read_seen(run: str | os.PathLike) -> dict[str, np.ndarray] | None:
         return None
     with np.load(path) as saved:
         return {name: saved[name] for name in saved.files}
+
+
+def read_calibration(run: str | os.PathLike) -> dict | None:
+    """A run's calibration, or ``None`` for a run made before runs were calibrated."""
+    path = Path(run) / CALIBRATION
+    return read_json(path) if path.is_file() else None

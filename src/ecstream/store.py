@@ -23,7 +23,7 @@ import numpy as np
 from . import alphabet
 from .atomic import write_json
 from .batches import Batches
-from .labels import LabelPolicy
+from .labels import ECVocabulary, LabelPolicy
 from .plan import BatchSettings
 from .records import Records
 from .shards import SplitData, fingerprint_file, read_batches
@@ -116,8 +116,13 @@ class Store:
         padding: str = BatchSettings.padding,
         truncating: str = BatchSettings.truncating,
         window: int = BatchSettings.window,
+        multi_class: bool = False,
     ) -> Batches:
-        """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`."""
+        """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`.
+
+        Rows whose EC numbers span several classes are stored after all others and left out
+        unless ``multi_class`` (a full-EC run learns from them; a class run cannot).
+        """
         settings = BatchSettings(
             batch_size=batch_size,
             max_length=max_length,
@@ -129,7 +134,18 @@ class Store:
             truncating=truncating,
         )
         data = self.split_data(split, in_memory)
-        return Batches(data, settings, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        records = None if multi_class else self.single_class_records(split)
+        return Batches(
+            data, settings, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+            records=records,
+        )  # fmt: skip
+
+    def single_class_records(self, split: str) -> int:
+        """How many of a split's records (the first ones) have all their numbers in one class.
+
+        Stores of ecstream 0.1.0 hold no others."""
+        info = self._split(split)
+        return int(info.get("single_class_records", info["records"]))
 
     def shard_paths(self, split: str) -> list[Path]:
         return [self.path / s for s in self._split(split)["shards"]]
@@ -143,6 +159,10 @@ class Store:
                 labels=batch.column("label").to_numpy().astype(np.int64),
                 ecs=batch.column("ec").to_pylist(),
             )
+
+    def vocabulary(self, split: str = "train") -> ECVocabulary:
+        """The EC classes of every level seen in a split (the label space of a full-EC run)."""
+        return ECVocabulary.from_texts(text for chunk in self.records(split) for text in chunk.ecs)
 
     def record(self, key: str, report: dict[str, Any]) -> None:
         """Add a report (e.g. ``"leakage"``) to the manifest, atomically."""

@@ -34,15 +34,18 @@ from torch.nn import functional as F
 from .adapters.torch import loader
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
 from .config import TrainConfig
+from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, preset
 from .runs import RUN_FILES, RUN_FORMAT, RunError, base_config, read_metrics, record_seen
 from .store import Store, open_store
+from .tuning import calibrate_cnn
 
 # --- the LightningModule ------------------------------------------------------------------
 
 
 class ECModule(L.LightningModule):
-    """Cross-entropy training of :class:`ECClassifier` with accuracy and macro-F1."""
+    """Training of :class:`ECClassifier`: the seven classes (cross-entropy, accuracy, macro-F1)
+    or, given a vocabulary, all four EC levels at once (:func:`level_loss`)."""
 
     def __init__(
         self,
@@ -51,16 +54,21 @@ class ECModule(L.LightningModule):
         weight_decay: float,
         class_weights: torch.Tensor | None = None,
         seed: int = 0,
+        vocab: ECVocabulary | None = None,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.vocab = vocab
         self.register_buffer("class_weights", class_weights, persistent=False)
-        c = model_config.num_classes
+        c = model_config.heads[0]
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
         self.val_f1 = torchmetrics.F1Score(task="multiclass", num_classes=c, average="macro")
         self.val_loss = torchmetrics.MeanMetric()
+        # full EC: how often the top prediction of level 1 and of the deepest level is true
+        self.val_hits = torchmetrics.MeanMetric()
+        self.val_hits_ec = torchmetrics.MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -75,29 +83,56 @@ class ECModule(L.LightningModule):
         """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch)."""
         return getattr(self, "seen", 0) * self.trainer.world_size
 
+    def _loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        if self.vocab is None:
+            return F.cross_entropy(logits, batch.y, weight=self.class_weights)
+        return level_loss(logits, batch.y, batch.known, self.vocab.offsets.tolist())
+
+    def _top_hits(self, logits: torch.Tensor, batch, level: int) -> torch.Tensor:
+        """Whether the most probable class of a level is a true one (full EC)."""
+        o = self.vocab.offsets
+        block = batch.y[:, o[level - 1] : o[level]]
+        top = logits[:, o[level - 1] : o[level]].argmax(1, keepdim=True)
+        return block.gather(1, top).squeeze(1).float()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch.x)
-        loss = F.cross_entropy(logits, batch.y, weight=self.class_weights)
-        n = len(batch.y)
+        loss = self._loss(logits, batch)
+        n = len(batch.x)
         self.seen = getattr(self, "seen", 0) + n
-        self.train_acc(logits.detach(), batch.y)
+        if self.vocab is None:
+            self.train_acc(logits.detach(), batch.y)
+            acc = self.train_acc
+        else:
+            acc = self._top_hits(logits.detach(), batch, 1).mean()
         self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         logits = self.model(batch.x)
-        loss = F.cross_entropy(logits, batch.y, weight=self.class_weights)
-        self.val_loss.update(loss, len(batch.y))
-        self.val_acc.update(logits, batch.y)
-        self.val_f1.update(logits, batch.y)
+        self.val_loss.update(self._loss(logits, batch), len(batch.x))
+        if self.vocab is None:
+            self.val_acc.update(logits, batch.y)
+            self.val_f1.update(logits, batch.y)
+            return
+        self.val_hits.update(self._top_hits(logits, batch, 1)[batch.known[:, 0]])
+        deepest = self.vocab.depth
+        hits = self._top_hits(logits, batch, deepest)
+        self.val_hits_ec.update(hits[batch.known[:, deepest - 1]])
 
     def on_validation_epoch_end(self) -> None:
         self.log("val_loss", self.val_loss.compute(), prog_bar=True)
-        self.log("val_acc", self.val_acc.compute(), prog_bar=True)
-        self.log("val_macro_f1", self.val_f1.compute())
-        for metric in (self.val_loss, self.val_acc, self.val_f1):
+        if self.vocab is None:
+            self.log("val_acc", self.val_acc.compute(), prog_bar=True)
+            self.log("val_macro_f1", self.val_f1.compute())
+            metrics = [self.val_loss, self.val_acc, self.val_f1]
+        else:
+            self.log("val_acc", self.val_hits.compute(), prog_bar=True)
+            self.log("val_acc_ec", self.val_hits_ec.compute(), prog_bar=True)
+            metrics = [self.val_loss, self.val_hits, self.val_hits_ec]
+        for metric in metrics:
             metric.reset()
 
     def configure_optimizers(self) -> dict:
@@ -106,12 +141,46 @@ class ECModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
 
 
-class StoreData(L.LightningDataModule):
-    """Train and validation loaders over a store, one rank's share each."""
+def level_loss(
+    logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, offsets: list[int]
+) -> torch.Tensor:
+    """Mean over levels of a softmax cross-entropy whose target shares its mass equally among
+    a record's true classes at that level; a level the record does not state is left out."""
+    total, levels = logits.new_zeros(()), 0
+    for level in range(len(offsets) - 1):
+        rows = known[:, level]
+        if not rows.any():
+            continue
+        z = logits[rows, offsets[level] : offsets[level + 1]]
+        t = targets[rows, offsets[level] : offsets[level + 1]].to(z.dtype)
+        has = t.sum(1) > 0  # a class training never saw has no output
+        if not has.any():
+            continue
+        q = t[has] / t[has].sum(1, keepdim=True)
+        total = total - (q * F.log_softmax(z[has], dim=1)).sum(1).mean()
+        levels += 1
+    return total / max(levels, 1)
 
-    def __init__(self, store: Store, config: TrainConfig):
+
+class ECTargets:
+    """Picklable: a batch's multi-hot targets, for DataLoader workers."""
+
+    def __init__(self, vocab: ECVocabulary):
+        self.vocab = vocab
+
+    def __call__(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        return self.vocab.targets(batch.ecs.tolist())
+
+
+class StoreData(L.LightningDataModule):
+    """Train and validation loaders over a store, one rank's share each.
+
+    A class run reads the single-class rows (and, with ``--multi-class first``, the others with
+    their first number's class); a full-EC run reads every row, with multi-hot targets."""
+
+    def __init__(self, store: Store, config: TrainConfig, vocab: ECVocabulary | None = None):
         super().__init__()
-        self.store, self.config = store, config
+        self.store, self.config, self.vocab = store, config, vocab
 
     def _batches(self, split: str, shuffle: bool):
         c, trainer = self.config, self.trainer
@@ -126,15 +195,19 @@ class StoreData(L.LightningDataModule):
             bucket=c.bucket,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            multi_class=self.vocab is not None or c.multi_class == "first",
         )
 
+    def _loader(self, split: str, shuffle: bool):
+        targets = None if self.vocab is None else ECTargets(self.vocab)
+        batches = self._batches(split, shuffle)
+        return loader(batches, num_workers=self.config.num_workers, ids=False, targets=targets)
+
     def train_dataloader(self):
-        batches = self._batches("train", shuffle=True)
-        return loader(batches, num_workers=self.config.num_workers, ids=False)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self):
-        batches = self._batches("val", shuffle=False)
-        return loader(batches, num_workers=self.config.num_workers, ids=False)
+        return self._loader("val", shuffle=False)
 
 
 # --- callbacks ------------------------------------------------------------------------------
@@ -154,7 +227,7 @@ class EpochLog(Callback):
     """Writes ``metrics.csv``: one row per finished epoch, rewritten atomically."""
 
     FIELDS = (
-        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_acc_ec",
         "lr", "samples", "seconds", "samples_per_s",
     )  # fmt: skip
 
@@ -185,7 +258,7 @@ class EpochLog(Callback):
         samples = module.samples_seen
         row = {
             "epoch": trainer.current_epoch,
-            **{k: f"{m[k]:.6f}" for k in self.FIELDS[1:6] if k in m},
+            **{k: f"{m[k]:.6f}" for k in self.FIELDS[1:7] if k in m},
             "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}",
             "samples": samples,
             "seconds": f"{seconds:.1f}",
@@ -215,8 +288,16 @@ class SamplesProgressBar(TQDMProgressBar):
 # --- the run directory ----------------------------------------------------------------------
 
 
-def _run_config(store: Store, config: TrainConfig, model_config: ModelConfig) -> dict:
-    return {**base_config("cnn", store), "train": asdict(config), "model": model_config.to_dict()}
+def _run_config(
+    store: Store, config: TrainConfig, model_config: ModelConfig, vocab: ECVocabulary | None
+) -> dict:
+    extra = {} if vocab is None else {"vocabulary": vocab.to_dict()}
+    return {
+        **base_config("cnn", store),
+        "train": asdict(config),
+        "model": model_config.to_dict(),
+        **extra,
+    }
 
 
 def _class_weights(store: Store) -> torch.Tensor:
@@ -250,8 +331,10 @@ def train(
     run = Path(out)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
-    model_config = preset(config.model, len(store.policy.classes))
-    run_config = _run_config(store, config, model_config)
+    vocab = store.vocabulary() if config.target == "ec" else None
+    heads = vocab.sizes if vocab is not None else (len(store.policy.classes),)
+    model_config = preset(config.model, heads)
+    run_config = _run_config(store, config, model_config, vocab)
     last = run / "checkpoints" / "last.ckpt"
     with contextlib.ExitStack() as stack:
         if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
@@ -265,9 +348,10 @@ def train(
             if not resume:
                 record_seen(run, store)
         stack.enter_context(_quiet_lightning())
-        trainer, best = _fit(store, run, config, model_config, resume, last, callbacks)
+        trainer, best = _fit(store, run, config, model_config, vocab, resume, last, callbacks)
         if trainer.global_rank == 0:
             _export(run, best.best_model_path or str(last), model_config)
+            calibrate_cnn(run, store)
     history = read_metrics(run)
     best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
     return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
@@ -278,6 +362,7 @@ def _fit(
     run: Path,
     config: TrainConfig,
     model_config: ModelConfig,
+    vocab: ECVocabulary | None,
     resume: bool,
     last: Path,
     callbacks: list[Callback] | None,
@@ -288,9 +373,10 @@ def _fit(
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
     was_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer changes it
     weights = _class_weights(store) if config.class_weights else None
-    module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed)
-    data = StoreData(store, config)
-    samples = store.num_records("train")
+    module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed, vocab)
+    data = StoreData(store, config, vocab)
+    every_row = vocab is not None or config.multi_class == "first"
+    samples = store.num_records("train") if every_row else store.single_class_records("train")
     best = ModelCheckpoint(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True
     )

@@ -15,30 +15,39 @@ current ``step`` (a mid-epoch resume) and has the ``set_epoch`` that Lightning c
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..batches import Batches
+from ..batches import Batch, Batches
 
 
 class TorchBatch(NamedTuple):
     """One batch as tensors (a NamedTuple survives ``pin_memory`` and Lightning's transfer)."""
 
     x: torch.Tensor  # uint8 [B, L] tokens, 0 = padding
-    y: torch.Tensor  # int64 [B] labels
+    y: torch.Tensor  # int64 [B] labels, or uint8 [B, C] multi-hot targets of a full-EC run
     ids: list[str] | None  # None when the loader was made with ids=False (training)
+    known: torch.Tensor | None = None  # bool [B, levels]: levels the targets state (full EC)
+
+
+#: Turns a batch into multi-hot targets and known levels (see ECVocabulary.targets).
+Targets = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
 class BatchDataset(Dataset[TorchBatch]):
-    """Map-style dataset whose item ``(epoch, step)`` is that whole batch, as tensors."""
+    """Map-style dataset whose item ``(epoch, step)`` is that whole batch, as tensors.
 
-    def __init__(self, batches: Batches, ids: bool = True):
+    With ``targets``, ``y`` holds what it returns for the batch (computed in the worker)."""
+
+    def __init__(self, batches: Batches, ids: bool = True, targets: Targets | None = None):
         # a copy of our own: switching epochs here never moves the caller's Batches
         self.batches = copy.copy(batches)
         self.ids = ids
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -50,7 +59,11 @@ class BatchDataset(Dataset[TorchBatch]):
         batch = self.batches[step]
         # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
-        return TorchBatch(torch.from_numpy(batch.x), torch.from_numpy(batch.y), ids)
+        if self.targets is None:
+            return TorchBatch(torch.from_numpy(batch.x), torch.from_numpy(batch.y), ids)
+        y, known = self.targets(batch)
+        x = torch.from_numpy(batch.x)
+        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known))
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -94,12 +107,14 @@ def loader(
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     ids: bool = True,
+    targets: Targets | None = None,
     **kwargs,
 ) -> DataLoader:
     """A DataLoader of :class:`TorchBatch` over ``batches``, in their plain iteration order.
 
     ``pin_memory`` defaults to whether CUDA is available and ``persistent_workers`` to whether
     there are workers; ``ids=False`` skips reading record ids (training does not need them);
+    ``targets`` replaces the class labels by multi-hot targets (a full-EC run);
     other keyword arguments go to :class:`~torch.utils.data.DataLoader`.
     The loader draws its workers' base seed from a generator of its own, never from torch's
     global one, so starting an epoch does not shift the dropout masks of a training run.
@@ -110,7 +125,7 @@ def loader(
     if persistent_workers is None:
         persistent_workers = num_workers > 0
     return DataLoader(
-        BatchDataset(batches, ids),
+        BatchDataset(batches, ids, targets),
         batch_size=None,
         sampler=EpochSampler(batches),
         collate_fn=_whole,

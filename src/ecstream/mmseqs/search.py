@@ -43,8 +43,8 @@ class TargetDB:
     """An MMseqs2 database of one store split, with the id and label of every target row.
 
     A directory holding ``db*`` (``mmseqs createdb``; ``db.idx`` after ``createindex``),
-    ``labels.npy`` (``int16`` per row), ``ids.arrow`` and ``target.json`` (written last: a
-    directory without it is incomplete). Target names inside MMseqs2 are the split's row numbers.
+    ``labels.npy`` (``int16`` per row), ``ids.arrow`` (id and EC field per row) and
+    ``target.json``. Target names inside MMseqs2 are the split's row numbers.
     """
 
     META = "target.json"
@@ -58,7 +58,7 @@ class TargetDB:
                 "make one with TargetDB.create"
             )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        self._ids: pa.Array | None = None
+        self._table: pa.Table | None = None
 
     @property
     def db(self) -> Path:
@@ -77,17 +77,32 @@ class TargetDB:
         """Label of every target row (memory-mapped)."""
         return np.load(self.directory / "labels.npy", mmap_mode="r")
 
-    def ids(self, rows: np.ndarray) -> np.ndarray:
-        """Record ids of target rows; ``""`` for row ``-1`` (no hit)."""
-        if self._ids is None:
-            # the ids may be zero-copy views of the mapping, which stays open while they live
+    def _column(self, name: str) -> pa.Array:
+        if self._table is None:
+            # zero-copy views of the mapping, which stays open while they live
             source = pa.memory_map(str(self.directory / "ids.arrow"), "r")
-            self._ids = pa.ipc.open_file(source).read_all().column("id").combine_chunks()
+            self._table = pa.ipc.open_file(source).read_all()
+        if name not in self._table.column_names:
+            raise FileNotFoundError(
+                f"{self.directory}: this target database has no EC numbers (made by ecstream "
+                "0.1.0); make the kNN run again"
+            )
+        return self._table.column(name).combine_chunks()
+
+    def _take(self, name: str, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.full(len(rows), "", dtype=object)
         hit = rows >= 0
-        out[hit] = self._ids.take(pa.array(rows[hit])).to_numpy(zero_copy_only=False)
+        out[hit] = self._column(name).take(pa.array(rows[hit])).to_numpy(zero_copy_only=False)
         return out.astype(str)
+
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        """Record ids of target rows; ``""`` for row ``-1`` (no hit)."""
+        return self._take("id", rows)
+
+    def ecs(self, rows: np.ndarray) -> np.ndarray:
+        """EC fields (all numbers) of target rows; ``""`` for row ``-1`` (no hit)."""
+        return self._take("ec", rows)
 
     @classmethod
     def create(
@@ -110,7 +125,7 @@ class TargetDB:
             raise ValueError(f"{store.path}: split {split!r} has no records to search against")
         with atomic_dir(directory, replace=force) as tmp:
             labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int16, (n,))
-            schema = pa.schema([("id", pa.string())])
+            schema = pa.schema([("id", pa.string()), ("ec", pa.string())])
             row = 0
             with (
                 open(tmp / "targets.fasta", "wb") as fa,
@@ -120,7 +135,8 @@ class TargetDB:
                 for batch in read_batches(store.shard_paths(split)):
                     write_fasta(fa, row, batch.column("sequence").to_pylist())
                     labels[row : row + batch.num_rows] = batch.column("label").to_numpy()
-                    ids.write_batch(pa.record_batch([batch.column("id")], schema=schema))
+                    columns = [batch.column("id"), batch.column("ec")]
+                    ids.write_batch(pa.record_batch(columns, schema=schema))
                     row += batch.num_rows
             labels.flush()
             del labels

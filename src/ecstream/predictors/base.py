@@ -16,21 +16,29 @@ from pathlib import Path
 import numpy as np
 
 from ..alphabet import SequenceError, clean_sequence
-from ..labels import LabelPolicy
+from ..config import UNCALIBRATED_THRESHOLD
+from ..hashing import file_sha256
+from ..hierarchy import Call, decode
+from ..labels import ECVocabulary, LabelPolicy
+from ..runs import CALIBRATION
 
 
 @dataclass
 class Scores:
-    """Class probabilities ``[N, C]`` for N sequences and the predictor's extra columns.
+    """What a predictor says of N sequences.
 
-    A row of NaN means no prediction (a kNN query without a hit). ``identity`` is each
-    sequence's highest identity to the training split when the predictor searched it (NaN: no
-    hit), else ``None``.
+    ``probs``: probabilities ``[N, 7]`` of the seven classes (a row of NaN: no prediction, e.g.
+    a kNN query without a hit). ``levels``: the consistent, calibrated probabilities of every
+    class of each level of the predictor's vocabulary (``[N, C_level]`` per level).
+    ``extra``: the predictor's extra output columns. ``identity``: each sequence's highest
+    identity to the training split when the predictor searched it (NaN: no hit), else ``None``.
     """
 
     probs: np.ndarray
+    levels: list[np.ndarray] = field(default_factory=list)
     extra: dict[str, list] = field(default_factory=dict)
     identity: np.ndarray | None = None
+    uncalibrated: list[np.ndarray] | None = None  # ``levels`` before calibration, when asked
 
 
 class Predictor:
@@ -39,6 +47,8 @@ class Predictor:
     kind: str
     run: Path
     policy: LabelPolicy
+    vocab: ECVocabulary  # the classes of each level it scores (1 level, or 4 for full EC)
+    thresholds: list[float | None] | None = None  # per level, from validation; None: none yet
     max_length: int | None = None  # sequences longer than this are truncated; None: never
     batch_size: int | None = None  # sequences per forward pass; None: the predictor has none
     extra_columns: tuple[str, ...] = ()
@@ -53,20 +63,50 @@ class Predictor:
             return "whole"
         return f"truncated to {self.max_length}"
 
-    def predict(self, sequences: Iterable[str]) -> np.ndarray:
-        """Class probabilities ``[N, C]`` for sequences as text (columns: ``policy.classes``).
+    def model_files(self) -> list[Path]:
+        """The files that decide this predictor's answers (hashed into a prediction's sidecar)."""
+        return [p for p in (self.run / "config.json", self.run / CALIBRATION) if p.is_file()]
 
-        A kNN run gives its homolog's class probability 1, and a row of NaN to a sequence
-        without any hit; :meth:`score` also returns which homolog decided.
-        """
+    def model_hash(self) -> str:
+        return file_sha256(*self.model_files())
+
+    def level_thresholds(self, min_confidence: float | None = None) -> list[float | None]:
+        """The thresholds a decoding uses: one for all levels if given, else the run's own
+        (runs made before calibration existed use :data:`UNCALIBRATED_THRESHOLD`)."""
+        if min_confidence is not None:
+            return [min_confidence] * self.vocab.depth
+        if self.thresholds is None:
+            return [UNCALIBRATED_THRESHOLD] * self.vocab.depth
+        return list(self.thresholds)
+
+    def decode(self, scores: Scores, min_confidence: float | None = None) -> list[list[Call]]:
+        """The EC numbers of each sequence, as deep as their confidence reaches the thresholds."""
+        return decode(scores.levels, self.vocab, self.level_thresholds(min_confidence))
+
+    def predict_ec(
+        self, sequences: Iterable[str], min_confidence: float | None = None
+    ) -> list[list[Call]]:
+        """EC numbers for sequences as text: per sequence a list of :class:`Call` (number,
+        depth, confidence), most confident first; empty when no level clears its threshold."""
+        seqs = self._clean(sequences)
+        return self.decode(self.score([str(i) for i in range(len(seqs))], seqs), min_confidence)
+
+    def _clean(self, sequences: Iterable[str]) -> list[bytes]:
         if isinstance(sequences, str | bytes):
-            raise TypeError(
-                "predict() takes a list of sequences; for one sequence write predict([seq])"
-            )
+            raise TypeError("give a list of sequences; for one sequence write predict([seq])")
         seqs = []
         for i, text in enumerate(sequences):
             try:
                 seqs.append(clean_sequence(text).encode())
             except SequenceError as error:
                 raise ValueError(f"sequence {i}: {error}") from None
+        return seqs
+
+    def predict(self, sequences: Iterable[str]) -> np.ndarray:
+        """Class probabilities ``[N, C]`` for sequences as text (columns: ``policy.classes``).
+
+        A kNN run gives its homolog's class probability 1, and a row of NaN to a sequence
+        without any hit; :meth:`score` also returns which homolog decided.
+        """
+        seqs = self._clean(sequences)
         return self.score([str(i) for i in range(len(seqs))], seqs).probs

@@ -11,9 +11,10 @@ import torch
 from .. import alphabet
 from ..batches import padded_width
 from ..config import PREDICT_BATCH_SIZE
-from ..labels import LabelPolicy
+from ..hierarchy import consistent, level_probabilities
+from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig
-from ..runs import RunError
+from ..runs import RunError, read_calibration
 from .base import Predictor, Scores
 
 
@@ -27,13 +28,25 @@ def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
 
 
 class CNNPredictor(Predictor):
-    """Scores sequences with a run's best weights (``RUN/model.pt``)."""
+    """Scores sequences with a run's best weights (``RUN/model.pt``), calibrated on validation
+    (``RUN/calibration.json``) unless ``calibrated=False``."""
 
     kind = "cnn"
 
-    def __init__(self, run: str | os.PathLike, config: dict, device: str | None = None):
+    def __init__(
+        self,
+        run: str | os.PathLike,
+        config: dict,
+        device: str | None = None,
+        calibrated: bool = True,
+    ):
         self.run, self.config = Path(run), config
         self.policy = LabelPolicy.from_dict(config["labels"])
+        self.vocab = (
+            ECVocabulary.from_dict(config["vocabulary"])
+            if "vocabulary" in config
+            else ECVocabulary.first_level()
+        )
         self.max_length = int(config["train"]["max_length"])
         self.batch_size = PREDICT_BATCH_SIZE
         weights = self.run / "model.pt"
@@ -44,6 +57,13 @@ class CNNPredictor(Predictor):
         self.model = ECClassifier(ModelConfig.from_dict(payload["model"]))
         self.model.load_state_dict(payload["state_dict"])
         self.model.to(self.device).eval()
+        calibration = read_calibration(run) if calibrated else None
+        self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
+        self.thresholds = calibration["thresholds"] if calibration else None
+        self.report_uncalibrated = False  # evaluate compares calibration with none
+
+    def model_files(self) -> list[Path]:
+        return [self.run / "model.pt", *super().model_files()]
 
     @torch.inference_mode()
     def logits(self, tokens: np.ndarray) -> np.ndarray:
@@ -51,15 +71,23 @@ class CNNPredictor(Predictor):
         x = torch.from_numpy(tokens).to(self.device)
         return self.model(x).float().cpu().numpy()
 
-    def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
-        """Probabilities in length-sorted batches of ``batch_size`` (little padding)."""
+    def all_logits(self, seqs: list[bytes]) -> np.ndarray:
+        """Logits of sequences (upper-case letters) in input order, scored in length-sorted
+        batches of ``batch_size`` (little padding)."""
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
-        probs = np.empty((len(seqs), len(self.policy.classes)), dtype=np.float32)
+        out = np.empty((len(seqs), self.model.config.num_classes), dtype=np.float32)
         for start in range(0, len(seqs), self.batch_size):
             idx = order[start : start + self.batch_size]
             width = padded_width(int(lengths[idx[-1]]), self.max_length)
             tokens = alphabet.encode(letters_matrix([seqs[i] for i in idx], width))
-            logits = torch.from_numpy(self.logits(tokens))
-            probs[idx] = torch.softmax(logits, dim=1).numpy()
-        return Scores(probs)
+            out[idx] = self.logits(tokens)
+        return out
+
+    def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
+        logits = self.all_logits(seqs)
+        levels = consistent(level_probabilities(logits, self.vocab, self.temperatures), self.vocab)
+        raw = None
+        if self.report_uncalibrated:
+            raw = consistent(level_probabilities(logits, self.vocab), self.vocab)
+        return Scores(levels[0], levels, uncalibrated=raw)

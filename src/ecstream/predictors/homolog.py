@@ -1,9 +1,13 @@
 """Homology predictors: the nearest homolog by MMseqs2 (kNN), and its hybrid with a CNN.
 
-- ``knn``: a query takes the EC class of its best-scoring MMseqs2 hit (by bit score) in the
-  training split; a query without any hit gets no class (``source`` = ``no_hit``).
-- ``hybrid``: the homolog's class when the hit's identity is at or above the run's threshold,
-  the CNN's otherwise.
+- ``knn``: a query takes the EC numbers of its best-scoring MMseqs2 hit (by bit score) in the
+  training split, all of them, at every level; how probable each level is right comes from
+  the hit's identity (a curve fitted on validation). A query without any hit gets nothing
+  (``source`` = ``no_hit``).
+- ``hybrid``: level by level, the homolog's number while the hit's identity is at or above
+  that level's threshold (chosen on validation), and the CNN's below it (under the homolog's
+  number where the homolog decided the level above). The CNN may predict the seven classes
+  only; then deeper levels come from the homolog alone.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import LabelPolicy
+from ..calibrate import identity_confidence
+from ..hierarchy import consistent, split_levels
+from ..labels import ECVocabulary, LabelPolicy
 from ..mmseqs.search import SEARCH_SENSITIVITY, Hits, TargetDB, best_hits
-from ..runs import RunError, read_config
+from ..runs import RunError, read_calibration, read_config
 from ..store import Store, StoreError
 from .base import Predictor, Scores
 from .cnn import CNNPredictor
@@ -53,9 +59,18 @@ class KNNPredictor(Predictor):
     def __init__(self, run: str | os.PathLike, config: dict, threads: int | None = None):
         self.run, self.config = Path(run), config
         self.policy = LabelPolicy.from_dict(config["labels"])
+        if "vocabulary" not in config:
+            raise RunError(
+                f"{run}: a kNN run made by ecstream 0.1.0 transfers classes only; make it again "
+                "('ecstream train STORE --model knn') for full EC numbers"
+            )
+        self.vocab = ECVocabulary.from_dict(config["vocabulary"])
         self.target = TargetDB(self.run / TARGETS)
         self.threads = threads
         self.sensitivity = float(config.get("search", {}).get("sensitivity", SEARCH_SENSITIVITY))
+        calibration = read_calibration(run) or {}
+        self.curves = calibration.get("identity_curves")
+        self.thresholds = calibration.get("thresholds")
 
     def hits(self, ids: list[str], seqs: list[bytes]) -> Hits:
         with tempfile.TemporaryDirectory(prefix="ecstream-knn-") as work:
@@ -64,11 +79,30 @@ class KNNPredictor(Predictor):
                 sensitivity=self.sensitivity,
             )  # fmt: skip
 
+    def model_files(self) -> list[Path]:
+        meta = [self.run / TARGETS / n for n in (TargetDB.META, "labels.npy", "ids.arrow")]
+        return [*meta, *super().model_files()]
+
+    def homolog_levels(self, hits: Hits) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per level: the best hit's classes (multi-hot), and them weighted by the probability
+        that the homolog is right at that level and identity (1 before calibration)."""
+        targets, _ = self.vocab.targets(self.target.ecs(hits.best_target).tolist())
+        multi_hot = [b.astype(bool) for b in split_levels(targets, self.vocab)]
+        weighted = []
+        for level, block in enumerate(multi_hot):
+            if self.curves is None:
+                conf = np.where(hits.has_hit, 1.0, 0.0)
+            else:
+                conf = identity_confidence(hits.best_fident, self.curves[level])
+            weighted.append((block * conf[:, None]).astype(np.float32))
+        return multi_hot, weighted
+
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         hits = self.hits(ids, seqs)
         source = ["homolog" if h else "no_hit" for h in hits.has_hit]
         probs = one_hot(hits.best_label, len(self.policy.classes))
-        return Scores(probs, _columns(hits, source), hits.max_fident)
+        levels = consistent(self.homolog_levels(hits)[1], self.vocab)
+        return Scores(probs, levels, _columns(hits, source), hits.max_fident)
 
 
 def homolog_decides(hits: Hits, threshold: float) -> np.ndarray:
@@ -77,19 +111,28 @@ def homolog_decides(hits: Hits, threshold: float) -> np.ndarray:
 
 
 class HybridPredictor(Predictor):
-    """The homolog's class at or above an identity threshold, the CNN's below it or without hit."""
+    """Per level, the homolog's number at or above an identity threshold, the CNN's below."""
 
     kind = "hybrid"
-    extra_columns = EXTRA_COLUMNS
+    extra_columns = (*EXTRA_COLUMNS, "homolog_depth")  # levels taken from the homolog
 
     def __init__(self, run: str | os.PathLike, config: dict, device: str | None = None):
         self.run, self.config = Path(run), config
         self.cnn = CNNPredictor(config["cnn_run"], read_config(config["cnn_run"]), device)
         self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
-        self.threshold = float(config["threshold"])
+        self.vocab = self.knn.vocab
+        # identity thresholds per level; a hybrid of ecstream 0.1.0 had one, for level 1
+        self.identity = [float(t) for t in config.get("identity_thresholds", [config["threshold"]])]
+        self.identity += [self.identity[-1]] * (self.vocab.depth - len(self.identity))
+        self.thresholds = (read_calibration(run) or {}).get("thresholds")
         if self.knn.policy != self.policy:
             raise RunError(f"{run}: its CNN and kNN runs have different classes")
+        if self.cnn.vocab.depth > 1 and self.cnn.vocab.classes != self.vocab.classes:
+            raise RunError(f"{run}: its CNN and kNN runs know different EC numbers")
+
+    def model_files(self) -> list[Path]:
+        return [*super().model_files(), *self.cnn.model_files(), *self.knn.model_files()]
 
     @property
     def batch_size(self) -> int:
@@ -103,10 +146,41 @@ class HybridPredictor(Predictor):
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         cnn = self.cnn.score(ids, seqs)
         hits = self.knn.hits(ids, seqs)
-        use = homolog_decides(hits, self.threshold)
+        levels, decided = combine(
+            self.vocab, cnn.levels, *self.knn.homolog_levels(hits), hits, self.identity
+        )
+        use = decided[0]
         probs = np.where(use[:, None], one_hot(hits.best_label, cnn.probs.shape[1]), cnn.probs)
         source = ["homolog" if u else "cnn" for u in use]
-        return Scores(probs.astype(np.float32), _columns(hits, source), hits.max_fident)
+        scores = Scores(probs.astype(np.float32), levels, _columns(hits, source), hits.max_fident)
+        scores.extra["homolog_depth"] = decided.sum(axis=0).tolist()
+        return scores
+
+
+def combine(
+    vocab: ECVocabulary,
+    cnn: list[np.ndarray],
+    hit: list[np.ndarray],
+    homolog: list[np.ndarray],
+    hits: Hits,
+    identity: list[float],
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The hybrid's consistent probabilities per level, and where the homolog decided
+    (``bool [levels, N]``): at level L while the hit's identity ≥ ``identity[L]`` (and it
+    decided the level above); below, the CNN's classes under the homolog's."""
+    n = len(hits)
+    decided = np.zeros((vocab.depth, n), dtype=bool)
+    levels = []
+    for level in range(vocab.depth):
+        decided[level] = homolog_decides(hits, identity[level])
+        if level:
+            decided[level] &= decided[level - 1]
+        mine = cnn[level] if level < len(cnn) else np.zeros_like(homolog[level])
+        if level:  # under a homolog's number, the CNN may only go deeper along it
+            under = hit[level - 1][:, vocab.parents[level]]
+            mine = np.where(decided[level - 1][:, None], mine * under, mine)
+        levels.append(np.where(decided[level][:, None], homolog[level], mine))
+    return consistent(levels, vocab), decided
 
 
 def training_targets(run: str | os.PathLike) -> TargetDB:

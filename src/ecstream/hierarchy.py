@@ -1,0 +1,119 @@
+"""From per-level scores to EC numbers: consistent probabilities and decoding at a confidence.
+
+A full-EC model scores every class of the four levels (:class:`~ecstream.labels.ECVocabulary`).
+Two rules turn those scores into what a biologist reads:
+
+- **Consistency by decoding**: a class is never more probable than its parent. After
+  calibration, each level's probabilities are capped by their parent's, top-down
+  (``p'(2.7.7) = min(p(2.7.7), p'(2.7))``), so the confidence of a full number is the
+  confidence of its least certain level.
+- **Stop where the evidence stops**: a level is stated when its probability reaches that
+  level's threshold (chosen on validation for a target precision, or one ``--min-confidence``
+  for all); a number ends at its deepest stated level (``2.7.-.-``), and every branch that
+  clears the thresholds becomes a number of its own (several numbers for a multi-function
+  protein).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .labels import LEVELS, ECVocabulary
+
+
+@dataclass(frozen=True)
+class Call:
+    """One decoded EC number: ``2.7.7.7`` or a partial ``2.7.-.-``, with its confidence."""
+
+    number: str
+    depth: int  # levels stated
+    confidence: float  # consistent probability at its deepest stated level
+
+
+def split_levels(scores: np.ndarray, vocab: ECVocabulary) -> list[np.ndarray]:
+    """Columns of a ``[B, sum(sizes)]`` array, one block per level."""
+    o = vocab.offsets
+    return [scores[:, o[k] : o[k + 1]] for k in range(vocab.depth)]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def level_probabilities(
+    logits: np.ndarray, vocab: ECVocabulary, temperatures: Sequence[float] | None = None
+) -> list[np.ndarray]:
+    """Per-level softmax of a full-EC model's logits, each with its level's temperature."""
+    temperatures = temperatures or [1.0] * vocab.depth
+    return [softmax(z, t) for z, t in zip(split_levels(logits, vocab), temperatures, strict=True)]
+
+
+def consistent(probs: Sequence[np.ndarray], vocab: ECVocabulary) -> list[np.ndarray]:
+    """Cap every class's probability by its parent's, level by level from the top."""
+    out = [np.asarray(probs[0])]
+    for level in range(1, len(probs)):
+        out.append(np.minimum(probs[level], out[-1][:, vocab.parents[level]]))
+    return out
+
+
+def stated(
+    probs: Sequence[np.ndarray], vocab: ECVocabulary, thresholds: Sequence[float | None]
+) -> list[np.ndarray]:
+    """Which classes a decoding states: at or above their level's threshold, under a stated
+    parent. A level without a threshold (``None``) is never stated, nor any below it."""
+    out: list[np.ndarray] = []
+    for level, p in enumerate(probs):
+        t = thresholds[level]
+        s = np.zeros(p.shape, dtype=bool) if t is None else p >= t
+        if level:
+            s &= out[-1][:, vocab.parents[level]]
+        out.append(s)
+    return out
+
+
+def decode(
+    probs: Sequence[np.ndarray], vocab: ECVocabulary, thresholds: Sequence[float | None]
+) -> list[list[Call]]:
+    """The EC numbers of each row at the thresholds, most confident first (empty: none)."""
+    levels = len(probs)
+    marks = stated(probs, vocab, thresholds)
+    leaves = []
+    for level in range(levels):
+        leaf = marks[level].copy()
+        if level + 1 < levels:
+            rows, cols = np.nonzero(marks[level + 1])
+            leaf[rows, vocab.parents[level + 1][cols]] = False  # has a stated child
+        leaves.append(leaf)
+    calls: list[list[Call]] = [[] for _ in range(len(probs[0]))]
+    for level in range(levels):
+        rows, cols = np.nonzero(leaves[level])
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            calls[r].append(
+                Call(partial(vocab.classes[level][c]), level + 1, float(probs[level][r, c]))
+            )
+    for row in calls:
+        row.sort(key=lambda call: (-call.confidence, -call.depth, call.number))
+    return calls
+
+
+def partial(key: str) -> str:
+    """An EC prefix written as a number: ``2.7`` → ``2.7.-.-``."""
+    parts = key.split(".")
+    return ".".join(parts + ["-"] * (LEVELS - len(parts)))
+
+
+def top_numbers(deepest: np.ndarray, vocab: ECVocabulary, k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable classes of the deepest level, per row, with probabilities."""
+    level = vocab.depth - 1
+    k = min(k, deepest.shape[1])
+    best = np.argsort(-deepest, axis=1, kind="stable")[:, :k]
+    return [
+        [(vocab.classes[level][c], float(deepest[r, c])) for c in row]
+        for r, row in enumerate(best.tolist())
+    ]

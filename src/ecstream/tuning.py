@@ -1,0 +1,147 @@
+"""What a run learns from its validation split after training: how far to trust it.
+
+- a CNN run: one temperature per level, and per level the lowest threshold that reaches
+  :data:`~ecstream.calibrate.TARGET_PRECISION` on validation (``calibration.json``), with the
+  expected calibration error before and after and a reliability diagram;
+- a kNN run: per level, the probability that the homolog's class is right as a function of its
+  identity, and the thresholds of those probabilities;
+- a hybrid run: per level, the identity at and above which the homolog's number is taken
+  instead of the CNN's, and the thresholds of the result.
+
+Validation is read as a seeded sample of at most :data:`CALIBRATION_RECORDS` records, so
+memory does not grow with the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .atomic import write_json
+from .calibrate import (
+    TARGET_PRECISION,
+    expected_calibration_error,
+    fit_temperature,
+    identity_curve,
+    precision_thresholds,
+)
+from .hashing import hash64, unit_interval
+from .hierarchy import consistent, level_probabilities, split_levels
+from .labels import ECVocabulary
+from .predictors.base import Predictor
+from .predictors.cnn import CNNPredictor
+from .records import Records, concat
+from .runs import CALIBRATION, read_config
+from .store import Store
+
+CALIBRATION_RECORDS = 20_000
+_SAMPLE_SALT = 0xCA11B
+
+
+def validation_sample(store: Store, every_row: bool, limit: int = CALIBRATION_RECORDS) -> Records:
+    """The validation records (a seeded sample of ``limit`` when there are more)."""
+    n = store.num_records("val") if every_row else store.single_class_records("val")
+    share = min(1.0, limit / max(n, 1))
+    chunks, seen = [], 0
+    for chunk in store.records("val"):
+        if not every_row and seen + len(chunk) > n:
+            chunk = chunk.take(np.arange(len(chunk)) < n - seen)
+        seen += len(chunk)
+        if share < 1.0:
+            chunk = chunk.take(unit_interval(hash64(chunk.seqs), _SAMPLE_SALT, 0) < share)
+        chunks.append(chunk)
+        if seen >= n:
+            break
+    return concat(chunks)
+
+
+def truth(vocab: ECVocabulary, ecs: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per level, multi-hot true classes ``[N, C_level]``; and which levels each row states."""
+    targets, known = vocab.targets(list(ecs))
+    return split_levels(targets, vocab), known
+
+
+def calibration_report(
+    vocab: ECVocabulary,
+    levels_before: Sequence[np.ndarray],
+    levels_after: Sequence[np.ndarray],
+    ecs: Sequence[str],
+    extra: dict,
+) -> dict:
+    """ECE before/after and the precision thresholds of consistent per-level probabilities."""
+    true, known = truth(vocab, ecs)
+    report = {
+        **extra,
+        "target_precision": TARGET_PRECISION,
+        "thresholds": precision_thresholds(levels_after, true, known, vocab.parents),
+        "validation_records": len(ecs),
+        "ece_before": [],
+        "ece_after": [],
+        "reliability": [],
+    }
+    for level in range(vocab.depth):
+        rows = known[:, level]
+        for key, probs in (("ece_before", levels_before), ("ece_after", levels_after)):
+            conf, right = top_prediction(probs[level][rows], true[level][rows])
+            report[key].append(expected_calibration_error(conf, right))
+        report["reliability"].append(
+            {
+                "before": top_prediction(levels_before[level][rows], true[level][rows]),
+                "after": top_prediction(levels_after[level][rows], true[level][rows]),
+            }
+        )
+    return report
+
+
+def top_prediction(probs: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence of each row's most probable class, and whether it is a true one."""
+    top = probs.argmax(axis=1)
+    pick = np.arange(len(probs))
+    return probs[pick, top], true[pick, top].astype(bool)
+
+
+def _save(run: Path, report: dict) -> dict:
+    curves = report.pop("reliability")
+    plots.reliability(curves, run / "reliability.png")
+    write_json(run / CALIBRATION, report)
+    return report
+
+
+def calibrate_cnn(run: Path, store: Store) -> dict:
+    """Fit a CNN run's temperatures and thresholds on validation; write ``calibration.json``."""
+    predictor = CNNPredictor(run, read_config(run), calibrated=False)
+    vocab = predictor.vocab
+    val = validation_sample(store, every_row=vocab.depth > 1)
+    logits = predictor.all_logits(val.seqs)
+    true, known = truth(vocab, val.ecs)
+    blocks = split_levels(logits, vocab)
+    temperatures = [
+        fit_temperature(blocks[k][known[:, k]], true[k][known[:, k]]) for k in range(vocab.depth)
+    ]
+    before = consistent(level_probabilities(logits, vocab), vocab)
+    after = consistent(level_probabilities(logits, vocab, temperatures), vocab)
+    report = calibration_report(vocab, before, after, val.ecs, {"temperatures": temperatures})
+    return _save(run, report)
+
+
+def calibrate_homolog(run: Path, predictor: Predictor, val: Records, extra: dict) -> dict:
+    """Thresholds (and the reliability diagram) of a kNN or hybrid run's probabilities."""
+    scores = predictor.score(val.ids, val.seqs)
+    report = calibration_report(predictor.vocab, scores.levels, scores.levels, val.ecs, extra)
+    return _save(run, report)
+
+
+def homolog_curves(vocab: ECVocabulary, best_ec: Sequence[str], identity: np.ndarray,
+                   ecs: Sequence[str]) -> list[list[float]]:  # fmt: skip
+    """Per level: P(the homolog's class is right) by identity bin, non-decreasing."""
+    true, known = truth(vocab, ecs)
+    hit, _ = truth(vocab, best_ec)
+    curves = []
+    for level in range(vocab.depth):
+        rows = known[:, level] & (hit[level].sum(axis=1) > 0)
+        right = (hit[level][rows] & true[level][rows]).any(axis=1)
+        curves.append(identity_curve(identity[rows], right))
+    return curves
