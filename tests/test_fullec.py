@@ -1,0 +1,298 @@
+"""Full EC numbers: multi-label targets, hierarchy-consistent decoding, calibration, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecstream.calibrate import (
+    expected_calibration_error,
+    fit_temperature,
+    identity_confidence,
+    identity_curve,
+    precision_thresholds,
+)
+from ecstream.ecmetrics import LevelScores
+from ecstream.hierarchy import Call, consistent, decode, level_probabilities, stated
+from ecstream.labels import ECVocabulary, stated_levels
+from ecstream.predict import predict_file, sidecar
+from ecstream.predictors import load_model
+from ecstream.train import TrainConfig, level_loss, train
+
+TEXTS = ["1.1.1.1", "1.1.1.2", "1.2.3.4", "2.7.7.7", "2.7.7.7; 3.1.11.1", "3.1.-.-", "6.3.4.6"]
+
+
+@pytest.fixture(scope="module")
+def vocab() -> ECVocabulary:
+    return ECVocabulary.from_texts(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def ec_run(small_store, tmp_path_factory):
+    """A full-EC CNN trained briefly on the small store (calibrated on its validation split)."""
+    out = tmp_path_factory.mktemp("runs") / "ec"
+    config = TrainConfig(target="ec", epochs=2, batch_size=32, limit_train_batches=10,
+                         progress=False, accelerator="cpu")  # fmt: skip
+    return train(small_store.path, out, config).run
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_real_multi_ec_rows_give_multi_label_targets(data_path, small_store):
+    multi = [
+        e for chunk in small_store.records("train") for e in chunk.ecs if ";" in e
+    ]  # several numbers within one class: kept by every store
+    assert multi, "the first 3,000 real rows hold rows with several EC numbers"
+    vocab = small_store.vocabulary()
+    targets, known = vocab.targets(multi)
+    for text, row, depth in zip(multi, targets, known, strict=True):
+        numbers = {n.strip() for n in text.split(";")}
+        level4 = [vocab.classes[3][k] for k in np.flatnonzero(row[vocab.offsets[3] :])]
+        assert set(level4) == numbers  # every number is a positive at level 4
+        assert depth.all()
+    assert (targets[:, vocab.offsets[3] :].sum(axis=1) >= 2).all()
+
+
+def test_partial_numbers_supervise_only_the_levels_they_state(vocab):
+    targets, known = vocab.targets(["3.1.-.-", "2.7.7.7; 3.1.-.-", "1.1.1.1"])
+    assert known.tolist() == [[True, True, False, False]] * 2 + [[True] * 4]
+    assert stated_levels("3.1.-.-") == 2 and stated_levels("1.1.1.1") == 2 + 2
+    # the loss does not depend on the logits of levels a record does not state
+    logits = torch.randn(3, int(vocab.offsets[-1]))
+    y, k = torch.from_numpy(targets), torch.from_numpy(known)
+    offsets = vocab.offsets.tolist()
+    base = level_loss(logits, y, k, offsets)
+    moved = logits.clone()
+    moved[:2, offsets[2] :] += torch.randn(2, offsets[-1] - offsets[2]) * 10
+    assert torch.allclose(level_loss(moved, y, k, offsets), base)
+    moved[2, offsets[3] :] += 5.0 * torch.arange(offsets[-1] - offsets[3])
+    assert not torch.allclose(level_loss(moved, y, k, offsets), base)
+
+
+def test_vocabulary_keeps_rare_numbers_and_its_parents_are_right(vocab):
+    assert vocab.classes[0] == tuple("1234567") and vocab.sizes[3] == 6
+    # classes with one training record or none: kept, nothing merged, nothing dropped
+    assert vocab.rare(below=2) == [4, 2, 3, 5]
+    for level in range(1, 4):
+        for k, key in enumerate(vocab.classes[level]):
+            parent = vocab.classes[level - 1][vocab.parents[level][k]]
+            assert key.rsplit(".", 1)[0] == parent
+    again = ECVocabulary.from_dict(json.loads(json.dumps(vocab.to_dict())))
+    assert again == vocab
+
+
+# ----------------------------------------------------------------------------- hierarchy
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.integers(0, 2**31 - 1),
+    st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), min_size=4, max_size=4),
+)
+def test_decoded_outputs_are_hierarchy_consistent(rows, seed, thresholds):
+    vocab = ECVocabulary.from_texts(TEXTS)
+    logits = np.random.default_rng(seed).normal(0, 4, size=(rows, int(vocab.offsets[-1])))
+    temps = np.random.default_rng(seed + 1).uniform(0.3, 3, size=4).tolist()
+    probs = consistent(level_probabilities(logits, vocab, temps), vocab)
+    for level in range(1, 4):  # a child is never more probable than its parent
+        assert (probs[level] <= probs[level - 1][:, vocab.parents[level]] + 1e-7).all()
+    marks = stated(probs, vocab, thresholds)
+    for row, calls in enumerate(decode(probs, vocab, thresholds)):
+        numbers = [c.number for c in calls]
+        assert len(numbers) == len(set(numbers))
+        for call in calls:
+            parts = call.number.split(".")
+            assert parts[call.depth :] == ["-"] * (4 - call.depth)
+            for level in range(call.depth):  # every stated level clears its threshold
+                key = ".".join(parts[: level + 1])
+                k = vocab.index(level + 1, key)
+                assert thresholds[level] is not None and probs[level][row, k] >= thresholds[level]
+                assert marks[level][row, k]
+            k = vocab.index(call.depth, ".".join(parts[: call.depth]))
+            assert call.confidence == pytest.approx(float(probs[call.depth - 1][row, k]))
+        # confidence never grows with depth along a number
+        assert [c.confidence for c in calls] == sorted((c.confidence for c in calls), reverse=True)
+
+
+def test_an_uncertain_protein_gets_a_partial_number_and_several_when_several_clear(vocab):
+    probs = [np.zeros((2, n), np.float32) for n in vocab.sizes]
+    # row 0: sure of class 2 and of 2.7, split between nothing deeper → 2.7.-.-
+    probs[0][0, 1], probs[1][0, vocab.index(2, "2.7")] = 0.97, 0.95
+    probs[2][0, vocab.index(3, "2.7.7")] = 0.4
+    # row 1: two full numbers both clear every threshold
+    for key in ("1.1.1.1", "6.3.4.6"):
+        for level in range(1, 5):
+            prefix = ".".join(key.split(".")[:level])
+            probs[level - 1][1, vocab.index(level, prefix)] = 0.92 if key[0] == "1" else 0.91
+    calls = decode(probs, vocab, [0.9, 0.9, 0.9, 0.9])
+    assert calls[0] == [Call("2.7.-.-", 2, pytest.approx(0.95))]
+    assert [c.number for c in calls[1]] == ["1.1.1.1", "6.3.4.6"]
+    assert decode(probs, vocab, [0.9, None, None, None])[0] == [
+        Call("2.-.-.-", 1, pytest.approx(0.97))
+    ]
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def test_temperature_scaling_improves_calibration_on_a_held_out_slice():
+    rng = np.random.default_rng(0)
+    n, c = 6000, 8
+    true_logits = rng.normal(0, 1.5, size=(n, c))
+    labels = np.array([rng.choice(c, p=np.exp(z) / np.exp(z).sum()) for z in true_logits])
+    logits = 3.0 * true_logits  # an overconfident model: the right ranking, too sharp
+    onehot = np.eye(c, dtype=np.uint8)[labels]
+    fit, held = slice(0, n // 2), slice(n // 2, n)
+    t = fit_temperature(logits[fit], onehot[fit])
+    assert 2.5 < t < 3.5
+
+    def ece(temperature: float) -> float:
+        z = logits[held] / temperature
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return expected_calibration_error(p.max(1), p.argmax(1) == labels[held])
+
+    assert ece(t) < 0.03 < ece(1.0)
+
+
+def test_thresholds_are_the_lowest_that_reach_the_precision():
+    vocab = ECVocabulary.first_level()
+    # confidences of the top class with whether it is right: precision ≥ 0.9 down to 0.6
+    conf = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4])
+    right = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    probs = np.zeros((10, 7), np.float32)
+    probs[:, 0] = conf
+    truth = np.zeros((10, 7), np.uint8)
+    truth[right, 0] = 1
+    truth[~right, 1] = 1
+    known = np.ones((10, 1), bool)
+    [t] = precision_thresholds([probs], [truth], known, vocab.parents)
+    assert t == pytest.approx(0.6)  # at 0.55 the precision drops to 6/7 < 0.9
+    [none] = precision_thresholds([probs], [truth], known, vocab.parents, target=1.01)
+    assert none is None
+
+
+def test_homolog_confidence_is_a_non_decreasing_function_of_identity():
+    identity = np.array([0.2, 0.25, 0.35, 0.45, 0.55, 0.95, 0.97, 1.0])
+    right = np.array([0, 1, 0, 1, 1, 1, 1, 1], dtype=bool)
+    curve = identity_curve(identity, right)
+    # below 0.3: 1 of 2 right; 0.3-0.4: 0 of 1 — a violation, pooled to 1 of 3
+    assert curve == sorted(curve) and curve[:2] == pytest.approx([1 / 3, 1 / 3])
+    conf = identity_confidence(np.array([np.nan, 0.1, 0.96]), curve)
+    assert conf[0] == 0.0 and conf[1] == pytest.approx(1 / 3) and conf[2] == 1.0
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_level_metrics_match_a_hand_computed_example(vocab):
+    truth = ["1.1.1.1", "2.7.7.7; 3.1.11.1", "3.1.-.-", "6.3.4.6"]
+    calls = [
+        [Call("1.1.1.1", 4, 0.9)],  # right to level 4
+        [Call("2.7.7.7", 4, 0.8), Call("1.1.-.-", 2, 0.7)],  # one right, one wrong number
+        [Call("3.1.11.1", 4, 0.6)],  # right at levels 1-2; levels 3-4 unknown in the truth
+        [],  # no prediction
+    ]
+    l1 = np.zeros((4, 7), np.float32)
+    l1[0, 0], l1[1, 1], l1[2, 2], l1[3, 0] = 0.9, 0.8, 0.6, 0.3
+    level1 = LevelScores(1, vocab)
+    level1.update(truth, l1, calls)
+    r = level1.result()
+    # level 1 sets: {1}⊂{1}; {2,1} vs {2,3}; {3}={3}; {} vs {6}: TP 3, FP 1, FN 2
+    assert r["records"] == 4 and r["predicted_records"] == 3
+    assert r["micro"]["precision"] == pytest.approx(3 / 4)
+    assert r["micro"]["recall"] == pytest.approx(3 / 5)
+    assert r["micro"]["f1"] == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+    # weighted by support: classes 1 (P 1/2, R 1), 2 (1, 1), 3 (1, 1/2), 6 (0, 0); support 1,1,2,1
+    p = (0.5 * 1 + 1 * 1 + 1 * 2 + 0 * 1) / 5
+    rec = (1 * 1 + 1 * 1 + 0.5 * 2 + 0 * 1) / 5
+    assert r["weighted"]["precision"] == pytest.approx(p)
+    assert r["weighted"]["recall"] == pytest.approx(rec)
+    # top prediction: classes 1, 2, 3, 1 against {1}, {2,3}, {3}, {6}: 3 of 4
+    assert r["top_accuracy"] == pytest.approx(0.75)
+    # Fmax: at τ ≤ 0.3 every row predicts its top class: P = 3/4, R = (1 + 1/2 + 1 + 0)/4;
+    # at 0.3 < τ ≤ 0.6 the last row predicts nothing: P = 1, R = 0.625 (the maximum)
+    assert r["fmax"] == pytest.approx(2 * 1.0 * 0.625 / 1.625)
+    assert r["fmax_threshold"] == pytest.approx(0.31)
+    level3 = LevelScores(3, vocab)
+    level3.update(truth, None, calls)
+    # level 3 leaves out the record whose truth stops at level 2
+    assert level3.result()["records"] == 3
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_a_full_ec_run_predicts_every_level_and_says_so(ec_run, small_store, tmp_path):
+    config = json.loads((ec_run / "config.json").read_text())
+    calibration = json.loads((ec_run / "calibration.json").read_text())
+    vocab = ECVocabulary.from_dict(config["vocabulary"])
+    assert config["train"]["target"] == "ec" and vocab.depth == 4
+    assert len(calibration["temperatures"]) == 4 and len(calibration["thresholds"]) == 4
+    assert (ec_run / "reliability.png").stat().st_size > 1000
+    model = load_model(ec_run)
+    first = next(small_store.records("test"))
+    texts = [s.decode() for s in first.seqs[:20]]
+    calls = model.predict_ec(texts, min_confidence=0.0)
+    assert all(c[0].depth == 4 for c in calls)  # at 0 every level is stated
+    fasta = tmp_path / "q.fasta"
+    long = "M" + "ACDEFGHIKLMNPQRSTVWY" * 250  # 5,001 residues
+    fasta.write_text(f">long\n{long}\n" + "".join(f">p{i}\n{t}\n" for i, t in enumerate(texts)))
+    out = tmp_path / "p.tsv"
+    summary = predict_file(model, fasta, out, min_confidence=0.2)
+    assert summary["scored"] == 21 and summary["errors"] == 0
+    lines = out.read_text().splitlines()
+    header = lines[0].split("\t")
+    for column in ("ec_number", "confidence", "depth", "ec_top_k", "ec_class", "p_1", "top_k"):
+        assert column in header
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    assert rows[0]["id"] == "long" and rows[0]["length"] == "5001"
+    for row in rows:
+        depth = int(row["depth"])
+        first_number = row["ec_number"].split(";")[0]
+        assert (depth == 0) == (row["ec_number"] == "")
+        if depth:
+            assert first_number.count("-") == 4 - depth and float(row["confidence"]) >= 0.2
+        assert len(row["ec_top_k"].split("; ")) == 3
+    meta = json.loads(sidecar(out).read_text())
+    assert meta["thresholds"] == [0.2] * 4 and meta["thresholds_from"] == "--min-confidence"
+    assert len(meta["model_sha256"]) == 64 and meta["kind"] == "cnn"
+
+
+def test_a_class_run_fills_the_ec_columns_at_depth_one(cnn_run, tmp_path):
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVGLLLAAQPAMAKKLLLAAAGGHHH\n")
+    model = load_model(cnn_run)
+    top = float(model.predict(["MKVLAAGIVGLLLAAQPAMAKKLLLAAAGGHHH"]).max())
+    predict_file(model, fasta, tmp_path / "p.tsv", min_confidence=top)  # the top class only
+    header, row = (line.split("\t") for line in (tmp_path / "p.tsv").read_text().splitlines())
+    row = dict(zip(header, row, strict=True))
+    assert row["depth"] == "1" and row["ec_number"] == f"{row['ec_class']}.-.-.-"
+    assert float(row["confidence"]) == pytest.approx(float(row["probability"]), abs=1e-3)
+
+
+def test_evaluate_reports_levels_and_keeps_the_level_one_keys(
+    ec_run, cnn_run, small_store, tmp_path
+):
+    result = evaluate_levels(ec_run, small_store, tmp_path / "ec")
+    assert {"accuracy", "macro_f1", "per_class", "confusion"} <= set(result)
+    assert [level["level"] for level in result["levels"]] == [1, 2, 3, 4]
+    for level in result["levels"]:
+        assert 0 <= level["micro"]["f1"] <= 1 and 0 <= level["fmax"] <= 1
+        assert "ece_uncalibrated" in level and level["identity_bands"]
+    assert (tmp_path / "ec" / "precision_coverage.png").is_file()
+    classes = evaluate_levels(cnn_run, small_store, tmp_path / "cls")
+    assert [level["level"] for level in classes["levels"]] == [1]
+
+
+def evaluate_levels(run, store, out):
+    from ecstream.evaluate import evaluate
+
+    return evaluate(run, store.path, out, split="test", bands=False)
