@@ -50,6 +50,7 @@ def test_evaluate_a_labelled_file_counts_what_it_sets_aside(cnn_run, data_path, 
 def test_evaluation_equals_the_exact_batches_of_the_store(cnn_run, small_store):
     """Scoring records one by one (length-sorted, own padding) = scoring the store's batches."""
     model = load_model(cnn_run)
+    model.long = "truncated"  # as training and the store's batches see long proteins
     first = next(small_store.records("val"))
     direct = model.all_logits(first.seqs)
     batches = small_store.batches("val", shuffle=False, max_length=model.max_length)
@@ -78,7 +79,7 @@ def test_predict_answers_every_record_in_input_order(cnn_run, tmp_path):
     assert [r["id"] for r in rows] == [i for i, _ in records]
     assert rows[1]["error"] == "empty sequence" and rows[1]["ec_class"] == ""
     assert rows[2]["error"] == "character '-' at position 4 is not a residue letter"
-    assert rows[3]["handled"] == "truncated to 660" and rows[3]["length"] == "801"
+    assert rows[3]["handled"] == "whole" and rows[3]["length"] == "801"  # no length cap
     assert rows[4]["length"] == "10" and rows[4]["handled"] == "whole"
     for r in (rows[0], rows[3], rows[4]):
         p = np.array([float(r[f"p_{k}"]) for k in range(1, 8)])
@@ -176,3 +177,21 @@ def test_evaluate_refuses_a_store_whose_test_split_the_run_trained_on(
     assert main(["evaluate", str(old), str(other.path), "--out", str(tmp_path / "o"),
                  "--no-bands"]) == 0  # fmt: skip
     assert "cannot be checked" in capsys.readouterr().err
+
+
+def test_long_proteins_are_scored_whole_in_windows_or_truncated(cnn_run):
+    model = load_model(cnn_run)
+    long = "MKVLAAGIVGLLLAAQPAMA" * 60  # 1,200 residues
+    scores = {}
+    for mode, handled in (
+        ("whole", "whole"), ("windows", "3 windows of 660"), ("truncated", "truncated to 660"),
+    ):  # fmt: skip
+        model.long = mode
+        assert model.handled(1200) == handled and model.handled(600) == "whole"
+        scores[mode] = model.all_logits([long.encode()])[0]
+    assert np.allclose(scores["truncated"], model.all_logits([long[:660].encode()])[0], atol=1e-5)
+    model.long = "whole"
+    pieces = [long[a:b].encode() for a, b in ((0, 660), (330, 990), (540, 1200))]
+    model.long = "truncated"
+    assert np.allclose(scores["windows"], model.all_logits(pieces).mean(0), atol=1e-5)
+    assert not np.allclose(scores["whole"], scores["truncated"], atol=1e-4)

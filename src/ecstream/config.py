@@ -13,6 +13,10 @@ from .plan import BatchSettings
 
 #: Sequences per forward pass when predicting (BENCHMARKS.md, training section, compares sizes).
 PREDICT_BATCH_SIZE = 64
+#: How a CNN scores a protein longer than its training length: ``whole`` (the network pools
+#: over any length), ``windows`` (overlapping windows of the training length, logits averaged)
+#: or ``truncated`` (its first residues); BENCHMARKS.md compares them.
+LONG_SEQUENCES = "whole"
 #: Classes listed in a prediction's ``top_k`` column.
 TOP_K = 3
 #: The threshold of every level for runs made before runs were calibrated on validation.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,21 @@ import torch
 
 from .. import alphabet
 from ..batches import padded_width
-from ..config import PREDICT_BATCH_SIZE
+from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE
 from ..hierarchy import consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig
 from ..runs import RunError, read_calibration
 from .base import Predictor, Scores
+
+
+def windows(length: int, width: int) -> list[tuple[int, int]]:
+    """Overlapping windows ``[a, b)`` of ``width`` covering a sequence, half a width apart."""
+    if length <= width:
+        return [(0, length)]
+    step = width // 2
+    starts = [*range(0, length - width, step), length - width]
+    return [(a, a + width) for a in starts]
 
 
 def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
@@ -61,6 +71,7 @@ class CNNPredictor(Predictor):
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
         self.thresholds = calibration["thresholds"] if calibration else None
         self.report_uncalibrated = False  # evaluate compares calibration with none
+        self.long = LONG_SEQUENCES
 
     def model_files(self) -> list[Path]:
         return [self.run / "model.pt", *super().model_files()]
@@ -71,18 +82,56 @@ class CNNPredictor(Predictor):
         x = torch.from_numpy(tokens).to(self.device)
         return self.model(x).float().cpu().numpy()
 
+    def handled(self, length: int) -> str:
+        if length <= self.max_length or self.long == "whole":
+            return "whole"
+        if self.long == "windows":
+            return f"{len(windows(length, self.max_length))} windows of {self.max_length}"
+        return f"truncated to {self.max_length}"
+
     def all_logits(self, seqs: list[bytes]) -> np.ndarray:
         """Logits of sequences (upper-case letters) in input order, scored in length-sorted
-        batches of ``batch_size`` (little padding)."""
+        batches (little padding) of at most ``batch_size × max_length`` residues.
+
+        A sequence longer than ``max_length`` is scored as :attr:`long` says: ``whole``, in
+        overlapping ``windows`` whose logits are averaged, or ``truncated``.
+        """
+        if self.long == "windows":
+            return self._windowed(seqs)
+        cap = sys.maxsize if self.long == "whole" else self.max_length
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(seqs), self.model.config.num_classes), dtype=np.float32)
-        for start in range(0, len(seqs), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = padded_width(int(lengths[idx[-1]]), self.max_length)
+        budget = self.batch_size * self.max_length  # residues per forward pass
+        start = 0
+        while start < len(seqs):
+            width = padded_width(
+                int(lengths[order[min(start + self.batch_size, len(seqs)) - 1]]), cap
+            )
+            size = max(1, min(self.batch_size, budget // width))
+            idx = order[start : start + size]
+            width = padded_width(int(lengths[idx[-1]]), cap)
             tokens = alphabet.encode(letters_matrix([seqs[i] for i in idx], width))
             out[idx] = self.logits(tokens)
+            start += len(idx)
         return out
+
+    def _windowed(self, seqs: list[bytes]) -> np.ndarray:
+        pieces, owner = [], []
+        for k, s in enumerate(seqs):
+            for a, b in windows(len(s), self.max_length):
+                pieces.append(s[a:b])
+                owner.append(k)
+        self.long = "truncated"  # every piece fits: score them as they are
+        try:
+            logits = self.all_logits(pieces)
+        finally:
+            self.long = "windows"
+        owner_ = np.asarray(owner, dtype=np.int64)
+        sums = np.zeros((len(seqs), logits.shape[1]), dtype=np.float64)
+        np.add.at(sums, owner_, logits)
+        counts = np.bincount(owner_, minlength=len(seqs))[:, None]
+        return (sums / np.maximum(counts, 1)).astype(np.float32)
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         logits = self.all_logits(seqs)
