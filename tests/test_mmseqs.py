@@ -242,3 +242,28 @@ def test_the_same_search_is_answered_from_the_cache(train_db, cluster_build, tmp
     assert np.array_equal(first.max_fident, again.max_fident, equal_nan=True)
     with pytest.raises(AssertionError, match="ran again"):  # other settings: a new search
         best_hits(queries, train_db, tmp_path / "c", THREADS, sensitivity=SENSITIVITY + 1)
+
+
+def test_a_strict_split_leaves_no_val_or_test_protein_with_a_training_hit_above_it(
+    mmseqs, data_path, tmp_path
+):
+    store = ecstream.build_store(
+        data_path, tmp_path / "strict", split="cluster", identity=0.3, strict=True,
+        max_records=ROWS, threads=THREADS,
+    )  # fmt: skip
+    strict = store.manifest["split"]["strict"]
+    rounds = strict["moved_per_round"]
+    assert rounds[0] > 0 and rounds[-1] == 0 and strict["moved_to_train"] == sum(rounds)
+    # the leakage report (the same search) finds nothing at or above 0.3 in val and test
+    for split, info in store.manifest["leakage"]["splits"].items():
+        assert info["records"] == store.num_records(split) > 0
+        assert info["counts"][">=0.9"] == info["counts"]["0.5-0.9"] == 0
+        assert info["counts"]["0.3-0.5"] == 0
+    plain = ecstream.build_store(
+        data_path, tmp_path / "plain", split="cluster", identity=0.3, max_records=ROWS,
+        threads=THREADS,
+    )  # fmt: skip
+    moved = sum(plain.num_records(s) - store.num_records(s) for s in ("val", "test"))
+    assert moved == strict["moved_to_train"] and store.verify() == []
+    with pytest.raises(ecstream.StoreError, match="--strict applies to --split cluster"):
+        ecstream.build_store(data_path, tmp_path / "x", strict=True, max_records=10)

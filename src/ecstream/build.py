@@ -75,6 +75,7 @@ class BuildConfig:
     sample: float | None = None
     identity: float = 0.5
     coverage: float = 0.8
+    strict: bool = False  # cluster split: no val/test protein with a training hit ≥ identity
     method: SplitMethod = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +106,8 @@ class BuildConfig:
             self.method = SplitMethod.parse(self.split)
         except SplitMethodError as error:
             raise StoreError(str(error)) from None
+        if self.strict and self.method.kind != "cluster":
+            raise StoreError("--strict applies to --split cluster only")
 
     def manifest_split(self) -> dict[str, Any]:
         return {"method": str(self.method), "val": self.val, "test": self.test, "seed": self.seed}
@@ -314,8 +317,9 @@ def _build_into(
     try:
         if config.method.kind == "cluster":
             settings = ClusterSettings(
-                config.identity, config.coverage, config.seed, config.val, config.test
-            )
+                config.identity, config.coverage, config.seed, config.val, config.test,
+                config.strict,
+            )  # fmt: skip
             clustered = cluster_split(reader.chunks(progress), work, settings, threads, progress)
             split_info.update(clustered.info)
             for kept, splits, seq_hashes in clustered.routed():

@@ -94,6 +94,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             sample=args.sample,
             identity=args.identity,
             coverage=args.coverage,
+            strict=args.strict,
             leakage=args.leakage,
             allow_partial=args.allow_partial,
         )
@@ -359,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--coverage", type=float, default=b.coverage,
         help="cluster split: min coverage of both sequences (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--strict", action="store_true",
+        help="cluster split: then move every val/test protein with a training hit at or above "
+        "--identity (any coverage) to train, until none is left (val/test get smaller)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
     p.add_argument(

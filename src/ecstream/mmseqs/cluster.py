@@ -8,6 +8,7 @@ cluster membership lives in a memory-mapped ``int64`` array on disk.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..shards import SplitWriter, read_batches
 from ..splits import assign_splits
 from ..store import SPLITS
 from .binary import MMseqs, MMseqsError, read_tsv, write_fasta
+from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY
 
 #: Above this many sequences a cluster split uses ``easy-linclust`` (linear time, a little less
 #: sensitive) instead of the cascaded ``easy-cluster``.
@@ -43,6 +45,7 @@ class ClusterSettings:
     seed: int
     val: float
     test: float
+    strict: bool = False  # then move val/test proteins with a training hit ≥ identity to train
 
 
 @dataclass
@@ -125,7 +128,6 @@ def cluster_split(
     mm.run([*args, "--remove-tmp-files", "1"], work, tool)
     for suffix in ("_all_seqs.fasta", "_rep_seq.fasta"):
         Path(f"{prefix}{suffix}").unlink(missing_ok=True)
-    fasta.unlink()
 
     # 3. representative of every record, and cluster sizes, on disk
     rep = np.lib.format.open_memmap(work / "representatives.npy", "w+", np.int64, (n,))
@@ -164,6 +166,14 @@ def cluster_split(
     info["clusters_per_split"] = {s: int(c) for s, c in zip(SPLITS, per_split, strict=True)}
     if unlisted:
         info["records_missing_from_output"] = unlisted
+    assigned = np.lib.format.open_memmap(work / "splits.npy", "w+", np.uint8, (n,))
+    for start in range(0, n, _STAGE_CHUNK):
+        block = slice(start, min(n, start + _STAGE_CHUNK))
+        assigned[block] = split_of(rep[block])
+    if settings.strict:
+        info["strict"] = strict_rounds(assigned, fasta, work / "strict", settings.identity, mm,
+                                       progress)  # fmt: skip
+    fasta.unlink()
 
     def routed() -> Iterator[tuple[Records, np.ndarray, np.ndarray]]:
         row = 0
@@ -176,6 +186,92 @@ def cluster_split(
                 labels=batch.column("label").to_numpy().astype(np.int64),
                 ecs=batch.column("ec").to_pylist(),
             )
-            yield records, split_of(rep[rows]), np.asarray(hashes[rows])
+            yield records, np.asarray(assigned[rows]), np.asarray(hashes[rows])
 
     return ClusterSplit(info, routed())
+
+
+def strict_rounds(
+    assigned: np.ndarray,
+    fasta: Path,
+    work: Path,
+    identity: float,
+    mm: MMseqs,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Move every val/test protein with a training hit at ≥ ``identity`` (any coverage, the
+    leakage report's search) to train, until nothing moves; returns what moved, per round.
+
+    The first round searches val/test against all of train; each next one only against the
+    proteins just moved (a new training protein can only create hits to itself). A last round
+    against all of train confirms that nothing is left, so the bands at and above the
+    threshold are empty by construction.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    rounds: list[int] = []
+    target, whole = assigned == 0, True  # the first round searches all of train
+    while True:
+        queries = np.flatnonzero(assigned > 0)
+        if not len(queries) or not target.any():
+            break
+        if progress:
+            progress(f"strict split, round {len(rounds) + 1}: {len(queries):,} val/test proteins")
+        where = work / f"round-{len(rounds) + 1}"
+        closest = _max_identity(fasta, queries, np.flatnonzero(target), where, mm)
+        moved = queries[closest >= identity]
+        assigned[moved] = 0
+        rounds.append(len(moved))
+        if len(moved):  # next: only against the proteins that just arrived
+            target, whole = np.zeros_like(target), False
+            target[moved] = True
+        elif whole:
+            break
+        else:  # nothing against the last arrivals: confirm against all of train
+            target, whole = assigned == 0, True
+    assigned.flush()
+    return {
+        "identity": identity,
+        "search": f"mmseqs easy-search -s {SEARCH_SENSITIVITY:g} -e {SEARCH_EVALUE:g} "
+        f"--max-seqs {MAX_SEQS}, any coverage, max identity over hits",
+        "moved_per_round": rounds,
+        "moved_to_train": int(sum(rounds)),
+    }
+
+
+def _max_identity(
+    fasta: Path, queries: np.ndarray, targets: np.ndarray, work: Path, mm: MMseqs
+) -> np.ndarray:
+    """Each query row's highest identity to any target row (-1: no hit)."""
+    work.mkdir(parents=True, exist_ok=True)
+    _subset(fasta, queries, work / "q.fasta")
+    _subset(fasta, targets, work / "t.fasta")
+    out = work / "hits.tsv"
+    mm.run(
+        [
+            "easy-search", work / "q.fasta", work / "t.fasta", out, work / "tmp",
+            "-s", SEARCH_SENSITIVITY, "-e", f"{SEARCH_EVALUE:g}", "--max-seqs", MAX_SEQS,
+            "--format-output", "query,target,fident", "--threads", mm.threads,
+            "--remove-tmp-files", "1",
+        ],
+        work, "easy-search",
+    )  # fmt: skip
+    best = np.full(len(queries), -1.0)
+    local = {int(r): k for k, r in enumerate(queries.tolist())}
+    types = {"query": pa.int64(), "target": pa.int64(), "fident": pa.float64()}
+    for block in read_tsv(out, ("query", "target", "fident"), types):
+        at = np.fromiter((local[q] for q in block["query"].tolist()), np.int64, len(block["query"]))
+        np.maximum.at(best, at, block["fident"])
+    shutil.rmtree(work, ignore_errors=True)
+    return best
+
+
+def _subset(fasta: Path, rows: np.ndarray, out: Path) -> None:
+    """The records of ``rows`` from the staging FASTA (named by row, one line per sequence)."""
+    wanted = np.zeros(int(rows.max()) + 1 if len(rows) else 0, dtype=bool)
+    wanted[rows] = True
+    with open(fasta, "rb") as fi, open(out, "wb") as fo:
+        for header in fi:
+            sequence = next(fi)
+            row = int(header[1:])
+            if row < len(wanted) and wanted[row]:
+                fo.write(header + sequence)
