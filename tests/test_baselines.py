@@ -109,7 +109,12 @@ def test_hybrid_threshold_is_chosen_on_validation(runs):
     *_, hybrid, knn_val, hybrid_val = runs
     config = json.loads((hybrid / "config.json").read_text())
     curve = config["validation"]["accuracy_by_threshold"]
-    assert curve[f"{config['threshold']:.2f}"] == max(curve.values()) == hybrid_val["val_acc"]
+    assert curve[f"{config['threshold']:.2f}"] == max(curve.values())
+    # given it, the threshold of profile hits (or none) can only add
+    profile = config["validation"]["accuracy_by_threshold"] and json.loads(
+        (hybrid / "calibration.json").read_text()
+    )["accuracy_by_profile_threshold"]["1"]
+    assert hybrid_val["val_acc"] == max(profile.values()) >= max(curve.values())
     assert hybrid_val["val_acc"] >= max(hybrid_val["val_acc_cnn"], hybrid_val["val_acc_knn"])
     assert hybrid_val["val_acc_knn"] == pytest.approx(knn_val["val_acc"])
 
@@ -127,8 +132,11 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
         b["n"] for b in results["knn"]["identity_bands"].values()
     ]
     knn_result = results["knn"]
-    assert knn_result["no_prediction"] == knn_result["identity_bands"]["no_hit"]["n"]
-    assert knn_result["identity_bands"]["no_hit"]["accuracy"] in (0.0, None)
+    # a protein without a hit in the search is predicted only when the profile fallback finds one
+    profile_hits = knn_result["levels"][0]["profile_hits"]["n"]
+    no_hit = knn_result["identity_bands"]["no_hit"]["n"]
+    assert 0 < profile_hits < no_hit
+    assert knn_result["no_prediction"] + profile_hits == no_hit
 
     fasta = tmp_path / "q.fasta"
     first = next(store.records("test"))
@@ -144,8 +152,8 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
         rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
         assert [r["id"] for r in rows] == ids[:30]
         sources[name] = [r["source"] for r in rows]
-    assert set(sources["knn"]) <= {"homolog", "no_hit"}
-    assert set(sources["hybrid"]) <= {"homolog", "cnn"}
+    assert set(sources["knn"]) <= {"homolog", "profile", "no_hit"}
+    assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
 
 
 def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):

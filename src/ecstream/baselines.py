@@ -17,7 +17,14 @@ import numpy as np
 from .atomic import write_json
 from .labels import level_keys
 from .mmseqs.binary import MMseqs
-from .mmseqs.search import MAX_SEQS, SEARCH_SENSITIVITY, Hits, TargetDB
+from .mmseqs.search import (
+    MAX_SEQS,
+    PROFILE_ITERATIONS,
+    PROFILE_SENSITIVITY,
+    SEARCH_SENSITIVITY,
+    Hits,
+    TargetDB,
+)
 from .predictors.cnn import CNNPredictor
 from .predictors.homolog import TARGETS, HybridPredictor, KNNPredictor, combine, homolog_decides
 from .records import Records
@@ -40,14 +47,20 @@ def make_knn_run(
     out: str | os.PathLike,
     threads: int | None = None,
     sensitivity: float = SEARCH_SENSITIVITY,
+    profile_fallback: bool = True,
 ) -> dict:
-    """Make a kNN run: a searchable database of the training split, scored on validation."""
+    """Make a kNN run: a searchable database of the training split, scored on validation.
+
+    With ``profile_fallback`` (the default) a query without a hit is searched again by an
+    iterative profile search (:func:`~ecstream.mmseqs.search.with_profile_fallback`)."""
     store = open_store(store_path)
     with new_run(out) as work:
-        return _fill_knn(store, work, threads, sensitivity)
+        return _fill_knn(store, work, threads, sensitivity, profile_fallback)
 
 
-def _fill_knn(store: Store, out: Path, threads: int | None, sensitivity: float) -> dict:
+def _fill_knn(
+    store: Store, out: Path, threads: int | None, sensitivity: float, profile_fallback: bool
+) -> dict:
     mm = MMseqs.find(threads)
     TargetDB.create(store, "train", out / TARGETS, mm.threads)
     vocab = store.vocabulary()
@@ -58,6 +71,12 @@ def _fill_knn(store: Store, out: Path, threads: int | None, sensitivity: float) 
             "sensitivity": sensitivity,
             "max_seqs": MAX_SEQS,
             "version": mm.version,
+            "profile_fallback": profile_fallback,
+            **(
+                {"profile": {"iterations": PROFILE_ITERATIONS, "sensitivity": PROFILE_SENSITIVITY}}
+                if profile_fallback
+                else {}
+            ),
         },
         "vocabulary": vocab.to_dict(),
     }
@@ -66,13 +85,15 @@ def _fill_knn(store: Store, out: Path, threads: int | None, sensitivity: float) 
     val = validation_sample(store, every_row=True)
     knn = KNNPredictor(out, config, threads)
     hits = knn.hits(val.ids, val.seqs)
-    curves = homolog_curves(vocab, knn.target.ecs(hits.best_target), hits.best_fident, val.ecs)
+    ecs = knn.target.ecs(hits.best_target)
+    curves = homolog_curves(vocab, ecs, hits.best_fident, val.ecs, hits.by_profile)
     write_json(out / CALIBRATION, {"identity_curves": curves})
     calibrate_homolog(out, KNNPredictor(out, config, threads), val, {"identity_curves": curves})
     single = single_class(val)
     result = {
         "val_acc": float((hits.best_label == val.labels)[single].mean()) if single.any() else 0.0,
         "val_no_hit": int((~hits.has_hit).sum()),
+        "val_profile_hits": int(hits.by_profile.sum()),
         "val_records": len(val),
     }
     write_json(out / "config.json", {**config, "validation": result})
@@ -85,7 +106,11 @@ def single_class(records: Records) -> np.ndarray:
 
 
 def threshold_curve(
-    labels: np.ndarray, cnn: np.ndarray, hits: Hits, rows: np.ndarray | None = None
+    labels: np.ndarray,
+    cnn: np.ndarray,
+    hits: Hits,
+    rows: np.ndarray | None = None,
+    profile_threshold: float | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Class accuracy of the hybrid at every threshold of :data:`THRESHOLDS` (over ``rows``,
     default all), and the best threshold.
@@ -93,16 +118,34 @@ def threshold_curve(
     ``cnn`` holds the CNN's predicted labels. Ties go to the lowest threshold: the homolog
     decides wherever it does no worse.
     """
-    rows = np.ones(len(labels), dtype=bool) if rows is None else rows
-    curve = {}
-    for t in THRESHOLDS:
-        pred = np.where(homolog_decides(hits, float(t)), hits.best_label, cnn)
-        curve[f"{t:.2f}"] = float((pred == labels)[rows].mean()) if rows.any() else 0.0
+
+    def accuracy(t: float, _: float | None) -> float:
+        return _class_accuracy(labels, cnn, hits, rows, t, profile_threshold)
+
+    curve = {f"{t:.2f}": accuracy(float(t), None) for t in THRESHOLDS}
     return _lowest_best(curve), curve
+
+
+def _class_accuracy(labels, cnn, hits, rows, threshold, profile_threshold) -> float:
+    rows = np.ones(len(labels), dtype=bool) if rows is None else rows
+    pred = np.where(homolog_decides(hits, threshold, profile_threshold), hits.best_label, cnn)
+    return float((pred == labels)[rows].mean()) if rows.any() else 0.0
 
 
 def _lowest_best(curve: dict[str, float]) -> float:
     return float(max(curve, key=lambda t: (curve[t], -float(t))))
+
+
+def _choose(accuracy) -> tuple[float, float | None, dict, dict]:
+    """A level's identity threshold for hits of the search, then, given it, for hits of the
+    profile fallback (``None``: never take them, if that is as good)."""
+    curve = {f"{t:.2f}": accuracy(float(t), None) for t in THRESHOLDS}
+    best = _lowest_best(curve)
+    profile = {"never": curve[f"{best:.2f}"]}
+    profile |= {f"{t:.2f}": accuracy(best, float(t)) for t in THRESHOLDS}
+    top = max(profile.values())
+    chosen = next(k for k, v in profile.items() if v == top)  # "never" first, then the lowest
+    return best, None if chosen == "never" else float(chosen), curve, profile
 
 
 def make_hybrid_run(
@@ -128,21 +171,30 @@ def make_hybrid_run(
         multi_hot, weighted = knn.homolog_levels(hits)
         single = single_class(val)
         cnn_class = cnn.probs.argmax(1)
-        best, curve = threshold_curve(val.labels, cnn_class, hits, single)
-        identity, curves = [best], {"1": curve}
         true, known = truth(knn.vocab, val.ecs)
-        for level in range(1, knn.vocab.depth):
-            rows = known[:, level]
-            curve = {}
-            for t in THRESHOLDS:
-                chosen = [*identity, *[float(t)] * (knn.vocab.depth - level)]
-                levels, _ = combine(knn.vocab, cnn.levels, multi_hot, weighted, hits, chosen)
+        depth = knn.vocab.depth
+        identity: list[float] = []
+        profile: list[float | None] = []
+        curves, profile_curves = {}, {}
+        for level in range(depth):
+
+            def accuracy(t: float, tp: float | None, level: int = level) -> float:
+                if level == 0:  # class accuracy, as a class run measures it
+                    return _class_accuracy(val.labels, cnn_class, hits, single, t, tp)
+                rows = known[:, level]
+                ids = [*identity, *[t] * (depth - level)]
+                tps = [*profile, *[tp] * (depth - level)]
+                levels, _ = combine(knn.vocab, cnn.levels, multi_hot, weighted, hits, ids, tps)
                 _, right = top_prediction(levels[level][rows], true[level][rows])
-                curve[f"{t:.2f}"] = float(right.mean()) if rows.any() else 0.0
-            identity.append(_lowest_best(curve))
-            curves[str(level + 1)] = curve
+                return float(right.mean()) if rows.any() else 0.0
+
+            t, tp, curve, profile_curve = _choose(accuracy)
+            identity.append(t)
+            profile.append(tp)
+            curves[str(level + 1)], profile_curves[str(level + 1)] = curve, profile_curve
+        first = profile_curves["1"]
         result = {
-            "val_acc": curves["1"][f"{identity[0]:.2f}"],
+            "val_acc": first["never" if profile[0] is None else f"{profile[0]:.2f}"],
             "val_acc_cnn": float((cnn_class == val.labels)[single].mean()) if single.any() else 0.0,
             "val_acc_knn": (
                 float((hits.best_label == val.labels)[single].mean()) if single.any() else 0.0
@@ -156,10 +208,19 @@ def make_hybrid_run(
             "knn_run": str(Path(knn_run).resolve()),
             "threshold": identity[0],
             "identity_thresholds": identity,
+            "profile_thresholds": profile,
             "validation": result,
         }
         write_json(work / "config.json", config)
         record_seen(work, store)
-        extra = {"identity_thresholds": identity, "accuracy_by_threshold": curves}
+        extra = {
+            "identity_thresholds": identity,
+            "profile_thresholds": profile,
+            "accuracy_by_threshold": curves,
+            "accuracy_by_profile_threshold": profile_curves,
+        }
         calibrate_homolog(work, HybridPredictor(work, config), val, extra)
-    return {"threshold": identity[0], "identity_thresholds": identity, **result}
+    return {
+        "threshold": identity[0], "identity_thresholds": identity, "profile_thresholds": profile,
+        **result,
+    }  # fmt: skip

@@ -143,11 +143,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "knn":
         from .baselines import make_knn_run
 
-        val = make_knn_run(args.store, args.out, threads=args.threads)
+        val = make_knn_run(
+            args.store, args.out, threads=args.threads, profile_fallback=args.profile_fallback
+        )
         console.print(
             f"kNN run written to [bold]{escape(args.out)}[/]: validation accuracy "
-            f"{val['val_acc']:.4f} ({val['val_no_hit']:,} of {val['val_records']:,} "
-            "without any hit)"
+            f"{val['val_acc']:.4f} ({val['val_profile_hits']:,} homologs found by the profile "
+            f"fallback; {val['val_no_hit']:,} of {val['val_records']:,} without any)"
         )
         return 0
     if args.model == "hybrid":
@@ -235,7 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from .evaluate import evaluate
-    from .report import bands_table, metrics_table
+    from .report import bands_table, levels_table, metrics_table
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
     update, stop = _progress(f"evaluating {args.run}")
@@ -248,6 +250,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         stop()
     out.print(metrics_table(result))
+    if levels := levels_table(result):
+        out.print(levels)
     if bands := bands_table(result):
         out.print(bands)
     seen = result["seen"]
@@ -411,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
     p.add_argument("--knn", default=None, help="hybrid: the kNN run")
     p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
+    p.add_argument(
+        "--profile-fallback", action=argparse.BooleanOptionalAction, default=True,
+        help="knn: search proteins without a hit again by iterative profile (default on)",
+    )  # fmt: skip
     t = TrainConfig
     p.add_argument(
         "--target", choices=TARGETS, default=t.target,

@@ -52,6 +52,7 @@ class LevelScores:
         self.ece_right = np.zeros(ECE_BINS)
         self.band_all = np.zeros(len(BANDS))
         self.band_right = np.zeros(len(BANDS))
+        self.profile_all = self.profile_right = 0  # hits of the kNN's profile fallback
 
     def update(
         self,
@@ -59,9 +60,11 @@ class LevelScores:
         probs: np.ndarray | None,
         calls: Sequence[Sequence[Call]],
         identity: np.ndarray | None = None,
+        profile: np.ndarray | None = None,
     ) -> None:
         """Add records: their true EC fields, consistent probabilities of this level (``None``
-        for a model without scores at this level), decoded numbers, and identities."""
+        for a model without scores at this level), decoded numbers, identities, and which
+        records' homolog came from the profile fallback."""
         level = self.level
         keep = np.array([stated_levels(t) >= level for t in texts], dtype=bool)
         if not keep.any():
@@ -111,6 +114,10 @@ class LevelScores:
             bands = band_index(np.asarray(identity)[rows])
             np.add.at(self.band_all, bands, 1)
             np.add.at(self.band_right, bands, ok)
+        if profile is not None:
+            mine = np.asarray(profile)[rows]
+            self.profile_all += int(mine.sum())
+            self.profile_right += int(ok[mine].sum())
 
     def result(self) -> dict:
         """The level's metrics as plain numbers (JSON)."""
@@ -150,6 +157,10 @@ class LevelScores:
             "identity_bands": {
                 band: {"n": int(all_), "accuracy": float(right_ / all_) if all_ else None}
                 for band, all_, right_ in zip(BANDS, self.band_all, self.band_right, strict=True)
+            },
+            "profile_hits": {
+                "n": self.profile_all,
+                "accuracy": self.profile_right / self.profile_all if self.profile_all else None,
             },
         }
         return out

@@ -141,7 +141,7 @@ class Tally:
             self.identity.append(np.asarray(identity)[single])
         calls = self.model.decode(scores)
         for k, level in enumerate(self.levels):
-            level.update(chunk.ecs, scores.levels[k], calls, identity)
+            level.update(chunk.ecs, scores.levels[k], calls, identity, scores.profile)
         if scores.uncalibrated is not None:
             for k, level in enumerate(self.before):
                 level.update(chunk.ecs, scores.uncalibrated[k], [[] for _ in chunk.ids])

@@ -118,20 +118,57 @@ def metrics_table(result: dict) -> Table:
 
 
 def bands_table(result: dict) -> Table | None:
-    """Accuracy per band of identity to the training split, when the evaluation has it."""
+    """Accuracy per band of identity to the training split, when the evaluation has it: class
+    accuracy, and the top prediction's at every EC level the run predicts."""
     bands = result.get("identity_bands")
     if not bands:
         return None
+    levels = [lv for lv in result.get("levels", []) if "identity_bands" in lv]
     table = Table(
-        title="Accuracy by identity to the closest training protein",
-        title_justify="left",
+        title="Accuracy by identity to the closest training protein", title_justify="left"
     )
-    for col in ("identity", "proteins", "accuracy"):
+    for col in (
+        "identity",
+        "proteins",
+        "class accuracy",
+        *(f"level {lv['level']}" for lv in levels),
+    ):
         table.add_column(col, justify="right")
     for band, info in bands.items():
-        acc = "–" if info["accuracy"] is None else f"{info['accuracy']:.3f}"
-        table.add_row(band.replace("_", " "), f"{info['n']:,}", acc)
+        cells = [_share(info["accuracy"])]
+        cells += [_share(lv["identity_bands"][band]["accuracy"]) for lv in levels]
+        table.add_row(band.replace("_", " "), f"{info['n']:,}", *cells)
+    if levels and (hits := levels[0].get("profile_hits", {})).get("n"):
+        cells = ["", *(_share(lv["profile_hits"]["accuracy"]) for lv in levels)]
+        table.add_row("profile hits", f"{hits['n']:,}", *cells)
+        table.caption = (
+            "profile hits: no hit in the search, a homolog found by the profile fallback"
+        )
     return table
+
+
+def levels_table(result: dict) -> Table | None:
+    """Per EC level: the set metrics, Fmax, top accuracy and calibration of an evaluation."""
+    levels = result.get("levels")
+    if not levels:
+        return None
+    table = Table(title="Per EC level (sets of EC numbers at each level)", title_justify="left")
+    columns = ("level", "proteins", "coverage", "micro P", "micro R", "micro F1", "weighted F1",
+               "Fmax", "top acc.", "ECE")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="right")
+    for lv in levels:
+        table.add_row(
+            str(lv["level"]), f"{lv['records']:,}", _share(lv["coverage"]),
+            _share(lv["micro"]["precision"]), _share(lv["micro"]["recall"]),
+            _share(lv["micro"]["f1"]), _share(lv["weighted"]["f1"]), _share(lv.get("fmax")),
+            _share(lv.get("top_accuracy")), _share(lv.get("ece")),
+        )  # fmt: skip
+    return table
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def format_leakage(report: dict[str, Any]) -> str:

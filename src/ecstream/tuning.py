@@ -134,14 +134,21 @@ def calibrate_homolog(run: Path, predictor: Predictor, val: Records, extra: dict
     return _save(run, report)
 
 
-def homolog_curves(vocab: ECVocabulary, best_ec: Sequence[str], identity: np.ndarray,
-                   ecs: Sequence[str]) -> list[list[float]]:  # fmt: skip
-    """Per level: P(the homolog's class is right) by identity bin, non-decreasing."""
+def homolog_curves(
+    vocab: ECVocabulary,
+    best_ec: Sequence[str],
+    identity: np.ndarray,
+    ecs: Sequence[str],
+    profile: np.ndarray,
+) -> dict[str, list[list[float]]]:
+    """Per kind of hit (``search``, and ``profile`` for the fallback's) and level: P(the
+    homolog's class is right) by identity bin, non-decreasing."""
     true, known = truth(vocab, ecs)
     hit, _ = truth(vocab, best_ec)
-    curves = []
-    for level in range(vocab.depth):
-        rows = known[:, level] & (hit[level].sum(axis=1) > 0)
-        right = (hit[level][rows] & true[level][rows]).any(axis=1)
-        curves.append(identity_curve(identity[rows], right))
+    curves: dict[str, list[list[float]]] = {"search": [], "profile": []}
+    for kind, mine in (("search", ~profile), ("profile", profile)):
+        for level in range(vocab.depth):
+            rows = mine & known[:, level] & (hit[level].sum(axis=1) > 0)
+            right = (hit[level][rows] & true[level][rows]).any(axis=1)
+            curves[kind].append(identity_curve(identity[rows], right))
     return curves

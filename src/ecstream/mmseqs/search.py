@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,10 @@ SEARCH_SENSITIVITY = 5.7
 MAX_SEQS = 100
 #: Largest E-value of a hit: MMseqs2's default for easy-search.
 SEARCH_EVALUE = 1e-3
+#: The kNN's fallback for queries without a hit: an iterative profile search, more sensitive
+#: (BENCHMARKS.md, remote proteins, has what it finds and what it costs).
+PROFILE_ITERATIONS = 3
+PROFILE_SENSITIVITY = 7.5
 _SEARCH_COLUMNS = ("query", "target", "fident", "bits", "evalue")
 
 
@@ -173,6 +177,7 @@ class Hits:
     best_evalue: np.ndarray  # float64
     max_fident: np.ndarray  # float64: max over all hits of the query
     max_target: np.ndarray  # int64: target row of that maximum (best bits among ties)
+    profile: np.ndarray | None = None  # bool: the best hit came from the profile fallback
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -181,6 +186,11 @@ class Hits:
     def has_hit(self) -> np.ndarray:
         return self.best_target >= 0
 
+    @property
+    def by_profile(self) -> np.ndarray:
+        """Which queries' best hit came from the profile fallback (none without one)."""
+        return np.zeros(len(self), bool) if self.profile is None else self.profile
+
 
 @dataclass(frozen=True)
 class _SearchParams:
@@ -188,6 +198,7 @@ class _SearchParams:
     evalue: float
     max_seqs: int
     coverage: float
+    iterations: int = 1
 
 
 def _write_queries(queries: Iterable[tuple[str, bytes | str]], fasta: Path) -> tuple[list, str]:
@@ -225,6 +236,8 @@ def _easy_search(
     ]  # fmt: skip
     if p.coverage > 0:
         args += ["-c", str(float(p.coverage)), "--cov-mode", "0"]
+    if p.iterations > 1:
+        args += ["--num-iterations", p.iterations]
     mm.run(args, work, "easy-search")
     fasta.unlink()
     return out
@@ -248,6 +261,7 @@ def best_hits(
     evalue: float = SEARCH_EVALUE,
     max_seqs: int = MAX_SEQS,
     coverage: float = 0.0,
+    iterations: int = 1,
 ) -> Hits:
     """Best hit (by bit score; ties by E-value, then target row) and max identity per query.
 
@@ -260,7 +274,7 @@ def best_hits(
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     ids, digest = _write_queries(queries, work / "queries.fasta")
-    params = _SearchParams(sensitivity, evalue, max_seqs, coverage)
+    params = _SearchParams(sensitivity, evalue, max_seqs, coverage, iterations)
     key = text_digest(digest, params, target.meta["fingerprint"])
     cache = cache_dir() / "hits" / f"{key[:32]}.npz"
     if cache.is_file():
@@ -332,3 +346,40 @@ def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:
         "max_fident": max_f,
         "max_target": max_t,
     }
+
+
+def with_profile_fallback(
+    hits: Hits,
+    seqs: list[bytes],
+    target: TargetDB,
+    workdir: str | os.PathLike[str],
+    threads: int | None = None,
+) -> Hits:
+    """``hits`` with the queries that have none searched again by an iterative profile search
+    (:data:`PROFILE_ITERATIONS` iterations, ``-s`` :data:`PROFILE_SENSITIVITY`); a hit found so
+    becomes the query's best hit, marked in ``profile``. ``max_fident`` stays that of the first
+    search, so identity bands keep their meaning."""
+    missing = np.flatnonzero(~hits.has_hit)
+    profile = np.zeros(len(hits), dtype=bool)
+    if len(missing) == 0:
+        return replace(hits, profile=profile)
+    again = best_hits(
+        ((hits.query_ids[i], seqs[i]) for i in missing), target, workdir, threads,
+        sensitivity=PROFILE_SENSITIVITY, iterations=PROFILE_ITERATIONS,
+    )  # fmt: skip
+    found = missing[again.has_hit]
+    arrays = {
+        name: getattr(hits, name).copy()
+        for name in (
+            "best_target",
+            "best_id",
+            "best_label",
+            "best_fident",
+            "best_bits",
+            "best_evalue",
+        )
+    }
+    for name, values in arrays.items():
+        values[found] = getattr(again, name)[again.has_hit]
+    profile[found] = True
+    return replace(hits, **arrays, profile=profile)

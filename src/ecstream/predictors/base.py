@@ -39,6 +39,7 @@ class Scores:
     extra: dict[str, list] = field(default_factory=dict)
     identity: np.ndarray | None = None
     uncalibrated: list[np.ndarray] | None = None  # ``levels`` before calibration, when asked
+    profile: np.ndarray | None = None  # bool: the homolog came from the profile fallback
 
 
 class Predictor:

@@ -21,7 +21,13 @@ import numpy as np
 from ..calibrate import identity_confidence
 from ..hierarchy import consistent, split_levels
 from ..labels import ECVocabulary, LabelPolicy
-from ..mmseqs.search import SEARCH_SENSITIVITY, Hits, TargetDB, best_hits
+from ..mmseqs.search import (
+    SEARCH_SENSITIVITY,
+    Hits,
+    TargetDB,
+    best_hits,
+    with_profile_fallback,
+)
 from ..runs import RunError, read_calibration, read_config
 from ..store import Store, StoreError
 from .base import Predictor, Scores
@@ -38,6 +44,12 @@ def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
     probs[np.flatnonzero(hit), labels[hit]] = 1.0
     probs[~hit] = np.nan
     return probs
+
+
+def _source(homolog: bool, profile: bool, otherwise: str) -> str:
+    """What decided a prediction: ``homolog``, ``profile`` (a homolog found by the profile
+    fallback), or ``otherwise`` (``cnn`` in a hybrid, ``no_hit`` in a kNN run)."""
+    return ("profile" if profile else "homolog") if homolog else otherwise
 
 
 def _columns(hits: Hits, source: list[str]) -> dict[str, list]:
@@ -69,15 +81,22 @@ class KNNPredictor(Predictor):
         self.threads = threads
         self.sensitivity = float(config.get("search", {}).get("sensitivity", SEARCH_SENSITIVITY))
         calibration = read_calibration(run) or {}
-        self.curves = calibration.get("identity_curves")
+        self.curves = calibration.get("identity_curves")  # {"search": [...], "profile": [...]}
         self.thresholds = calibration.get("thresholds")
+        # kNN runs made before the profile fallback existed have none
+        self.fallback = bool(config.get("search", {}).get("profile_fallback", False))
 
     def hits(self, ids: list[str], seqs: list[bytes]) -> Hits:
+        """Best hits; queries without one are searched again by profile, if the run says so."""
         with tempfile.TemporaryDirectory(prefix="ecstream-knn-") as work:
-            return best_hits(
-                zip(ids, seqs, strict=True), self.target, work, self.threads,
+            hits = best_hits(
+                zip(ids, seqs, strict=True), self.target, Path(work) / "search", self.threads,
                 sensitivity=self.sensitivity,
             )  # fmt: skip
+            if self.fallback:
+                hits = with_profile_fallback(hits, seqs, self.target, Path(work) / "profile",
+                                             self.threads)  # fmt: skip
+            return hits
 
     def model_files(self) -> list[Path]:
         meta = [self.run / TARGETS / n for n in (TargetDB.META, "labels.npy", "ids.arrow")]
@@ -93,21 +112,37 @@ class KNNPredictor(Predictor):
             if self.curves is None:
                 conf = np.where(hits.has_hit, 1.0, 0.0)
             else:
-                conf = identity_confidence(hits.best_fident, self.curves[level])
+                conf = identity_confidence(hits.best_fident, self.curves["search"][level])
+                if "profile" in self.curves:  # a profile hit is trusted as profile hits were
+                    by_profile = identity_confidence(
+                        hits.best_fident, self.curves["profile"][level]
+                    )
+                    conf = np.where(hits.by_profile, by_profile, conf)
             weighted.append((block * conf[:, None]).astype(np.float32))
         return multi_hot, weighted
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         hits = self.hits(ids, seqs)
-        source = ["homolog" if h else "no_hit" for h in hits.has_hit]
+        source = [
+            _source(h, p, "no_hit") for h, p in zip(hits.has_hit, hits.by_profile, strict=True)
+        ]
         probs = one_hot(hits.best_label, len(self.policy.classes))
         levels = consistent(self.homolog_levels(hits)[1], self.vocab)
-        return Scores(probs, levels, _columns(hits, source), hits.max_fident)
+        return Scores(
+            probs, levels, _columns(hits, source), hits.max_fident, profile=hits.by_profile
+        )
 
 
-def homolog_decides(hits: Hits, threshold: float) -> np.ndarray:
-    """Where the hybrid takes the homolog's class: a hit with identity ≥ threshold."""
-    return hits.has_hit & (np.nan_to_num(hits.best_fident, nan=-1.0) >= threshold)
+def homolog_decides(
+    hits: Hits, threshold: float, profile_threshold: float | None = None
+) -> np.ndarray:
+    """Where the hybrid takes the homolog's class: a hit with identity ≥ ``threshold``, or, for
+    a hit of the profile fallback, ≥ ``profile_threshold`` (never, when it is ``None``)."""
+    identity = np.nan_to_num(hits.best_fident, nan=-1.0)
+    found = hits.has_hit & ~hits.by_profile & (identity >= threshold)
+    if profile_threshold is not None:
+        found |= hits.by_profile & (identity >= profile_threshold)
+    return found
 
 
 class HybridPredictor(Predictor):
@@ -125,6 +160,7 @@ class HybridPredictor(Predictor):
         # identity thresholds per level; a hybrid of ecstream 0.1.0 had one, for level 1
         self.identity = [float(t) for t in config.get("identity_thresholds", [config["threshold"]])]
         self.identity += [self.identity[-1]] * (self.vocab.depth - len(self.identity))
+        self.profile_identity = config.get("profile_thresholds")
         self.thresholds = (read_calibration(run) or {}).get("thresholds")
         if self.knn.policy != self.policy:
             raise RunError(f"{run}: its CNN and kNN runs have different classes")
@@ -147,12 +183,16 @@ class HybridPredictor(Predictor):
         cnn = self.cnn.score(ids, seqs)
         hits = self.knn.hits(ids, seqs)
         levels, decided = combine(
-            self.vocab, cnn.levels, *self.knn.homolog_levels(hits), hits, self.identity
-        )
+            self.vocab, cnn.levels, *self.knn.homolog_levels(hits), hits, self.identity,
+            self.profile_identity,
+        )  # fmt: skip
         use = decided[0]
         probs = np.where(use[:, None], one_hot(hits.best_label, cnn.probs.shape[1]), cnn.probs)
-        source = ["homolog" if u else "cnn" for u in use]
-        scores = Scores(probs.astype(np.float32), levels, _columns(hits, source), hits.max_fident)
+        source = [_source(u, p, "cnn") for u, p in zip(use, hits.by_profile, strict=True)]
+        scores = Scores(
+            probs.astype(np.float32), levels, _columns(hits, source), hits.max_fident,
+            profile=hits.by_profile,
+        )  # fmt: skip
         scores.extra["homolog_depth"] = decided.sum(axis=0).tolist()
         return scores
 
@@ -164,15 +204,18 @@ def combine(
     homolog: list[np.ndarray],
     hits: Hits,
     identity: list[float],
+    profile_identity: list[float | None] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The hybrid's consistent probabilities per level, and where the homolog decided
-    (``bool [levels, N]``): at level L while the hit's identity ≥ ``identity[L]`` (and it
-    decided the level above); below, the CNN's classes under the homolog's."""
+    (``bool [levels, N]``): at level L while the hit's identity ≥ ``identity[L]`` (a profile
+    hit's: ≥ ``profile_identity[L]``) and it decided the level above; below, the CNN's classes
+    under the homolog's."""
     n = len(hits)
+    profile_identity = profile_identity or [None] * vocab.depth
     decided = np.zeros((vocab.depth, n), dtype=bool)
     levels = []
     for level in range(vocab.depth):
-        decided[level] = homolog_decides(hits, identity[level])
+        decided[level] = homolog_decides(hits, identity[level], profile_identity[level])
         if level:
             decided[level] &= decided[level - 1]
         mine = cnn[level] if level < len(cnn) else np.zeros_like(homolog[level])
