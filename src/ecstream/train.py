@@ -242,6 +242,8 @@ def train(
     run = Path(out)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
+    # checked here, before DDP starts the other ranks, so that they find the check done
+    store.check("train", "val")
     model_config = preset(config.model, len(store.policy.classes))
     run_config = _run_config(store, config, model_config)
     last = run / "checkpoints" / "last.ckpt"
