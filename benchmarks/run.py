@@ -15,7 +15,13 @@ import time
 from common import REPORT, limit_threads, write_section
 
 # section name → module in benchmarks/
-SECTIONS = {"pipeline": "pipeline", "training": "training", "accuracy": "accuracy", "gpu": "gpu"}
+SECTIONS = {
+    "pipeline": "pipeline",
+    "training": "training",
+    "accuracy": "accuracy",
+    "gpu": "gpu",
+    "faults": "faults",
+}
 NEEDS_CUDA = {"gpu"}
 
 

@@ -427,13 +427,14 @@ def _without_checksums(copy: Path) -> None:
 @pytest.mark.filterwarnings("ignore::ecstream.store.UncheckedStoreWarning")
 @pytest.mark.parametrize(
     "fault",
-    [corrupted_offset, truncated_shard, deleted_shard, label_to_another_class,
+    [nul_byte, corrupted_offset, truncated_shard, deleted_shard, label_to_another_class,
      wrong_count_in_manifest, absolute_shard_path, another_stores_shard],
     ids=lambda f: f.__name__,
 )  # fmt: skip
 def test_a_store_without_checksums_still_refuses_what_it_can_see(fault, base, other, tmp_path):
-    """Without checksums a changed residue cannot be seen, but a bad offset, a truncation, a
-    changed label (the counts per class), a count or a path can: errors, never a crash."""
+    """Without checksums a residue changed into another letter cannot be seen, but a byte that
+    is no letter, a bad offset, a truncation, a changed label (the counts per class), a count
+    or a path can: errors, never a crash."""
     copy = copy_of(base, tmp_path / "store")
     named = fault(copy, "train", other)
     _without_checksums(copy)

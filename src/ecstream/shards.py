@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from . import integrity
+from . import alphabet, integrity
 from .errors import IntegrityError
 from .hashing import RecordDigest, file_checksum
 
@@ -204,6 +204,7 @@ class ShardView:
             raise ValueError(f"schema {reader.schema}")
         cols: dict[str, list] = {name: [] for name in ("id", "sequence", "label", "ec")}
         counts, residues, labels = [], 0, {}
+        found_at: dict[str, int] = {}
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             if validate:
@@ -225,9 +226,17 @@ class ShardView:
                         raise ValueError(f"a buffer of column {name!r} lies outside the file")
                     found.append(at)
                 positions.append(found)
+                found_at[name] = found[-1]  # the data buffer (the last one) of the column
             seqs = batch.column("sequence")
             offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int32, count=len(seqs) + 1)
             residues += int(offsets[-1]) - int(offsets[0])
+            if validate:  # bytes no checksum vouches for must at least be residue letters
+                start = found_at["sequence"] + int(offsets[0])
+                tokens = alphabet.TABLE[u8[start : start + int(offsets[-1] - offsets[0])]]
+                if tokens.size and (
+                    tokens.min() == alphabet.PAD or tokens.max() == alphabet.INVALID
+                ):
+                    raise ValueError("a residue byte is not a letter")
             values = batch.column("label").to_numpy()  # zero-copy: 2 bytes a record
             for value, count in zip(*np.unique(values, return_counts=True), strict=True):
                 labels[int(value)] = labels.get(int(value), 0) + int(count)
