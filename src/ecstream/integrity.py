@@ -19,6 +19,9 @@ the check. As git does with "racily clean" entries, an identity whose mtime or c
 :data:`RACY_NS` of the check is not remembered: its next use hashes it again.
 
 Nothing is ever written into a store: stores may be shared and read-only.
+
+:class:`StoreError` and :class:`IntegrityError` are defined here, below every module that raises
+them; :mod:`ecstream.store` re-exports both.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from typing import Any, BinaryIO
 from . import hashing
 from .atomic import OutputBusyError, write_text
 from .cache import cache_dir
-from .errors import IntegrityError
 
 #: How close to a check a file's last change may be for the check to be remembered.
 RACY_NS = 2_000_000_000
@@ -45,6 +47,15 @@ SESSION_VARIABLE = "ECSTREAM_INTEGRITY_SESSION"
 STAMP_MAX_AGE_S = 3 * 24 * 3600
 
 _memo: set[str] = set()
+
+
+class StoreError(Exception):
+    """A store that cannot be built or opened, with the reason."""
+
+
+class IntegrityError(StoreError):
+    """Stored bytes or a manifest that are not what was written: damaged, truncated, missing,
+    or pointing outside their store. The message is one line and names the file."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet, integrity
-from .errors import IntegrityError
 from .hashing import RecordDigest, file_checksum
+from .integrity import IntegrityError
 
 SCHEMA = pa.schema(
     [
@@ -237,7 +237,10 @@ class ShardView:
                     tokens.min() == alphabet.PAD or tokens.max() == alphabet.INVALID
                 ):
                     raise ValueError("a residue byte is not a letter")
-            values = batch.column("label").to_numpy()  # zero-copy: 2 bytes a record
+            # the label buffer itself, 2 bytes a record (Array.to_numpy would import pandas)
+            values = np.frombuffer(
+                batch.column("label").buffers()[1], dtype=np.int16, count=batch.num_rows
+            )
             for value, count in zip(*np.unique(values, return_counts=True), strict=True):
                 labels[int(value)] = labels.get(int(value), 0) + int(count)
         pos = {k: np.asarray(v, dtype=np.int64).reshape(len(counts), -1) for k, v in cols.items()}

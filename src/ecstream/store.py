@@ -45,8 +45,8 @@ import pyarrow as pa
 from . import alphabet
 from .atomic import JSONFileError, read_json, write_json
 from .batches import Batches
-from .errors import IntegrityError, StoreError
 from .hashing import CHECKSUM, json_checksum
+from .integrity import IntegrityError, StoreError
 from .labels import LabelPolicy
 from .plan import BatchSettings
 from .records import Records
