@@ -135,8 +135,8 @@ class Store:
                 "build one with 'ecstream build'"
             )
         self.manifest = _read_manifest(self.manifest_path)
-        if self.manifest.get("alphabet") != alphabet.spec():
-            name = (self.manifest.get("alphabet") or {}).get("name")
+        if (found := self.manifest.get("alphabet")) != alphabet.spec():
+            name = found.get("name") if isinstance(found, dict) else found
             raise StoreError(
                 f"{self.manifest_path}: built with alphabet {name!r}, "
                 f"this ecstream uses {alphabet.NAME!r}; rebuild the store"
