@@ -23,8 +23,9 @@ absolute path, no ``..``, no symbolic link out of the split. A split's shards ar
 is first used in a process (:mod:`ecstream.integrity`; once per process tree), before any Arrow
 is parsed, and their records, residues and labels per class must add up to the manifest's. A
 store built before checksums (no ``shard_checksums`` in any split) still opens, with a warning
-once per process: its shards get pyarrow's full validation instead, which turns a bad offset into
-an error but cannot see a changed residue. Checksums in some splits only, or shard checksums
+once per process: its shards get pyarrow's full validation and a check that residues are letters
+instead, which turn a bad offset or byte into an error but cannot see a residue changed into
+another letter. Checksums in some splits only, or shard checksums
 without a manifest checksum, mean a damaged manifest.
 
 How a store is made lives in :mod:`ecstream.build`; this module only reads and describes one.
@@ -59,9 +60,6 @@ MANIFEST = "manifest.json"
 MANIFEST_CHECKSUM = "manifest_checksum"
 #: Bins of the per-split length histograms in the manifest (the last edge: "any longer").
 HISTOGRAM_EDGES = [*range(0, 1001, 50), 1200, 1500, 2000, 3000, 5000, 10000, 2**31 - 1]
-
-
-__all__ = ["IntegrityError", "Store", "StoreError", "UncheckedStoreWarning", "open_store"]
 
 
 class UncheckedStoreWarning(UserWarning):
