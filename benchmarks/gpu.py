@@ -206,13 +206,12 @@ def export(store_path: Path, out: Path) -> int:
     import gzip
 
     from ecstream import open_store
-    from ecstream.shards import read_batches
 
     store, n = open_store(store_path), 0
     with gzip.open(out, "wt", compresslevel=6) as fh:
         fh.write("Entry\tEC number\tSequence\tsplit\n")
         for split in store.splits:
-            for batch in read_batches(store.shard_paths(split)):
+            for batch in store.record_batches(split):
                 columns = (batch.column(c).to_pylist() for c in ("id", "ec", "sequence"))
                 for rid, ec, seq in zip(*columns, strict=True):
                     fh.write(f"{rid}\t{ec}\t{seq.decode()}\t{split}\n")

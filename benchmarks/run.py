@@ -21,6 +21,7 @@ SECTIONS = {
     "accuracy": "accuracy",
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
+    "faults": "faults",
 }
 NEEDS_CUDA = {"gpu"}
 

@@ -111,9 +111,12 @@ def test_hybrid_threshold_is_chosen_on_validation(runs):
     curve = config["validation"]["accuracy_by_threshold"]
     assert curve[f"{config['threshold']:.2f}"] == max(curve.values())
     # given it, the threshold of profile hits (or none) can only add
-    profile = config["validation"]["accuracy_by_threshold"] and json.loads(
-        (hybrid / "calibration.json").read_text()
-    )["accuracy_by_profile_threshold"]["1"]
+    profile = (
+        config["validation"]["accuracy_by_threshold"]
+        and json.loads((hybrid / "calibration.json").read_text())["accuracy_by_profile_threshold"][
+            "1"
+        ]
+    )
     assert hybrid_val["val_acc"] == max(profile.values()) >= max(curve.values())
     assert hybrid_val["val_acc"] >= max(hybrid_val["val_acc_cnn"], hybrid_val["val_acc_knn"])
     assert hybrid_val["val_acc_knn"] == pytest.approx(knn_val["val_acc"])

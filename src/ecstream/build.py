@@ -354,6 +354,7 @@ def _build_into(
             "residues": w.residues,
             "fingerprint": fingerprints[k],
             "shards": [f"{name}/{s}" for s in w.shards],
+            "shard_checksums": w.checksums,
             "per_class": {c: int(n) for c, n in zip(policy.classes, counts[k], strict=True)},
             "length_histogram": histogram[k].tolist(),
         }
@@ -387,7 +388,9 @@ def _name_examples(
 ) -> None:
     """Turn (split, row) examples into record ids, reading the shards just written."""
     data = [
-        SplitData(SPLITS[k], [tmp / SPLITS[k] / s for s in w.shards], fingerprints[k])
+        SplitData(
+            SPLITS[k], [tmp / SPLITS[k] / s for s in w.shards], fingerprints[k], False, w.checksums
+        )
         for k, w in enumerate(writers)
     ]
     for report in overlap.values():

@@ -7,6 +7,27 @@ A store is a directory::
     train/shard-00000.arrow  Arrow IPC shards per split (id, sequence, length, label, ec)
     val/…  test/…
 
+Integrity: what the manifest records so that damage is an error, never a crash or other data.
+
+- ``splits.SPLIT.shard_checksums``, parallel to ``splits.SPLIT.shards`` (which stays a list of
+  names): per shard ``{"bytes", "xxh3_128", "records", "residues"}``, its size and XXH3-128
+  (:func:`ecstream.hashing.file_checksum`) and the records and residues its Arrow footer and
+  offsets must count.
+- ``manifest_checksum``: XXH3-128 of the manifest's canonical JSON without that field
+  (:func:`ecstream.hashing.json_checksum`). :func:`write_manifest` sets it, so
+  :meth:`Store.record` keeps it valid; edited by hand, a manifest must be written again with it.
+
+On open, the manifest's checksum is checked, and the k-th shard of split S must be named
+``S/shard-k.arrow`` (k in five digits or more) and be a file of that split inside the store: no
+absolute path, no ``..``, no symbolic link out of the split. A split's shards are checked when it
+is first used in a process (:mod:`ecstream.integrity`; once per process tree), before any Arrow
+is parsed, and their records, residues and labels per class must add up to the manifest's. A
+store built before checksums (no ``shard_checksums`` in any split) still opens, with a warning
+once per process: its shards get pyarrow's full validation and a check that residues are letters
+instead, which turn a bad offset or byte into an error but cannot see a residue changed into
+another letter. Checksums in some splits only, or shard checksums
+without a manifest checksum, mean a damaged manifest.
+
 How a store is made lives in :mod:`ecstream.build`; this module only reads and describes one.
 """
 
@@ -14,30 +35,38 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from . import alphabet
-from .atomic import write_json
+from .atomic import JSONFileError, read_json, write_json
 from .batches import Batches
+from .hashing import CHECKSUM, json_checksum
+from .integrity import IntegrityError, StoreError
 from .labels import ECVocabulary, LabelPolicy
 from .plan import BatchSettings
 from .records import Records
-from .shards import SplitData, fingerprint_file, read_batches
+from .shards import ShardBytes, ShardView, SplitData, fingerprint_batches
 
 SPLITS = ("train", "val", "test")
 FORMAT = "ecstream-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_CHECKSUM = "manifest_checksum"
 #: Bins of the per-split length histograms in the manifest (the last edge: "any longer").
 HISTOGRAM_EDGES = [*range(0, 1001, 50), 1200, 1500, 2000, 3000, 5000, 10000, 2**31 - 1]
 
 
-class StoreError(Exception):
-    """A store that cannot be built or opened, with the reason."""
+class UncheckedStoreWarning(UserWarning):
+    """A store built before checksums: its bytes cannot be checked until it is rebuilt."""
+
+
+_warned: set[str] = set()  # stores whose warning this process has given
 
 
 def is_store(path: Any) -> bool:
@@ -45,8 +74,51 @@ def is_store(path: Any) -> bool:
     return isinstance(path, str | os.PathLike) and (Path(path) / MANIFEST).is_file()
 
 
-def write_manifest(directory: Path, manifest: dict) -> None:
-    write_json(directory / MANIFEST, manifest)
+def write_manifest(directory: Path, manifest: dict) -> dict:
+    """Write a manifest with its checksum (atomically); returns it as it now reads back."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    body = json.loads(json.dumps(body))  # as it will read back: tuples are lists, keys strings
+    sealed = {**body, MANIFEST_CHECKSUM: json_checksum(body)}
+    write_json(directory / MANIFEST, sealed)
+    return sealed
+
+
+def _read_manifest(path: Path) -> dict:
+    """A manifest whose format this ecstream reads and whose checksum (if any) matches."""
+    try:
+        manifest = read_json(path)
+    except JSONFileError as error:
+        raise IntegrityError(f"{error}; the manifest is damaged: rebuild the store") from None
+    except OSError as error:
+        raise StoreError(f"{path}: cannot be read ({error.strerror})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(f"{path}: not an ecstream store manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format {version}, this ecstream reads format {FORMAT_VERSION}; "
+            "rebuild the store"
+        )
+    if MANIFEST_CHECKSUM in manifest:
+        body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+        if manifest[MANIFEST_CHECKSUM] != json_checksum(body):
+            raise IntegrityError(
+                f"{path}: its content differs from its checksum; the manifest is damaged or "
+                "was edited: rebuild the store"
+            )
+    return manifest
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_checksum_ok(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and all(_count(entry.get(k)) for k in ("bytes", "records", "residues"))
+        and isinstance(entry.get(CHECKSUM), str)
+    )
 
 
 class Store:
@@ -54,29 +126,96 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
+        self.manifest_path = self.path / MANIFEST
+        if not self.manifest_path.is_file():
             raise StoreError(
                 f"{self.path}: not an ecstream store (no {MANIFEST}); "
                 "build one with 'ecstream build'"
             )
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{manifest_path}: not an ecstream store manifest")
-        version = self.manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        self.manifest = _read_manifest(self.manifest_path)
+        if (found := self.manifest.get("alphabet")) != alphabet.spec():
+            name = found.get("name") if isinstance(found, dict) else found
             raise StoreError(
-                f"{self.path}: store format {version}, this ecstream reads format "
-                f"{FORMAT_VERSION}; rebuild the store"
-            )
-        if self.manifest["alphabet"] != alphabet.spec():
-            raise StoreError(
-                f"{self.path}: built with alphabet {self.manifest['alphabet']['name']!r}, "
+                f"{self.manifest_path}: built with alphabet {name!r}, "
                 f"this ecstream uses {alphabet.NAME!r}; rebuild the store"
             )
-        self.policy = LabelPolicy.from_dict(self.manifest["labels"])
+        try:
+            self.policy = LabelPolicy.from_dict(self.manifest["labels"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise IntegrityError(f"{self.manifest_path}: its labels are unreadable") from None
+        self.checksummed = self._check_structure()
+        self._paths = {split: self._checked_paths(split) for split in self.splits}
+        if not self.checksummed:
+            _warn_unchecked(self)
         self._data: dict[tuple[str, bool], SplitData] = {}
 
+    # --- the manifest, checked on open ------------------------------------------------------
+    def _damaged(self, what: str) -> IntegrityError:
+        return IntegrityError(f"{self.manifest_path}: {what}; the manifest is damaged")
+
+    def _check_structure(self) -> bool:
+        """Check the shape and the sums of the manifest; whether its shards have checksums."""
+        splits = self.manifest.get("splits")
+        if not isinstance(splits, dict) or not splits or not set(splits) <= set(SPLITS):
+            raise self._damaged(f"its splits must be some of {', '.join(SPLITS)}")
+        classes = list(self.policy.classes)
+        for split, info in splits.items():
+            if not (
+                isinstance(info, dict)
+                and _count(info.get("records"))
+                and _count(info.get("residues"))
+                and isinstance(info.get("fingerprint"), str)
+                and isinstance(info.get("shards"), list)
+                and all(isinstance(name, str) for name in info["shards"])
+                and isinstance(info.get("per_class"), dict)
+                and list(info["per_class"]) == classes
+                and all(_count(n) for n in info["per_class"].values())
+            ):
+                raise self._damaged(f"split {split!r} lacks a field or has one of a wrong type")
+            if sum(info["per_class"].values()) != info["records"]:
+                raise self._damaged(f"split {split!r}: its records per class do not add up")
+        if self.manifest.get("records") != sum(i["records"] for i in splits.values()):
+            raise self._damaged("its total of records differs from the sum of its splits")
+        with_checksums = [s for s, info in splits.items() if "shard_checksums" in info]
+        if not with_checksums:
+            return False
+        if len(with_checksums) != len(splits) or MANIFEST_CHECKSUM not in self.manifest:
+            raise self._damaged("some of its checksums are missing")
+        for split, info in splits.items():
+            entries = info["shard_checksums"]
+            if not (
+                isinstance(entries, list)
+                and len(entries) == len(info["shards"])
+                and all(_shard_checksum_ok(e) for e in entries)
+            ):
+                raise self._damaged(f"split {split!r}: its shard checksums do not fit its shards")
+            for key in ("records", "residues"):
+                if sum(e[key] for e in entries) != info[key]:
+                    raise self._damaged(f"split {split!r}: its shards' {key} do not add up")
+        return True
+
+    def _checked_paths(self, split: str) -> list[Path]:
+        """The shard paths of a split: names inside the store, of their own split, in order."""
+        root = os.path.realpath(self.path)
+        paths = []
+        for k, name in enumerate(self._split(split)["shards"]):
+            expected = f"{split}/shard-{k:05d}.arrow"
+            if name != expected:
+                raise IntegrityError(
+                    f"{self.manifest_path}: shard {k} of split {split!r} is named {name!r}, "
+                    f"not {expected!r}; a manifest names only files of their own split inside "
+                    "the store: refusing it"
+                )
+            path = self.path / name
+            if os.path.realpath(path) != os.path.join(root, split, f"shard-{k:05d}.arrow"):
+                raise IntegrityError(
+                    f"{self.manifest_path}: {path} is a symbolic link out of split {split!r} "
+                    "of the store: refusing it"
+                )
+            paths.append(path)
+        return paths
+
+    # --- what the manifest says ---------------------------------------------------------------
     @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
@@ -92,13 +231,33 @@ class Store:
     def num_records(self, split: str) -> int:
         return self._split(split)["records"]
 
+    def shard_paths(self, split: str) -> list[Path]:
+        self._split(split)
+        return list(self._paths[split])
+
+    def shard_checksums(self, split: str) -> list[dict[str, Any]] | None:
+        """What the manifest recorded of each shard; None for a store built before checksums."""
+        return self._split(split)["shard_checksums"] if self.checksummed else None
+
+    # --- reading checked records --------------------------------------------------------------
     def split_data(self, split: str, in_memory: bool = False) -> SplitData:
-        """The records of one split, memory-mapped or loaded into RAM (cached per mode)."""
+        """The records of one split, memory-mapped or loaded into RAM (cached per mode).
+
+        Its shards are checked first, and what they hold must add up to the manifest's counts.
+        """
         key = (split, in_memory)
         if key not in self._data:
-            paths = self.shard_paths(split)
-            self._data[key] = SplitData(split, paths, self.fingerprint(split), in_memory)
+            paths, checksums = self.shard_paths(split), self.shard_checksums(split)
+            data = SplitData(split, paths, self.fingerprint(split), in_memory, checksums)
+            if problems := self._count_problems(split, data.views):
+                raise IntegrityError(f"{problems[0]}; the store is damaged: rebuild it")
+            self._data[key] = data
         return self._data[key]
+
+    def check(self, *splits: str) -> None:
+        """Check the shards of these splits (default: all) now, rather than at first use."""
+        for split in splits or self.splits:
+            self.split_data(split)
 
     def batches(
         self,
@@ -147,12 +306,13 @@ class Store:
         info = self._split(split)
         return int(info.get("single_class_records", info["records"]))
 
-    def shard_paths(self, split: str) -> list[Path]:
-        return [self.path / s for s in self._split(split)["shards"]]
+    def record_batches(self, split: str) -> Iterator[pa.RecordBatch]:
+        """The Arrow record batches of a split in stored order, parsed from checked bytes."""
+        yield from self.split_data(split).record_batches()
 
     def records(self, split: str) -> Iterator[Records]:
         """The records of a split in stored order, a record batch at a time."""
-        for batch in read_batches(self.shard_paths(split)):
+        for batch in self.record_batches(split):
             yield Records(
                 ids=batch.column("id").to_pylist(),
                 seqs=batch.column("sequence").to_pylist(),
@@ -165,29 +325,89 @@ class Store:
         return ECVocabulary.from_texts(text for chunk in self.records(split) for text in chunk.ecs)
 
     def record(self, key: str, report: dict[str, Any]) -> None:
-        """Add a report (e.g. ``"leakage"``) to the manifest, atomically."""
-        manifest = json.loads((self.path / MANIFEST).read_text())
+        """Add a report (e.g. ``"leakage"``) to the manifest, atomically, with a new checksum."""
+        manifest = _read_manifest(self.manifest_path)
         manifest[key] = report
-        write_manifest(self.path, manifest)
-        self.manifest[key] = report
+        self.manifest = write_manifest(self.path, manifest)
+
+    # --- counts and verification ----------------------------------------------------------------
+    def _count_problems(self, split: str, views: Sequence[ShardView]) -> list[str]:
+        """Where the shards' records, residues and labels differ from the manifest's counts."""
+        info, where = self._split(split), f"{self.manifest_path}: split {split!r}"
+        problems = []
+        for view, entry in zip(views, self.shard_checksums(split) or [], strict=False):
+            if (view.rows, view.residues) != (entry["records"], entry["residues"]):
+                problems.append(
+                    f"{where}: {view.path.name} holds {view.rows:,} records and "
+                    f"{view.residues:,} residues, the manifest says {entry['records']:,} and "
+                    f"{entry['residues']:,}"
+                )
+        for what, found in (
+            ("records", sum(v.rows for v in views)),
+            ("residues", sum(v.residues for v in views)),
+        ):
+            if found != info[what]:
+                problems.append(
+                    f"{where}: {found:,} {what} in its shards, the manifest says {info[what]:,}"
+                )
+        labels: dict[int, int] = {}
+        for view in views:
+            for value, n in view.label_counts.items():
+                labels[value] = labels.get(value, 0) + n
+        classes = list(info["per_class"])
+        if outside := sum(n for value, n in labels.items() if not 0 <= value < len(classes)):
+            problems.append(f"{where}: {outside:,} records with a label outside its classes")
+        if [labels.get(i, 0) for i in range(len(classes))] != list(info["per_class"].values()):
+            problems.append(f"{where}: its records per class differ from the shards'")
+        return problems
 
     def verify(self) -> list[str]:
-        """Recompute every split's fingerprint from its shards; returns the problems found."""
+        """Check everything again, hashing every shard even if it was checked before: checksums,
+        counts, and each split's fingerprint recomputed from its records. Returns every problem
+        found, one line each; Arrow is parsed only from checked or fully validated bytes."""
         problems = []
         for split in self.splits:
-            info = self._split(split)
-            try:
-                digest, records = fingerprint_file(self.shard_paths(split))
-            except (OSError, ValueError) as exc:
-                problems.append(f"{split}: cannot read its shards: {exc}")
+            views, readable = [], True
+            checksums = self.shard_checksums(split)
+            for k, path in enumerate(self.shard_paths(split)):
+                expected = checksums[k] if checksums is not None else None
+                try:
+                    views.append(ShardView.open(path, expected, force=True))
+                    continue
+                except IntegrityError as error:
+                    problems.append(f"{split}: {error}")
+                    if expected is None or not path.is_file():
+                        readable = False
+                        continue
+                try:  # is the damaged shard still readable? then say what else differs
+                    views.append(ShardView.open(path, None))
+                except IntegrityError as error:
+                    problems.append(f"{split}: {error}")
+                    readable = False
+            if not readable:
+                problems.append(f"{split}: counts and fingerprint not recomputed: unreadable shard")
                 continue
-            if records != info["records"]:
-                problems.append(
-                    f"{split}: {records} records in the shards, manifest says {info['records']}"
-                )
-            if digest != info["fingerprint"]:
+            problems += self._count_problems(split, views)
+            batches = (b for v in views for b in ShardBytes(v, in_memory=False).record_batches())
+            digest, _ = fingerprint_batches(batches)
+            if digest != self.fingerprint(split):
                 problems.append(f"{split}: content fingerprint differs from the manifest")
         return problems
+
+
+def _warn_unchecked(store: Store) -> None:
+    """Say once per process that a store built before checksums cannot be checked."""
+    key = os.path.realpath(store.path)
+    if key in _warned:
+        return
+    _warned.add(key)
+    version = store.manifest.get("ecstream_version", "?")
+    message = (
+        f"built by ecstream {version} without checksums: its bytes cannot be checked until it "
+        "is rebuilt ('ecstream build --force')"
+    )
+    # filename and line 0: one line on the terminal, naming the manifest, no source line
+    warnings.warn_explicit(message, UncheckedStoreWarning, str(store.manifest_path), 0)
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:

@@ -331,6 +331,8 @@ def train(
     run = Path(out)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
+    # checked here, before DDP starts the other ranks, so that they find the check done
+    store.check("train", "val")
     vocab = store.vocabulary() if config.target == "ec" else None
     heads = vocab.sizes if vocab is not None else (len(store.policy.classes),)
     model_config = preset(config.model, heads)

@@ -177,7 +177,8 @@ def cluster_split(
 
     def routed() -> Iterator[tuple[Records, np.ndarray, np.ndarray]]:
         row = 0
-        for batch in read_batches(work / "stage" / s for s in writer.shards):
+        stage = [work / "stage" / s for s in writer.shards]
+        for batch in read_batches(stage, writer.checksums):
             rows = np.arange(row, row + batch.num_rows)
             row += batch.num_rows
             records = Records(

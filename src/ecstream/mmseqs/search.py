@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..atomic import OutputBusyError, atomic_dir, atomic_open, write_json
+from ..cache import cache_dir
 from ..hashing import text_digest
-from ..shards import read_batches
 from ..store import Store
 from .binary import MMseqs, read_tsv, write_fasta
 
@@ -136,7 +136,7 @@ class TargetDB:
                 pa.OSFile(str(tmp / "ids.arrow"), "wb") as sink,
                 pa.ipc.new_file(sink, schema) as ids,
             ):
-                for batch in read_batches(store.shard_paths(split)):
+                for batch in store.record_batches(split):
                     write_fasta(fa, row, batch.column("sequence").to_pylist())
                     labels[row : row + batch.num_rows] = batch.column("label").to_numpy()
                     columns = [batch.column("id"), batch.column("ec")]
@@ -294,14 +294,6 @@ def best_hits(
         best_label=labels,
         **arrays,
     )
-
-
-def cache_dir() -> Path:
-    """Where search results are cached: ``$ECSTREAM_CACHE``, else ``$XDG_CACHE_HOME/ecstream``
-    (``~/.cache/ecstream``). Safe to delete at any time."""
-    if env := os.environ.get("ECSTREAM_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecstream"
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:
