@@ -128,7 +128,7 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
     for name, run in (("cnn", cnn), ("knn", knn), ("hybrid", hybrid)):
         results[name] = evaluate(run, store.path, tmp_path / name, split="test")
         bands = results[name]["identity_bands"]
-        assert sum(b["n"] for b in bands.values()) == store.num_records("test")
+        assert sum(b["n"] for b in bands.values()) == store.single_class_records("test")
     # the three see the same records, so their band counts agree
     assert results["cnn"]["identity_bands"].keys() == results["knn"]["identity_bands"].keys()
     assert [b["n"] for b in results["cnn"]["identity_bands"].values()] == [
@@ -170,6 +170,6 @@ def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(
     (moved / "config.json").write_text(json.dumps(config))
     result = evaluate(moved, store.path, tmp_path / "eval", split="test")
     assert "identity_bands" not in result and "gone" in result["identity_bands_skipped"]
-    assert result["n"] == store.num_records("test")
+    assert result["n"] == store.single_class_records("test")
     with pytest.raises(RunError, match="training store"):
         evaluate(moved, store.path, tmp_path / "eval2", split="test", bands=True)

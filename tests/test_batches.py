@@ -54,7 +54,7 @@ def test_ram_and_mmap_give_byte_identical_batches(small_store, **kw):
     assert (
         len(ram)
         == len(mapped)
-        == math.ceil(small_store.num_records(kw["split"]) / kw["batch_size"])
+        == math.ceil(small_store.single_class_records(kw["split"]) / kw["batch_size"])
     )
     assert all(_same(a, b) for a, b in zip(ram, mapped, strict=True))
 
@@ -79,7 +79,7 @@ def test_tokens_are_the_sequence_padded_and_truncated_as_asked(
 
 
 def test_len_is_steps_and_num_samples_is_records(small_store):
-    n = small_store.num_records("train")
+    n = small_store.single_class_records("train")
     b = small_store.batches("train", batch_size=64)
     assert len(b) == math.ceil(n / 64) and b.num_samples == n
     sizes = [len(x) for x in b]

@@ -12,7 +12,7 @@ def test_build_info_train_evaluate_predict(data_path, tmp_path, capsys):
     store, run = tmp_path / "store", tmp_path / "run"
     assert main(["build", str(data_path), "--out", str(store), "--max-records", "1000"]) == 0
     out = capsys.readouterr().out
-    assert "Records per split and EC class" in out and "multiple_classes" in out
+    assert "Records per split and EC class" in out and "several classes" in out
     assert main(["info", str(store), "--verify"]) == 0
     assert "every split matches its fingerprint" in capsys.readouterr().err
     assert main(["info", str(store), "--json"]) == 0

@@ -18,7 +18,7 @@ from ecstream.runs import RunError
 
 def test_evaluate_a_store_split_writes_metrics_and_plots(cnn_run, small_store, tmp_path):
     result = evaluate(cnn_run, small_store.path, tmp_path / "ev", split="test", bands=False)
-    n = small_store.num_records("test")
+    n = small_store.single_class_records("test")
     assert result["n"] == n
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["accuracy"] == pytest.approx(result["accuracy"]) and 0 <= m["accuracy"] <= 1

@@ -4,7 +4,6 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import head_lines
@@ -30,13 +29,21 @@ def test_manifest_records_what_a_user_needs(small_store, data_path):
     assert m["rows_read"] == 3000
     kept = sum(m["splits"][s]["records"] for s in SPLITS)
     assert kept == m["records"] == 3000 - m["set_aside_total"]
-    assert m["set_aside"]["multiple_classes"]["count"] > 0
-    assert m["set_aside"]["multiple_classes"]["first"][0].startswith(f"{data_path}:")
+    # rows whose numbers span classes are kept, after the others of their split
+    assert "multiple_classes" not in m["set_aside"]
+    spanning = 0
     for s in SPLITS:
         info = m["splits"][s]
         assert sum(info["per_class"].values()) == info["records"]
+        single = info["single_class_records"]
+        assert sum(info["per_class_single_class"].values()) == single
+        spanning += info["records"] - single
+        ecs = [e for chunk in small_store.records(s) for e in chunk.ecs]
+        assert all(len({n.split(".")[0] for n in e.split("; ")}) == 1 for e in ecs[:single])
+        assert all(len({n.split(".")[0] for n in e.split("; ")}) > 1 for e in ecs[single:])
         assert sum(info["length_histogram"]) == info["records"]
         assert len(info["fingerprint"]) == 64
+    assert spanning > 0
     assert m["sources"][0]["sha256"] and m["sources"][0]["rows"] == 3000
     val_share = m["splits"]["val"]["records"] / kept
     assert 0.07 < val_share < 0.13
@@ -169,11 +176,10 @@ def test_bad_input_is_counted_per_reason_with_file_and_line(tmp_path, data_path)
         "wrong_column_count": 24,
         "missing_ec": 25,
         "missing_id": 26,
-        "multiple_classes": 27,
     }
+    assert "multiple_classes" not in aside  # X7, spanning two classes, is kept
     for reason, line in expected.items():
-        # the real rows of the second file add more rows that span classes
-        assert aside[reason]["count"] == 1 or reason == "multiple_classes", reason
+        assert aside[reason]["count"] == 1, reason
         assert aside[reason]["first"][0].startswith(f"{path}:{line}"), (reason, aside[reason])
     assert aside["truncated_or_corrupt_input"]["count"] == 1
     assert aside["truncated_or_corrupt_input"]["first"][0].startswith(f"{cut}:")
@@ -196,33 +202,16 @@ def test_sample_keeps_a_seeded_fraction(data_path, tmp_path):
     assert a.manifest["not_sampled"] + a.manifest["records"] + a.manifest["set_aside_total"] == 3000
 
 
-def test_deeper_ec_level_discovers_classes(data_path, tmp_path):
-    store = build_store(data_path, tmp_path / "l2", max_records=1000, level=2)
-    classes = store.policy.classes
-    assert len(classes) > 10 and all(c.count(".") == 1 for c in classes)
-    labels = np.concatenate([b.y for b in store.batches("train")])
-    assert labels.max() < len(classes)
-    # every class has records: keys come only from rows the label policy keeps
-    per_class = {
-        k: sum(store.manifest["splits"][s]["per_class"][k] for s in SPLITS) for k in classes
-    }
-    assert min(per_class.values()) > 0
+def test_build_options_that_went_say_what_replaces_them(data_path, tmp_path, capsys):
+    with pytest.raises(StoreError, match="train --target ec"):
+        build_store(data_path, tmp_path / "l2", max_records=100, level=2)
+    with pytest.raises(StoreError, match="train --multi-class first"):
+        build_store(data_path, tmp_path / "m", max_records=100, multi="first")
+    from ecstream.cli import main
 
-
-def test_deeper_level_keys_ignore_rows_set_aside(tmp_path):
-    import pandas as pd
-
-    df = pd.DataFrame(
-        {
-            "Entry": ["a", "b", "c"],
-            "EC number": ["1.1.1.1", "2.7.1.1; 3.1.1.1", "1.1.1.2"],
-            "Sequence": ["MKVLAAGIVG", "MSTNPKPQRK", "MKKLLPTAAG"],
-        }
-    )
-    skip = build_store(df, tmp_path / "skip", level=2, val=0, test=0)
-    assert skip.policy.classes == ("1.1",)
-    first = build_store(df, tmp_path / "first", level=2, val=0, test=0, multi="first")
-    assert first.policy.classes == ("1.1", "2.7")
+    assert main(["build", str(data_path), "--out", str(tmp_path / "c"), "--level", "2"]) == 2
+    assert "--target ec" in capsys.readouterr().err
+    assert not (tmp_path / "l2").exists() and not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize(

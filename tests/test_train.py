@@ -131,9 +131,8 @@ def test_class_weights_reach_the_loss(small_store, tmp_path, monkeypatch):
         return real(logits, target, weight=weight, **kwargs)
 
     monkeypatch.setattr(F, "cross_entropy", spy)
-    counts = torch.tensor(
-        list(small_store.manifest["splits"]["train"]["per_class"].values()), dtype=torch.float32
-    )
+    info = small_store.manifest["splits"]["train"]
+    counts = torch.tensor(list(info["per_class_single_class"].values()), dtype=torch.float32)
     expected = counts.sum() / (len(counts) * counts)  # weighted class counts are all equal
     result = train(small_store.path, tmp_path / "w", TrainConfig(**FAST, class_weights=True))
     assert json.loads((result.run / "config.json").read_text())["train"]["class_weights"]

@@ -6,7 +6,6 @@ written into a temporary directory beside ``out`` that is renamed into place at 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -21,7 +20,7 @@ import numpy as np
 from . import alphabet
 from .atomic import JSONFileError, atomic_dir, check_not_input, read_json
 from .hashing import file_sha256, hash64
-from .labels import ECError, LabelPolicy, class_keys
+from .labels import LEVELS, LabelPolicy, level_keys
 from .mmseqs.cluster import ClusterSettings, cluster_split
 from .mmseqs.leakage import leakage_report
 from .overlap import OverlapCheck
@@ -59,6 +58,13 @@ from .store import (
 from .version import __version__
 
 DEFAULT_COLUMNS = Columns()
+#: Build options of ecstream 0.1.0 that went, with what replaces them.
+GONE_OPTIONS = {
+    "level": "build --level went: a store keeps every EC number, and 'ecstream train --target "
+    "ec' predicts all four levels",
+    "multi": "build --multi-class moved to training: rows spanning several classes are kept in "
+    "the store, and 'ecstream train --multi-class first' uses them in a class run",
+}
 
 
 @dataclass
@@ -69,8 +75,6 @@ class BuildConfig:
     test: float = 0.1
     seed: int = 0
     split: str = "random"  # random | column:NAME | cluster (see SplitMethod)
-    level: int = 1
-    multi: str = "skip"
     max_records: int | None = None
     sample: float | None = None
     identity: float = 0.5
@@ -98,10 +102,6 @@ class BuildConfig:
             or self.max_records < 1
         ):  # a negative count would slice rows from the end of each chunk
             raise StoreError(f"--max-records must be at least 1, got {self.max_records!r}")
-        if self.level not in (1, 2, 3, 4):
-            raise StoreError(f"--level must be 1, 2, 3 or 4, got {self.level!r}")
-        if self.multi not in ("skip", "first"):
-            raise StoreError(f"--multi-class must be 'skip' or 'first', got {self.multi!r}")
         try:
             self.method = SplitMethod.parse(self.split)
         except SplitMethodError as error:
@@ -178,36 +178,6 @@ def _refuse_fasta(info: SourceInfo) -> None:
         )
 
 
-def _scan_keys(
-    inputs: Sequence[Any],
-    columns: Columns,
-    config: BuildConfig,
-    fmt: str | None,
-    allow_partial: bool,
-) -> list[str]:
-    """Class keys at an EC level deeper than 1 (a first pass over the inputs, or their first
-    ``max_records`` rows), from the rows the label policy keeps: a row spanning several classes
-    adds none under ``multi="skip"`` and its first under ``"first"``."""
-    keys: set[str] = set()
-    left = config.max_records
-    for source in inputs:
-        for rows in read_rows(source, columns, Skips(), fmt, allow_partial=allow_partial):
-            for _, _, ec, *_ in rows[:left]:
-                with contextlib.suppress(ECError):
-                    found = class_keys(ec or "", config.level)
-                    if len(found) == 1 or (found and config.multi == "first"):
-                        keys.add(found[0])
-            if left is not None:
-                left -= min(left, len(rows))
-                if left == 0:
-                    break
-        if left == 0:
-            break
-    if not keys:
-        raise StoreError(f"no EC number in the inputs is specific to level {config.level}")
-    return sorted(keys)
-
-
 def build_store(
     inputs: Sequence[Any] | Any,
     out: str | os.PathLike[str],
@@ -224,12 +194,18 @@ def build_store(
     """Build a store at ``out`` from one or more inputs (paths, ``"-"`` for stdin, DataFrames).
 
     ``options`` are the fields of :class:`BuildConfig` (``val``, ``test``, ``seed``, ``split``,
-    ``level``, ``multi``, ``max_records``, ``sample``, ``identity``, ``coverage``).
+    ``max_records``, ``sample``, ``identity``, ``coverage``, ``strict``). Every labelled row
+    is kept with all its EC numbers; rows whose numbers span several classes are stored after
+    the others in each split (a ``--target class`` run leaves them out, ``--target ec`` learns
+    from them).
     ``leakage`` adds the MMseqs2 leakage report to the manifest (default: for cluster splits).
     An input that ends early or cannot be decoded fails the build unless ``allow_partial``; then
     its rows before the break are kept and its entry in the manifest's ``sources`` says where
     reading stopped and how many rows were kept. ``out`` never holds an input.
     """
+    for gone, why in GONE_OPTIONS.items():
+        if gone in options:
+            raise StoreError(why)
     config = BuildConfig(**options)
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     if not inputs:
@@ -243,13 +219,8 @@ def build_store(
         _check_replaceable(out)
     if config.method.kind == "column":
         columns = dataclasses.replace(columns, split=config.method.column)
-    if config.level > 1 and (streams := [describe(s) for s in inputs if is_stream(s)]):
-        raise InputError(
-            f"--level {config.level} reads the inputs twice, and {', '.join(streams)} can be "
-            "read only once (a pipe or stdin); give a file"
-        )
-    keys = _scan_keys(inputs, columns, config, fmt, allow_partial) if config.level > 1 else None
-    policy = LabelPolicy.for_level(config.level, keys, multi=config.multi)
+    # a row spanning several classes is kept, labelled with its first number's class
+    policy = LabelPolicy.for_level(1, multi="first")
 
     with atomic_dir(out, replace=True) as tmp:
         reader = _Reader(inputs, columns, policy, config, fmt, allow_partial)
@@ -295,24 +266,38 @@ def _build_into(
 ) -> dict:
     writers = [SplitWriter(tmp / name) for name in SPLITS]
     work = Path(tmp) / ".work"
+    # rows spanning several classes wait here, to follow the others of their split
+    spanning = [SplitWriter(work / "multi" / name) for name in SPLITS]
     check = OverlapCheck(work / "overlap")
-    counts = np.zeros((len(SPLITS), len(policy.classes)), dtype=np.int64)
+    counts = np.zeros((len(SPLITS), len(policy.classes)), dtype=np.int64)  # by label, all rows
+    single_counts = np.zeros_like(counts)  # rows whose numbers are all in one class
     histogram = np.zeros((len(SPLITS), len(HISTOGRAM_EDGES) - 1), dtype=np.int64)
+    numbers = [[set() for _ in range(LEVELS)] for _ in SPLITS]  # EC classes seen per level
     split_info: dict[str, Any] = config.manifest_split()
 
     def route(kept: Records, splits: np.ndarray, seq_hashes: np.ndarray) -> None:
+        several = np.array([len(level_keys(e, 1)) > 1 for e in kept.ecs], dtype=bool)
         rows = np.empty(len(kept), dtype=np.int64)
         for i, (rid, seq, label, ec) in enumerate(
             zip(kept.ids, kept.seqs, kept.labels.tolist(), kept.ecs, strict=True)
         ):
-            rows[i] = writers[splits[i]].add(rid, seq, label, ec)
+            target = spanning if several[i] else writers
+            rows[i] = target[splits[i]].add(rid, seq, label, ec)
+            for level, seen in enumerate(numbers[splits[i]], start=1):
+                seen.update(level_keys(ec, level))
+        single = ~several  # the others are checked once their rows are known (see below)
         labels = kept.labels.astype(np.int16)
-        check.add("sequence", seq_hashes, splits, labels, rows)
-        check.add("id", hash64(i.encode() for i in kept.ids), splits, labels, rows)
+        add_to_checks(seq_hashes[single], splits[single], labels[single], rows[single],
+                      [i for i, s in zip(kept.ids, single, strict=True) if s])  # fmt: skip
         np.add.at(counts, (splits, kept.labels), 1)
+        np.add.at(single_counts, (splits[single], kept.labels[single]), 1)
         lengths = np.fromiter((len(s) for s in kept.seqs), dtype=np.int64, count=len(kept))
         bins = np.searchsorted(HISTOGRAM_EDGES, lengths, side="right") - 1
         np.add.at(histogram, (splits, bins), 1)
+
+    def add_to_checks(hashes, splits, labels, rows, ids) -> None:
+        check.add("sequence", hashes, splits, labels, rows)
+        check.add("id", hash64(i.encode() for i in ids), splits, labels, rows)
 
     try:
         if config.method.kind == "cluster":
@@ -335,8 +320,22 @@ def _build_into(
                     )
                 route(kept, splits, seq_hashes)
 
+        for k, (writer, extra) in enumerate(zip(writers, spanning, strict=True)):
+            base = writer.records  # the rows spanning several classes follow the others
+            extra.close()
+            row = 0
+            for batch in extra.batches():
+                n = batch.num_rows
+                rows = base + row + np.arange(n, dtype=np.int64)
+                labels = np.asarray(batch.column("label").to_pylist(), dtype=np.int16)
+                add_to_checks(hash64(batch.column("sequence").to_pylist()),
+                              np.full(n, k, np.uint8), labels, rows,
+                              batch.column("id").to_pylist())  # fmt: skip
+                row += n
+            writer.extend(extra)
+        single_class = [w.records - x.records for w, x in zip(writers, spanning, strict=True)]
         fingerprints = [w.close() for w in writers]
-        total = int(counts.sum())
+        total = sum(w.records for w in writers)
         if total == 0:
             reasons = "; ".join(reader.skips.lines()) or "the inputs hold no rows"
             names = ", ".join(describe(s) for s in reader.inputs)
@@ -355,7 +354,14 @@ def _build_into(
             "fingerprint": fingerprints[k],
             "shards": [f"{name}/{s}" for s in w.shards],
             "shard_checksums": w.checksums,
+            "single_class_records": single_class[k],
+            # by label: a row spanning several classes counts in its first number's class
             "per_class": {c: int(n) for c, n in zip(policy.classes, counts[k], strict=True)},
+            "per_class_single_class": {
+                c: int(n) for c, n in zip(policy.classes, single_counts[k], strict=True)
+            },
+            "ec_classes_per_level": [len(seen) for seen in numbers[k]],
+            **({"ec_numbers_not_in_train": len(numbers[k][-1] - numbers[0][-1])} if k else {}),
             "length_histogram": histogram[k].tolist(),
         }
     return {

@@ -88,8 +88,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             test=args.test,
             seed=args.seed,
             split=args.split,
-            level=args.level,
-            multi=args.multi_class,
+            **{k: v for k, v in (("level", args.level), ("multi", args.multi_class)) if v},
             max_records=args.max_records,
             sample=args.sample,
             identity=args.identity,
@@ -379,15 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-records", type=_positive, default=b.max_records, help="read the first N rows"
     )
     p.add_argument("--sample", type=float, default=b.sample, help="keep a seeded fraction of rows")
-    p.add_argument(
-        "--level", type=int, default=b.level, help="EC level of the classes (default %(default)s)"
-    )
-    p.add_argument(
-        "--multi-class",
-        choices=("skip", "first"),
-        default=b.multi,
-        help="rows whose EC numbers span several classes: set aside (default) or take the first",
-    )
+    # options of ecstream 0.1.0 that went: given, they say what replaces them
+    p.add_argument("--level", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--multi-class", default=None, help=argparse.SUPPRESS)
     _column_flags(p, ec=True)
     p.add_argument("--format", choices=("tsv", "csv", "parquet"), default=None)
     _allow_partial_flag(p)

@@ -34,11 +34,25 @@ def store_tables(store: Store) -> list[Table | Text | str]:
     for name in SPLITS:
         counts.add_column(name, justify="right")
     counts.add_column("all", justify="right")
+    info = [m["splits"][s] for s in SPLITS]
     for key, label in zip(policy.classes, policy.names, strict=True):
-        row = [m["splits"][s]["per_class"][key] for s in SPLITS]
+        row = [i.get("per_class_single_class", i["per_class"])[key] for i in info]
         counts.add_row(key, label, *(f"{v:,}" for v in row), f"{sum(row):,}")
-    totals = [m["splits"][s]["records"] for s in SPLITS]
+    spanning = [i["records"] - i.get("single_class_records", i["records"]) for i in info]
+    if any(spanning):
+        counts.add_row("", "several classes", *(f"{v:,}" for v in spanning), f"{sum(spanning):,}")
+        counts.caption = (
+            "several classes: rows whose EC numbers span classes; --target ec learns from them, "
+            "a --target class run leaves them out (or takes the first with --multi-class first)"
+        )
+    totals = [i["records"] for i in info]
     counts.add_row("", "[bold]total", *(f"[bold]{v:,}" for v in totals), f"[bold]{sum(totals):,}")
+    if all("ec_classes_per_level" in i for i in info):
+        for level in range(4):
+            row = [i["ec_classes_per_level"][level] for i in info]
+            counts.add_row("", f"EC classes, level {level + 1}", *(f"{v:,}" for v in row), "")
+        unseen = [i.get("ec_numbers_not_in_train", 0) for i in info]
+        counts.add_row("", "full numbers not in train", *(f"{v:,}" for v in unseen), "")
 
     lengths = Table(title="Sequence lengths", title_justify="left")
     # split at the first histogram edge above the default max_length: what training truncates

@@ -120,6 +120,30 @@ class SplitWriter:
         self._close_shard()
         return self.digest.hexdigest()
 
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The record batches written so far (of a closed writer), checked."""
+        return read_batches([self.directory / s for s in self.shards], self.checksums)
+
+    def extend(self, other: SplitWriter) -> None:
+        """Append the shards of a closed writer after this one's records (moving the files):
+        its records follow, in order, in the rows and the fingerprint."""
+        self._flush()
+        self._close_shard()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for batch in other.batches():  # read before the files move
+            self.digest.update(
+                batch.column("id").to_pylist(),
+                batch.column("sequence").to_pylist(),
+                batch.column("label").to_pylist(),
+            )
+        for name, checksum in zip(other.shards, other.checksums, strict=True):
+            new = f"shard-{len(self.shards):05d}.arrow"
+            os.rename(other.directory / name, self.directory / new)
+            self.shards.append(new)
+            self.checksums.append(checksum)
+        self.records += other.records
+        self.residues += other.residues
+
 
 def open_shard(path: Path) -> BinaryIO:
     """Open a shard for reading; a missing or unreadable file is an error naming it."""

@@ -174,6 +174,9 @@ class Store:
                 raise self._damaged(f"split {split!r} lacks a field or has one of a wrong type")
             if sum(info["per_class"].values()) != info["records"]:
                 raise self._damaged(f"split {split!r}: its records per class do not add up")
+            single = info.get("single_class_records", info["records"])
+            if not _count(single) or single > info["records"]:
+                raise self._damaged(f"split {split!r}: its single-class records do not fit")
         if self.manifest.get("records") != sum(i["records"] for i in splits.values()):
             raise self._damaged("its total of records differs from the sum of its splits")
         with_checksums = [s for s, info in splits.items() if "shard_checksums" in info]

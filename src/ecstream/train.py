@@ -301,7 +301,8 @@ def _run_config(
 
 
 def _class_weights(store: Store) -> torch.Tensor:
-    counts = np.array(list(store.manifest["splits"]["train"]["per_class"].values()), dtype=float)
+    info = store.manifest["splits"]["train"]
+    counts = np.array(list(info.get("per_class_single_class", info["per_class"]).values()), float)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32)
 
