@@ -37,7 +37,17 @@ SPLITS = {
     "random": [],
     "cluster 0.3": ["--split", "cluster", "--identity", "0.3"],
     # strict leaves few val/test proteins: larger fractions make the measurement less noisy
-    "strict 0.3": "--split cluster --identity 0.3 --strict --val 0.15 --test 0.15".split(),
+    "strict 0.3": [
+        "--split",
+        "cluster",
+        "--identity",
+        "0.3",
+        "--strict",
+        "--val",
+        "0.15",
+        "--test",
+        "0.15",
+    ],
 }
 CLASS_MODELS = {"small": "CNN `small`", "knn": "kNN (MMseqs2)", "hybrid": "hybrid"}
 EC_MODELS = {"small-ec": "CNN `small`, full EC", "knn": "kNN (MMseqs2)",
