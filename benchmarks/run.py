@@ -19,6 +19,7 @@ SECTIONS = {
     "pipeline": "pipeline",
     "training": "training",
     "accuracy": "accuracy",
+    "prediction": "prediction",
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
     "faults": "faults",

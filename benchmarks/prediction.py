@@ -1,0 +1,135 @@
+"""Prediction with full-EC runs: speed against the class run, memory, and long proteins.
+
+Uses the runs of the accuracy section's random split (``bench-output/accuracy/random``):
+``small`` (seven classes) and ``small-ec`` (full EC numbers). Run that section first.
+
+1. Speed: ``ecstream predict`` of the random split's test proteins (FASTA), the class run and
+   the full-EC run taking turns, three times each; sequences/s as predict prints it (scoring
+   time, start-up excluded); medians.
+2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated); peak
+   anonymous memory (``RssAnon``) of the whole command.
+3. Long proteins: the test proteins longer than the training length (660), scored whole, in
+   overlapping windows and truncated, by the full-EC run; top accuracy at levels 1 and 4.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from common import ECSTREAM, MB, OUTPUT, TWO_CORES, machine_info, machine_markdown, run_sampled
+from training import _fasta
+
+WORK = OUTPUT / "prediction"
+RUNS = OUTPUT / "accuracy" / "random"
+REPEATS = 3
+FASTA_SIZES = (100_000, 1_000_000)
+MIN_SPEED, MAX_MEMORY_CHANGE = 1500, 0.10
+_SPEED = re.compile(r"([\d,]+) sequences/s")
+
+
+def _predict(run: Path, fasta: Path, out: Path) -> tuple[float, float, float]:
+    """(sequences/s as printed, peak anonymous MB, wall seconds) of one ``ecstream predict``."""
+    _, err, peak, _, wall = run_sampled(
+        [*ECSTREAM, "predict", str(run), str(fasta), "--out", str(out)], env=TWO_CORES
+    )
+    speed = float(_SPEED.findall(err.replace("\n", " "))[-1].replace(",", ""))
+    return speed, peak / MB, wall
+
+
+def _test_fasta() -> tuple[Path, int]:
+    import ecstream
+
+    path = WORK / "test.fasta"
+    n = 0
+    with open(path, "w") as fh:
+        for chunk in ecstream.open_store(RUNS / "store").records("test"):
+            fh.writelines(f">{i}\n{s.decode()}\n" for i, s in chunk.pairs())
+            n += len(chunk)
+    return path, n
+
+
+def _long_proteins() -> list[str]:
+    """Top accuracy at levels 1 and 4 of the test proteins over 660 residues, three ways."""
+    import numpy as np
+
+    import ecstream
+    from ecstream.hierarchy import consistent, level_probabilities
+    from ecstream.labels import level_keys
+
+    model = ecstream.load_model(RUNS / "small-ec")
+    seqs, ecs = [], []
+    for chunk in ecstream.open_store(RUNS / "store").records("test"):
+        for s, e in zip(chunk.seqs, chunk.ecs, strict=True):
+            if len(s) > model.max_length:
+                seqs.append(s)
+                ecs.append(e)
+    rows = [f"| {mode} |" for mode in ("whole", "windows", "truncated")]
+    for k, mode in enumerate(("whole", "windows", "truncated")):
+        model.long = mode
+        logits = model.all_logits(seqs)
+        levels = consistent(
+            level_probabilities(logits, model.vocab, model.temperatures), model.vocab
+        )
+        for level in (1, 4):
+            top = levels[level - 1].argmax(axis=1)
+            keys = model.vocab.classes[level - 1]
+            right = np.mean(
+                [keys[t] in level_keys(e, level) for t, e in zip(top, ecs, strict=True)]
+            )
+            rows[k] += f" {right:.3f} |"
+    return [
+        f"Test proteins longer than {model.max_length} residues: {len(seqs):,}. Top accuracy of "
+        "the full-EC run:",
+        "",
+        "| scored | level 1 | level 4 |",
+        "|---|---:|---:|",
+        *rows,
+    ]
+
+
+def run() -> str:
+    WORK.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    fasta, n_test = _test_fasta()
+    speeds: dict[str, list[float]] = {"small": [], "small-ec": []}
+    for _ in range(REPEATS):
+        for name in speeds:
+            speeds[name].append(_predict(RUNS / name, fasta, WORK / f"{name}.tsv")[0])
+    med = {name: sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    memory = {}
+    for n in FASTA_SIZES:
+        big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
+        speed, peak, wall = _predict(RUNS / "small-ec", big, WORK / f"ec-{n}.tsv")
+        memory[n] = (peak, wall, speed)
+        (WORK / f"ec-{n}.tsv").unlink(missing_ok=True)
+    small, large = (memory[n][0] for n in FASTA_SIZES)
+    change = large / small - 1
+    ok_speed, ok_memory = med["small-ec"] >= MIN_SPEED, abs(change) <= MAX_MEMORY_CHANGE
+    lines = [
+        "## Prediction with full EC numbers",
+        "",
+        "Command: `.venv/bin/python benchmarks/run.py prediction` (after the accuracy section, "
+        "whose random-split runs it uses). Both cores (`OMP_NUM_THREADS=2`).",
+        "",
+        machine_markdown(info),
+        "| Measurement | Figure | Target | Met |",
+        "|---|---:|---:|:---:|",
+        f"| full EC: sequences/s on {n_test:,} test proteins (median of {REPEATS}) "
+        f"| {med['small-ec']:,.0f} | ≥ {MIN_SPEED:,} | {'yes' if ok_speed else '**no**'} |",
+        f"| seven classes, same proteins, taking turns | {med['small']:,.0f} | | |",
+        f"| full EC: peak anonymous memory, {FASTA_SIZES[0]:,} sequences | {small:.0f} MB | | |",
+        f"| full EC: peak anonymous memory, {FASTA_SIZES[1]:,} sequences | {large:.0f} MB "
+        f"| flat (±10%) | {'yes' if ok_memory else '**no**'} |",
+        "",
+        f"All runs (sequences/s): full EC {', '.join(f'{v:,.0f}' for v in speeds['small-ec'])}; "
+        f"classes {', '.join(f'{v:,.0f}' for v in speeds['small'])}. The {FASTA_SIZES[1]:,} "
+        f"sequences took {memory[FASTA_SIZES[1]][1]:.0f} s with start-up "
+        f"({memory[FASTA_SIZES[1]][2]:,.0f} sequences/s scoring); memory changed by "
+        f"{100 * change:+.1f}% from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length "
+        "cap), decoding at the run's thresholds, and the TSV writing, all included.",
+        "",
+        *_long_proteins(),
+        "",
+    ]
+    return "\n".join(lines)
