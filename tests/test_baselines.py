@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ecstream.baselines import make_hybrid_run, make_knn_run, threshold_curve
+from ecstream.baselines import choose, class_accuracy, make_hybrid_run, make_knn_run
 from ecstream.build import build_store
 from ecstream.evaluate import evaluate
 from ecstream.mmseqs.search import Hits
@@ -80,29 +80,70 @@ def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_pat
     assert (out / "config.json").is_file()
 
 
-def test_the_threshold_is_the_lowest_with_the_best_accuracy():
-    # (label, CNN's label, homolog's label, identity): worked out by hand, the hybrid is right
-    # on 2 of 5 at t <= 0.2, on 3 at 0.25-0.6 (the homolog at 0.2 is wrong, at 0.6 right),
-    # on 2 at 0.65-0.95 and on 3 again at 1.0 (only the CNN): the lowest best is 0.25
-    rows = [(0, 0, 1, 0.95), (1, 0, 1, 0.6), (2, 2, 2, 0.3), (3, 0, -1, np.nan), (4, 4, 5, 0.2)]
-    labels, cnn, hit_label, fident = (np.array(c) for c in zip(*rows, strict=True))
+def _hits(rows) -> Hits:
+    _, _, hit_label, fident, *rest = (np.array(c) for c in zip(*rows, strict=True))
     has = hit_label >= 0
-    hits = Hits(
-        query_ids=[str(i) for i in range(5)],
-        best_target=np.where(has, np.arange(5), -1),
-        best_id=np.array(["t"] * 5),
+    n = len(rows)
+    return Hits(
+        query_ids=[str(i) for i in range(n)],
+        best_target=np.where(has, np.arange(n), -1),
+        best_id=np.array(["t"] * n),
         best_label=hit_label,
         best_fident=fident,
         best_bits=np.where(has, 50.0, np.nan),
         best_evalue=np.where(has, 1e-9, np.nan),
         max_fident=fident,
-        max_target=np.where(has, np.arange(5), -1),
+        max_target=np.where(has, np.arange(n), -1),
+        profile=rest[0].astype(bool) if rest else None,
     )
-    best, curve = threshold_curve(labels, cnn, hits)
-    assert best == 0.25
-    assert curve["0.20"] == pytest.approx(0.4) and curve["0.25"] == pytest.approx(0.6)
-    assert curve["0.60"] == pytest.approx(0.6) and curve["0.65"] == pytest.approx(0.4)
-    assert curve["1.00"] == pytest.approx(0.6)
+
+
+def test_the_threshold_is_the_lowest_with_the_best_accuracy():
+    # (label, CNN's label, homolog's label, identity, found by profile): worked out by hand,
+    # the hybrid is right on 2 of 6 at t <= 0.2, on 3 at 0.25-0.6 (the homolog at 0.2 is wrong,
+    # at 0.6 right), on 2 at 0.65-0.95 and on 3 again at 1.0 (only the CNN): the lowest best is
+    # 0.25. The profile hit (identity 0.4, right) adds one more from a profile threshold 0.4 on.
+    rows = [
+        (0, 0, 1, 0.95, 0), (1, 0, 1, 0.6, 0), (2, 2, 2, 0.3, 0), (3, 0, -1, np.nan, 0),
+        (4, 4, 5, 0.2, 0), (5, 0, 5, 0.4, 1),
+    ]  # fmt: skip
+    hits = _hits(rows)
+    labels, cnn = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+    def accuracy(t: float, tp: float | None) -> float:
+        return class_accuracy(labels, cnn, hits, None, t, tp)
+
+    best, profile, curve, profile_curve = choose(accuracy)
+    assert best == 0.25 and profile == 0.0  # the lowest profile threshold that adds it
+    assert curve["0.20"] == pytest.approx(2 / 6) and curve["0.25"] == pytest.approx(3 / 6)
+    assert curve["0.60"] == pytest.approx(3 / 6) and curve["0.65"] == pytest.approx(2 / 6)
+    assert curve["1.00"] == pytest.approx(3 / 6)
+    assert profile_curve["never"] == pytest.approx(3 / 6)
+    assert profile_curve["0.40"] == pytest.approx(4 / 6) and profile_curve["0.45"] == 3 / 6
+    # a profile hit that is wrong is never taken: "never" wins the tie
+    wrong = [*rows[:5], (5, 5, 4, 0.4, 1)]
+    hits, cnn = _hits(wrong), np.array([r[1] for r in wrong])
+    assert choose(lambda t, tp: class_accuracy(labels, cnn, hits, None, t, tp))[1] is None
+
+
+def test_a_homolog_with_a_partial_number_leaves_the_deeper_levels_to_the_cnn():
+    from ecstream.hierarchy import decode
+    from ecstream.labels import ECVocabulary
+    from ecstream.predictors.homolog import combine
+
+    vocab = ECVocabulary.from_texts(["3.1.1.1", "3.1.1.2", "2.7.7.7"])
+    cnn = [np.zeros((1, n), np.float32) for n in vocab.sizes]
+    for level, key in enumerate(("3", "3.1", "3.1.1", "3.1.1.1")):
+        cnn[level][0, vocab.index(level + 1, key)] = 0.95
+    hit_multi_hot, _ = vocab.targets(["3.1.-.-"])
+    from ecstream.hierarchy import split_levels
+
+    hit = [b.astype(bool) for b in split_levels(hit_multi_hot, vocab)]
+    homolog = [h.astype(np.float32) * 0.97 for h in hit]
+    hits = _hits([(0, 0, 2, 0.95)])
+    levels, decided = combine(vocab, cnn, hit, homolog, hits, [0.0] * 4)
+    assert decided[:, 0].tolist() == [True, True, False, False]
+    assert [c.number for c in decode(levels, vocab, [0.5] * 4)[0]] == ["3.1.1.1"]
 
 
 def test_hybrid_threshold_is_chosen_on_validation(runs):
@@ -156,6 +197,13 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
         assert [r["id"] for r in rows] == ids[:30]
         sources[name] = [r["source"] for r in rows]
     assert set(sources["knn"]) <= {"homolog", "profile", "no_hit"}
+    knn_rows = (tmp_path / "knn.tsv").read_text().splitlines()
+    header = knn_rows[0].split("\t")
+    for line in knn_rows[1:]:
+        row = dict(zip(header, line.split("\t"), strict=True))
+        if row["source"] == "no_hit":  # nothing to say: depth 0, no number
+            assert row["depth"] == "0" and row["ec_number"] == "" and row["ec_class"] == ""
+    assert load_model(hybrid).handled(5000) == "whole"  # as its CNN scores it
     assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import ecstream
-from ecstream.atomic import ASIDE_MARK, OutputBusyError, claim, recover
+from ecstream.atomic import ASIDE_MARK, OutputBusyError, claim
 from ecstream.build import build_store
 from ecstream.cli import main
 from ecstream.runs import read_metrics
@@ -275,6 +275,22 @@ def test_a_run_is_locked_while_it_trains(small_store, tmp_path):
         train(small_store.path, run, TrainConfig(**FAST), resume=True)
 
 
+def test_a_finished_run_is_never_cleared_as_unfinished(small_store, tmp_path):
+    """Only a CNN run that never finished an epoch is cleared for a new one."""
+    knn_like = tmp_path / "knn"
+    (knn_like / "targets").mkdir(parents=True)
+    (knn_like / "config.json").write_text('{"format": "ecstream-run", "kind": "knn"}')
+    (knn_like / "calibration.json").write_text("{}")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "config.json").write_text('{"format": "ecstream-run", "kind": "cnn"}')
+    (finished / "model.pt").write_bytes(b"weights")
+    for run in (knn_like, finished):
+        with pytest.raises(ecstream.runs.RunError, match="already holds a run"):
+            train(small_store.path, run, TrainConfig(**FAST))
+    assert (knn_like / "targets").is_dir() and (finished / "model.pt").read_bytes() == b"weights"
+
+
 def test_force_replaces_only_an_ecstream_store(data_path, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -299,8 +315,7 @@ def test_an_interrupted_directory_swap_is_recovered(data_path, tmp_path):
     prints = _fingerprints(out)
     aside = out.with_name(f".{out.name}{ASIDE_MARK}123-abcdef12")
     out.rename(aside)  # the crash: moved aside, the new one never renamed in
-    recover(out)
-    assert _fingerprints(out) == prints and not aside.exists()
+    assert _fingerprints(out) == prints and not aside.exists()  # put back by the next open
     assert old.path == out
 
 

@@ -21,7 +21,7 @@ from ecstream.mmseqs import binary, search
 from ecstream.mmseqs.binary import MMseqs, MMseqsError, MMseqsNotFound
 from ecstream.mmseqs.cluster import ClusterSplit
 from ecstream.mmseqs.leakage import leakage_report
-from ecstream.mmseqs.search import TargetDB, best_hits
+from ecstream.mmseqs.search import Hits, TargetDB, best_hits
 from ecstream.records import pairs
 from ecstream.report import format_leakage
 
@@ -267,3 +267,23 @@ def test_a_strict_split_leaves_no_val_or_test_protein_with_a_training_hit_above_
     assert moved == strict["moved_to_train"] and store.verify() == []
     with pytest.raises(ecstream.StoreError, match="--strict applies to --split cluster"):
         ecstream.build_store(data_path, tmp_path / "x", strict=True, max_records=10)
+
+
+def test_profile_hits_keep_their_whole_ids(monkeypatch):
+    """The first search's id array is only as wide as its ids; a profile hit's id is longer."""
+    none = Hits(
+        query_ids=["a", "b"], best_target=np.array([-1, 3]), best_id=np.array(["", "X1"]),
+        best_label=np.array([-1, 2]), best_fident=np.array([np.nan, 0.9]),
+        best_bits=np.array([np.nan, 80.0]), best_evalue=np.array([np.nan, 1e-20]),
+        max_fident=np.array([np.nan, 0.9]), max_target=np.array([-1, 3]),
+    )  # fmt: skip
+    found = Hits(
+        query_ids=["a"], best_target=np.array([7]), best_id=np.array(["UniRef90_A0A0B1LONG"]),
+        best_label=np.array([4]), best_fident=np.array([0.25]), best_bits=np.array([40.0]),
+        best_evalue=np.array([1e-5]), max_fident=np.array([0.25]), max_target=np.array([7]),
+    )  # fmt: skip
+    monkeypatch.setattr(search, "best_hits", lambda *a, **k: found)
+    merged = search.with_profile_fallback(none, [b"MKV", b"MKL"], None, "/nowhere")
+    assert merged.best_id.tolist() == ["UniRef90_A0A0B1LONG", "X1"]
+    assert merged.profile.tolist() == [True, False] and merged.best_label.tolist() == [4, 2]
+    assert np.isnan(merged.max_fident[0])  # bands keep the first search's meaning

@@ -230,6 +230,14 @@ def test_bad_build_options_are_refused_before_reading(options, message, tmp_path
 
 
 @pytest.mark.filterwarnings("ignore::ecstream.store.UncheckedStoreWarning")
+def test_a_run_of_today_evaluates_a_store_of_ecstream_0_1_0(cnn_run, tmp_path):
+    from ecstream.evaluate import evaluate
+
+    old = open_store(Path(__file__).parent / "data" / "store-0.1.0")
+    result = evaluate(cnn_run, old.path, tmp_path / "ev", bands=False, allow_seen=True)
+    assert result["n"] == old.num_records("test") > 0
+
+
 def test_a_store_built_by_ecstream_0_1_0_still_opens_and_matches_a_rebuild(data_path, tmp_path):
     """tests/data/store-0.1.0: the first 60 rows, built before the upper half was restructured."""
     old = open_store(Path(__file__).parent / "data" / "store-0.1.0")

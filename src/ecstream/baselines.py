@@ -105,42 +105,32 @@ def single_class(records: Records) -> np.ndarray:
     return np.array([len(level_keys(e, 1)) == 1 for e in records.ecs], dtype=bool)
 
 
-def threshold_curve(
+def class_accuracy(
     labels: np.ndarray,
     cnn: np.ndarray,
     hits: Hits,
-    rows: np.ndarray | None = None,
-    profile_threshold: float | None = None,
-) -> tuple[float, dict[str, float]]:
-    """Class accuracy of the hybrid at every threshold of :data:`THRESHOLDS` (over ``rows``,
-    default all), and the best threshold.
-
-    ``cnn`` holds the CNN's predicted labels. Ties go to the lowest threshold: the homolog
-    decides wherever it does no worse.
-    """
-
-    def accuracy(t: float, _: float | None) -> float:
-        return _class_accuracy(labels, cnn, hits, rows, t, profile_threshold)
-
-    curve = {f"{t:.2f}": accuracy(float(t), None) for t in THRESHOLDS}
-    return _lowest_best(curve), curve
-
-
-def _class_accuracy(labels, cnn, hits, rows, threshold, profile_threshold) -> float:
+    rows: np.ndarray | None,
+    threshold: float,
+    profile_threshold: float | None,
+) -> float:
+    """Class accuracy (over ``rows``) of the hybrid: the homolog's class where it decides,
+    else the CNN's predicted label ``cnn``."""
     rows = np.ones(len(labels), dtype=bool) if rows is None else rows
     pred = np.where(homolog_decides(hits, threshold, profile_threshold), hits.best_label, cnn)
     return float((pred == labels)[rows].mean()) if rows.any() else 0.0
 
 
-def _lowest_best(curve: dict[str, float]) -> float:
+def lowest_best(curve: dict[str, float]) -> float:
+    """The lowest threshold with the best accuracy: the homolog decides wherever it does no
+    worse."""
     return float(max(curve, key=lambda t: (curve[t], -float(t))))
 
 
-def _choose(accuracy) -> tuple[float, float | None, dict, dict]:
+def choose(accuracy) -> tuple[float, float | None, dict, dict]:
     """A level's identity threshold for hits of the search, then, given it, for hits of the
     profile fallback (``None``: never take them, if that is as good)."""
     curve = {f"{t:.2f}": accuracy(float(t), None) for t in THRESHOLDS}
-    best = _lowest_best(curve)
+    best = lowest_best(curve)
     profile = {"never": curve[f"{best:.2f}"]}
     profile |= {f"{t:.2f}": accuracy(best, float(t)) for t in THRESHOLDS}
     top = max(profile.values())
@@ -158,8 +148,13 @@ def make_hybrid_run(
     (level 1: class accuracy as a class run measures it; deeper: the top prediction's)."""
     store = open_store(store_path)
     cnn_config, knn_config = read_config(cnn_run), read_config(knn_run)
+    ec = store.ec_fingerprint("train")
     for run, config in ((cnn_run, cnn_config), (knn_run, knn_config)):
-        if config["store"]["fingerprints"]["train"] != store.fingerprint("train"):
+        made = config["store"]
+        if (
+            made["fingerprints"]["train"] != store.fingerprint("train")
+            or made.get("ec_fingerprint", ec) != ec
+        ):
             raise RunError(f"{run} was not trained on {store.path}'s training split")
     if cnn_config["kind"] != "cnn" or knn_config["kind"] != "knn":
         raise RunError("a hybrid needs a CNN run (--cnn) and a kNN run (--knn)")
@@ -180,7 +175,7 @@ def make_hybrid_run(
 
             def accuracy(t: float, tp: float | None, level: int = level) -> float:
                 if level == 0:  # class accuracy, as a class run measures it
-                    return _class_accuracy(val.labels, cnn_class, hits, single, t, tp)
+                    return class_accuracy(val.labels, cnn_class, hits, single, t, tp)
                 rows = known[:, level]
                 ids = [*identity, *[t] * (depth - level)]
                 tps = [*profile, *[tp] * (depth - level)]
@@ -188,7 +183,7 @@ def make_hybrid_run(
                 _, right = top_prediction(levels[level][rows], true[level][rows])
                 return float(right.mean()) if rows.any() else 0.0
 
-            t, tp, curve, profile_curve = _choose(accuracy)
+            t, tp, curve, profile_curve = choose(accuracy)
             identity.append(t)
             profile.append(tp)
             curves[str(level + 1)], profile_curves[str(level + 1)] = curve, profile_curve

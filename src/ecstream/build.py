@@ -210,7 +210,6 @@ def build_store(
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     if not inputs:
         raise StoreError("no input given")
-    check_not_input(out, inputs)
     out = Path(out)
     check_not_input(out, inputs)
     if out.exists() and not force:

@@ -58,12 +58,18 @@ def expected_calibration_error(
     return float((gaps * counts[used]).sum() / counts.sum())
 
 
+def confidence_bin(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Equal-width bin of each confidence in [0, 1] (a bin holds its upper edge)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+
+
 def reliability(
     confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bin centres, accuracy, mean confidence and count per bin (NaN where empty)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    which = confidence_bin(confidence, bins)
     counts = np.bincount(which, minlength=bins).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = np.bincount(which, weights=correct, minlength=bins) / counts

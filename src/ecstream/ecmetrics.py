@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .calibrate import ECE_BINS
+from .calibrate import ECE_BINS, confidence_bin
 from .hierarchy import Call
 from .identity import BANDS, band_index
 from .labels import ECVocabulary, level_keys, stated_levels
@@ -106,7 +106,7 @@ class LevelScores:
         fine = np.clip((conf * 100).astype(int), 0, 99)
         np.add.at(self.conf_all, fine, 1)
         np.add.at(self.conf_right, fine, ok)
-        coarse = np.clip((conf * ECE_BINS).astype(int), 0, ECE_BINS - 1)
+        coarse = confidence_bin(conf)  # the bins of calibrate.expected_calibration_error
         np.add.at(self.ece_all, coarse, 1)
         np.add.at(self.ece_right, coarse, ok)
         np.add.at(self.conf_sum, coarse, conf)

@@ -7,7 +7,6 @@ hybrid) and writes ``metrics.json``, ``confusion.png`` and ``learning_curves.png
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +23,13 @@ from torchmetrics.functional.classification import (
 
 from . import plots
 from .atomic import OutputIsInputError, claim, write_json
+from .cache import scratch
 from .ecmetrics import LevelScores
+from .errors import describe as describe_error
 from .hashing import hash64
 from .identity import band_accuracy
 from .labels import LabelPolicy, level_keys
+from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
@@ -217,16 +219,20 @@ def _evaluate(
     skips, info = Skips(), SourceInfo()
     if is_store(source):
         store = open_store(source)
-        if store.policy != model.policy:
+        if not store.policy.same_classes(model.policy):
             raise RunError(f"{source}: its classes differ from those the run was trained on")
-        limit = store.num_records(split) if full_ec else store.single_class_records(split)
+        every_row = full_ec or model.multi_class == "first"
+        limit = store.num_records(split) if every_row else store.single_class_records(split)
 
         def records(_: Skips | None = None) -> Iterator[Records]:
             return _first(store.records(split), limit)
 
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
-        policy = replace(model.policy, multi="first") if full_ec else model.policy
+        # a full-EC run is measured on every row; a class run as it trained (rows spanning
+        # several classes left out, unless it took their first class)
+        multi = "first" if full_ec else model.multi_class
+        policy = replace(model.policy, multi=multi)
 
         def records(counted: Skips | None = None) -> Iterator[Records]:
             """Another pass over the file; only the scoring pass counts what it sets aside."""
@@ -252,10 +258,10 @@ def _evaluate(
             if progress:
                 progress("identity to the training split (MMseqs2)")
             identity = _identity_to_train(run, records)
-        except RunError as error:  # e.g. the training store moved: the metrics still count
-            if asked:
+        except (RunError, OSError, MMseqsError) as error:  # e.g. the training store moved, a
+            if asked:  # read-only run: the metrics still count, only the bands are missing
                 raise
-            skipped = str(error)
+            skipped = describe_error(error)
     tally = Tally(model)
     if isinstance(model, CNNPredictor):
         model.report_uncalibrated = True
@@ -363,5 +369,5 @@ def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
     """Each record's highest identity to the run's training split (NaN: no hit)."""
     target = training_targets(run)
-    with tempfile.TemporaryDirectory(prefix="ecstream-bands-") as work:
+    with scratch("bands") as work:
         return best_hits(pairs(records()), target, work).max_fident

@@ -59,6 +59,21 @@ def unit_interval(hashes: np.ndarray, salt: int, seed: int) -> np.ndarray:
     return (mix64(hashes ^ key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+class LineDigest:
+    """SHA-256 of a stream of texts, each ended by a newline, in bounded memory."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, items: Iterable[str | bytes]) -> None:
+        self._digest.update(
+            b"".join((i.encode() if isinstance(i, str) else i) + b"\n" for i in items)
+        )
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def text_digest(*parts: object) -> str:
     """SHA-256 hex digest of printable parts (cache keys)."""
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()

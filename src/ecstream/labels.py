@@ -133,6 +133,11 @@ class LabelPolicy:
         ordered = tuple(sorted(set(keys), key=_key_order))
         return cls(level=level, classes=ordered, names=ordered, multi=multi)
 
+    def same_classes(self, other: LabelPolicy) -> bool:
+        """Whether two policies label with the same classes (how they treat rows spanning
+        several classes is a choice of each run, not a difference of classes)."""
+        return self.level == other.level and self.classes == other.classes
+
     def keys_of(self, ec_text: str) -> tuple[str, ...]:
         """The distinct class keys of a field at this policy's level (may raise ECError)."""
         return class_keys(ec_text, self.level)

@@ -200,7 +200,8 @@ class _Lines:
         length = len(self.seqs[j])
         tail = [str(length), model.handled(length), *extras, ""]
         if np.isnan(p).all():  # e.g. no homolog found: no class, not an error
-            return [self._id(j), *self.blank, *tail]
+            classes_blank = self.blank[: len(self.blank) - 4]
+            return [self._id(j), *classes_blank, "", "", "0", "", *tail]
         best = int(np.argmax(p))
         ranked = np.argsort(-p, kind="stable")[: self.top_k]
         calls = self.calls[j]

@@ -22,11 +22,6 @@ RUN_VERSION = 1
 SEEN = "seen.npz"
 #: Temperatures and thresholds fitted on validation (see ecstream.tuning).
 CALIBRATION = "calibration.json"
-#: Everything a run directory may hold.
-RUN_FILES = (
-    "config.json", "metrics.csv", "checkpoints", "model.pt", SEEN, "targets", CALIBRATION,
-    "reliability.png",
-)  # fmt: skip
 
 
 class RunError(Exception):
@@ -63,6 +58,9 @@ def base_config(kind: str, store) -> dict:
         "store": {
             "path": str(store.path.resolve()),
             "fingerprints": {s: store.fingerprint(s) for s in store.splits},
+            # the fingerprints cover ids, residues and classes; the EC numbers a full-EC run
+            # learns are covered here
+            "ec_fingerprint": store.ec_fingerprint("train"),
             "split": store.manifest["split"],
         },
         "versions": versions(),

@@ -18,7 +18,6 @@ from .records import Records
 from .skips import Skips
 from .sources import Row
 
-SPLITS = ("train", "val", "test")
 MISSING_ID = "missing_id"
 UNKNOWN_SPLIT = "unknown_split_value"
 SPLIT_NAMES = {

@@ -33,6 +33,7 @@ How a store is made lives in :mod:`ecstream.build`; this module only reads and d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -44,9 +45,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet
-from .atomic import JSONFileError, read_json, write_json
+from .atomic import JSONFileError, read_json, recover, write_json
 from .batches import Batches
-from .hashing import CHECKSUM, json_checksum
+from .hashing import CHECKSUM, LineDigest, json_checksum
 from .integrity import IntegrityError, StoreError
 from .labels import ECVocabulary, LabelPolicy
 from .plan import BatchSettings
@@ -127,6 +128,9 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.manifest_path = self.path / MANIFEST
+        if not self.path.exists():  # a replacement interrupted between its two renames
+            with contextlib.suppress(OSError):  # (a read-only place: nothing to put back)
+                recover(self.path)
         if not self.manifest_path.is_file():
             raise StoreError(
                 f"{self.path}: not an ecstream store (no {MANIFEST}); "
@@ -322,6 +326,13 @@ class Store:
                 labels=batch.column("label").to_numpy().astype(np.int64),
                 ecs=batch.column("ec").to_pylist(),
             )
+
+    def ec_fingerprint(self, split: str) -> str:
+        """A digest of the EC fields of a split, in stored order."""
+        digest = LineDigest()
+        for chunk in self.records(split):
+            digest.add(chunk.ecs)
+        return digest.hexdigest()
 
     def vocabulary(self, split: str = "train") -> ECVocabulary:
         """The EC classes of every level seen in a split (the label space of a full-EC run)."""

@@ -36,7 +36,7 @@ from .atomic import atomic_open, claim, read_json, write_bytes, write_json
 from .config import TrainConfig
 from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, preset
-from .runs import RUN_FILES, RUN_FORMAT, RunError, base_config, read_metrics, record_seen
+from .runs import RUN_FORMAT, SEEN, RunError, base_config, read_metrics, record_seen
 from .store import Store, open_store
 from .tuning import calibrate_cnn
 
@@ -300,9 +300,14 @@ def _run_config(
     }
 
 
-def _class_weights(store: Store) -> torch.Tensor:
+def _class_weights(store: Store, multi_class: str) -> torch.Tensor:
+    """1/frequency of the classes of the rows a class run trains on."""
     info = store.manifest["splits"]["train"]
-    counts = np.array(list(info.get("per_class_single_class", info["per_class"]).values()), float)
+    every_row = multi_class == "first"  # rows spanning classes count in their first class
+    per_class = (
+        info["per_class"] if every_row else info.get("per_class_single_class", info["per_class"])
+    )
+    counts = np.array(list(per_class.values()), float)
     weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -375,7 +380,7 @@ def _fit(
     # bit-identical runs are promised on CPU; CUDA's convolution backward is not deterministic
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
     was_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer changes it
-    weights = _class_weights(store) if config.class_weights else None
+    weights = _class_weights(store, config.multi_class) if config.class_weights else None
     module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed, vocab)
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
@@ -445,25 +450,35 @@ def _quiet_lightning():
 
 
 def _check_new(run: Path, last: Path) -> None:
-    """A new run needs an empty ``--out``; leftovers of a run that never finished an epoch
-    (a failure before the first checkpoint, e.g. a full disk) are cleared and reused."""
+    """A new run needs an empty ``--out``. Leftovers of a CNN run that never finished an epoch
+    (a failure before the first checkpoint, e.g. a full disk: its config, the sequences it was
+    to learn from and an empty checkpoint directory) are cleared and reused; anything else —
+    a finished run of any kind, or files that are not a run's — is refused."""
     if not run.exists() or not any(run.iterdir()):
         return
     if last.is_file():
         raise RunError(f"{run} already holds a run; use --resume to continue it or another --out")
     try:
-        is_run = read_json(run / "config.json").get("format") == RUN_FORMAT
+        config = read_json(run / "config.json")
+        unfinished = config.get("format") == RUN_FORMAT and config.get("kind") == "cnn"
     except (OSError, ValueError, AttributeError):
-        is_run = False
-    unknown = {p.name for p in run.iterdir()} - set(RUN_FILES)
-    if not is_run or unknown:
-        raise RunError(f"{run} is not empty and not an unfinished run; choose another --out")
-    for name in RUN_FILES:
+        unfinished = False
+    present = {p.name for p in run.iterdir()}
+    checkpoints = run / "checkpoints"
+    if checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir()):
+        unfinished = False  # some checkpoint was written: not ours to delete
+    if not unfinished or not present <= set(UNFINISHED_FILES):
+        raise RunError(f"{run} already holds a run or other files; choose another --out")
+    for name in UNFINISHED_FILES:
         path = run / name
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+#: What a CNN run that failed before its first checkpoint can leave behind.
+UNFINISHED_FILES = ("config.json", SEEN, "checkpoints", "metrics.csv")
 
 
 def _launched_rank() -> int:
@@ -481,15 +496,17 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
             "start it again without --resume"
         )
     saved = read_json(run / "config.json")
-    for key in ("train", "model", "store", "labels", "alphabet"):
+    for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
         theirs = saved.get(key)
         ours = run_config[key]
         if key == "train":  # more epochs or another progress setting may be asked on resume
             free = ("epochs", "progress", "max_time", "num_workers")
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}
-        if key == "store":
-            theirs, ours = theirs["fingerprints"], ours["fingerprints"]
+        if key == "store":  # the EC fingerprint: runs made before it existed do not have it
+            ec = "ec_fingerprint" in theirs
+            theirs = (theirs["fingerprints"], theirs.get("ec_fingerprint"))
+            ours = (ours["fingerprints"], ours["ec_fingerprint"] if ec else None)
         if theirs != ours:
             raise RunError(f"{run}: cannot resume, its {key} settings differ from this command's")
 

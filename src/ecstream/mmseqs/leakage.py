@@ -6,9 +6,8 @@ manifest and :func:`ecstream.report.format_leakage` prints it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import scratch
 from ..identity import BAND_EDGES, BANDS, band_counts
 from ..records import pairs
 from ..store import Store
@@ -46,9 +46,8 @@ def leakage_report(
     split and the closest pairs found.
     """
     store = store if isinstance(store, Store) else Store(store)
-    own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="ecstream-leakage-")) if own else Path(workdir)
-    try:
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(scratch("leakage")) if workdir is None else Path(workdir)
         mm = MMseqs.find(threads)
         if target is None:
             target = TargetDB.create(store, reference, work / "target", mm.threads, force=True)
@@ -91,6 +90,3 @@ def leakage_report(
                 ],
             }
         return report
-    finally:
-        if own:
-            shutil.rmtree(work, ignore_errors=True)

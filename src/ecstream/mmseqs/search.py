@@ -10,7 +10,6 @@ settings and the target split's fingerprint.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,7 @@ import pyarrow as pa
 
 from ..atomic import OutputBusyError, atomic_dir, atomic_open, write_json
 from ..cache import cache_dir
-from ..hashing import text_digest
+from ..hashing import LineDigest, text_digest
 from ..store import Store
 from .binary import MMseqs, read_tsv, write_fasta
 
@@ -204,17 +203,17 @@ class _SearchParams:
 def _write_queries(queries: Iterable[tuple[str, bytes | str]], fasta: Path) -> tuple[list, str]:
     """Stream queries to a FASTA named by row numbers; returns their ids and a content digest."""
     ids: list[str] = []
-    digest = hashlib.sha256()
+    digest = LineDigest()
     with open(fasta, "wb") as fa:
         block: list[bytes] = []
         for qid, seq in queries:
             ids.append(qid)
             block.append(seq.encode() if isinstance(seq, str) else bytes(seq))
             if len(block) >= 4096:
-                digest.update(b"\n".join(block) + b"\n")
+                digest.add(block)
                 write_fasta(fa, len(ids) - len(block), block)
                 block = []
-        digest.update(b"\n".join(block) + b"\n")
+        digest.add(block)
         write_fasta(fa, len(ids) - len(block), block)
     return ids, digest.hexdigest()
 
@@ -360,18 +359,11 @@ def with_profile_fallback(
         sensitivity=PROFILE_SENSITIVITY, iterations=PROFILE_ITERATIONS,
     )  # fmt: skip
     found = missing[again.has_hit]
-    arrays = {
-        name: getattr(hits, name).copy()
-        for name in (
-            "best_target",
-            "best_id",
-            "best_label",
-            "best_fident",
-            "best_bits",
-            "best_evalue",
-        )
-    }
-    for name, values in arrays.items():
+    arrays = {}
+    for name in ("best_target", "best_id", "best_label", "best_fident", "best_bits", "best_evalue"):
+        old = getattr(hits, name)
+        values = old.astype(object)  # an id found now may be longer than the old array's width
         values[found] = getattr(again, name)[again.has_hit]
+        arrays[name] = values.astype(str if old.dtype.kind == "U" else old.dtype)
     profile[found] = True
     return replace(hits, **arrays, profile=profile)

@@ -50,6 +50,7 @@ class Predictor:
     policy: LabelPolicy
     vocab: ECVocabulary  # the classes of each level it scores (1 level, or 4 for full EC)
     thresholds: list[float | None] | None = None  # per level, from validation; None: none yet
+    multi_class: str = "skip"  # a class run's rows spanning several classes: skip | first
     max_length: int | None = None  # sequences longer than this are truncated; None: never
     batch_size: int | None = None  # sequences per forward pass; None: the predictor has none
     extra_columns: tuple[str, ...] = ()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +57,7 @@ class CNNPredictor(Predictor):
             else ECVocabulary.first_level()
         )
         self.max_length = int(config["train"]["max_length"])
+        self.multi_class = config["train"].get("multi_class", "skip")
         self.batch_size = PREDICT_BATCH_SIZE
         weights = self.run / "model.pt"
         if not weights.is_file():
@@ -98,20 +98,24 @@ class CNNPredictor(Predictor):
         """
         if self.long == "windows":
             return self._windowed(seqs)
-        cap = sys.maxsize if self.long == "whole" else self.max_length
+        whole = self.long == "whole"
+
+        def width(longest: int) -> int:  # a multiple of 8, capped at max_length unless whole
+            return -(-max(longest, 1) // 8) * 8 if whole else padded_width(longest, self.max_length)
+
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(seqs), self.model.config.num_classes), dtype=np.float32)
         budget = self.batch_size * self.max_length  # residues per forward pass
         start = 0
         while start < len(seqs):
-            width = padded_width(
-                int(lengths[order[min(start + self.batch_size, len(seqs)) - 1]]), cap
-            )
-            size = max(1, min(self.batch_size, budget // width))
+            # the batch's longest is its last (sorted); fewer sequences when they are long
+            longest = int(lengths[order[min(start + self.batch_size, len(seqs)) - 1]])
+            size = max(1, min(self.batch_size, budget // width(longest)))
             idx = order[start : start + size]
-            width = padded_width(int(lengths[idx[-1]]), cap)
-            tokens = alphabet.encode(letters_matrix([seqs[i] for i in idx], width))
+            tokens = alphabet.encode(
+                letters_matrix([seqs[i] for i in idx], width(int(lengths[idx[-1]])))
+            )
             out[idx] = self.logits(tokens)
             start += len(idx)
         return out

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..cache import scratch
 from ..calibrate import identity_confidence
 from ..hierarchy import consistent, split_levels
 from ..labels import ECVocabulary, LabelPolicy
@@ -88,7 +88,7 @@ class KNNPredictor(Predictor):
 
     def hits(self, ids: list[str], seqs: list[bytes]) -> Hits:
         """Best hits; queries without one are searched again by profile, if the run says so."""
-        with tempfile.TemporaryDirectory(prefix="ecstream-knn-") as work:
+        with scratch("knn") as work:
             hits = best_hits(
                 zip(ids, seqs, strict=True), self.target, Path(work) / "search", self.threads,
                 sensitivity=self.sensitivity,
@@ -162,13 +162,16 @@ class HybridPredictor(Predictor):
         self.identity += [self.identity[-1]] * (self.vocab.depth - len(self.identity))
         self.profile_identity = config.get("profile_thresholds")
         self.thresholds = (read_calibration(run) or {}).get("thresholds")
-        if self.knn.policy != self.policy:
+        if not self.knn.policy.same_classes(self.policy):
             raise RunError(f"{run}: its CNN and kNN runs have different classes")
         if self.cnn.vocab.depth > 1 and self.cnn.vocab.classes != self.vocab.classes:
             raise RunError(f"{run}: its CNN and kNN runs know different EC numbers")
 
     def model_files(self) -> list[Path]:
         return [*super().model_files(), *self.cnn.model_files(), *self.knn.model_files()]
+
+    def handled(self, length: int) -> str:
+        return self.cnn.handled(length)  # the search takes whole sequences; the CNN says how
 
     @property
     def batch_size(self) -> int:
@@ -216,6 +219,7 @@ def combine(
     levels = []
     for level in range(vocab.depth):
         decided[level] = homolog_decides(hits, identity[level], profile_identity[level])
+        decided[level] &= hit[level].any(axis=1)  # a partial number says nothing down here
         if level:
             decided[level] &= decided[level - 1]
         mine = cnn[level] if level < len(cnn) else np.zeros_like(homolog[level])
