@@ -498,7 +498,7 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
     saved = read_json(run / "config.json")
     for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
         theirs = saved.get(key)
-        ours = run_config[key]
+        ours = run_config.get(key)  # "vocabulary" exists only for --target ec
         if key == "train":  # more epochs or another progress setting may be asked on resume
             free = ("epochs", "progress", "max_time", "num_workers")
             theirs = {k: v for k, v in theirs.items() if k not in free}
