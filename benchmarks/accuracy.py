@@ -18,6 +18,8 @@ run continues where it stopped (an interrupted CNN resumes from its last checkpo
 ``ECSTREAM_ACCURACY_SPLITS`` (comma-separated, e.g. ``random,strict 0.3``) runs and reports
 only those splits; by default all run. ``ECSTREAM_ACCURACY_EXTRA`` names extra CNN runs (a
 preset or a recipe of the remote-proteins section) trained on the strict split.
+``ECSTREAM_ACCURACY_MAX_TIME`` (DD:HH:MM:SS) caps each CNN's training (``train --max-time``), for
+a session with less time than early stopping needs; the report then says so.
 """
 
 from __future__ import annotations
@@ -98,10 +100,16 @@ def _dir(split: str) -> Path:
     return WORK / split.replace(" ", "-")
 
 
+def _max_time() -> list[str]:
+    cap = os.environ.get("ECSTREAM_ACCURACY_MAX_TIME")
+    return ["--max-time", cap] if cap else []
+
+
 def _train_cnn(split: str, name: str, *flags: str) -> None:
     d = _dir(split)
     run = d / name
     resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").exists() else []
+    flags = (*flags, *_max_time())
     step(f"{split}/train {name}", "train", str(d / "store"), "--out", str(run), "--quiet",
          *flags, *resume)  # fmt: skip
 
@@ -155,7 +163,13 @@ def run() -> str:
         "0.15 and 0.15, as it moves many val/test proteins to train); both cores. Splits in this "
         f"report: {', '.join(splits)}. Steps already recorded in "
         "`bench-output/accuracy/times.json` are not run again, so one report can gather steps of "
-        "several invocations (the date below is the last one's).",
+        "several invocations (the date below is the last one's)."
+        + (
+            f" Each CNN's training was capped at {cap} (`ECSTREAM_ACCURACY_MAX_TIME`): early "
+            "stopping may not have ended it, so these CNN figures are a floor."
+            if (cap := os.environ.get("ECSTREAM_ACCURACY_MAX_TIME"))
+            else ""
+        ),
         "",
         machine_markdown(info),
         *_targets(splits),
