@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from ecstream.plan import BatchSettings, EpochPlan, Permutation
 
 
-def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, **kw):
+def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, start=0, **kw):
     lengths = lengths if lengths is not None else np.arange(n) % 700 + 10
     return EpochPlan(
         n,
@@ -19,6 +19,7 @@ def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, **kw):
         rank=rank,
         world_size=world_size,
         lengths=lambda rows: np.minimum(lengths[rows], kw.get("max_length", 660)),
+        start=start,
     )
 
 
@@ -135,3 +136,87 @@ def test_bucketing_groups_similar_lengths():
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ValueError):
         BatchSettings(**kw)
+
+
+def _seen(plans, steps):
+    """Records every rank of ``plans`` sees in its first ``steps`` steps."""
+    return [p.rows(s) for p in plans for s in range(steps)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 2500),
+    batch_size=st.integers(1, 100),
+    before=st.integers(1, 8),
+    after=st.integers(1, 8),
+    at=st.floats(0, 1),
+    bucket=st.booleans(),
+    global_batch=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_a_resume_on_another_world_size_sees_exactly_the_rest_of_the_epoch(
+    n, batch_size, before, after, at, bucket, global_batch, seed
+):
+    """Ranks of one world size stop after some steps; the records they consumed are all the
+    state holds; any other world size then sees exactly the records not yet seen, each once."""
+    if global_batch:
+        batch_size *= before * after  # a global batch both world sizes can share
+    kw = {"batch_size": batch_size, "bucket": bucket, "global_batch": global_batch, "seed": seed}
+    try:
+        first = [_plan(n, rank=r, world_size=before, **kw) for r in range(before)]
+    except ValueError:
+        return  # too few records for this many ranks: refused, as tested above
+    stop = int(at * first[0].steps)
+    seen = _seen(first, stop)
+    consumed = first[0].consumed(stop)
+    assert all(p.consumed(stop) == consumed for p in first)  # the same on every rank
+    assert sum(len(b) for b in seen) == consumed
+    try:
+        rest = [_plan(n, rank=r, world_size=after, start=consumed, **kw) for r in range(after)]
+    except ValueError as error:  # the rest is smaller than the new world: said so
+        assert "same number of non-empty batches" in str(error)
+        return
+    assert len({p.steps for p in rest}) == 1
+    seen += _seen(rest, rest[0].steps)
+    everything = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    assert np.array_equal(np.sort(everything), np.arange(n))
+    assert sum(p.num_samples for p in rest) == rest[0].total_samples == n - consumed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    per_rank=st.integers(1, 40),
+    world_size=st.integers(2, 8),
+    bucket=st.booleans(),
+    drop_last=st.booleans(),
+)
+def test_a_global_batch_is_the_same_on_any_number_of_ranks(
+    n, per_rank, world_size, bucket, drop_last
+):
+    """With global_batch, step s of W ranks together holds the records of step s of one rank."""
+    kw = {"bucket": bucket, "drop_last": drop_last, "global_batch": True}
+    size = per_rank * world_size
+    one = _plan(n, batch_size=size, **kw)
+    try:
+        many = [_plan(n, rank=r, world_size=world_size, batch_size=size, **kw)
+                for r in range(world_size)]  # fmt: skip
+    except ValueError:
+        assert n < world_size
+        return
+    if drop_last:
+        assert all(p.steps == one.steps for p in many)
+    # every step but the last one or two (a partial global batch is cut as evenly as it goes)
+    full = many[0].regular // world_size
+    assert full >= one.steps - 2
+    for s in range(full):
+        parts = [p.rows(s) for p in many]
+        assert all(len(part) == per_rank for part in parts)
+        assert np.array_equal(np.concatenate(parts), one.rows(s))
+    together = [p.rows(s) for p in many for s in range(p.steps)]
+    assert sum(len(b) for b in together) == one.total_samples
+
+
+def test_a_global_batch_must_divide_among_the_ranks():
+    with pytest.raises(ValueError, match="divisible"):
+        _plan(100, batch_size=64, world_size=3, global_batch=True)

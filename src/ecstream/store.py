@@ -276,11 +276,13 @@ class Store:
         truncating: str = BatchSettings.truncating,
         window: int = BatchSettings.window,
         multi_class: bool = False,
+        global_batch: bool = BatchSettings.global_batch,
     ) -> Batches:
         """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`.
 
         Rows whose EC numbers span several classes are stored after all others and left out
         unless ``multi_class`` (a full-EC run learns from them; a class run cannot).
+        ``global_batch``: ``batch_size`` is the batch of all ``world_size`` ranks together.
         """
         settings = BatchSettings(
             batch_size=batch_size,
@@ -291,6 +293,7 @@ class Store:
             drop_last=drop_last,
             padding=padding,
             truncating=truncating,
+            global_batch=global_batch,
         )
         data = self.split_data(split, in_memory)
         records = None if multi_class else self.single_class_records(split)

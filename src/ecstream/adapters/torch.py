@@ -1,11 +1,12 @@
 """PyTorch adapter: a DataLoader that moves whole batches, in exactly the plain iteration order.
 
 The dataset is map-style and its item is one whole batch step, so the DataLoader runs with
-``batch_size=None`` and collates nothing. Its index is ``(epoch, step)``: with persistent workers
-the dataset copy in a worker never sees attribute changes made in the main process, so the epoch
-travels with every index instead. The sampler lives in the main process, starts at the Batches'
-current ``step`` (a mid-epoch resume) and has the ``set_epoch`` that Lightning calls every epoch.
-``in_order=True`` makes any number of workers deliver the sampler's order.
+``batch_size=None`` and collates nothing. Its index is ``(epoch, start, step)``: with persistent
+workers the dataset copy in a worker never sees attribute changes made in the main process, so
+the epoch (and where a resumed epoch started) travels with every index instead. The sampler
+lives in the main process, starts at the Batches' current ``step`` (a mid-epoch resume) and has
+the ``set_epoch`` that Lightning calls every epoch. ``in_order=True``
+makes any number of workers deliver the sampler's order.
 
     from ecstream.adapters.torch import loader
     for batch in loader(store.batches("train"), num_workers=2):
@@ -39,7 +40,7 @@ Targets = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
 class BatchDataset(Dataset[TorchBatch]):
-    """Map-style dataset whose item ``(epoch, step)`` is that whole batch, as tensors.
+    """Map-style dataset whose item ``(epoch, start, step)`` is that whole batch, as tensors.
 
     With ``targets``, ``y`` holds what it returns for the batch (computed in the worker)."""
 
@@ -52,10 +53,10 @@ class BatchDataset(Dataset[TorchBatch]):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: tuple[int, int]) -> TorchBatch:
-        epoch, step = index
-        if epoch != self.batches.epoch:
-            self.batches.set_epoch(epoch)
+    def __getitem__(self, index: tuple[int, int, int]) -> TorchBatch:
+        epoch, start, step = index
+        if (epoch, start) != (self.batches.epoch, self.batches.start):
+            self.batches.set_epoch(epoch, start)
         batch = self.batches[step]
         # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
@@ -66,8 +67,8 @@ class BatchDataset(Dataset[TorchBatch]):
         return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known))
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, step)`` from the Batches' current step to the end of its epoch.
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """Yields ``(epoch, start, step)`` from the Batches' current step to the end of its epoch.
 
     A completed pass rewinds the Batches to step 0, as plain iteration does, so the next pass
     is a whole epoch; ``set_epoch`` switches to another epoch's order. ``len()`` is the number
@@ -88,11 +89,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         # remaining count would cut every later epoch short
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, start = self.batches.epoch, self.batches.step
-        for step in range(start, len(self.batches)):
-            yield epoch, step
-        self.batches.step = 0
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        b = self.batches
+        epoch, start, first = b.epoch, b.start, b.step
+        for step in range(first, len(b)):
+            yield epoch, start, step
+        b.rewind()
 
 
 def _whole(batch: TorchBatch) -> TorchBatch:
