@@ -51,7 +51,7 @@ from .integrity import IntegrityError, StoreError
 from .labels import ECVocabulary, LabelPolicy
 from .plan import BatchSettings
 from .records import Records
-from .shards import ShardBytes, ShardView, SplitData, fingerprint_batches
+from .shards import ShardView, SplitData, fingerprint_batches
 
 SPLITS = ("train", "val", "test")
 FORMAT = "ecstream-store"
@@ -391,7 +391,7 @@ class Store:
                 problems.append(f"{split}: counts and fingerprint not recomputed: unreadable shard")
                 continue
             problems += self._count_problems(split, views)
-            batches = (b for v in views for b in ShardBytes(v, in_memory=False).record_batches())
+            batches = (b for v in views for b in v.record_batches())
             digest, _ = fingerprint_batches(batches)
             if digest != self.fingerprint(split):
                 problems.append(f"{split}: content fingerprint differs from the manifest")
