@@ -8,6 +8,7 @@ another number of ranks (see :mod:`ecstream.plan`, "Resume").
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from functools import partial
 
@@ -18,6 +19,8 @@ from .plan import BatchSettings, EpochPlan
 from .shards import SplitData
 
 STATE_FORMAT = "ecstream-batches/v2"
+#: Steps whose shards a remote split fetches ahead of the one being read.
+LOOKAHEAD = 64
 #: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
 STATE_FORMAT_V1 = "ecstream-batches/v1"
 
@@ -111,8 +114,16 @@ class Batches:
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Switch to another epoch (a different order when shuffling) and rewind to its start,
         or to ``start``: records of that epoch all ranks consumed already."""
-        self.epoch, self.step = epoch, 0
+        self.epoch, self.step, self._ahead = epoch, 0, 0
         self.plan = self._plan(epoch, start, self.world_size, self.rank)
+
+    def _prefetch(self, step: int) -> None:
+        """Have a remote split fetch the shards of the next steps, in the order they are needed
+        (a plan of its own, so that the window this one holds is not recomputed)."""
+        ahead = copy.copy(self.plan)
+        end = min(step + LOOKAHEAD, len(self))
+        self.data.prefetch(np.concatenate([ahead.rows(s) for s in range(step, end)]))
+        self._ahead = step + LOOKAHEAD // 2
 
     def _plan(self, epoch: int, start: int, world_size: int, rank: int) -> EpochPlan:
         return EpochPlan(
@@ -151,6 +162,8 @@ class Batches:
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             step += len(self)
+        if self.data.source is not None and step >= self._ahead:
+            self._prefetch(step)
         rows = self.plan.rows(step)
         s = self.settings
         width = partial(batch_width, settings=s) if s.bucket else s.max_length

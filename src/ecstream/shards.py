@@ -490,7 +490,7 @@ class SplitData:
 
     def _put(self, k: int, view: ShardView) -> None:
         fh = view.reopen()
-        self._region.put(k, fh)
+        self.region.put(k, fh)
         if self.in_memory and integrity.Identity.of(fh) != view.checked.identity:
             raise IntegrityError(f"{view.path}: the file changed while it was read")
 
