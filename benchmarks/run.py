@@ -22,6 +22,8 @@ SECTIONS = {
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
     "faults": "faults",
+    "scale": "scale",
+    "remote": "remote",
 }
 NEEDS_CUDA = {"gpu"}
 

@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
+    num_nodes: int = 1  # machines, each running `devices` processes (torchrun or SLURM)
+    global_batch: bool = False  # batch_size is the batch of all processes together
+    drop_last: bool = False  # only full batches
     precision: str = "auto"
     num_workers: int = 0
     limit_train_batches: float | int | None = None

@@ -55,6 +55,7 @@ class ECModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         seed: int = 0,
         vocab: ECVocabulary | None = None,
+        global_batch: bool = False,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
@@ -69,6 +70,9 @@ class ECModule(L.LightningModule):
         # full EC: how often the top prediction of level 1 and of the deepest level is true
         self.val_hits = torchmetrics.MeanMetric()
         self.val_hits_ec = torchmetrics.MeanMetric()
+        self.global_batch = global_batch
+        if global_batch:  # the same sample gets the same mask on any number of processes
+            self.model.dropout = GlobalDropout(model_config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -96,6 +100,10 @@ class ECModule(L.LightningModule):
         return block.gather(1, top).squeeze(1).float()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.global_batch:
+            drop = self.model.dropout
+            drop.key = self.seed * 1_000_003 + self.global_step
+            drop.rank, drop.world_size = self.global_rank, self.trainer.world_size
         logits = self.model(batch.x)
         loss = self._loss(logits, batch)
         n = len(batch.x)
@@ -139,6 +147,25 @@ class ECModule(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+class GlobalDropout(torch.nn.Module):
+    """Dropout whose mask is drawn for the whole global batch from a generator keyed by the
+    step, each rank taking the rows of its share: a run on 1 process and one on W processes
+    drop the same features of the same sample (plain dropout draws per process)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.key, self.rank, self.world_size = p, 0, 0, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = len(x)
+        generator = torch.Generator().manual_seed(self.key)
+        draw = torch.rand((self.world_size * n, *x.shape[1:]), generator=generator)
+        keep = draw[self.rank * n : (self.rank + 1) * n] >= self.p
+        return x * keep.to(x.device, x.dtype) / (1 - self.p)
 
 
 def level_loss(
@@ -196,6 +223,8 @@ class StoreData(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             multi_class=self.vocab is not None or c.multi_class == "first",
+            global_batch=c.global_batch,
+            drop_last=c.drop_last and shuffle,  # validation sees every record
         )
 
     def _loader(self, split: str, shuffle: bool):
@@ -375,7 +404,10 @@ def _fit(
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
     was_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer changes it
     weights = _class_weights(store) if config.class_weights else None
-    module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed, vocab)
+    module = ECModule(
+        model_config, config.lr, config.weight_decay, weights, config.seed, vocab,
+        global_batch=config.global_batch,
+    )  # fmt: skip
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
@@ -385,6 +417,7 @@ def _fit(
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
         precision=config.resolved_precision(),
         max_epochs=config.epochs,
         max_time=config.max_time,
@@ -484,7 +517,11 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
         theirs = saved.get(key)
         ours = run_config[key]
         if key == "train":  # more epochs or another progress setting may be asked on resume
-            free = ("epochs", "progress", "max_time", "num_workers")
+            # an epoch boundary is a resume point for any number of processes (elastic)
+            free = (
+                "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
+                "accelerator",
+            )  # fmt: skip
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}
         if key == "store":
