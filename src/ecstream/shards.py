@@ -536,6 +536,11 @@ class SplitData:
             del self._used[k]
             mapped -= self.sizes[k]
 
+    def fetch_all(self) -> None:
+        """Fetch and check every shard of a remote split now (as many as the budget maps)."""
+        for k in range(len(self.paths)):
+            self._need(self.starts[k : k + 1])
+
     def prefetch(self, rows: np.ndarray) -> None:
         """Start fetching the shards of ``rows`` (upcoming batches), in order of first need."""
         if self.source is None or len(rows) == 0:

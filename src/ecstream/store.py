@@ -286,9 +286,12 @@ class Store:
         return self._data[key]
 
     def check(self, *splits: str) -> None:
-        """Check the shards of these splits (default: all) now, rather than at first use."""
+        """Check the shards of these splits (default: all) now, rather than at first use (on
+        object storage: fetch them into the cache, which checks them)."""
         for split in splits or self.splits:
-            self.split_data(split)
+            data = self.split_data(split)
+            if self.remote:
+                data.fetch_all()
 
     def batches(
         self,
