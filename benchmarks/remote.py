@@ -78,6 +78,7 @@ def run() -> str:
     finally:
         server.stop()
         shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(OUTPUT / "remote-local-store", ignore_errors=True)
     base = median(rates["local disk (mmap)"])
     lines = [
         "## Streaming from object storage (S3 API, local server)",

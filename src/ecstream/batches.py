@@ -139,6 +139,13 @@ class Batches:
         )
 
     @property
+    def epoch_steps(self) -> int:
+        """Steps of the whole epoch on this world size (``len()`` counts those from ``start``)."""
+        if not self.start:
+            return len(self)
+        return self._plan(self.epoch, 0, self.world_size, self.rank).steps
+
+    @property
     def start(self) -> int:
         """Records of this epoch consumed by all ranks before this plan began (a resume)."""
         return self.plan.start
@@ -162,7 +169,7 @@ class Batches:
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             step += len(self)
-        if self.data.source is not None and step >= self._ahead:
+        if self.data.source is not None and step >= self._ahead and not self.data.complete:
             self._prefetch(step)
         rows = self.plan.rows(step)
         s = self.settings

@@ -196,6 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         global_batch=args.global_batch,
         drop_last=args.drop_last,
+        checkpoint_every=args.checkpoint_every,
         precision=args.precision,
         num_workers=args.num_workers,
         limit_train_batches=args.limit_train_batches,
@@ -485,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument(
+        "--checkpoint-every", type=_positive, default=None, metavar="STEPS",
+        help="also checkpoint every STEPS training steps, so that a pre-empted run resumes "
+        "mid-epoch (on any number of processes)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -46,6 +46,7 @@ class TrainConfig:
     num_nodes: int = 1  # machines, each running `devices` processes (torchrun or SLURM)
     global_batch: bool = False  # batch_size is the batch of all processes together
     drop_last: bool = False  # only full batches
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (pre-emption)
     precision: str = "auto"
     num_workers: int = 0
     limit_train_batches: float | int | None = None

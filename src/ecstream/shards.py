@@ -497,7 +497,7 @@ class SplitData:
     def _need(self, rows: np.ndarray) -> None:
         """Make sure the shards holding ``rows`` are in the region (a remote split)."""
         region = self.region
-        if self.source is None or len(rows) == 0:
+        if self.source is None or len(rows) == 0 or self.complete:
             return
         which = np.unique(np.searchsorted(self.starts, rows, side="right") - 1).tolist()
         for k in which:
@@ -535,6 +535,12 @@ class SplitData:
                 view.file = None
             del self._used[k]
             mapped -= self.sizes[k]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every shard is in this process's region (a remote split that fits its
+        budget, once fetched: reads then cost what they cost from local disk)."""
+        return self._region is not None and all(self._region.filled)
 
     def fetch_all(self) -> None:
         """Fetch and check every shard of a remote split now (as many as the budget maps)."""

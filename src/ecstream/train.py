@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from .adapters.torch import loader
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
+from .batches import Batches
 from .config import TrainConfig
 from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, preset
@@ -78,9 +79,11 @@ class ECModule(L.LightningModule):
         return self.model(x)
 
     def on_train_epoch_start(self) -> None:
-        # dropout draws from a generator seeded per epoch: a resumed run repeats it exactly
-        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch)
         self.seen = 0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout draws from a generator seeded per step: a run resumed mid-epoch repeats it
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step)
 
     @property
     def samples_seen(self) -> int:
@@ -208,6 +211,37 @@ class StoreData(L.LightningDataModule):
     def __init__(self, store: Store, config: TrainConfig, vocab: ECVocabulary | None = None):
         super().__init__()
         self.store, self.config, self.vocab = store, config, vocab
+        self._train: Batches | None = None  # the training stream, whose position checkpoints keep
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        """Where the training stream stands, saved in every checkpoint: the records of this
+        epoch all ranks have consumed (any number of ranks can resume from it)."""
+        b, trainer = self._train, self.trainer
+        if b is None or trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        step = done - (b.epoch_steps - len(b))  # Lightning counts the whole epoch's steps
+        if not 0 <= step <= len(b):
+            return {}
+        stream = {**b.state_dict(), "step": step, "consumed": b.consumed_at(step)}
+        return {"stream": {**stream, "epoch": trainer.current_epoch}, "steps": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
+
+    def _continue(self, batches: Batches) -> None:
+        """Continue a checkpoint's epoch where it stood, on this run's number of ranks, and
+        move Lightning's count of steps to the same place in this world's epoch."""
+        state, self._resume = self._resume, None
+        trainer = self.trainer
+        if state is None or state["stream"]["epoch"] != trainer.current_epoch:
+            return  # saved at the end of an epoch: the next one starts from its beginning
+        batches.load_state_dict(state["stream"])
+        shift = batches.epoch_steps - len(batches) + batches.step - state["steps"]
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        for name in ("ready", "started", "processed", "completed"):
+            setattr(progress, name, getattr(progress, name) + shift)
 
     def _batches(self, split: str, shuffle: bool):
         c, trainer = self.config, self.trainer
@@ -230,6 +264,9 @@ class StoreData(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool):
         targets = None if self.vocab is None else ECTargets(self.vocab)
         batches = self._batches(split, shuffle)
+        if split == "train":
+            self._continue(batches)
+            self._train = batches
         return loader(batches, num_workers=self.config.num_workers, ids=False, targets=targets)
 
     def train_dataloader(self):
@@ -252,6 +289,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+class StepCheckpoint(Callback):
+    """Writes ``last.ckpt`` every ``every`` training steps, with the stream's position, so that
+    a pre-empted run loses at most that many steps (``--checkpoint-every``)."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.every == 0:
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+
+
 class EpochLog(Callback):
     """Writes ``metrics.csv``: one row per finished epoch, rewritten atomically."""
 
@@ -264,6 +313,10 @@ class EpochLog(Callback):
         self.path = path
         self.rows: list[dict] | None = None
         self._start, self._train_seconds = 0.0, None
+
+    def on_train_start(self, trainer, module) -> None:
+        # a run resumed mid-epoch starts without on_train_epoch_start
+        self.on_train_epoch_start(trainer, module)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if self.rows is None:  # first epoch of this process: keep the rows of a resumed run
@@ -426,6 +479,7 @@ def _fit(
             EarlyStopping("val_loss", patience=config.patience),
             best,
             EpochLog(run / "metrics.csv"),
+            *([StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []),
             *([SamplesProgressBar(samples)] if config.progress else []),
             *(callbacks or []),
         ],
@@ -470,6 +524,8 @@ def _quiet_lightning():
         # a deprecation inside Lightning itself, and a notice on every resume
         warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.*")
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        # the stream's position is the datamodule's state, which Lightning does not look at
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
         try:
             yield
         finally:
@@ -520,7 +576,7 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
             # an epoch boundary is a resume point for any number of processes (elastic)
             free = (
                 "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
-                "accelerator",
+                "accelerator", "checkpoint_every",
             )  # fmt: skip
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}

@@ -87,7 +87,7 @@ class EpochSampler(Sampler[tuple[int, int, int]]):
         # the whole epoch, also in a resumed one: Lightning counts the steps done before the
         # checkpoint and ends the epoch at len(), and it reads len() once per fit, so the
         # remaining count would cut every later epoch short
-        return len(self.batches)
+        return self.batches.epoch_steps
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         b = self.batches
