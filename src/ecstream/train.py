@@ -109,6 +109,8 @@ class ECModule(L.LightningModule):
             drop.rank, drop.world_size = self.global_rank, self.trainer.world_size
         logits = self.model(batch.x)
         loss = self._loss(logits, batch)
+        if batch.weight is not None:  # averaged over the global batch, however it was shared
+            loss = loss * batch.weight
         n = len(batch.x)
         self.seen = getattr(self, "seen", 0) + n
         if self.vocab is None:

@@ -33,6 +33,9 @@ class TorchBatch(NamedTuple):
     y: torch.Tensor  # int64 [B] labels, or uint8 [B, C] multi-hot targets of a full-EC run
     ids: list[str] | None  # None when the loader was made with ids=False (training)
     known: torch.Tensor | None = None  # bool [B, levels]: levels the targets state (full EC)
+    # with a global batch: this share's records × world size / the global batch's records, the
+    # factor that makes the mean over ranks of per-rank mean losses the global batch's mean
+    weight: float | None = None
 
 
 #: Turns a batch into multi-hot targets and known levels (see ECVocabulary.targets).
@@ -60,11 +63,16 @@ class BatchDataset(Dataset[TorchBatch]):
         batch = self.batches[step]
         # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
-        if self.targets is None:
-            return TorchBatch(torch.from_numpy(batch.x), torch.from_numpy(batch.y), ids)
-        y, known = self.targets(batch)
+        b = self.batches
+        weight = None
+        if b.settings.global_batch:
+            records = b.consumed_at(step + 1) - b.consumed_at(step)
+            weight = len(batch) * b.world_size / records
         x = torch.from_numpy(batch.x)
-        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known))
+        if self.targets is None:
+            return TorchBatch(x, torch.from_numpy(batch.y), ids, weight=weight)
+        y, known = self.targets(batch)
+        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known), weight)
 
 
 class EpochSampler(Sampler[tuple[int, int, int]]):
