@@ -44,9 +44,10 @@ def test_permutation_is_a_bijection(n, key):
     shuffle=st.booleans(),
     window=st.integers(1, 8),
     world_size=st.integers(1, 8),
+    block=st.sampled_from([0, 0, 1, 7, 100]),
 )
 def test_every_record_exactly_once_with_equal_steps_per_rank(
-    n, batch_size, seed, epoch, bucket, shuffle, window, world_size
+    n, batch_size, seed, epoch, bucket, shuffle, window, world_size, block
 ):
     if n < world_size:
         with pytest.raises(ValueError, match="same number of non-empty batches"):
@@ -61,6 +62,8 @@ def test_every_record_exactly_once_with_equal_steps_per_rank(
         bucket=bucket,
         shuffle=shuffle,
         window=window,
+        block=block,
+        blocks=3,
     )
     everything = np.concatenate([b for rank in batches for b in rank])
     assert np.array_equal(np.sort(everything), np.arange(n))
@@ -220,3 +223,15 @@ def test_a_global_batch_is_the_same_on_any_number_of_ranks(
 def test_a_global_batch_must_divide_among_the_ranks():
     with pytest.raises(ValueError, match="divisible"):
         _plan(100, batch_size=64, world_size=3, global_batch=True)
+
+
+def test_a_block_shuffle_reads_few_blocks_at_a_time_and_still_mixes():
+    """Opt-in locality: any stretch of one group's records comes from ``blocks`` stored blocks,
+    in a shuffled order; the default order is untouched by the option's existence."""
+    plan = _plan(100_000, batch_size=100, block=1000, blocks=4)
+    first = np.concatenate([plan.rows(s) for s in range(40)])  # one group: 4,000 records
+    assert len(np.unique(first // 1000)) == 4
+    assert np.median(np.abs(np.diff(first))) > 100  # shuffled within the group
+    everything = np.concatenate([plan.rows(s) for s in range(plan.steps)])
+    assert np.array_equal(np.sort(everything), np.arange(100_000))
+    assert not np.array_equal(first, _plan(100_000, batch_size=100).rows(0)[:4000])

@@ -18,6 +18,7 @@ import pytest
 
 import ecstream
 from ecstream import build, shards
+from ecstream import remote as remote_module
 from ecstream.adapters.torch import loader
 from ecstream.remote import RemoteError, is_remote
 
@@ -258,3 +259,23 @@ def test_cli_builds_to_and_reads_from_object_storage(s3_server, data_path, tmp_p
     # replaced with --force: a complete store again, the old shards gone
     assert main(["build", str(data_path), "--out", uri, "--max-records", "300", "--force"]) == 0
     assert ecstream.open_store(uri).manifest["rows_read"] == 300
+
+
+def test_a_block_shuffle_streams_a_store_larger_than_its_cache(stores, fresh_cache, monkeypatch):
+    """Opt-in locality: shuffled batches from a cache that holds a third of the split, each
+    shard fetched about once per epoch, identical to local disk."""
+    local, remote = stores
+    sizes = [c["bytes"] for c in remote.shard_checksums("train")]
+    bound = 2 * max(sizes)
+    assert bound < sum(sizes) / 2
+    monkeypatch.setenv("ECSTREAM_CACHE_BYTES", str(bound))
+    remote = ecstream.open_store(str(remote.path))
+    kw = {"batch_size": 50, "block": 100, "blocks": 2, "seed": 4, "bucket": True}
+    fetched = []
+    real = remote_module.fetch_shard
+    monkeypatch.setattr(remote_module, "fetch_shard", lambda *a: fetched.append(a[0]) or real(*a))
+    for a, b in zip(local.batches("train", **kw), remote.batches("train", **kw), strict=True):
+        assert _same(a, b)
+        cached = sum(p.stat().st_size for p in (fresh_cache / "shards").glob("*.arrow"))
+        assert cached <= bound
+    assert len(fetched) <= 2 * len(sizes)  # not a fetch per batch

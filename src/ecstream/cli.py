@@ -197,6 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         global_batch=args.global_batch,
         drop_last=args.drop_last,
         checkpoint_every=args.checkpoint_every,
+        shuffle_block=args.shuffle_block,
         precision=args.precision,
         num_workers=args.num_workers,
         limit_train_batches=args.limit_train_batches,
@@ -474,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
         "any number of processes trains on the same batches",
     )  # fmt: skip
     p.add_argument("--drop-last", action="store_true", help="train on full batches only")
+    p.add_argument(
+        "--shuffle-block", type=_not_negative, default=t.shuffle_block, metavar="RECORDS",
+        help="opt-in locality-aware order: shuffle 16 blocks of RECORDS stored records at a "
+        "time instead of the whole split (for a remote store larger than its cache)",
+    )  # fmt: skip
     p.add_argument("--precision", default=t.precision, help="auto (bf16-mixed on GPU), 32-true, …")
     p.add_argument(
         "--num-workers", type=_not_negative, default=t.num_workers,

@@ -12,6 +12,8 @@ the concatenation of its *base batches* of ``batch_size`` records.
 - ``bucket=True``: the shuffled order is cut into windows of ``window`` batches; inside a window
   records are sorted by (capped) length and cut into batches, and the full batches are put in a
   shuffled order again. Only the very last batch of the epoch can be partial; it stays last.
+- ``block > 0`` (opt-in) replaces the shuffle of the whole split by a locality-aware one
+  (:class:`BlockShuffle`): groups of ``blocks`` stored blocks, each shuffled within itself.
 
 **Ranks** take consecutive pieces of the stream, step after step: step ``s`` of rank ``r`` is
 piece ``s·W + r``. Two ways to cut pieces:
@@ -77,6 +79,39 @@ class Permutation:
         return x.astype(np.int64)
 
 
+class BlockShuffle:
+    """A locality-aware bijection of ``[0, n)`` (``block > 0``, opt-in): stored records are cut
+    into blocks of ``block`` records, the full blocks are put in a keyed order (a partial last
+    block stays last), and each run of ``blocks`` blocks in that order is shuffled as one group.
+    A stretch of the epoch then reads ``blocks`` blocks at a time, so a reader whose shards do
+    not all fit (a bounded cache of a remote store) holds only those of the current group."""
+
+    def __init__(self, n: int, block: int, blocks: int, key: int):
+        self.n, self.block, self.group = n, block, block * blocks
+        self.blocks, self.key = blocks, key
+        full = n // block
+        order = Permutation(full, _subkey(key, 0))(np.arange(full)) if full else np.zeros(0)
+        self.order = np.append(order, full).astype(np.int64)  # the partial block (if any) last
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty_like(positions)
+        groups = positions // self.group
+        for g in np.unique(groups).tolist():
+            sel = groups == g
+            size = min(self.group, self.n - g * self.group)
+            inner = Permutation(size, _subkey(self.key, g + 1))(positions[sel] - g * self.group)
+            out[sel] = self.order[g * self.blocks + inner // self.block] * self.block + (
+                inner % self.block
+            )
+        return out
+
+
+def _subkey(key: int, salt: int) -> int:
+    """A key derived from ``key`` for the ``salt``-th use (block order, each group)."""
+    return derive_key("ecstream-blocks/v1", key, salt)
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """Everything besides (split, seed, epoch) that decides the batches of an epoch."""
@@ -90,6 +125,9 @@ class BatchSettings:
     padding: str = "post"
     truncating: str = "post"
     global_batch: bool = False  # batch_size is the batch of all ranks together
+    # opt-in locality-aware shuffle: records per block (0: shuffle the whole split) …
+    block: int = 0
+    blocks: int = 16  # … and how many blocks are shuffled together
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -98,6 +136,8 @@ class BatchSettings:
             raise ValueError(f"max_length must be at least 1, got {self.max_length}")
         if self.window < 1:
             raise ValueError(f"window must be at least 1 batch, got {self.window}")
+        if self.block < 0 or self.blocks < 1:
+            raise ValueError(f"block must be ≥ 0 and blocks ≥ 1, got {self.block}, {self.blocks}")
         for name in ("padding", "truncating"):
             if getattr(self, name) not in ("post", "pre"):
                 raise ValueError(f"{name} must be 'post' or 'pre', got {getattr(self, name)!r}")
@@ -149,7 +189,13 @@ class EpochPlan:
         self.rank, self.world_size = rank, world_size
         self.lengths = lengths
         self.seed_key = derive_key("ecstream-order/v1", key, seed, epoch)
-        self.permutation = Permutation(n, self.seed_key) if settings.shuffle and n else None
+        self.permutation: Permutation | BlockShuffle | None = None
+        if settings.shuffle and n:
+            self.permutation = (
+                BlockShuffle(n, settings.block, settings.blocks, self.seed_key)
+                if settings.block
+                else Permutation(n, self.seed_key)
+            )
         self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # (index, rows, order)
         self._layout()
 

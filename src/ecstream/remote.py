@@ -17,8 +17,10 @@ by their XXH3-128 checksum (so stores share entries and a name says what its byt
   :class:`RemoteError` names the shard. Nothing is ever served from bytes that did not pass;
 - a split's shards are fetched ahead of the stream, in plan order, by a few threads
   (:meth:`RemoteSplit.prefetch`), at most ``cache_bytes`` ahead;
-- the cache holds at most ``cache_bytes`` (``$ECSTREAM_CACHE_BYTES``): the least recently used
-  entries are removed first. A shard a process has mapped keeps its disk space until unmapped.
+- the cache holds at most ``cache_bytes`` (``$ECSTREAM_CACHE_BYTES``): room is made (least
+  recently used entries first) before an entry goes in. Processes that add at the same moment
+  can overshoot by an entry each, and a shard a process has mapped keeps its disk space until
+  unmapped.
 
 Object stores have no rename and no locks: a remote build (:func:`publish`) removes an old
 manifest first, writes its shards, and writes the manifest last, so the manifest is the commit
@@ -46,13 +48,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import xxhash
 
-from .atomic import OutputBusyError, atomic_path
+from .atomic import OutputBusyError, atomic_path, write_bytes
 from .cache import cache_dir
 from .hashing import CHECKSUM
 from .integrity import IntegrityError, StoreError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BLOCK = 8 << 20  # bytes per read of a download
+_ADDING = threading.Lock()  # one entry enters the cache at a time in a process
 
 
 class RemoteError(StoreError):
@@ -244,19 +247,41 @@ def fetch_shard(uri: str, expected: dict[str, Any], settings: RemoteSettings) ->
     started = time.monotonic()
     while True:
         if local.is_file() and local.stat().st_size == expected["bytes"]:
-            with contextlib.suppress(OSError):
-                os.utime(local)  # recently used: evicted last
+            _used(local)
             return local
+        locked = False
         try:
             with atomic_path(local) as tmp:
                 handler, path = filesystem(uri, settings)
                 _retrying(uri, partial(_download, handler, path, tmp, expected), settings)
-            _evict(settings.cache_bytes, keep=local)
+                # room is made before the entry goes in, both under one lock: the threads of a
+                # process never hold more than the bound between them
+                _ADDING.acquire()
+                locked = True
+                _evict(settings.cache_bytes - expected["bytes"], keep=local)
+            _used(local)
             return local
         except OutputBusyError:  # another process fetches it now: wait for its result
             if time.monotonic() - started > settings.deadline + settings.timeout:
                 raise RemoteError(f"{uri}: another process has been fetching it too long") from None
             time.sleep(0.05)
+        finally:
+            if locked:
+                _ADDING.release()
+
+
+def _marker(local: Path) -> Path:
+    return local.with_name(f"{local.name}.used")
+
+
+def _used(local: Path) -> None:
+    """Note that an entry was just used, on a marker beside it: touching the entry itself would
+    change its identity, and another process checking it would see a file that changed."""
+    marker = _marker(local)
+    with contextlib.suppress(OSError, OutputBusyError):
+        if not marker.exists():
+            write_bytes(marker, b"")
+        os.utime(marker)
 
 
 def _evict(limit: int, keep: Path) -> None:
@@ -265,8 +290,12 @@ def _evict(limit: int, keep: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(_shard_cache()):
             if entry.name.endswith(".arrow") and entry.is_file():
-                st = entry.stat()
-                entries.append((st.st_mtime, st.st_size, Path(entry.path)))
+                path = Path(entry.path)
+                try:
+                    used = _marker(path).stat().st_mtime
+                except OSError:
+                    used = entry.stat().st_mtime
+                entries.append((used, entry.stat().st_size, path))
     total = sum(size for _, size, _ in entries)
     for _, size, path in sorted(entries):
         if total <= limit:
@@ -274,6 +303,7 @@ def _evict(limit: int, keep: Path) -> None:
         if path != keep:
             with contextlib.suppress(OSError):
                 path.unlink()  # a process that mapped it keeps reading its bytes
+                _marker(path).unlink()
             total -= size
 
 

@@ -508,6 +508,17 @@ class SplitData:
         self._evict(keep=set(which))
 
     def _fetch(self, k: int) -> None:
+        for attempt in range(3):
+            try:
+                return self._fetch_once(k)
+            except IntegrityError:
+                # another process may have evicted the cache entry in between: fetch it again
+                view = self.views[k]
+                if attempt == 2 or view is None or view.path.exists():
+                    raise
+                self.views[k] = None
+
+    def _fetch_once(self, k: int) -> None:
         path = self.source.fetch(k)
         view, expected = self.views[k], self.checksums[k]
         if view is None or view.path != path:

@@ -311,12 +311,16 @@ class Store:
         window: int = BatchSettings.window,
         multi_class: bool = False,
         global_batch: bool = BatchSettings.global_batch,
+        block: int = BatchSettings.block,
+        blocks: int = BatchSettings.blocks,
     ) -> Batches:
         """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`.
 
         Rows whose EC numbers span several classes are stored after all others and left out
         unless ``multi_class`` (a full-EC run learns from them; a class run cannot).
         ``global_batch``: ``batch_size`` is the batch of all ``world_size`` ranks together.
+        ``block``: shuffle ``blocks`` stored blocks of ``block`` records at a time instead of the
+        whole split (opt-in; a remote store then needs only their shards in its cache).
         """
         settings = BatchSettings(
             batch_size=batch_size,
@@ -328,6 +332,8 @@ class Store:
             padding=padding,
             truncating=truncating,
             global_batch=global_batch,
+            block=block,
+            blocks=blocks,
         )
         data = self.split_data(split, in_memory)
         records = None if multi_class else self.single_class_records(split)

@@ -261,6 +261,7 @@ class StoreData(L.LightningDataModule):
             multi_class=self.vocab is not None or c.multi_class == "first",
             global_batch=c.global_batch,
             drop_last=c.drop_last and shuffle,  # validation sees every record
+            block=c.shuffle_block if shuffle else 0,
         )
 
     def _loader(self, split: str, shuffle: bool):
