@@ -575,8 +575,8 @@ class SplitData:
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         """The Arrow record batches of the split in stored order, parsed from checked bytes."""
         for k in range(len(self.paths)):
-            if self.source is not None and self.views[k] is None:
-                self._fetch(k)
+            if self.source is not None:  # in the cache (again, if it was evicted), and checked
+                self._need(self.starts[k : k + 1])
             yield from self.views[k].record_batches()
 
     # --- reads by row number -------------------------------------------------------------------
