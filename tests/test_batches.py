@@ -191,3 +191,23 @@ def test_a_state_of_the_previous_format_still_resumes(small_store):
     one = small_store.batches("train", **kw)
     one.load_state_dict(old)
     assert one.num_samples == small_store.single_class_records("train") - 8 * 30
+
+
+def test_many_shards_give_the_batches_of_one(small_store, data_path, tmp_path, monkeypatch):
+    """A split's shards side by side in one address range: a store cut into many small shards
+    streams the same bytes as one shard per split, memory-mapped or in RAM."""
+    import functools
+
+    import ecstream
+    from ecstream import build, shards
+
+    cut = functools.partial(shards.SplitWriter, shard_rows=256, batch_rows=64)
+    monkeypatch.setattr(build, "SplitWriter", cut)
+    many = ecstream.build_store(data_path, tmp_path / "many", max_records=3000)
+    assert len(many.shard_paths("train")) > 5 and len(small_store.shard_paths("train")) == 1
+    for split in ("train", "val"):
+        assert many.fingerprint(split) == small_store.fingerprint(split)
+        for kw in ({"bucket": True, "seed": 3}, {"in_memory": True, "padding": "pre"}):
+            ours = list(many.batches(split, batch_size=70, **kw))
+            theirs = list(small_store.batches(split, batch_size=70, **kw))
+            assert all(_same(a, b) for a, b in zip(ours, theirs, strict=True))
