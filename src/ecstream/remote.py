@@ -14,7 +14,8 @@ by their XXH3-128 checksum (so stores share entries and a name says what its byt
   shard waits for it;
 - each read has a timeout and a failed fetch (an error, a timeout, wrong bytes) is retried with
   growing pauses until :attr:`RemoteSettings.deadline` seconds have passed; then
-  :class:`RemoteError` names the shard. Nothing is ever served from bytes that did not pass;
+  :class:`RemoteError` names the shard (``…/train/shard-00003.arrow: failed after …``).
+  Nothing is ever served from bytes that did not pass;
 - a split's shards are fetched ahead of the stream, in plan order, by a few threads
   (:meth:`RemoteSplit.prefetch`), at most ``cache_bytes`` ahead;
 - the cache holds at most ``cache_bytes`` (``$ECSTREAM_CACHE_BYTES``): room is made (least
@@ -140,7 +141,7 @@ def filesystem(uri: str, settings: RemoteSettings | None = None) -> tuple[Any, s
         return s3, f"{parts.netloc}{parts.path}".rstrip("/")
     try:
         return fs.FileSystem.from_uri(str(uri))
-    except Exception:  # a scheme pyarrow does not know: fsspec may
+    except (ValueError, NotImplementedError):  # a scheme pyarrow does not know: fsspec may
         try:
             import fsspec
         except ImportError:
@@ -166,8 +167,8 @@ def _retrying(what: str, attempt, settings: RemoteSettings):
         waited = time.monotonic() - started
         if waited + pause > settings.deadline:
             raise RemoteError(
-                f"{what}: could not be read after {tries} attempts over {waited:.0f} s "
-                f"({last}); check the network and the object store, then run it again"
+                f"{what}: failed after {tries} attempts over {waited:.0f} s ({last}); "
+                "check the network and the object store, then run it again"
             )
         time.sleep(pause)
         pause = min(pause * 2, 5.0)
