@@ -16,8 +16,7 @@ This takes hours on 2 cores. Every step writes under ``bench-output/accuracy/`` 
 time in ``times.json`` when it succeeds; a step already recorded is skipped, so an interrupted
 run continues where it stopped (an interrupted CNN resumes from its last checkpoint).
 ``ECSTREAM_ACCURACY_SPLITS`` (comma-separated, e.g. ``random,strict 0.3``) runs and reports
-only those splits; by default all run. ``ECSTREAM_ACCURACY_EXTRA`` names extra CNN runs (a
-preset or a recipe of the remote-proteins section) trained on the strict split.
+only those splits; by default all run.
 ``ECSTREAM_ACCURACY_MAX_TIME`` (DD:HH:MM:SS) caps each CNN's training (``train --max-time``), for
 a session with less time than early stopping needs; the report then says so.
 """

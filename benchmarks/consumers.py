@@ -40,12 +40,15 @@ def ecstream_epoch(
         in_memory=in_memory,
         bucket=bucket,
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     samples = 0
     for batch in batches:
         samples += len(batch)
-    seconds = time.perf_counter() - start
-    _report(samples=samples, steps=len(batches), seconds=seconds, anon_after_import=after_import)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    _report(
+        samples=samples, steps=len(batches), seconds=seconds, cpu_seconds=cpu_seconds,
+        anon_after_import=after_import,
+    )  # fmt: skip
 
 
 def ecstream_build(data: str, out: str) -> None:

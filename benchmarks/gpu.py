@@ -26,6 +26,7 @@ column: a GPU machine without MMseqs2 rebuilds the same splits from it (``ecstre
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -53,6 +54,11 @@ CONFIGS = {
 }
 MAIN = "large, bf16, 4 workers"
 MAX_WAIT_SHARE = 0.05
+BIG = "large, bf16, 4 workers, batch 256"
+MAX_WAIT_SHARE_BIG = 0.02  # issue 11: at batch 256
+MIN_MFU = 0.25  # issue 11: `large` in bf16
+#: dense bf16 peak FLOP/s by card name (datasheets); $ECSTREAM_PEAK_FLOPS for others
+PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
 class StepTimer(Callback):
@@ -61,7 +67,7 @@ class StepTimer(Callback):
     def __init__(self, warmup: int = WARMUP):
         self.warmup = warmup
         self.wait = self.step = 0.0
-        self.steps = self.samples = 0
+        self.steps = self.samples = self.cells = 0
         self.last_end: float | None = None
         self.start = 0.0
 
@@ -80,11 +86,20 @@ class StepTimer(Callback):
             self.step += self.last_end - self.start
             self.steps += 1
             self.samples += len(batch.y)
+            self.cells += batch.x.numel()  # residue positions the network computes, padding too
+
+
+def _peak(card: str) -> float | None:
+    """The card's dense bf16 peak FLOP/s, from $ECSTREAM_PEAK_FLOPS or the table."""
+    if value := os.environ.get("ECSTREAM_PEAK_FLOPS"):
+        return float(value)
+    return next((v for k, v in PEAK_BF16.items() if k in card), None)
 
 
 def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
     """Train every configuration on a fresh store of ``data``; write and return the figures."""
     from ecstream import build_store
+    from ecstream.model import flops_per_residue, preset
     from ecstream.train import TrainConfig, train
 
     if not torch.cuda.is_available():
@@ -99,6 +114,8 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
         "warmup": WARMUP,
         "runs": {},
     }
+    peak = _peak(results["card"])
+    results["peak_bf16_flops"] = peak
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         store = build_store([data], Path(tmp) / "store")
@@ -124,8 +141,12 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
             if timer.steps == 0:
                 raise SystemExit(f"{steps} steps leave none to measure after {WARMUP} of warm-up")
             total = timer.wait + timer.step
+            # a training step costs about three forward passes (backward: two)
+            flops = 3 * flops_per_residue(preset(fields["model"], (7,))) * timer.cells
             results["runs"][name] = {
                 **fields,
+                "model_flops_per_s": flops / total,
+                "mfu": flops / total / peak if peak else None,
                 "seq_per_s": timer.samples / total,
                 "wait_share": timer.wait / total,
                 "ms_per_step": 1000 * total / timer.steps,
@@ -158,19 +179,46 @@ def render(results: dict) -> str:
         "share of step time spent in the DataLoader's `next()` and the host-to-device copy, with "
         "a CUDA synchronisation at the end of every step (so conservative).",
         "",
-        "| configuration | sequences/s | ms/step | data wait | val acc. after the epoch | "
+        "| configuration | sequences/s | ms/step | data wait | MFU | val acc. after the epoch | "
         "peak GPU memory |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["runs"].items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | |")
             continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "–"
         lines.append(
             f"| {name} | {r['seq_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
-            f"{100 * r['wait_share']:.2f}% | {r['val_acc']:.3f} | {r['peak_gpu_gb']:.2f} GB |"
+            f"{100 * r['wait_share']:.2f}% | {mfu} | {r['val_acc']:.3f} | "
+            f"{r['peak_gpu_gb']:.2f} GB |"
         )
     runs = results["runs"]
+    lines += [
+        "",
+        "MFU: model FLOPs per second (three times the forward FLOPs per residue of the preset, "
+        "over every residue position computed, padding included) over the card's dense bf16 "
+        + (
+            f"peak ({results['peak_bf16_flops'] / 1e12:.0f} TFLOP/s; "
+            if results.get("peak_bf16_flops")
+            else "peak (not recorded by this run; "
+        )
+        + "`$ECSTREAM_PEAK_FLOPS` sets it for other cards).",
+    ]
+    big = runs.get(BIG, {})
+    if "wait_share" in big:
+        lines.append("")
+        lines.append(
+            f"Targets of issue 11 ({BIG}): data wait < {100 * MAX_WAIT_SHARE_BIG:.0f}%: "
+            f"{100 * big['wait_share']:.2f}% "
+            f"({'met' if big['wait_share'] < MAX_WAIT_SHARE_BIG else '**NOT met**'}); "
+            + (
+                f"MFU ≥ {100 * MIN_MFU:.0f}%: {100 * big['mfu']:.1f}% "
+                f"({'met' if big['mfu'] >= MIN_MFU else '**NOT met**'})."
+                if big.get("mfu") is not None
+                else "MFU: no peak known for this card."
+            )
+        )
     main = runs.get(MAIN, {})
     if "wait_share" in main:
         met = main["wait_share"] < MAX_WAIT_SHARE
@@ -181,7 +229,6 @@ def render(results: dict) -> str:
             f"{'met' if met else '**NOT met**'}.",
         ]
         fp32 = runs.get("large, fp32, 4 workers", {})
-        big = runs.get("large, bf16, 4 workers, batch 256", {})
         if "seq_per_s" in fp32 and "seq_per_s" in big:
             lines += [
                 "",

@@ -23,6 +23,8 @@ SECTIONS = {
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
     "faults": "faults",
+    "scale": "scale",
+    "remote": "remote",
 }
 NEEDS_CUDA = {"gpu"}
 

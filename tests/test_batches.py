@@ -149,3 +149,66 @@ def test_batches_of_a_split_hold_only_that_split(small_store):
 def test_unknown_split_is_a_clear_error(small_store):
     with pytest.raises(KeyError, match=r"no split 'validation'.*train, val, test"):
         small_store.batches("validation")
+
+
+@pytest.mark.parametrize("global_batch", [False, True])
+@pytest.mark.parametrize(("before", "after"), [(4, 2), (4, 8), (3, 1)])
+def test_a_state_resumes_on_another_number_of_ranks(small_store, before, after, global_batch):
+    """Checkpointed by 4 ranks, continued by 2 or 8: exactly the records not seen yet, each once,
+    from a state under 1 KB that is the same on every rank."""
+    kw = {"batch_size": 48 if global_batch else 20, "seed": 5, "epoch": 1, "bucket": True,
+          "global_batch": global_batch}  # fmt: skip
+    ranks = [small_store.batches("train", rank=r, world_size=before, **kw) for r in range(before)]
+    seen = []
+    for b in ranks:
+        stream = iter(b)
+        seen += [i for _ in range(3) for i in next(stream).ids]
+    states = [json.dumps(b.state_dict()) for b in ranks]
+    assert len(set(states)) == 1 and len(states[0]) < 1024
+    for r in range(after):
+        resumed = small_store.batches("train", rank=r, world_size=after, **kw)
+        resumed.load_state_dict(json.loads(states[0]))
+        seen += [i for batch in resumed for i in batch.ids]
+    everything = [i for batch in small_store.batches("train", **kw) for i in batch.ids]
+    assert sorted(seen) == sorted(everything) and len(set(seen)) == len(seen)
+
+
+def test_a_state_of_the_previous_format_still_resumes(small_store):
+    """States saved before elastic resume (format v1: a rank's step) load as before, and on
+    another world size too."""
+    kw = {"batch_size": 30, "seed": 2, "epoch": 0}
+    full = list(small_store.batches("train", rank=1, world_size=2, **kw))
+    old = {
+        "format": "ecstream-batches/v1", "split": "train",
+        "fingerprint": small_store.fingerprint("train"), "seed": 2, "epoch": 0, "step": 4,
+        "rank": 1, "world_size": 2, "records": small_store.single_class_records("train"),
+        "settings": {k: v for k, v in small_store.batches("train", **kw).settings.to_dict().items()
+                     if k != "global_batch"},
+    }  # fmt: skip
+    same = small_store.batches("train", rank=1, world_size=2, **kw)
+    same.load_state_dict(old)
+    assert all(_same(a, b) for a, b in zip(list(same), full[4:], strict=True))
+    one = small_store.batches("train", **kw)
+    one.load_state_dict(old)
+    assert one.num_samples == small_store.single_class_records("train") - 8 * 30
+
+
+def test_many_shards_give_the_batches_of_one(small_store, data_path, tmp_path, monkeypatch):
+    """A split's shards side by side in one address range: a store cut into many small shards
+    streams the same bytes as one shard per split, memory-mapped or in RAM."""
+    import functools
+
+    import ecstream
+    from ecstream import build, shards
+
+    cut = functools.partial(shards.SplitWriter, shard_rows=256, batch_rows=64)
+    monkeypatch.setattr(build, "SplitWriter", cut)
+    many = ecstream.build_store(data_path, tmp_path / "many", max_records=3000)
+    # one shard of single-class rows, one of the rows spanning classes
+    assert len(many.shard_paths("train")) > 5 and len(small_store.shard_paths("train")) == 2
+    for split in ("train", "val"):
+        assert many.fingerprint(split) == small_store.fingerprint(split)
+        for kw in ({"bucket": True, "seed": 3}, {"in_memory": True, "padding": "pre"}):
+            ours = list(many.batches(split, batch_size=70, **kw))
+            theirs = list(small_store.batches(split, batch_size=70, **kw))
+            assert all(_same(a, b) for a, b in zip(ours, theirs, strict=True))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from ecstream.plan import BatchSettings, EpochPlan, Permutation
 
 
-def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, **kw):
+def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, start=0, **kw):
     lengths = lengths if lengths is not None else np.arange(n) % 700 + 10
     return EpochPlan(
         n,
@@ -19,6 +19,7 @@ def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, **kw):
         rank=rank,
         world_size=world_size,
         lengths=lambda rows: np.minimum(lengths[rows], kw.get("max_length", 660)),
+        start=start,
     )
 
 
@@ -43,9 +44,10 @@ def test_permutation_is_a_bijection(n, key):
     shuffle=st.booleans(),
     window=st.integers(1, 8),
     world_size=st.integers(1, 8),
+    block=st.sampled_from([0, 0, 1, 7, 100]),
 )
 def test_every_record_exactly_once_with_equal_steps_per_rank(
-    n, batch_size, seed, epoch, bucket, shuffle, window, world_size
+    n, batch_size, seed, epoch, bucket, shuffle, window, world_size, block
 ):
     if n < world_size:
         with pytest.raises(ValueError, match="same number of non-empty batches"):
@@ -60,6 +62,8 @@ def test_every_record_exactly_once_with_equal_steps_per_rank(
         bucket=bucket,
         shuffle=shuffle,
         window=window,
+        block=block,
+        blocks=3,
     )
     everything = np.concatenate([b for rank in batches for b in rank])
     assert np.array_equal(np.sort(everything), np.arange(n))
@@ -135,3 +139,108 @@ def test_bucketing_groups_similar_lengths():
 def test_bad_settings_are_refused(kw):
     with pytest.raises(ValueError):
         BatchSettings(**kw)
+
+
+def _seen(plans, steps):
+    """Records every rank of ``plans`` sees in its first ``steps`` steps."""
+    return [p.rows(s) for p in plans for s in range(steps)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 2500),
+    batch_size=st.integers(1, 100),
+    before=st.integers(1, 8),
+    after=st.integers(1, 8),
+    at=st.floats(0, 1),
+    bucket=st.booleans(),
+    global_batch=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_a_resume_on_another_world_size_sees_exactly_the_rest_of_the_epoch(
+    n, batch_size, before, after, at, bucket, global_batch, seed
+):
+    """Ranks of one world size stop after some steps; the records they consumed are all the
+    state holds; any other world size then sees exactly the records not yet seen, each once."""
+    if global_batch:
+        batch_size *= before * after  # a global batch both world sizes can share
+    kw = {"batch_size": batch_size, "bucket": bucket, "global_batch": global_batch, "seed": seed}
+    try:
+        first = [_plan(n, rank=r, world_size=before, **kw) for r in range(before)]
+    except ValueError:
+        return  # too few records for this many ranks: refused, as tested above
+    stop = int(at * first[0].steps)
+    seen = _seen(first, stop)
+    consumed = first[0].consumed(stop)
+    assert all(p.consumed(stop) == consumed for p in first)  # the same on every rank
+    assert sum(len(b) for b in seen) == consumed
+    try:
+        rest = [_plan(n, rank=r, world_size=after, start=consumed, **kw) for r in range(after)]
+    except ValueError as error:  # the rest is smaller than the new world: said so
+        assert "same number of non-empty batches" in str(error)
+        return
+    assert len({p.steps for p in rest}) == 1
+    seen += _seen(rest, rest[0].steps)
+    everything = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    assert np.array_equal(np.sort(everything), np.arange(n))
+    assert sum(p.num_samples for p in rest) == rest[0].total_samples == n - consumed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    per_rank=st.integers(1, 40),
+    world_size=st.integers(2, 8),
+    bucket=st.booleans(),
+    drop_last=st.booleans(),
+)
+def test_a_global_batch_is_the_same_on_any_number_of_ranks(
+    n, per_rank, world_size, bucket, drop_last
+):
+    """With global_batch, step s of W ranks together holds the records of step s of one rank."""
+    kw = {"bucket": bucket, "drop_last": drop_last, "global_batch": True}
+    size = per_rank * world_size
+    one = _plan(n, batch_size=size, **kw)
+    try:
+        many = [_plan(n, rank=r, world_size=world_size, batch_size=size, **kw)
+                for r in range(world_size)]  # fmt: skip
+    except ValueError:
+        assert n < world_size
+        return
+    if drop_last:
+        assert all(p.steps == one.steps for p in many)
+    # every step but the last one or two (a partial global batch is cut as evenly as it goes)
+    full = many[0].regular // world_size
+    assert full >= one.steps - 2
+    for s in range(full):
+        parts = [p.rows(s) for p in many]
+        assert all(len(part) == per_rank for part in parts)
+        assert np.array_equal(np.concatenate(parts), one.rows(s))
+    together = [p.rows(s) for p in many for s in range(p.steps)]
+    assert sum(len(b) for b in together) == one.total_samples
+
+
+def test_a_global_batch_must_divide_among_the_ranks():
+    with pytest.raises(ValueError, match="divisible"):
+        _plan(100, batch_size=64, world_size=3, global_batch=True)
+
+
+def test_a_block_shuffle_reads_few_blocks_at_a_time_and_still_mixes():
+    """Opt-in locality: any stretch of one group's records comes from ``blocks`` stored blocks,
+    in a shuffled order; the default order is untouched by the option's existence."""
+    plan = _plan(100_000, batch_size=100, block=1000, blocks=4)
+    first = np.concatenate([plan.rows(s) for s in range(40)])  # one group: 4,000 records
+    assert len(np.unique(first // 1000)) == 4
+    assert np.median(np.abs(np.diff(first))) > 100  # shuffled within the group
+    everything = np.concatenate([plan.rows(s) for s in range(plan.steps)])
+    assert np.array_equal(np.sort(everything), np.arange(100_000))
+    assert not np.array_equal(first, _plan(100_000, batch_size=100).rows(0)[:4000])
+
+
+def test_bucketing_with_a_block_shuffle_keeps_each_window_within_one_group():
+    """A bucketing window wider than a group of blocks would sort several groups together, and
+    a reader would need all their shards at once: with a block shuffle the window is capped."""
+    lengths = np.random.default_rng(0).integers(1, 900, 10_000)
+    plan = _plan(10_000, lengths, batch_size=50, block=100, blocks=2, bucket=True)
+    for step in range(plan.steps):
+        assert len(np.unique(plan.rows(step) // 100)) <= 2, step

@@ -2,11 +2,13 @@
 
 :class:`Batches` is what ``store.batches(...)`` returns: ``len()`` is the number of steps,
 ``num_samples`` the number of records, iteration yields :class:`Batch` objects, random access
-``batches[step]`` serves the loader adapters, and ``state_dict()`` resumes mid-epoch.
+``batches[step]`` serves the loader adapters, and ``state_dict()`` resumes mid-epoch, also with
+another number of ranks (see :mod:`ecstream.plan`, "Resume").
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from functools import partial
 
@@ -16,7 +18,11 @@ from . import alphabet
 from .plan import BatchSettings, EpochPlan
 from .shards import SplitData
 
-STATE_FORMAT = "ecstream-batches/v1"
+STATE_FORMAT = "ecstream-batches/v2"
+#: Steps whose shards a remote split fetches ahead of the one being read.
+LOOKAHEAD = 64
+#: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
+STATE_FORMAT_V1 = "ecstream-batches/v1"
 
 
 class Batch:
@@ -105,19 +111,49 @@ class Batches:
     def split(self) -> str:
         return self.data.name
 
-    def set_epoch(self, epoch: int) -> None:
-        """Switch to another epoch (a different order when shuffling) and rewind to its start."""
-        self.epoch, self.step = epoch, 0
-        self.plan = EpochPlan(
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Switch to another epoch (a different order when shuffling) and rewind to its start,
+        or to ``start``: records of that epoch all ranks consumed already."""
+        self.epoch, self.step, self._ahead = epoch, 0, 0
+        self.plan = self._plan(epoch, start, self.world_size, self.rank)
+
+    def _prefetch(self, step: int) -> None:
+        """Have a remote split fetch the shards of the next steps, in the order they are needed
+        (a plan of its own, so that the window this one holds is not recomputed)."""
+        ahead = copy.copy(self.plan)
+        end = min(step + LOOKAHEAD, len(self))
+        self.data.prefetch(np.concatenate([ahead.rows(s) for s in range(step, end)]))
+        self._ahead = step + LOOKAHEAD // 2
+
+    def _plan(self, epoch: int, start: int, world_size: int, rank: int) -> EpochPlan:
+        return EpochPlan(
             self.records,
             self.settings,
             key=self.data.fingerprint,
             seed=self.seed,
             epoch=epoch,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=rank,
+            world_size=world_size,
             lengths=self._capped_lengths,
+            start=start,
         )
+
+    @property
+    def epoch_steps(self) -> int:
+        """Steps of the whole epoch on this world size (``len()`` counts those from ``start``)."""
+        if not self.start:
+            return len(self)
+        return self._plan(self.epoch, 0, self.world_size, self.rank).steps
+
+    @property
+    def start(self) -> int:
+        """Records of this epoch consumed by all ranks before this plan began (a resume)."""
+        return self.plan.start
+
+    @property
+    def consumed(self) -> int:
+        """Records of this epoch consumed by all ranks together, all being at ``step``."""
+        return self.plan.consumed(self.step)
 
     def _capped_lengths(self, rows: np.ndarray) -> np.ndarray:
         return np.minimum(self.data.lengths(rows), self.settings.max_length)
@@ -133,6 +169,8 @@ class Batches:
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             step += len(self)
+        if self.data.source is not None and step >= self._ahead and not self.data.complete:
+            self._prefetch(step)
         rows = self.plan.rows(step)
         s = self.settings
         width = partial(batch_width, settings=s) if s.bucket else s.max_length
@@ -141,47 +179,90 @@ class Batches:
         return Batch(x, labels, lengths, rows, self.data)
 
     def __iter__(self) -> Iterator[Batch]:
-        """Yield the batches from ``step`` on; a completed epoch rewinds ``step`` to 0."""
+        """Yield the batches from ``step`` on; a completed epoch rewinds to its beginning."""
         while self.step < len(self):
             batch = self[self.step]
             self.step += 1
             yield batch
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Back to the beginning of the epoch (the whole of it, after a resume)."""
+        if self.start:
+            self.set_epoch(self.epoch)
         self.step = 0
 
     def state_dict(self) -> dict:
-        """Where this stream stands (under 1 KB): load it into an equal Batches to resume."""
+        """Where the stream stands (under 1 KB), the same on every rank: load it into Batches
+        opened with the same arguments (any rank, any world size) to resume.
+
+        ``consumed`` (records of the epoch's stream that all ranks have seen) is what an
+        elastic resume needs; ``start``, ``step`` and ``world_size`` let a resume on the same
+        number of ranks continue the identical batches, the last re-cut ones included.
+        """
         return {
             "format": STATE_FORMAT,
             "split": self.split,
             "fingerprint": self.data.fingerprint,
             "seed": self.seed,
             "epoch": self.epoch,
-            "step": self.step,
-            "rank": self.rank,
-            "world_size": self.world_size,
             "records": self.records,
             "settings": self.settings.to_dict(),
+            "consumed": self.consumed,
+            "start": self.start,
+            "step": self.step,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict`; refuses a state of another split or other settings."""
-        if state.get("format") != STATE_FORMAT:
+        """Resume from :meth:`state_dict` (or a state of an ecstream before elastic resume);
+        refuses a state of another split or other settings.
+
+        With the world size of the state, the stream continues at its step; with another one,
+        at the records consumed: this rank's share of exactly the records not yet seen.
+        """
+        if state.get("format") not in (STATE_FORMAT, STATE_FORMAT_V1):
             raise ValueError(f"not a batch stream state: {state.get('format')!r}")
         mine = self.state_dict()
         state = {"records": self.data.n, **state}  # states saved before records were limited
-        for key in ("split", "fingerprint", "seed", "rank", "world_size", "records", "settings"):
-            if state[key] != mine[key]:
+        try:
+            settings = BatchSettings.from_dict(state["settings"])
+        except TypeError:
+            settings = None
+        theirs = {**state, "settings": settings}
+        for key in ("split", "fingerprint", "seed", "records", "settings"):
+            ours = self.settings if key == "settings" else mine[key]
+            if theirs[key] != ours:
+                shown = state[key] if key != "settings" else state["settings"]
                 raise ValueError(
-                    f"this state belongs to another stream ({key}: {state[key]!r} here "
+                    f"this state belongs to another stream ({key}: {shown!r} here "
                     f"{mine[key]!r}); open the batches with the same arguments to resume"
                 )
-        self.set_epoch(int(state["epoch"]))
-        if not 0 <= state["step"] <= len(self):
-            raise ValueError(f"step {state['step']} is outside this epoch of {len(self)} steps")
-        self.step = int(state["step"])
+        epoch, world = int(state["epoch"]), int(state["world_size"])
+        if state["format"] == STATE_FORMAT_V1:  # one rank's step in a plan from the start
+            if not 0 <= state.get("rank", 0) < world:
+                raise ValueError(f"rank {state.get('rank')} is outside world size {world}")
+            old = self._plan(epoch, 0, world, state.get("rank", 0))
+            if not 0 <= state["step"] <= old.steps:
+                raise ValueError(f"step {state['step']} is outside its epoch of {old.steps} steps")
+            state = {**state, "start": 0, "consumed": old.consumed(int(state["step"]))}
+        start, consumed = int(state["start"]), int(state["consumed"])
+        if not 0 <= start <= consumed <= self.records:
+            raise ValueError(f"consumed {consumed} is outside this epoch of {self.records} records")
+        if world == self.world_size:
+            self.set_epoch(epoch, start)
+            if not 0 <= state["step"] <= len(self) or self.consumed_at(state["step"]) != consumed:
+                raise ValueError(f"step {state['step']} does not fit this epoch's plan")
+            self.step = int(state["step"])
+        else:
+            self.set_epoch(epoch, consumed)
+
+    def consumed_at(self, step: int) -> int:
+        """Records all ranks have consumed when each has done ``step`` steps of this plan."""
+        return self.plan.consumed(step)
 
     def __repr__(self) -> str:
         return (
             f"Batches(split={self.split!r}, steps={len(self)}, samples={self.num_samples}, "
-            f"epoch={self.epoch}, step={self.step}, {self.settings})"
+            f"epoch={self.epoch}, start={self.start}, step={self.step}, {self.settings})"
         )

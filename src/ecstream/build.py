@@ -25,6 +25,7 @@ from .mmseqs.cluster import ClusterSettings, cluster_split
 from .mmseqs.leakage import leakage_report
 from .overlap import OverlapCheck
 from .records import Records
+from .remote import is_remote, publish, staging
 from .shards import SplitData, SplitWriter
 from .skips import Skips
 from .sources import (
@@ -201,11 +202,23 @@ def build_store(
     ``leakage`` adds the MMseqs2 leakage report to the manifest (default: for cluster splits).
     An input that ends early or cannot be decoded fails the build unless ``allow_partial``; then
     its rows before the break are kept and its entry in the manifest's ``sources`` says where
-    reading stopped and how many rows were kept. ``out`` never holds an input.
+    reading stopped and how many rows were kept. ``out`` never holds an input. ``out`` may be
+    a URI on object storage (``s3://bucket/prefix``): the store is built in a local temporary
+    directory and published there (:func:`ecstream.remote.publish`).
     """
     for gone, why in GONE_OPTIONS.items():
         if gone in options:
             raise StoreError(why)
+    if is_remote(out):  # built on local disk, then published: shards first, manifest last
+        with staging() as local:
+            build_store(
+                inputs, local / "store", columns=columns, fmt=fmt, progress=progress,
+                threads=threads, leakage=leakage, allow_partial=allow_partial, **options,
+            )  # fmt: skip
+            if progress:
+                progress(f"uploading to {out}")
+            publish(local / "store", str(out), MANIFEST, force)
+        return Store(out)
     config = BuildConfig(**options)
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     if not inputs:

@@ -57,6 +57,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _part(text: str) -> tuple[int, int]:
+    """An argparse type: ``I/N``, part I (from 0) of N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N, such as 0/4, got {text}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"I must be in 0 … N-1, got {text}")
+    return i, n
+
+
 def _batch_limit(text: str) -> int | float:
     """Lightning's ``limit_train_batches``: a count (``10``) or a fraction (``0.25``, ``1.0``)."""
     try:
@@ -181,6 +192,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         accelerator=args.accelerator,
         devices=args.devices,
+        num_nodes=args.num_nodes,
+        global_batch=args.global_batch,
+        drop_last=args.drop_last,
+        checkpoint_every=args.checkpoint_every,
+        shuffle_block=args.shuffle_block,
         precision=args.precision,
         num_workers=args.num_workers,
         limit_train_batches=args.limit_train_batches,
@@ -284,7 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         summary = predict_file(
             model, args.input, args.out, top_k=args.top_k, columns=columns, fmt=args.format,
             progress=update, allow_partial=args.allow_partial,
-            min_confidence=args.min_confidence,
+            min_confidence=args.min_confidence, shard=args.shard,
         )  # fmt: skip
     except BrokenPipeError:  # the reader of --out - stopped early (e.g. head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
@@ -440,7 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-memory", action="store_true", help="load the splits into RAM")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--accelerator", default=t.accelerator, help="auto, cpu, gpu, …")
-    p.add_argument("--devices", default=t.devices, help="auto, 1, 4, …")
+    p.add_argument("--devices", default=t.devices, help="auto, 1, 4, … (per machine)")
+    p.add_argument(
+        "--num-nodes", type=_positive, default=t.num_nodes,
+        help="machines, each running --devices processes, started by torchrun or SLURM "
+        "(README, 'Scaling out')",
+    )  # fmt: skip
+    p.add_argument(
+        "--global-batch", action="store_true",
+        help="--batch-size is the batch of all processes together (each gets its share), so "
+        "any number of processes trains on the same batches",
+    )  # fmt: skip
+    p.add_argument("--drop-last", action="store_true", help="train on full batches only")
+    p.add_argument(
+        "--shuffle-block", type=_not_negative, default=t.shuffle_block, metavar="RECORDS",
+        help="opt-in locality-aware order: shuffle 16 blocks of RECORDS stored records at a "
+        "time instead of the whole split (for a remote store larger than its cache)",
+    )  # fmt: skip
     p.add_argument("--precision", default=t.precision, help="auto (bf16-mixed on GPU), 32-true, …")
     p.add_argument(
         "--num-workers", type=_not_negative, default=t.num_workers,
@@ -453,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument(
+        "--checkpoint-every", type=_positive, default=None, metavar="STEPS",
+        help="also checkpoint every STEPS training steps, so that a pre-empted run resumes "
+        "mid-epoch (on any number of processes)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -501,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=_positive, default=None,
         help=f"sequences per forward pass (default {PREDICT_BATCH_SIZE})",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard", type=_part, default=None, metavar="I/N",
+        help="score part I (from 0) of N of the input's records, as contiguous blocks; the N "
+        "parts concatenated in order, repeated headers dropped, are the whole output",
     )  # fmt: skip
     _column_flags(p, ec=False)
     _allow_partial_flag(p)

@@ -43,6 +43,11 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
+    num_nodes: int = 1  # machines, each running `devices` processes (torchrun or SLURM)
+    global_batch: bool = False  # batch_size is the batch of all processes together
+    drop_last: bool = False  # only full batches
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (pre-emption)
+    shuffle_block: int = 0  # opt-in locality-aware shuffle: records per block (0: whole split)
     precision: str = "auto"
     num_workers: int = 0
     limit_train_batches: float | int | None = None

@@ -3,19 +3,35 @@
 Nothing here holds a per-record array for the whole split. The shuffle is a keyed pseudo-random
 permutation of ``[0, n)`` (a Feistel network with cycle walking, as in Google Grain's index
 shuffle), evaluated only for the positions a batch needs; so memory does not grow with the split
-and a mid-epoch resume needs nothing but the step number.
+and a mid-epoch resume needs nothing but a position.
 
-Batches of one epoch, before ranks:
+**The stream.** An epoch is first one sequence of records, the same for any number of ranks:
+the concatenation of its *base batches* of ``batch_size`` records.
 
-- ``bucket=False``: batch ``g`` holds shuffled positions ``[g·B, (g+1)·B)``.
+- ``bucket=False``: base batch ``g`` holds shuffled positions ``[g·B, (g+1)·B)``.
 - ``bucket=True``: the shuffled order is cut into windows of ``window`` batches; inside a window
   records are sorted by (capped) length and cut into batches, and the full batches are put in a
   shuffled order again. Only the very last batch of the epoch can be partial; it stays last.
+- ``block > 0`` (opt-in) replaces the shuffle of the whole split by a locality-aware one
+  (:class:`BlockShuffle`): groups of ``blocks`` stored blocks, each shuffled within itself.
 
-Ranks: global batch ``g`` goes to rank ``g mod world_size`` at step ``g div world_size``. When the
-number of batches does not divide evenly, the last batches are re-cut into smaller ones so that
-every rank has the same number of steps and every record still appears exactly once. With
-``drop_last=True`` only full batches are used, as many as divide evenly among the ranks.
+**Ranks** take consecutive pieces of the stream, step after step: step ``s`` of rank ``r`` is
+piece ``s·W + r``. Two ways to cut pieces:
+
+- per rank (default): a piece is a base batch, so ``batch_size`` is each rank's batch and rank
+  ``r`` gets base batch ``g`` when ``g mod W = r``. When the number of batches does not divide
+  evenly, the last batches are re-cut into smaller ones so that every rank has the same number
+  of steps and every record still appears exactly once.
+- ``global_batch=True``: ``batch_size`` is the batch of all ranks together; each base batch is
+  cut into ``W`` equal pieces, so 1 process with 64 and 2 with 32 each step through the same
+  global batches. The last one is cut as evenly as it goes (pooled with the one before if it
+  holds fewer records than there are ranks).
+
+With ``drop_last=True`` only full pieces are used, as many as fill whole steps.
+
+**Resume.** Because every step of every rank is a stretch of one stream, "where an epoch stands"
+is one number, the records all ranks have consumed: a plan can *start* there, with any number of
+ranks, and give exactly the records not yet seen, each once (:meth:`EpochPlan.consumed`).
 """
 
 from __future__ import annotations
@@ -63,6 +79,39 @@ class Permutation:
         return x.astype(np.int64)
 
 
+class BlockShuffle:
+    """A locality-aware bijection of ``[0, n)`` (``block > 0``, opt-in): stored records are cut
+    into blocks of ``block`` records, the full blocks are put in a keyed order (a partial last
+    block stays last), and each run of ``blocks`` blocks in that order is shuffled as one group.
+    A stretch of the epoch then reads ``blocks`` blocks at a time, so a reader whose shards do
+    not all fit (a bounded cache of a remote store) holds only those of the current group."""
+
+    def __init__(self, n: int, block: int, blocks: int, key: int):
+        self.n, self.block, self.group = n, block, block * blocks
+        self.blocks, self.key = blocks, key
+        full = n // block
+        order = Permutation(full, _subkey(key, 0))(np.arange(full)) if full else np.zeros(0)
+        self.order = np.append(order, full).astype(np.int64)  # the partial block (if any) last
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty_like(positions)
+        groups = positions // self.group
+        for g in np.unique(groups).tolist():
+            sel = groups == g
+            size = min(self.group, self.n - g * self.group)
+            inner = Permutation(size, _subkey(self.key, g + 1))(positions[sel] - g * self.group)
+            out[sel] = self.order[g * self.blocks + inner // self.block] * self.block + (
+                inner % self.block
+            )
+        return out
+
+
+def _subkey(key: int, salt: int) -> int:
+    """A key derived from ``key`` for the ``salt``-th use (block order, each group)."""
+    return derive_key("ecstream-blocks/v1", key, salt)
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """Everything besides (split, seed, epoch) that decides the batches of an epoch."""
@@ -75,6 +124,10 @@ class BatchSettings:
     drop_last: bool = False
     padding: str = "post"
     truncating: str = "post"
+    global_batch: bool = False  # batch_size is the batch of all ranks together
+    # opt-in locality-aware shuffle: records per block (0: shuffle the whole split) …
+    block: int = 0
+    blocks: int = 16  # … and how many blocks are shuffled together
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -83,19 +136,38 @@ class BatchSettings:
             raise ValueError(f"max_length must be at least 1, got {self.max_length}")
         if self.window < 1:
             raise ValueError(f"window must be at least 1 batch, got {self.window}")
+        if self.block < 0 or self.blocks < 1:
+            raise ValueError(f"block must be ≥ 0 and blocks ≥ 1, got {self.block}, {self.blocks}")
         for name in ("padding", "truncating"):
             if getattr(self, name) not in ("post", "pre"):
                 raise ValueError(f"{name} must be 'post' or 'pre', got {getattr(self, name)!r}")
 
+    @property
+    def window_batches(self) -> int:
+        """Batches per bucketing window. With a block shuffle, no more than a group of blocks
+        holds: a wider window would sort several groups together, and a reader would need the
+        shards of all of them at once (the locality the block shuffle is for)."""
+        if self.block:
+            return max(1, min(self.window, self.block * self.blocks // self.batch_size))
+        return self.window
+
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> BatchSettings:
+        """Settings as :meth:`to_dict` wrote them, also by an ecstream without the later
+        fields (they take their defaults, which kept the earlier behaviour)."""
+        return cls(**values)
+
 
 class EpochPlan:
-    """Which records each step of one rank holds, for one epoch.
+    """Which records each step of one rank holds, for one epoch (or its rest, from ``start``).
 
     ``lengths`` maps record indices to the lengths used for bucketing (already capped at
-    ``max_length``); it is only called when ``settings.bucket`` is true.
+    ``max_length``); it is only called when ``settings.bucket`` is true. ``start`` is the number
+    of records of the epoch's stream that all ranks together consumed already (see the module
+    doc): the plan then lays out only the rest.
     """
 
     def __init__(
@@ -109,93 +181,132 @@ class EpochPlan:
         rank: int = 0,
         world_size: int = 1,
         lengths: Callable[[np.ndarray], np.ndarray] | None = None,
+        start: int = 0,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, {world_size=}")
         if settings.bucket and lengths is None:
             raise ValueError("bucketing needs the record lengths")
-        self.n, self.settings = n, settings
+        if not 0 <= start <= n:
+            raise ValueError(f"start must be in [0, {n}], got {start}")
+        if settings.global_batch and settings.batch_size % world_size:
+            raise ValueError(
+                f"a global batch of {settings.batch_size} cannot be shared equally by "
+                f"{world_size} ranks; choose a batch size divisible by the number of processes"
+            )
+        self.n, self.settings, self.start = n, settings, start
         self.rank, self.world_size = rank, world_size
         self.lengths = lengths
         self.seed_key = derive_key("ecstream-order/v1", key, seed, epoch)
-        self.permutation = Permutation(n, self.seed_key) if settings.shuffle and n else None
+        self.permutation: Permutation | BlockShuffle | None = None
+        if settings.shuffle and n:
+            self.permutation = (
+                BlockShuffle(n, settings.block, settings.blocks, self.seed_key)
+                if settings.block
+                else Permutation(n, self.seed_key)
+            )
         self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # (index, rows, order)
         self._layout()
 
-    # --- the batch layout, arithmetic only -------------------------------------------------
+    # --- the layout of the pieces, arithmetic only -------------------------------------------
     def _layout(self) -> None:
-        b, r, n = self.settings.batch_size, self.world_size, self.n
-        if self.settings.drop_last:
-            self.base = n // b  # full batches only
-            self.steps = self.base // r
-            self.tail_from, self.tail_sizes = self.steps * r, np.zeros(0, dtype=np.int64)
-            return
-        self.base = -(-n // b)
-        self.steps = -(-self.base // r)
-        extra = self.steps * r - self.base
-        if extra == 0:
-            self.tail_from, self.tail_sizes = self.base, np.zeros(0, dtype=np.int64)
-            return
-        k = min(self.base, r)  # re-cut the last k batches into k + extra smaller ones
-        count = n - (self.base - k) * b
-        if count < k + extra:
+        """``piece``: records of a regular piece; ``regular``: how many pieces are regular;
+        ``tail``: sizes of the re-cut pieces after them; ``steps``: steps of every rank."""
+        s, w = self.settings, self.world_size
+        left = self.n - self.start
+        piece = s.batch_size // w if s.global_batch else s.batch_size
+        self.piece, self.remaining = piece, left
+        tail = np.zeros(0, dtype=np.int64)
+        if s.drop_last:
+            self.steps = left // (piece * w)
+            regular = self.steps * w
+        elif s.global_batch:
+            self.steps = -(-left // s.batch_size)
+            last = left - (self.steps - 1) * s.batch_size  # records in the last global batch
+            if self.steps == 0 or last == s.batch_size:
+                regular = self.steps * w
+            elif last >= w or self.steps == 1:
+                regular, tail = (self.steps - 1) * w, _even(last, w)
+            else:  # fewer records than ranks: share them out with the batch before
+                pooled = s.batch_size + last
+                if pooled < 2 * w:  # too few for two steps (one record per rank): one
+                    self.steps -= 1
+                regular = (self.steps - 2) * w if pooled >= 2 * w else (self.steps - 1) * w
+                tail = _even(pooled, self.steps * w - regular)
+        else:
+            batches = -(-left // piece)
+            self.steps = -(-batches // w)
+            extra = self.steps * w - batches
+            regular = batches
+            if extra:
+                k = min(batches, w)  # re-cut the last k batches into k + extra smaller ones
+                regular = batches - k
+                tail = _even(left - regular * piece, k + extra)
+        if len(tail) and tail.min() == 0:
             raise ValueError(
-                f"cannot give {r} ranks the same number of non-empty batches from {n} records "
-                f"with batch_size={b}; use drop_last=True, a larger split or fewer ranks"
+                f"cannot give {w} ranks the same number of non-empty batches from "
+                f"{left} records with batch_size={s.batch_size}; use drop_last=True, a larger "
+                "split or fewer ranks"
             )
-        parts = k + extra
-        sizes = np.full(parts, count // parts, dtype=np.int64)
-        sizes[: count % parts] += 1
-        self.tail_from, self.tail_sizes = self.base - k, sizes
+        self.regular, self.tail = regular, tail
+        self._tail_ends = np.concatenate([[0], np.cumsum(tail)]).astype(np.int64)
 
-    def _global(self, step: int) -> int:
-        if not 0 <= step < self.steps:
+    def _offset(self, j: int) -> int:
+        """Where piece ``j`` (over all ranks) begins, in records after ``start``."""
+        if j <= self.regular:
+            return min(j * self.piece, self.remaining)
+        return self.regular * self.piece + int(self._tail_ends[j - self.regular])
+
+    def consumed(self, step: int) -> int:
+        """Records of the epoch's stream that all ranks together have consumed once each has
+        done ``step`` steps (from the epoch's very beginning, not from ``start``)."""
+        if not 0 <= step <= self.steps:
             raise IndexError(f"step {step} out of range for an epoch of {self.steps} steps")
-        return step * self.world_size + self.rank
+        return self.start + self._offset(step * self.world_size)
 
-    def batch_size_of(self, g: int) -> int:
-        """Number of records in global batch ``g``."""
-        if g >= self.tail_from:
-            return int(self.tail_sizes[g - self.tail_from])
-        b = self.settings.batch_size
-        return min(b, self.n - g * b)
+    def batch_size_of(self, j: int) -> int:
+        """Number of records in piece ``j`` (over all ranks; step ``j // W`` of rank ``j % W``)."""
+        return self._offset(j + 1) - self._offset(j)
 
     @cached_property
     def num_samples(self) -> int:
-        """Records this rank sees in one epoch."""
-        b, r = self.settings.batch_size, self.world_size
-        regular = range(self.rank, min(self.tail_from, self.steps * r), r)
-        total = len(regular) * b
-        if regular and not self.settings.drop_last and regular[-1] == self.base - 1:
-            total -= b - self.batch_size_of(self.base - 1)  # the partial last batch
-        tail = range(self.tail_from, self.tail_from + len(self.tail_sizes))
-        return total + sum(
-            int(self.tail_sizes[g - self.tail_from]) for g in tail if g % r == self.rank
-        )
+        """Records this rank sees from ``start`` to the end of the epoch."""
+        w, r = self.world_size, self.rank
+        ours = range(r, self.regular, w)
+        total = len(ours) * self.piece
+        if ours:  # the last regular piece may be the partial last batch of the epoch
+            total -= self.piece - self.batch_size_of(ours[-1])
+        return total + int(self.tail[(r - self.regular) % w :: w].sum())
 
     @property
     def total_samples(self) -> int:
-        """Records seen by all ranks together in one epoch."""
-        if self.settings.drop_last:
-            return self.steps * self.world_size * self.settings.batch_size
-        return self.n
+        """Records seen by all ranks together from ``start`` to the end of the epoch."""
+        return self._offset(self.steps * self.world_size)
 
     # --- records of a step ---------------------------------------------------------------
     def rows(self, step: int) -> np.ndarray:
         """Record indices (int64) of this rank's batch at ``step``."""
-        g = self._global(step)
-        if g < self.tail_from:
-            return self._base_rows(g)
-        first = self.tail_from
-        pooled = np.concatenate([self._base_rows(i) for i in range(first, self.base)])
-        start = int(self.tail_sizes[: g - first].sum())
-        return pooled[start : start + int(self.tail_sizes[g - first])]
+        if not 0 <= step < self.steps:
+            raise IndexError(f"step {step} out of range for an epoch of {self.steps} steps")
+        j = step * self.world_size + self.rank
+        return self._stream(self.start + self._offset(j), self.start + self._offset(j + 1))
+
+    def _stream(self, first: int, end: int) -> np.ndarray:
+        """Records at positions ``[first, end)`` of the epoch's stream (its base batches)."""
+        b = self.settings.batch_size
+        parts = []
+        for g in range(first // b, -(-end // b)):
+            rows = self._base_rows(g)
+            parts.append(rows[max(first - g * b, 0) : end - g * b])
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def _order(self, positions: np.ndarray) -> np.ndarray:
         return self.permutation(positions) if self.permutation is not None else positions
 
     def _base_rows(self, g: int) -> np.ndarray:
-        b, per = self.settings.batch_size, self.settings.window
+        b, per = self.settings.batch_size, self.settings.window_batches
         w = g // per
         rows, order = self._window_rows(w)
         local = int(order[g - w * per])
@@ -208,7 +319,7 @@ class EpochPlan:
         save work); with bucketing it is sorted by length and its full batches are shuffled.
         """
         if self._window is None or self._window[0] != w:
-            b, per = self.settings.batch_size, self.settings.window
+            b, per = self.settings.batch_size, self.settings.window_batches
             positions = np.arange(w * per * b, min(self.n, (w + 1) * per * b), dtype=np.int64)
             rows = self._order(positions)
             batches = -(-len(rows) // b)
@@ -220,3 +331,10 @@ class EpochPlan:
                     order[:full] = np.random.default_rng([self.seed_key, w]).permutation(full)
             self._window = (w, rows, order)
         return self._window[1], self._window[2]
+
+
+def _even(count: int, parts: int) -> np.ndarray:
+    """``count`` records cut into ``parts`` sizes that differ by at most one, larger first."""
+    sizes = np.full(parts, count // parts, dtype=np.int64)
+    sizes[: count % parts] += 1
+    return sizes

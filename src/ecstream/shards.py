@@ -3,10 +3,11 @@
 A split is a list of Arrow IPC files (``shard-00000.arrow``, …) with the columns ``id`` (string),
 ``sequence`` (binary: residue letters, one byte each), ``length`` (int32), ``label`` (int16) and
 ``ec`` (string, the EC field as read). Readers never convert rows to Python objects: a
-:class:`ShardView` records where each record batch's buffers lie inside the file, so a gather is a
-few numpy index operations on one flat byte array. That array is either the memory-mapped file
-(``in_memory=False``) or a copy of the file in RAM (``in_memory=True``): the same positions, the
-same code, hence byte-identical batches.
+:class:`ShardView` records where each record batch's buffers lie inside the file, and a
+:class:`Region` puts all shards of a split side by side in one flat byte array, so a gather is a
+few numpy index operations whatever the number of shards. That array is either the
+memory-mapped files (``in_memory=False``) or a copy of them in RAM (``in_memory=True``): the same
+positions, the same code, hence byte-identical batches.
 
 Arrow is parsed only from checked bytes: a shard with a recorded checksum is hashed first
 (:func:`ecstream.integrity.check`, once per process tree); one without (a store from before
@@ -17,11 +18,14 @@ that was checked, and checks again if it differs.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -187,25 +191,60 @@ class ShardView:
     labels: np.ndarray  # int64 [chunks]: byte position of the int16 labels
     ec_offsets: np.ndarray
     ec_data: np.ndarray
+    size: int = 0  # bytes of the file
     expected: dict[str, Any] | None = None  # size and checksum recorded; None: validated instead
     checked: integrity.Checked | None = None
-    # the checked bytes, mapped when they were checked; never pickled (a spawned worker maps the
-    # file again), but a forked one inherits the very mapping that was checked
-    mapped: np.ndarray | None = None
+    # the file that was checked, kept open so that this process (or a forked worker) maps the
+    # very file that was checked; never pickled (a spawned worker opens it again and compares)
+    file: BinaryIO | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "mapped": None}
+        return {**self.__dict__, "file": None}
 
     @classmethod
     def open(cls, path: Path, expected: dict[str, Any] | None, *, force: bool = False):
         """Check a shard's bytes (``expected`` checksum, else pyarrow's full validation), then
         find its buffers. ``force`` hashes it even if this process tree checked it already."""
-        with open_shard(path) as fh:
+        fh = open_shard(path)
+        try:
             checked = integrity.check(fh, path, expected, force=force)
             u8 = _mapped(fh)
-        view = cls.scan(path, u8, validate=expected is None)
-        view.expected, view.checked, view.mapped = expected, checked, u8
+            view = cls.scan(path, u8, validate=expected is None)
+        except BaseException:
+            fh.close()
+            raise
+        view.size, view.expected, view.checked, view.file = len(u8), expected, checked, fh
         return view
+
+    def reopen(self) -> BinaryIO:
+        """The checked file, open: the one this process checked, or the file at ``path`` if its
+        identity is still the checked one (else it is checked again)."""
+        if self.file is not None and not self.file.closed:
+            return self.file
+        fh = open_shard(self.path)
+        try:
+            now = integrity.Identity.of(fh)
+            if now != self.checked.identity or not (self.checked.settled or self.expected is None):
+                if self.expected is None:  # no checksum: the positions may be wrong now
+                    raise IntegrityError(
+                        f"{self.path}: the file changed after it was validated; open the store "
+                        "again"
+                    )
+                # the same bytes as recorded, hence the same buffer positions as scanned
+                self.checked = integrity.check(fh, self.path, self.expected)
+        except BaseException:
+            fh.close()
+            raise
+        self.file = fh
+        return fh
+
+    def record_batches(self) -> Iterator[pa.RecordBatch]:
+        """The Arrow record batches of this shard, parsed from its checked bytes (a mapping of
+        their own, which lives as long as the batches)."""
+        u8 = _mapped(self.reopen())
+        reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(u8)))
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
     @classmethod
     def scan(cls, path: Path, u8: np.ndarray, validate: bool) -> ShardView:
@@ -284,96 +323,141 @@ class ShardView:
         )
 
 
-class ShardBytes:
-    """One shard's bytes (memory-mapped or in RAM) with typed views for gathers.
+class ShardSource(Protocol):
+    """Where the shards of a split come from when they are not on local disk
+    (:mod:`ecstream.remote`): each is fetched into a local file, checked on arrival."""
 
-    Uses the mapping that was checked where there is one (this process, or a forked worker);
-    elsewhere (a spawned worker) the file is opened again, and its identity must still be the
-    one that was checked, or it is checked again.
+    #: bytes of shards one process keeps mapped at most (the bound of the local cache)
+    budget: int
+
+    def fetch(self, k: int) -> Path:
+        """A local file holding shard ``k``'s checked bytes; waits for it to arrive."""
+        ...
+
+    def prefetch(self, shards: Sequence[int]) -> None:
+        """Start fetching these shards, in this order, ahead of their use."""
+        ...
+
+
+_PAGE = mmap.ALLOCATIONGRANULARITY
+_MAP_FIXED = 0x10  # the same on Linux and the BSDs; the mmap module does not export it
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0)
+
+
+def _libc() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    ]  # fmt: skip
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+class Region:
+    """The shards of a split side by side in one range of addresses (or one array in RAM).
+
+    A gather then reads records of any shard with the same few numpy operations as from one
+    shard: with one mapping per shard, every batch paid a round of numpy calls per shard it
+    touched, which grew with the number of shards (BENCHMARKS.md, pipeline section). Each shard
+    has a slot at a page-aligned offset; a memory-mapped slot is the file mapped there
+    (``MAP_FIXED`` over a reserved, inaccessible range), an empty one stays inaccessible. RAM
+    mode copies the files into the same offsets, so both read the same bytes at the same
+    positions.
     """
 
-    def __init__(self, view: ShardView, in_memory: bool):
-        self.view = view
-        if view.mapped is not None:
-            self.u8 = np.array(view.mapped) if in_memory else view.mapped
+    def __init__(self, sizes: Sequence[int], in_memory: bool):
+        self.sizes = list(sizes)
+        slots = [-(-s // _PAGE) * _PAGE for s in self.sizes]
+        self.bases = np.concatenate([[0], np.cumsum(slots, dtype=np.int64)])[:-1]
+        self.total = max(int(sum(slots)), _PAGE)
+        self.in_memory = in_memory
+        self.filled = [False] * len(self.sizes)
+        if in_memory:
+            self.u8 = np.zeros(self.total, dtype=np.uint8)
         else:
-            self.u8 = self._open(in_memory)
-        usable = len(self.u8) // 8 * 8
-        self.i32 = self.u8[:usable].view(np.int32)
-        self.i16 = self.u8[:usable].view(np.int16)
+            self._libc = _libc()
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+            self._address = self._mmap(None, self.total, 0, flags, -1)
+            memory = (ctypes.c_uint8 * self.total).from_address(self._address)
+            # unmapped when the last array over it is gone, not before
+            weakref.finalize(memory, self._libc.munmap, self._address, self.total)
+            self.u8 = np.frombuffer(memory, dtype=np.uint8)
+            self.u8.flags.writeable = False
+        self.i32 = self.u8.view(np.int32)  # slots are page-aligned: every view is aligned too
+        self.i16 = self.u8.view(np.int16)
 
-    def _open(self, in_memory: bool) -> np.ndarray:
-        view = self.view
-        with open_shard(view.path) as fh:
-            self._recheck(fh)
+    def _mmap(self, address: int | None, size: int, prot: int, flags: int, fd: int) -> int:
+        found = self._libc.mmap(address, size, prot, flags, fd, 0)
+        if found in (None, ctypes.c_void_p(-1).value):
+            code = ctypes.get_errno()
+            raise OSError(code, f"cannot map {size:,} bytes: {os.strerror(code)}")
+        return found
+
+    def put(self, k: int, fh: BinaryIO) -> None:
+        """Fill slot ``k`` with the open file ``fh`` (mapped, or copied in RAM mode)."""
+        size, base = self.sizes[k], int(self.bases[k])
+        if size and self.in_memory:
             fh.seek(0)
-            if not in_memory:
-                return _mapped(fh)
-            u8 = np.fromfile(fh, dtype=np.uint8)
-            if integrity.Identity.of(fh) != view.checked.identity:
-                raise IntegrityError(f"{view.path}: the file changed while it was read")
-            return u8
+            if fh.readinto(memoryview(self.u8)[base : base + size]) != size:
+                raise IntegrityError(f"{fh.name}: shorter than when it was checked")
+        elif size:
+            flags = mmap.MAP_SHARED | _MAP_FIXED
+            self._mmap(self._address + base, size, mmap.PROT_READ, flags, fh.fileno())
+        self.filled[k] = True
 
-    def _recheck(self, fh: BinaryIO) -> None:
-        view, now = self.view, integrity.Identity.of(fh)
-        if now == view.checked.identity and (view.checked.settled or view.expected is None):
-            return
-        if view.expected is None:  # no checksum to check again: the positions may be wrong now
-            raise IntegrityError(
-                f"{view.path}: the file changed after it was validated; open the store again"
-            )
-        # the same bytes as recorded, hence the same buffer positions as scanned
-        view.checked = integrity.check(fh, view.path, view.expected)
+    def drop(self, k: int) -> None:
+        """Empty slot ``k`` (its address range becomes inaccessible again)."""
+        if not self.in_memory and self.sizes[k]:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE | _MAP_FIXED
+            slot = -(-self.sizes[k] // _PAGE) * _PAGE
+            self._mmap(self._address + int(self.bases[k]), slot, 0, flags, -1)
+        self.filled[k] = False
 
-    def record_batches(self) -> Iterator[pa.RecordBatch]:
-        """The Arrow record batches of this shard, parsed from its checked bytes."""
-        reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self.u8)))
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
 
-    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Record batch index and index within it, for local row numbers."""
-        chunk = np.searchsorted(self.view.chunk_starts, rows, side="right") - 1
-        return chunk, rows - self.view.chunk_starts[chunk]
+@dataclass
+class _Chunks:
+    """The record batches of every shard known so far, in row order, with their buffers'
+    positions in the :class:`Region` (int64 arrays, one entry per record batch)."""
 
-    def spans(self, chunk, j, offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Byte ranges [start, end) of a variable-length column for located rows."""
-        o = offsets[chunk] // 4 + j
-        start = self.i32[o] + data[chunk]
-        end = self.i32[o + 1] + data[chunk]
-        return start, end
+    starts: np.ndarray  # first row (of the split) of each record batch
+    seq_offsets: np.ndarray
+    seq_data: np.ndarray
+    id_offsets: np.ndarray
+    id_data: np.ndarray
+    labels: np.ndarray
+    ec_offsets: np.ndarray
+    ec_data: np.ndarray
 
-    def labels(self, chunk, j) -> np.ndarray:
-        return self.i16[self.view.labels[chunk] // 2 + j].astype(np.int64)
-
-    def strings(self, chunk, j, offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
-        """Values of a string column for located rows, as a numpy str array."""
-        start, end = self.spans(chunk, j, offsets, data)
-        lengths = end - start
-        width = int(lengths.max(initial=0))
-        if width == 0:
-            return np.full(len(start), "", dtype=str)
-        columns = np.arange(width)
-        index = np.minimum(start[:, None] + columns, len(self.u8) - 1)
-        raw = np.where(columns < lengths[:, None], self.u8[index], 0).astype(np.uint8)
-        if raw.max() < 128:  # ASCII: one vectorised conversion
-            return raw.view(f"S{width}").ravel().astype(str)
-        return np.array(
-            [
-                self.u8[a:b].tobytes().decode()
-                for a, b in zip(start.tolist(), end.tolist(), strict=True)
-            ],
-            dtype=str,
+    @classmethod
+    def of(cls, views: Sequence[ShardView | None], starts: np.ndarray, bases: np.ndarray):
+        known = [(k, v) for k, v in enumerate(views) if v is not None]
+        fields = {name: [] for name in cls.__dataclass_fields__}
+        for k, v in known:
+            fields["starts"].append(v.chunk_starts[:-1] + starts[k])
+            for name in ("seq_offsets", "seq_data", "id_offsets", "id_data", "labels"):
+                fields[name].append(getattr(v, name) + bases[k])
+            fields["ec_offsets"].append(v.ec_offsets + bases[k])
+            fields["ec_data"].append(v.ec_data + bases[k])
+        return cls(
+            **{
+                name: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+                for name, parts in fields.items()
+            }
         )
 
 
 class SplitData:
     """The shards of one split, addressed by row number ``0 … n-1`` in stored order.
 
-    Every shard is checked when the split is opened (``checksums``: what the manifest recorded
-    per shard, see :meth:`ShardView.open`). Mapping the bytes is lazy and per process: a pickled
-    SplitData (a DataLoader or Keras worker) maps or loads its files again in the worker, which
-    only compares their identity with the checked one, instead of shipping bytes.
+    Every local shard is checked when the split is opened (``checksums``: what the manifest
+    recorded per shard, see :meth:`ShardView.open`). Mapping the bytes is lazy and per process:
+    a pickled SplitData (a DataLoader or Keras worker) maps or loads its files again in the
+    worker, which only compares their identity with the checked one, instead of shipping bytes.
+
+    With a ``source`` (a store on object storage), shards are fetched when a read first needs
+    them, checked on arrival and again against the manifest's record and residue counts, and a
+    process keeps at most ``source.budget`` bytes of them mapped (the least recently used go).
     """
 
     def __init__(
@@ -383,74 +467,180 @@ class SplitData:
         fingerprint: str,
         in_memory: bool = False,
         checksums: Sequence[dict[str, Any]] | None = None,
+        source: ShardSource | None = None,
     ):
         self.name, self.fingerprint, self.in_memory = name, fingerprint, in_memory
         if checksums is not None and len(checksums) != len(paths):
             raise ValueError(f"{len(paths)} shards but {len(checksums)} checksums")
-        self.views = [
-            ShardView.open(p, checksums[k] if checksums is not None else None)
-            for k, p in enumerate(paths)
-        ]
-        self.starts = np.concatenate([[0], np.cumsum([v.rows for v in self.views])]).astype(
-            np.int64
-        )
+        if source is not None and checksums is None:
+            raise ValueError("a remote split needs the shard checksums of its manifest")
+        self.paths, self.checksums, self.source = list(paths), checksums, source
+        self.views: list[ShardView | None]
+        if source is None:
+            self.views = [
+                ShardView.open(p, checksums[k] if checksums is not None else None)
+                for k, p in enumerate(paths)
+            ]
+            rows, sizes = [v.rows for v in self.views], [v.size for v in self.views]
+        else:  # nothing is fetched before a read needs it
+            self.views = [None] * len(paths)
+            rows = [c["records"] for c in checksums]
+            sizes = [c["bytes"] for c in checksums]
+        self.starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         self.n = int(self.starts[-1])
-        self._shards: list[ShardBytes] | None = None
+        self.sizes = sizes
+        slots = [-(-s // _PAGE) * _PAGE for s in sizes]
+        self.bases = np.concatenate([[0], np.cumsum(slots, dtype=np.int64)])[:-1]
+        self._chunks: _Chunks | None = None
+        self._region: Region | None = None
+        self._used: dict[int, None] = {}  # mapped shards of a remote split, least recent first
 
     @property
     def residues(self) -> int:
-        return sum(v.residues for v in self.views)
+        return sum(v.residues for v in self.views if v is not None)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_region": None, "_used": {}}
+
+    # --- bytes: the region, and which shards it holds ---------------------------------------
+    @property
+    def region(self) -> Region:
+        if self._region is None:
+            self._region = Region(self.sizes, self.in_memory)
+            if self.source is None:
+                for k, view in enumerate(self.views):
+                    self._put(k, view)
+        return self._region
+
+    def _put(self, k: int, view: ShardView) -> None:
+        fh = view.reopen()
+        self.region.put(k, fh)
+        if self.in_memory and integrity.Identity.of(fh) != view.checked.identity:
+            raise IntegrityError(f"{view.path}: the file changed while it was read")
+
+    def _need(self, rows: np.ndarray) -> None:
+        """Make sure the shards holding ``rows`` are in the region (a remote split)."""
+        region = self.region
+        if self.source is None or len(rows) == 0 or self.complete:
+            return
+        which = np.unique(np.searchsorted(self.starts, rows, side="right") - 1).tolist()
+        for k in which:
+            if not region.filled[k]:
+                self._fetch(k)
+            self._used.pop(k, None)
+            self._used[k] = None
+        self._evict(keep=set(which))
+
+    def _fetch(self, k: int) -> None:
+        for attempt in range(3):
+            try:
+                return self._fetch_once(k)
+            except IntegrityError:
+                # another process may have evicted the cache entry in between: fetch it again
+                view = self.views[k]
+                if attempt == 2 or view is None or view.path.exists():
+                    raise
+                self.views[k] = None
+
+    def _fetch_once(self, k: int) -> None:
+        path = self.source.fetch(k)
+        view, expected = self.views[k], self.checksums[k]
+        if view is None or view.path != path:
+            view = ShardView.open(path, expected)
+            if (view.rows, view.residues) != (expected["records"], expected["residues"]):
+                raise IntegrityError(
+                    f"{self.paths[k]}: holds {view.rows:,} records and {view.residues:,} "
+                    f"residues, the manifest says {expected['records']:,} and "
+                    f"{expected['residues']:,}; the store is damaged: rebuild it"
+                )
+            self.views[k], self._chunks = view, None
+        self._put(k, view)
+
+    def _evict(self, keep: set[int]) -> None:
+        mapped = sum(self.sizes[k] for k in self._used)
+        for k in list(self._used):
+            if mapped <= self.source.budget:
+                break
+            if k in keep:
+                continue
+            self._region.drop(k)
+            view = self.views[k]
+            if view is not None and view.file is not None:
+                view.file.close()
+                view.file = None
+            del self._used[k]
+            mapped -= self.sizes[k]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every shard is in this process's region (a remote split that fits its
+        budget, once fetched: reads then cost what they cost from local disk)."""
+        return self._region is not None and all(self._region.filled)
+
+    def fetch_all(self) -> None:
+        """Fetch and check every shard of a remote split now (as many as the budget maps)."""
+        for k in range(len(self.paths)):
+            self._need(self.starts[k : k + 1])
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Start fetching the shards of ``rows`` (upcoming batches), in order of first need."""
+        if self.source is None or len(rows) == 0:
+            return
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        _, first = np.unique(which, return_index=True)
+        self.source.prefetch(which[np.sort(first)].tolist())
+
+    @property
+    def chunks(self) -> _Chunks:
+        if self._chunks is None:
+            self._chunks = _Chunks.of(self.views, self.starts, self.bases)
+        return self._chunks
 
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         """The Arrow record batches of the split in stored order, parsed from checked bytes."""
-        for shard in self.shards:
-            yield from shard.record_batches()
+        for k in range(len(self.paths)):
+            if self.source is not None:  # in the cache (again, if it was evicted), and checked
+                self._need(self.starts[k : k + 1])
+            yield from self.views[k].record_batches()
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_shards": None}
+    # --- reads by row number -------------------------------------------------------------------
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Record batch (in :attr:`chunks`) and index within it, for rows of the split."""
+        self._need(rows)
+        starts = self.chunks.starts
+        chunk = np.searchsorted(starts, rows, side="right") - 1
+        return chunk, rows - starts[chunk]
 
-    @property
-    def shards(self) -> list[ShardBytes]:
-        if self._shards is None:
-            self._shards = [ShardBytes(v, self.in_memory) for v in self.views]
-        return self._shards
-
-    def _groups(self, rows: np.ndarray):
-        """(shard, positions in ``rows``, chunk, index in chunk) for each shard touched."""
-        if len(self.views) == 1:
-            shard = self.shards[0]
-            yield shard, slice(None), *shard.locate(rows)
-            return
-        which = np.searchsorted(self.starts, rows, side="right") - 1
-        if len(rows) and which.min() == which.max():  # one shard: no grouping needed
-            shard = self.shards[which[0]]
-            yield shard, slice(None), *shard.locate(rows - self.starts[which[0]])
-            return
-        for k in np.unique(which):
-            sel = np.flatnonzero(which == k)
-            shard = self.shards[k]
-            yield shard, sel, *shard.locate(rows[sel] - self.starts[k])
+    def _spans(self, chunk, j, offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Byte ranges [start, end) in the region of a variable-length column."""
+        i32 = self._region.i32
+        o = offsets[chunk] // 4 + j
+        return i32[o] + data[chunk], i32[o + 1] + data[chunk]
 
     def lengths(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty(len(rows), dtype=np.int64)
-        for shard, sel, chunk, j in self._groups(rows):
-            start, end = shard.spans(chunk, j, shard.view.seq_offsets, shard.view.seq_data)
-            out[sel] = end - start
-        return out
+        chunk, j = self._locate(rows)
+        start, end = self._spans(chunk, j, self.chunks.seq_offsets, self.chunks.seq_data)
+        return (end - start).astype(np.int64)
 
     def strings(self, rows: np.ndarray, column: str = "id") -> np.ndarray:
         """Values of the ``id`` or ``ec`` column for rows, in order, as a numpy str array."""
-        parts = []
-        for shard, sel, chunk, j in self._groups(rows):
-            view = shard.view
-            offsets, data = getattr(view, f"{column}_offsets"), getattr(view, f"{column}_data")
-            parts.append((sel, shard.strings(chunk, j, offsets, data)))
-        if len(parts) == 1 and isinstance(parts[0][0], slice):
-            return parts[0][1]
-        out = np.empty(len(rows), dtype=object)
-        for sel, values in parts:
-            out[sel] = values
-        return out.astype(str)
+        chunk, j = self._locate(rows)
+        offsets = getattr(self.chunks, f"{column}_offsets")
+        start, end = self._spans(chunk, j, offsets, getattr(self.chunks, f"{column}_data"))
+        u8 = self._region.u8
+        lengths = end - start
+        width = int(lengths.max(initial=0))
+        if width == 0:
+            return np.full(len(start), "", dtype=str)
+        columns = np.arange(width)
+        index = np.minimum(start[:, None] + columns, len(u8) - 1)
+        raw = np.where(columns < lengths[:, None], u8[index], 0).astype(np.uint8)
+        if raw.max() < 128:  # ASCII: one vectorised conversion
+            return raw.view(f"S{width}").ravel().astype(str)
+        return np.array(
+            [u8[a:b].tobytes().decode() for a, b in zip(start.tolist(), end.tolist(), strict=True)],
+            dtype=str,
+        )
 
     def gather(
         self,
@@ -462,37 +652,29 @@ class SplitData:
         """Residue letters of rows as one ``bytearray`` of ``B × W`` (0 = padding), W, labels and
         full lengths. ``width`` is W, or a function of the full lengths that returns it.
 
-        The rows are joined from memoryview slices of the shard bytes and zero runs: one copy,
-        in C, with no per-residue work in Python.
+        The rows are joined from memoryview slices of the region and zero runs: one copy, in
+        C, with no per-residue work in Python.
         """
-        labels = np.empty(len(rows), dtype=np.int64)
-        starts = np.empty(len(rows), dtype=np.int64)
-        lengths = np.empty(len(rows), dtype=np.int64)
-        source = np.zeros(len(rows), dtype=np.int64)
-        views = []
-        for k, (shard, sel, chunk, j) in enumerate(self._groups(rows)):
-            start, end = shard.spans(chunk, j, shard.view.seq_offsets, shard.view.seq_data)
-            labels[sel], starts[sel], lengths[sel], source[sel] = (
-                shard.labels(chunk, j),
-                start,
-                end - start,
-                k,
-            )
-            views.append(memoryview(shard.u8))
+        chunk, j = self._locate(rows)
+        chunks, region = self.chunks, self._region
+        starts, end = self._spans(chunk, j, chunks.seq_offsets, chunks.seq_data)
+        lengths = (end - starts).astype(np.int64)
+        labels = region.i16[chunks.labels[chunk] // 2 + j].astype(np.int64)
         width = width if isinstance(width, int) else width(lengths)
         keep = np.minimum(lengths, width)
         if truncating == "pre":
-            starts += lengths - keep
-        zeros = memoryview(bytes(width))
+            starts = starts + lengths - keep
+        view, zeros = memoryview(region.u8), memoryview(bytes(width))
         parts: list = []
         add = parts.append
-        for v, a, k in zip(source.tolist(), starts.tolist(), keep.tolist(), strict=True):
-            if padding == "post":
-                add(views[v][a : a + k])
+        if padding == "post":
+            for a, k in zip(starts.tolist(), keep.tolist(), strict=True):
+                add(view[a : a + k])
                 add(zeros[: width - k])
-            else:
+        else:
+            for a, k in zip(starts.tolist(), keep.tolist(), strict=True):
                 add(zeros[: width - k])
-                add(views[v][a : a + k])
+                add(view[a : a + k])
         return bytearray().join(parts), width, labels, lengths
 
 

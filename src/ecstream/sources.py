@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from .remote import is_remote, open_input
 from .skips import Skips
 
 if TYPE_CHECKING:
@@ -102,6 +104,8 @@ def is_stream(source: Any) -> bool:
         return False
     if str(source) == STDIN:
         return True
+    if is_remote(source):  # a remote file can be opened again
+        return False
     try:
         mode = os.stat(source).st_mode
     except OSError:
@@ -117,10 +121,12 @@ def _format_by_name(source: Any) -> str | None:
         raise InputError(f"cannot read a {type(source).__name__}: give a path or a DataFrame")
     if str(source) == STDIN:
         return None
-    path = Path(source)
-    if not path.exists():
+    remote = is_remote(source)
+    # a remote file: by its name only (a text format is then told by its first line)
+    path = Path(urlsplit(str(source)).path) if remote else Path(source)
+    if not remote and not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    if path.is_dir():
+    if not remote and path.is_dir():
         return "parquet"
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".gzip"):
@@ -129,7 +135,7 @@ def _format_by_name(source: Any) -> str | None:
     for fmt, exts in (("fasta", _FASTA), ("tsv", _TSV), ("csv", _CSV), ("parquet", _PARQUET)):
         if ext in exts:
             return fmt
-    if path.is_file():  # a regular file can be opened again: look for Parquet's magic
+    if not remote and path.is_file():  # a regular file can be opened again: Parquet's magic?
         with open(path, "rb") as fh:
             if fh.read(4) == b"PAR1":
                 return "parquet"
@@ -206,7 +212,10 @@ class _TextInput:
     def __init__(self, source: Any):
         self.name = describe(source)
         owned = str(source) != STDIN
-        raw: IO[bytes] = open(source, "rb") if owned else sys.stdin.buffer  # noqa: SIM115
+        if is_remote(source):
+            raw: IO[bytes] = open_input(str(source))
+        else:
+            raw = open(source, "rb") if owned else sys.stdin.buffer  # noqa: SIM115
         head = b""
         while len(head) < len(GZIP_MAGIC) and (more := raw.read(len(GZIP_MAGIC) - len(head))):
             head += more
@@ -308,7 +317,8 @@ def read_rows(
     fmt = fmt or _format_by_name(source)
     if fmt in TEXT_FORMATS and not isinstance(source, str | os.PathLike):
         raise InputError(f"{info.name}: a {fmt} input is a path, or '-' for stdin")
-    if fmt in TEXT_FORMATS and str(source) != STDIN and not Path(source).exists():
+    local = str(source) != STDIN and not is_remote(source)
+    if fmt in TEXT_FORMATS and local and not Path(source).exists():
         raise InputError(f"{source}: no such file or directory")
     if fmt in ("parquet", "dataframe"):
         info.format = fmt

@@ -28,6 +28,11 @@ instead, which turn a bad offset or byte into an error but cannot see a residue 
 another letter. Checksums in some splits only, or shard checksums
 without a manifest checksum, mean a damaged manifest.
 
+A store may also live on object storage (``s3://bucket/prefix``, any URI of
+:mod:`ecstream.remote`): its manifest is read from there, and its shards are fetched into a
+bounded local cache as reads need them (ahead of the stream), each checked on arrival against
+its checksum and its record and residue counts. Such a store needs shard checksums.
+
 How a store is made lives in :mod:`ecstream.build`; this module only reads and describes one.
 """
 
@@ -52,7 +57,8 @@ from .integrity import IntegrityError, StoreError
 from .labels import ECVocabulary, LabelPolicy
 from .plan import BatchSettings
 from .records import Records
-from .shards import ShardBytes, ShardView, SplitData, fingerprint_batches
+from .remote import URI, RemoteSplit, is_remote, read_bytes, write_object
+from .shards import ShardView, SplitData, fingerprint_batches
 
 SPLITS = ("train", "val", "test")
 FORMAT = "ecstream-store"
@@ -71,23 +77,37 @@ _warned: set[str] = set()  # stores whose warning this process has given
 
 
 def is_store(path: Any) -> bool:
-    """Whether ``path`` is a directory holding a store manifest."""
+    """Whether ``path`` is a directory (or a remote prefix) holding a store manifest."""
+    if is_remote(path):
+        from .remote import exists
+
+        return exists(str(URI(path) / MANIFEST))
     return isinstance(path, str | os.PathLike) and (Path(path) / MANIFEST).is_file()
 
 
-def write_manifest(directory: Path, manifest: dict) -> dict:
-    """Write a manifest with its checksum (atomically); returns it as it now reads back."""
+def write_manifest(directory: Path | URI, manifest: dict) -> dict:
+    """Write a manifest with its checksum (atomically on local disk; on object storage, one
+    write is atomic anyway); returns it as it now reads back."""
     body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
     body = json.loads(json.dumps(body))  # as it will read back: tuples are lists, keys strings
     sealed = {**body, MANIFEST_CHECKSUM: json_checksum(body)}
-    write_json(directory / MANIFEST, sealed)
+    if is_remote(directory):
+        write_object(str(URI(directory) / MANIFEST), (json.dumps(sealed, indent=1) + "\n").encode())
+    else:
+        write_json(directory / MANIFEST, sealed)
     return sealed
 
 
-def _read_manifest(path: Path) -> dict:
+def _read_manifest(path: Path | URI) -> dict:
     """A manifest whose format this ecstream reads and whose checksum (if any) matches."""
     try:
-        manifest = read_json(path)
+        if is_remote(path):
+            try:
+                manifest = json.loads(read_bytes(str(path)).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise JSONFileError(f"{path}: not valid JSON ({error})") from None
+        else:
+            manifest = read_json(path)
     except JSONFileError as error:
         raise IntegrityError(f"{error}; the manifest is damaged: rebuild the store") from None
     except OSError as error:
@@ -126,12 +146,13 @@ class Store:
     """An opened store: its manifest, and batches of its splits."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        self.remote = is_remote(path)
+        self.path: Path | URI = URI(str(path).rstrip("/")) if self.remote else Path(path)
         self.manifest_path = self.path / MANIFEST
-        if not self.path.exists():  # a replacement interrupted between its two renames
-            with contextlib.suppress(OSError):  # (a read-only place: nothing to put back)
+        if not self.remote and not self.path.exists():  # a replacement interrupted between
+            with contextlib.suppress(OSError):  # its two renames (read-only: nothing to put back)
                 recover(self.path)
-        if not self.manifest_path.is_file():
+        if not self.remote and not self.manifest_path.is_file():
             raise StoreError(
                 f"{self.path}: not an ecstream store (no {MANIFEST}); "
                 "build one with 'ecstream build'"
@@ -148,6 +169,11 @@ class Store:
         except (KeyError, TypeError, ValueError, AttributeError):
             raise IntegrityError(f"{self.manifest_path}: its labels are unreadable") from None
         self.checksummed = self._check_structure()
+        if self.remote and not self.checksummed:
+            raise StoreError(
+                f"{self.manifest_path}: a store on object storage needs shard checksums; "
+                "rebuild it with this ecstream"
+            )
         self._paths = {split: self._checked_paths(split) for split in self.splits}
         if not self.checksummed:
             _warn_unchecked(self)
@@ -201,7 +227,7 @@ class Store:
                     raise self._damaged(f"split {split!r}: its shards' {key} do not add up")
         return True
 
-    def _checked_paths(self, split: str) -> list[Path]:
+    def _checked_paths(self, split: str) -> list[Path | URI]:
         """The shard paths of a split: names inside the store, of their own split, in order."""
         root = os.path.realpath(self.path)
         paths = []
@@ -214,6 +240,9 @@ class Store:
                     "the store: refusing it"
                 )
             path = self.path / name
+            if self.remote:  # object names cannot be links
+                paths.append(path)
+                continue
             if os.path.realpath(path) != os.path.join(root, split, f"shard-{k:05d}.arrow"):
                 raise IntegrityError(
                     f"{self.manifest_path}: {path} is a symbolic link out of split {split!r} "
@@ -255,16 +284,21 @@ class Store:
         key = (split, in_memory)
         if key not in self._data:
             paths, checksums = self.shard_paths(split), self.shard_checksums(split)
-            data = SplitData(split, paths, self.fingerprint(split), in_memory, checksums)
-            if problems := self._count_problems(split, data.views):
+            source = RemoteSplit([str(p) for p in paths], checksums) if self.remote else None
+            data = SplitData(split, paths, self.fingerprint(split), in_memory, checksums, source)
+            # a remote split's shards are counted as they arrive, against their own entries
+            if not self.remote and (problems := self._count_problems(split, data.views)):
                 raise IntegrityError(f"{problems[0]}; the store is damaged: rebuild it")
             self._data[key] = data
         return self._data[key]
 
     def check(self, *splits: str) -> None:
-        """Check the shards of these splits (default: all) now, rather than at first use."""
+        """Check the shards of these splits (default: all) now, rather than at first use (on
+        object storage: fetch them into the cache, which checks them)."""
         for split in splits or self.splits:
-            self.split_data(split)
+            data = self.split_data(split)
+            if self.remote:
+                data.fetch_all()
 
     def batches(
         self,
@@ -283,11 +317,17 @@ class Store:
         truncating: str = BatchSettings.truncating,
         window: int = BatchSettings.window,
         multi_class: bool = False,
+        global_batch: bool = BatchSettings.global_batch,
+        block: int = BatchSettings.block,
+        blocks: int = BatchSettings.blocks,
     ) -> Batches:
         """Exact batches of one split; see :mod:`ecstream.batches` and :mod:`ecstream.plan`.
 
         Rows whose EC numbers span several classes are stored after all others and left out
         unless ``multi_class`` (a full-EC run learns from them; a class run cannot).
+        ``global_batch``: ``batch_size`` is the batch of all ``world_size`` ranks together.
+        ``block``: shuffle ``blocks`` stored blocks of ``block`` records at a time instead of the
+        whole split (opt-in; a remote store then needs only their shards in its cache).
         """
         settings = BatchSettings(
             batch_size=batch_size,
@@ -298,6 +338,9 @@ class Store:
             drop_last=drop_last,
             padding=padding,
             truncating=truncating,
+            global_batch=global_batch,
+            block=block,
+            blocks=blocks,
         )
         data = self.split_data(split, in_memory)
         records = None if multi_class else self.single_class_records(split)
@@ -342,7 +385,7 @@ class Store:
         """Add a report (e.g. ``"leakage"``) to the manifest, atomically, with a new checksum."""
         manifest = _read_manifest(self.manifest_path)
         manifest[key] = report
-        self.manifest = write_manifest(self.path, manifest)
+        self.manifest = write_manifest(self.path, manifest)  # on object storage: no lock
 
     # --- counts and verification ----------------------------------------------------------------
     def _count_problems(self, split: str, views: Sequence[ShardView]) -> list[str]:
@@ -379,6 +422,8 @@ class Store:
         """Check everything again, hashing every shard even if it was checked before: checksums,
         counts, and each split's fingerprint recomputed from its records. Returns every problem
         found, one line each; Arrow is parsed only from checked or fully validated bytes."""
+        if self.remote:
+            return self._verify_remote()
         problems = []
         for split in self.splits:
             views, readable = [], True
@@ -402,8 +447,31 @@ class Store:
                 problems.append(f"{split}: counts and fingerprint not recomputed: unreadable shard")
                 continue
             problems += self._count_problems(split, views)
-            batches = (b for v in views for b in ShardBytes(v, in_memory=False).record_batches())
+            batches = (b for v in views for b in v.record_batches())
             digest, _ = fingerprint_batches(batches)
+            if digest != self.fingerprint(split):
+                problems.append(f"{split}: content fingerprint differs from the manifest")
+        return problems
+
+    def _verify_remote(self) -> list[str]:
+        """:meth:`verify` of a store on object storage: every shard fetched and checked on
+        arrival (the cache is trusted only for entries that hash right), counts, fingerprints."""
+        problems = []
+        for split in self.splits:
+            data = SplitData(
+                split, self.shard_paths(split), self.fingerprint(split), False,
+                self.shard_checksums(split),
+                RemoteSplit([str(p) for p in self.shard_paths(split)], self.shard_checksums(split)),
+            )  # fmt: skip
+            try:
+                for k, expected in enumerate(data.checksums):
+                    data._fetch(k)  # hashed on arrival; an entry already cached, here:
+                    data.views[k] = ShardView.open(data.views[k].path, expected, force=True)
+            except StoreError as error:
+                problems.append(f"{split}: {error}")
+                continue
+            problems += self._count_problems(split, data.views)
+            digest, _ = fingerprint_batches(data.record_batches())
             if digest != self.fingerprint(split):
                 problems.append(f"{split}: content fingerprint differs from the manifest")
         return problems
@@ -425,5 +493,6 @@ def _warn_unchecked(store: Store) -> None:
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:
-    """Open a store built by :func:`ecstream.build_store` / ``ecstream build``."""
+    """Open a store built by :func:`ecstream.build_store` / ``ecstream build``: a directory, or a
+    URI on object storage (``s3://bucket/prefix``)."""
     return Store(path)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from .adapters.torch import loader
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
+from .batches import Batches
 from .config import TrainConfig
 from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, preset
@@ -55,6 +56,7 @@ class ECModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         seed: int = 0,
         vocab: ECVocabulary | None = None,
+        global_batch: bool = False,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
@@ -69,14 +71,19 @@ class ECModule(L.LightningModule):
         # full EC: how often the top prediction of level 1 and of the deepest level is true
         self.val_hits = torchmetrics.MeanMetric()
         self.val_hits_ec = torchmetrics.MeanMetric()
+        self.global_batch = global_batch
+        if global_batch:  # the same sample gets the same mask on any number of processes
+            self.model.dropout = GlobalDropout(model_config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def on_train_epoch_start(self) -> None:
-        # dropout draws from a generator seeded per epoch: a resumed run repeats it exactly
-        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch)
         self.seen = 0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout draws from a generator seeded per step: a run resumed mid-epoch repeats it
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step)
 
     @property
     def samples_seen(self) -> int:
@@ -96,8 +103,14 @@ class ECModule(L.LightningModule):
         return block.gather(1, top).squeeze(1).float()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.global_batch:
+            drop = self.model.dropout
+            drop.key = self.seed * 1_000_003 + self.global_step
+            drop.rank, drop.world_size = self.global_rank, self.trainer.world_size
         logits = self.model(batch.x)
         loss = self._loss(logits, batch)
+        if batch.weight is not None:  # averaged over the global batch, however it was shared
+            loss = loss * batch.weight
         n = len(batch.x)
         self.seen = getattr(self, "seen", 0) + n
         if self.vocab is None:
@@ -141,6 +154,25 @@ class ECModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
 
 
+class GlobalDropout(torch.nn.Module):
+    """Dropout whose mask is drawn for the whole global batch from a generator keyed by the
+    step, each rank taking the rows of its share: a run on 1 process and one on W processes
+    drop the same features of the same sample (plain dropout draws per process)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.key, self.rank, self.world_size = p, 0, 0, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = len(x)
+        generator = torch.Generator().manual_seed(self.key)
+        draw = torch.rand((self.world_size * n, *x.shape[1:]), generator=generator)
+        keep = draw[self.rank * n : (self.rank + 1) * n] >= self.p
+        return x * keep.to(x.device, x.dtype) / (1 - self.p)
+
+
 def level_loss(
     logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, offsets: list[int]
 ) -> torch.Tensor:
@@ -181,6 +213,37 @@ class StoreData(L.LightningDataModule):
     def __init__(self, store: Store, config: TrainConfig, vocab: ECVocabulary | None = None):
         super().__init__()
         self.store, self.config, self.vocab = store, config, vocab
+        self._train: Batches | None = None  # the training stream, whose position checkpoints keep
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        """Where the training stream stands, saved in every checkpoint: the records of this
+        epoch all ranks have consumed (any number of ranks can resume from it)."""
+        b, trainer = self._train, self.trainer
+        if b is None or trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        step = done - (b.epoch_steps - len(b))  # Lightning counts the whole epoch's steps
+        if not 0 <= step <= len(b):
+            return {}
+        stream = {**b.state_dict(), "step": step, "consumed": b.consumed_at(step)}
+        return {"stream": {**stream, "epoch": trainer.current_epoch}, "steps": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None
+
+    def _continue(self, batches: Batches) -> None:
+        """Continue a checkpoint's epoch where it stood, on this run's number of ranks, and
+        move Lightning's count of steps to the same place in this world's epoch."""
+        state, self._resume = self._resume, None
+        trainer = self.trainer
+        if state is None or state["stream"]["epoch"] != trainer.current_epoch:
+            return  # saved at the end of an epoch: the next one starts from its beginning
+        batches.load_state_dict(state["stream"])
+        shift = batches.epoch_steps - len(batches) + batches.step - state["steps"]
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        for name in ("ready", "started", "processed", "completed"):
+            setattr(progress, name, getattr(progress, name) + shift)
 
     def _batches(self, split: str, shuffle: bool):
         c, trainer = self.config, self.trainer
@@ -196,11 +259,17 @@ class StoreData(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             multi_class=self.vocab is not None or c.multi_class == "first",
+            global_batch=c.global_batch,
+            drop_last=c.drop_last and shuffle,  # validation sees every record
+            block=c.shuffle_block if shuffle else 0,
         )
 
     def _loader(self, split: str, shuffle: bool):
         targets = None if self.vocab is None else ECTargets(self.vocab)
         batches = self._batches(split, shuffle)
+        if split == "train":
+            self._continue(batches)
+            self._train = batches
         return loader(batches, num_workers=self.config.num_workers, ids=False, targets=targets)
 
     def train_dataloader(self):
@@ -223,6 +292,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+class StepCheckpoint(Callback):
+    """Writes ``last.ckpt`` every ``every`` training steps, with the stream's position, so that
+    a pre-empted run loses at most that many steps (``--checkpoint-every``)."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.every == 0:
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+
+
 class EpochLog(Callback):
     """Writes ``metrics.csv``: one row per finished epoch, rewritten atomically."""
 
@@ -235,6 +316,10 @@ class EpochLog(Callback):
         self.path = path
         self.rows: list[dict] | None = None
         self._start, self._train_seconds = 0.0, None
+
+    def on_train_start(self, trainer, module) -> None:
+        # a run resumed mid-epoch starts without on_train_epoch_start
+        self.on_train_epoch_start(trainer, module)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if self.rows is None:  # first epoch of this process: keep the rows of a resumed run
@@ -381,7 +466,10 @@ def _fit(
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
     was_deterministic = torch.are_deterministic_algorithms_enabled()  # the Trainer changes it
     weights = _class_weights(store, config.multi_class) if config.class_weights else None
-    module = ECModule(model_config, config.lr, config.weight_decay, weights, config.seed, vocab)
+    module = ECModule(
+        model_config, config.lr, config.weight_decay, weights, config.seed, vocab,
+        global_batch=config.global_batch,
+    )  # fmt: skip
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
@@ -391,6 +479,7 @@ def _fit(
     trainer = L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
         precision=config.resolved_precision(),
         max_epochs=config.epochs,
         max_time=config.max_time,
@@ -399,6 +488,7 @@ def _fit(
             EarlyStopping("val_loss", patience=config.patience),
             best,
             EpochLog(run / "metrics.csv"),
+            *([StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []),
             *([SamplesProgressBar(samples)] if config.progress else []),
             *(callbacks or []),
         ],
@@ -443,6 +533,8 @@ def _quiet_lightning():
         # a deprecation inside Lightning itself, and a notice on every resume
         warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.*")
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        # the stream's position is the datamodule's state, which Lightning does not look at
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
         try:
             yield
         finally:
@@ -500,7 +592,11 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
         theirs = saved.get(key)
         ours = run_config.get(key)  # "vocabulary" exists only for --target ec
         if key == "train":  # more epochs or another progress setting may be asked on resume
-            free = ("epochs", "progress", "max_time", "num_workers")
+            # an epoch boundary is a resume point for any number of processes (elastic)
+            free = (
+                "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
+                "accelerator", "checkpoint_every",
+            )  # fmt: skip
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}
         if key == "store":  # the EC fingerprint: runs made before it existed do not have it

@@ -1,11 +1,12 @@
 """PyTorch adapter: a DataLoader that moves whole batches, in exactly the plain iteration order.
 
 The dataset is map-style and its item is one whole batch step, so the DataLoader runs with
-``batch_size=None`` and collates nothing. Its index is ``(epoch, step)``: with persistent workers
-the dataset copy in a worker never sees attribute changes made in the main process, so the epoch
-travels with every index instead. The sampler lives in the main process, starts at the Batches'
-current ``step`` (a mid-epoch resume) and has the ``set_epoch`` that Lightning calls every epoch.
-``in_order=True`` makes any number of workers deliver the sampler's order.
+``batch_size=None`` and collates nothing. Its index is ``(epoch, start, step)``: with persistent
+workers the dataset copy in a worker never sees attribute changes made in the main process, so
+the epoch (and where a resumed epoch started) travels with every index instead. The sampler
+lives in the main process, starts at the Batches' current ``step`` (a mid-epoch resume) and has
+the ``set_epoch`` that Lightning calls every epoch. ``in_order=True``
+makes any number of workers deliver the sampler's order.
 
     from ecstream.adapters.torch import loader
     for batch in loader(store.batches("train"), num_workers=2):
@@ -32,6 +33,9 @@ class TorchBatch(NamedTuple):
     y: torch.Tensor  # int64 [B] labels, or uint8 [B, C] multi-hot targets of a full-EC run
     ids: list[str] | None  # None when the loader was made with ids=False (training)
     known: torch.Tensor | None = None  # bool [B, levels]: levels the targets state (full EC)
+    # with a global batch: this share's records × world size / the global batch's records, the
+    # factor that makes the mean over ranks of per-rank mean losses the global batch's mean
+    weight: float | None = None
 
 
 #: Turns a batch into multi-hot targets and known levels (see ECVocabulary.targets).
@@ -39,7 +43,7 @@ Targets = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
 class BatchDataset(Dataset[TorchBatch]):
-    """Map-style dataset whose item ``(epoch, step)`` is that whole batch, as tensors.
+    """Map-style dataset whose item ``(epoch, start, step)`` is that whole batch, as tensors.
 
     With ``targets``, ``y`` holds what it returns for the batch (computed in the worker)."""
 
@@ -52,22 +56,27 @@ class BatchDataset(Dataset[TorchBatch]):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: tuple[int, int]) -> TorchBatch:
-        epoch, step = index
-        if epoch != self.batches.epoch:
-            self.batches.set_epoch(epoch)
+    def __getitem__(self, index: tuple[int, int, int]) -> TorchBatch:
+        epoch, start, step = index
+        if (epoch, start) != (self.batches.epoch, self.batches.start):
+            self.batches.set_epoch(epoch, start)
         batch = self.batches[step]
         # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
-        if self.targets is None:
-            return TorchBatch(torch.from_numpy(batch.x), torch.from_numpy(batch.y), ids)
-        y, known = self.targets(batch)
+        b = self.batches
+        weight = None
+        if b.settings.global_batch:
+            records = b.consumed_at(step + 1) - b.consumed_at(step)
+            weight = len(batch) * b.world_size / records
         x = torch.from_numpy(batch.x)
-        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known))
+        if self.targets is None:
+            return TorchBatch(x, torch.from_numpy(batch.y), ids, weight=weight)
+        y, known = self.targets(batch)
+        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known), weight)
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, step)`` from the Batches' current step to the end of its epoch.
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """Yields ``(epoch, start, step)`` from the Batches' current step to the end of its epoch.
 
     A completed pass rewinds the Batches to step 0, as plain iteration does, so the next pass
     is a whole epoch; ``set_epoch`` switches to another epoch's order. ``len()`` is the number
@@ -86,13 +95,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
         # the whole epoch, also in a resumed one: Lightning counts the steps done before the
         # checkpoint and ends the epoch at len(), and it reads len() once per fit, so the
         # remaining count would cut every later epoch short
-        return len(self.batches)
+        return self.batches.epoch_steps
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, start = self.batches.epoch, self.batches.step
-        for step in range(start, len(self.batches)):
-            yield epoch, step
-        self.batches.step = 0
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        b = self.batches
+        epoch, start, first = b.epoch, b.start, b.step
+        for step in range(first, len(b)):
+            yield epoch, start, step
+        b.rewind()
 
 
 def _whole(batch: TorchBatch) -> TorchBatch:
