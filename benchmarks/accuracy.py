@@ -73,8 +73,8 @@ def _times() -> dict:
     return json.loads(TIMES.read_text()) if TIMES.exists() else {}
 
 
-def step(key: str, *args: str) -> None:
-    """Run ``ecstream ARGS`` once; its wall and CPU time are recorded under ``key``.
+def step(key: str, *args: str, note: dict | None = None) -> None:
+    """Run ``ecstream ARGS`` once; its wall and CPU time (and ``note``) are recorded under ``key``.
 
     A step already recorded is skipped. CPU time (of the command and everything it started,
     MMseqs2 included) is the fairer figure on a shared machine: other users' load stretches
@@ -87,6 +87,7 @@ def step(key: str, *args: str) -> None:
         run_sampled([*ECSTREAM, *args], env=TWO_CORES)
         times = _times()
         times[key] = {"wall": time.perf_counter() - start, "cpu": _children_cpu() - cpu}
+        times[key].update(note or {})
         TIMES.write_text(json.dumps(times, indent=1) + "\n")
 
 
@@ -108,9 +109,11 @@ def _train_cnn(split: str, name: str, *flags: str) -> None:
     d = _dir(split)
     run = d / name
     resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").exists() else []
-    flags = (*flags, *_max_time())
+    note = {"max_time": cap} if (cap := os.environ.get("ECSTREAM_ACCURACY_MAX_TIME")) else {}
+    if resume:
+        note["resumed"] = True  # its time counts only the invocation that finished it
     step(f"{split}/train {name}", "train", str(d / "store"), "--out", str(run), "--quiet",
-         *flags, *resume)  # fmt: skip
+         *flags, *_max_time(), *resume, note=note)  # fmt: skip
 
 
 def run_split(split: str) -> None:
@@ -162,13 +165,7 @@ def run() -> str:
         "0.15 and 0.15, as it moves many val/test proteins to train); both cores. Splits in this "
         f"report: {', '.join(splits)}. Steps already recorded in "
         "`bench-output/accuracy/times.json` are not run again, so one report can gather steps of "
-        "several invocations (the date below is the last one's)."
-        + (
-            f" Each CNN's training was capped at {cap} (`ECSTREAM_ACCURACY_MAX_TIME`): early "
-            "stopping may not have ended it, so these CNN figures are a floor."
-            if (cap := os.environ.get("ECSTREAM_ACCURACY_MAX_TIME"))
-            else ""
-        ),
+        "several invocations (the date below is the last one's)." + _caps(times, splits),
         "",
         machine_markdown(info),
         *_targets(splits),
@@ -180,6 +177,26 @@ def run() -> str:
         *_leakage(splits),
     ]
     return "\n".join(lines)
+
+
+def _caps(times: dict, splits: list[str]) -> str:
+    """A sentence on CNN trainings capped by ``ECSTREAM_ACCURACY_MAX_TIME`` or resumed."""
+    capped = [f"{key} at {t['max_time']}" for key, t in times.items()
+              if "max_time" in t and key.split("/")[0] in splits]  # fmt: skip
+    resumed = [key for key, t in times.items() if t.get("resumed") and key.split("/")[0] in splits]
+    text = ""
+    if capped:
+        text += (
+            f" Training time capped (`ECSTREAM_ACCURACY_MAX_TIME`, DD:HH:MM:SS): "
+            f"{'; '.join(capped)}; where early stopping did not end a run first, its CNN "
+            "figures are a floor."
+        )
+    if resumed:
+        text += (
+            f" Resumed after an interruption (the time shown counts only the last part): "
+            f"{', '.join(resumed)}."
+        )
+    return text
 
 
 def _targets(splits: list[str]) -> list[str]:
