@@ -203,7 +203,13 @@ def test_a_long_outage_fails_naming_the_shard(stores, s3_server, fresh_cache, mo
     local, remote = stores
     proxy = Proxy(s3_server)
     try:
-        remote = _through(proxy, remote, monkeypatch, ECSTREAM_REMOTE_DEADLINE="1.5")
+        remote = _through(
+            proxy,
+            remote,
+            monkeypatch,
+            ECSTREAM_REMOTE_DEADLINE="1.5",
+            ECSTREAM_PREFETCH_THREADS="1",
+        )
         kw = {"batch_size": 100, "shuffle": False}
         mine = list(local.batches("train", **kw))
         served = []
@@ -215,6 +221,10 @@ def test_a_long_outage_fails_naming_the_shard(stores, s3_server, fresh_cache, mo
         assert 5 < len(served) < len(mine)
         # nothing wrong was yielded before the error
         assert all(_same(a, b) for a, b in zip(mine, served, strict=False))
+        # and the fetches queued ahead were dropped: they would each retry to their deadline
+        # before the command could exit
+        source = remote.split_data("train").source
+        assert source._pool is None and not source._pending
     finally:
         proxy.close()
 
@@ -242,8 +252,10 @@ def test_damaged_bytes_on_the_server_are_never_served(stores, s3_server, fresh_c
             fh.write(good)
 
 
-def test_a_remote_build_refuses_to_replace_without_force(stores, data_path):
+def test_a_remote_build_refuses_to_replace_without_force(stores, data_path, monkeypatch):
+    """… before it builds anything (a build may take hours)."""
     _, remote = stores
+    monkeypatch.setattr(build, "staging", lambda: pytest.fail("built before refusing"))
     with pytest.raises(ecstream.StoreError, match="already exists"):
         ecstream.build_store(data_path, str(remote.path), max_records=100)
 
@@ -283,3 +295,57 @@ def test_a_block_shuffle_streams_a_store_larger_than_its_cache(stores, fresh_cac
     # about once per epoch (a shard fetched ahead may be let go and fetched again), not a fetch
     # per batch (47 batches; a whole-split shuffle touches every shard in every batch)
     assert len(fetched) <= 3 * len(sizes), len(fetched)
+
+
+def test_a_shard_let_go_between_its_arrival_and_its_opening_is_fetched_again(small_store, tmp_path):
+    """Processes share the cache: another one's fetch may evict an entry this one has just been
+    handed, before it opened it. It is fetched again, not reported as a damaged store."""
+    import shutil
+
+    paths, checksums = small_store.shard_paths("train"), small_store.shard_checksums("train")
+
+    class Evicting:  # hands out a copy of the local shard, the first one deleted at once
+        budget = 1 << 30
+        calls = 0
+
+        def fetch(self, k):
+            self.calls += 1
+            copy = tmp_path / f"cache-{self.calls}-{k}.arrow"
+            shutil.copyfile(paths[k], copy)
+            if self.calls == 1:
+                copy.unlink()
+            return copy
+
+        def prefetch(self, shards):
+            pass
+
+    source = Evicting()
+    fingerprint = small_store.fingerprint("train")
+    remote = shards.SplitData("train", paths, fingerprint, checksums=checksums, source=source)
+    local = shards.SplitData("train", paths, fingerprint, checksums=checksums)
+    rows = np.arange(local.n)
+    assert np.array_equal(remote.lengths(rows), local.lengths(rows))
+    assert source.calls == len(paths) + 1
+
+
+class _Failing:  # a dataset whose reads fail as a remote store's do after the deadline
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise RemoteError("s3://bucket/store/train/shard-00003.arrow: failed after 9 attempts")
+
+
+def test_an_error_in_a_dataloader_worker_is_still_one_line():
+    """torch re-raises a worker's exception with the worker's whole traceback in its message;
+    the user sees the last line, as from the main process."""
+    from torch.utils.data import DataLoader
+
+    from ecstream.errors import describe
+
+    with pytest.raises(RemoteError) as caught:
+        next(iter(DataLoader(_Failing(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)
+    assert describe(caught.value) == (
+        "s3://bucket/store/train/shard-00003.arrow: failed after 9 attempts"
+    )

@@ -25,7 +25,7 @@ from .mmseqs.cluster import ClusterSettings, cluster_split
 from .mmseqs.leakage import leakage_report
 from .overlap import OverlapCheck
 from .records import Records
-from .remote import is_remote, publish, staging
+from .remote import check_destination, is_remote, publish, staging
 from .shards import SplitData, SplitWriter
 from .skips import Skips
 from .sources import (
@@ -210,6 +210,7 @@ def build_store(
         if gone in options:
             raise StoreError(why)
     if is_remote(out):  # built on local disk, then published: shards first, manifest last
+        check_destination(str(out), MANIFEST, force)
         with staging() as local:
             build_store(
                 inputs, local / "store", columns=columns, fmt=fmt, progress=progress,

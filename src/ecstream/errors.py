@@ -58,6 +58,11 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     text = str(exc).strip()
+    if "\nOriginal Traceback" in text:  # re-raised from a DataLoader worker: its last line
+        last = text.splitlines()[-1]
+        for name in (f"{type(exc).__module__}.{type(exc).__qualname__}", type(exc).__name__):
+            last = last.removeprefix(f"{name}: ")
+        text = last
     if isinstance(exc, EXPECTED):
         return text or type(exc).__name__
     return (

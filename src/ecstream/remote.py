@@ -333,9 +333,23 @@ class RemoteSplit:
     def fetch(self, k: int) -> Path:
         with self._lock:
             pending = self._pending.pop(k, None)
-        if pending is not None:
-            return pending.result()
-        return fetch_shard(self.uris[k], self.checksums[k], self.settings)
+        try:
+            if pending is not None:
+                return pending.result()
+            return fetch_shard(self.uris[k], self.checksums[k], self.settings)
+        except Exception:
+            # the command stops here: fetches still queued would each retry until their own
+            # deadline before the process could exit
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Drop the fetches not yet started (those under way end by their deadline)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            self._pending.clear()
 
     def prefetch(self, shards: Sequence[int]) -> None:
         """Fetch these shards in this order in the background, no more than the cache holds."""
@@ -374,13 +388,10 @@ def staging() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def publish(local: Path, uri: str, manifest: str, force: bool) -> None:
-    """Upload the store built at ``local`` to ``uri``: shards first, the manifest last.
-
-    An existing store there is replaced only with ``force``: its manifest is removed first (the
-    store is then absent, never mixed), and its shards that the new one does not name after.
-    A prefix holding anything but an ecstream store is refused.
-    """
+def check_destination(uri: str, manifest: str, force: bool) -> set[str]:
+    """The objects under ``uri`` (a remote store's place), if a build may publish there: a
+    prefix holding other objects is refused, and a store unless ``force``. Checked before a
+    build starts (it may take hours) and again when it publishes."""
     from pyarrow import fs
 
     settings = RemoteSettings.from_env()
@@ -395,6 +406,21 @@ def publish(local: Path, uri: str, manifest: str, force: bool) -> None:
         raise StoreError(f"{uri} holds other objects ({', '.join(foreign[:3])}); refusing it")
     if manifest in names and not force:
         raise StoreError(f"{uri} already exists; use --force (force=True) to replace it")
+    return names
+
+
+def publish(local: Path, uri: str, manifest: str, force: bool) -> None:
+    """Upload the store built at ``local`` to ``uri``: shards first, the manifest last.
+
+    An existing store there is replaced only with ``force``: its manifest is removed first (the
+    store is then absent, never mixed), and its shards that the new one does not name after.
+    A prefix holding anything but an ecstream store is refused.
+    """
+    from pyarrow import fs
+
+    settings = RemoteSettings.from_env()
+    handler, root = filesystem(uri, settings)
+    names = check_destination(uri, manifest, force)
     if manifest in names:
         _retrying(f"{uri}/{manifest}", lambda: handler.delete_file(f"{root}/{manifest}"), settings)
     ours = sorted(str(p.relative_to(local)) for p in local.rglob("*.arrow"))

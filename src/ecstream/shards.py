@@ -533,17 +533,17 @@ class SplitData:
 
     def _fetch(self, k: int) -> None:
         for attempt in range(3):
+            path = self.source.fetch(k)
             try:
-                return self._fetch_once(k)
+                return self._open_fetched(k, path)
             except IntegrityError:
-                # another process may have evicted the cache entry in between: fetch it again
-                view = self.views[k]
-                if attempt == 2 or view is None or view.path.exists():
+                # another process's fetch may have let the cache entry go between its arrival
+                # and its opening here: fetch it again (bytes still there that fail are damage)
+                if attempt == 2 or path.exists():
                     raise
                 self.views[k] = None
 
-    def _fetch_once(self, k: int) -> None:
-        path = self.source.fetch(k)
+    def _open_fetched(self, k: int, path: Path) -> None:
         view, expected = self.views[k], self.checksums[k]
         if view is None or view.path != path:
             view = ShardView.open(path, expected)
@@ -588,7 +588,9 @@ class SplitData:
             return
         which = np.searchsorted(self.starts, rows, side="right") - 1
         _, first = np.unique(which, return_index=True)
-        self.source.prefetch(which[np.sort(first)].tolist())
+        # a shard mapped already is never fetched again: asking would hold a slot for good
+        filled = self.region.filled
+        self.source.prefetch([k for k in which[np.sort(first)].tolist() if not filled[k]])
 
     @property
     def chunks(self) -> _Chunks:
