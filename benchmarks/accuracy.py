@@ -396,7 +396,7 @@ def _throughput(splits: list[str]) -> list[str]:
 
 
 def _add(a: dict, b: dict) -> dict:
-    return {k: a[k] + b[k] for k in a}
+    return {k: a[k] + b[k] for k in ("wall", "cpu")}
 
 
 def _minutes(t: dict) -> str:
