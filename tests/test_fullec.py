@@ -12,13 +12,20 @@ from hypothesis import strategies as st
 
 from ecstream.calibrate import (
     expected_calibration_error,
+    fit_confidence_map,
     fit_temperature,
     identity_confidence,
     identity_curve,
     precision_thresholds,
 )
 from ecstream.ecmetrics import LevelScores
-from ecstream.hierarchy import Call, consistent, decode, level_probabilities, stated
+from ecstream.hierarchy import (
+    Call,
+    calibrated,
+    decode,
+    level_probabilities,
+    stated,
+)
 from ecstream.labels import ECVocabulary, stated_levels
 from ecstream.predict import predict_file, sidecar
 from ecstream.predictors import load_model
@@ -95,12 +102,17 @@ def test_vocabulary_keeps_rare_numbers_and_its_parents_are_right(vocab):
     st.integers(1, 5),
     st.integers(0, 2**31 - 1),
     st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), min_size=4, max_size=4),
+    st.booleans(),
 )
-def test_decoded_outputs_are_hierarchy_consistent(rows, seed, thresholds):
+def test_decoded_outputs_are_hierarchy_consistent(rows, seed, thresholds, mapped):
     vocab = ECVocabulary.from_texts(TEXTS)
-    logits = np.random.default_rng(seed).normal(0, 4, size=(rows, int(vocab.offsets[-1])))
-    temps = np.random.default_rng(seed + 1).uniform(0.3, 3, size=4).tolist()
-    probs = consistent(level_probabilities(logits, vocab, temps), vocab)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, size=(rows, int(vocab.offsets[-1])))
+    temps = rng.uniform(0.3, 3, size=4).tolist()
+    # random non-decreasing confidence maps, as calibration fits them: deeper levels raised
+    maps = [[[0.0, *np.sort(rng.uniform(0, 1, 3)), 1.0], [0.0, *np.sort(rng.uniform(0, 1, 3)), 1.0]]
+            for _ in range(4)] if mapped else None  # fmt: skip
+    probs = calibrated(level_probabilities(logits, vocab, temps), vocab, maps)
     for level in range(1, 4):  # a child is never more probable than its parent
         assert (probs[level] <= probs[level - 1][:, vocab.parents[level]] + 1e-7).all()
     marks = stated(probs, vocab, thresholds)
@@ -160,6 +172,37 @@ def test_temperature_scaling_improves_calibration_on_a_held_out_slice():
         return expected_calibration_error(p.max(1), p.argmax(1) == labels[held])
 
     assert ece(t) < 0.03 < ece(1.0)
+
+
+def test_confidence_maps_calibrate_an_underconfident_level_on_a_held_out_slice():
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.05, 1.0, size=8000)
+    correct = rng.uniform(size=8000) < np.sqrt(confidence)  # right more often than it says
+    fit, held = slice(0, 4000), slice(4000, 8000)
+    xs, ys = fit_confidence_map(confidence[fit], correct[fit])
+    assert xs == sorted(xs) and ys == sorted(ys) and (xs[0], ys[0], xs[-1], ys[-1]) == (0, 0, 1, 1)
+    before = expected_calibration_error(confidence[held], correct[held])
+    after = expected_calibration_error(np.interp(confidence[held], xs, ys), correct[held])
+    assert after < 0.03 < before
+
+
+def test_lifting_keeps_the_deepest_ranking_and_raises_parents(vocab):
+    """A mapped child above its parent raises the parent (bottom-up), not the child capped."""
+    probs = [np.zeros((1, n), np.float32) for n in vocab.sizes]
+    probs[0][0, 1] = probs[1][0, vocab.index(2, "2.7")] = probs[2][0, vocab.index(3, "2.7.7")] = 0.6
+    probs[3][0, vocab.index(4, "2.7.7.7")] = 0.5
+    probs[0][0, 0] = probs[1][0, vocab.index(2, "1.1")] = probs[2][0, vocab.index(3, "1.1.1")] = 0.4
+    probs[3][0, vocab.index(4, "1.1.1.1")] = 0.3
+    lift_deep = [[[0.0, 1.0], [0.0, 1.0]]] * 3 + [[[0.0, 0.5, 1.0], [0.0, 0.9, 1.0]]]
+    out = calibrated(probs, vocab, lift_deep)
+    deep = out[3][0]
+    assert deep[vocab.index(4, "2.7.7.7")] == pytest.approx(0.9)  # mapped, not capped at 0.6
+    assert deep.argmax() == vocab.index(4, "2.7.7.7")
+    for level, key in ((0, "2"), (1, "2.7"), (2, "2.7.7")):
+        k = 1 if level == 0 else vocab.index(level + 1, key)
+        assert out[level][0, k] == pytest.approx(0.9)  # raised to its child
+    assert out[3][0, vocab.index(4, "1.1.1.1")] == pytest.approx(0.54)  # 0.3 on the map
+    assert out[0][0, 0] == pytest.approx(0.54)  # class 1 raised from 0.4 to its number's 0.54
 
 
 def test_thresholds_are_the_lowest_that_reach_the_precision():
@@ -236,6 +279,7 @@ def test_a_full_ec_run_predicts_every_level_and_says_so(ec_run, small_store, tmp
     vocab = ECVocabulary.from_dict(config["vocabulary"])
     assert config["train"]["target"] == "ec" and vocab.depth == 4
     assert len(calibration["temperatures"]) == 4 and len(calibration["thresholds"]) == 4
+    assert len(calibration["confidence_maps"]) == 4
     assert (ec_run / "reliability.png").stat().st_size > 1000
     model = load_model(ec_run)
     first = next(small_store.records("test"))

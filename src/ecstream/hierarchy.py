@@ -3,10 +3,14 @@
 A full-EC model scores every class of the four levels (:class:`~ecstream.labels.ECVocabulary`).
 Two rules turn those scores into what a biologist reads:
 
-- **Consistency by decoding**: a class is never more probable than its parent. After
-  calibration, each level's probabilities are capped by their parent's, top-down
-  (``p'(2.7.7) = min(p(2.7.7), p'(2.7))``), so the confidence of a full number is the
-  confidence of its least certain level.
+- **Consistency by decoding**: a class is never more probable than its parent. Each level's
+  probabilities (after its temperature) are capped by their parent's, top-down
+  (``p'(2.7.7) = min(p(2.7.7), p'(2.7))``). A calibrated run then maps each level's
+  probabilities to the accuracy they had on validation (:func:`calibrated`) and raises every
+  parent to at least its most probable child, bottom-up: a confident ``2.7.7.7`` is evidence
+  for ``2.7``. (Capping again after the maps instead re-ranked the deepest level and cost it
+  two points of top-1 accuracy; raising keeps it and adds one at levels 1–3.) Either way the
+  confidence of a full number never exceeds that of its prefixes.
 - **Stop where the evidence stops**: a level is stated when its probability reaches that
   level's threshold (chosen on validation for a target precision, or one ``--min-confidence``
   for all); a number ends at its deepest stated level (``2.7.-.-``), and every branch that
@@ -60,6 +64,33 @@ def consistent(probs: Sequence[np.ndarray], vocab: ECVocabulary) -> list[np.ndar
     for level in range(1, len(probs)):
         out.append(np.minimum(probs[level], out[-1][:, vocab.parents[level]]))
     return out
+
+
+def lift(probs: Sequence[np.ndarray], vocab: ECVocabulary) -> list[np.ndarray]:
+    """Raise every class to at least its most probable child, level by level from the bottom."""
+    out = list(probs)
+    for level in range(len(out) - 1, 0, -1):
+        parents = vocab.parents[level]
+        order = np.argsort(parents, kind="stable")  # reduceat needs each parent's children together
+        child, ordered = out[level][:, order], parents[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        up = out[level - 1].copy()
+        columns = ordered[starts]
+        up[:, columns] = np.maximum(up[:, columns], np.maximum.reduceat(child, starts, axis=1))
+        out[level - 1] = up
+    return out
+
+
+def calibrated(
+    probs: Sequence[np.ndarray], vocab: ECVocabulary, maps: Sequence[Sequence] | None = None
+) -> list[np.ndarray]:
+    """Consistent probabilities; with a run's confidence ``maps`` (knots ``[xs, ys]`` per level,
+    :func:`~ecstream.calibrate.fit_confidence_map`), mapped to validation accuracy and lifted."""
+    out = consistent(probs, vocab)
+    if not maps:
+        return out
+    pairs = zip(out, maps, strict=True)
+    return lift([np.interp(p, xs, ys).astype(np.float32) for p, (xs, ys) in pairs], vocab)
 
 
 def stated(

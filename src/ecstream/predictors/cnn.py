@@ -11,7 +11,7 @@ import torch
 from .. import alphabet
 from ..batches import padded_width
 from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE
-from ..hierarchy import consistent, level_probabilities
+from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig
 from ..runs import RunError, read_calibration
@@ -70,6 +70,8 @@ class CNNPredictor(Predictor):
         calibration = read_calibration(run) if calibrated else None
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
         self.thresholds = calibration["thresholds"] if calibration else None
+        # runs calibrated before confidence maps existed have temperatures only
+        self.maps = calibration.get("confidence_maps") if calibration else None
         self.report_uncalibrated = False  # evaluate compares calibration with none
         self.long = LONG_SEQUENCES
 
@@ -139,7 +141,8 @@ class CNNPredictor(Predictor):
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         logits = self.all_logits(seqs)
-        levels = consistent(level_probabilities(logits, self.vocab, self.temperatures), self.vocab)
+        probs = level_probabilities(logits, self.vocab, self.temperatures)
+        levels = calibrated(probs, self.vocab, self.maps)
         raw = None
         if self.report_uncalibrated:
             raw = consistent(level_probabilities(logits, self.vocab), self.vocab)
