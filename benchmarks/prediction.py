@@ -54,7 +54,6 @@ def _long_proteins() -> list[str]:
     import numpy as np
 
     import ecstream
-    from ecstream.hierarchy import consistent, level_probabilities
     from ecstream.labels import level_keys
 
     model = ecstream.load_model(RUNS / "small-ec")
@@ -67,10 +66,7 @@ def _long_proteins() -> list[str]:
     rows = [f"| {mode} |" for mode in ("whole", "windows", "truncated")]
     for k, mode in enumerate(("whole", "windows", "truncated")):
         model.long = mode
-        logits = model.all_logits(seqs)
-        levels = consistent(
-            level_probabilities(logits, model.vocab, model.temperatures), model.vocab
-        )
+        levels = model.score([""] * len(seqs), seqs).levels
         for level in (1, 4):
             top = levels[level - 1].argmax(axis=1)
             keys = model.vocab.classes[level - 1]

@@ -25,6 +25,7 @@ from ecstream.hierarchy import (
     decode,
     level_probabilities,
     stated,
+    top_numbers,
 )
 from ecstream.labels import ECVocabulary, stated_levels
 from ecstream.predict import predict_file, sidecar
@@ -131,6 +132,18 @@ def test_decoded_outputs_are_hierarchy_consistent(rows, seed, thresholds, mapped
             assert call.confidence == pytest.approx(float(probs[call.depth - 1][row, k]))
         # confidence never grows with depth along a number
         assert [c.confidence for c in calls] == sorted((c.confidence for c in calls), reverse=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_top_numbers_are_the_most_probable_deepest_classes_in_order(rows, k, seed):
+    vocab = ECVocabulary.from_texts(TEXTS)
+    deepest = np.random.default_rng(seed).permutation(rows * vocab.sizes[-1]).astype(np.float32)
+    deepest = deepest.reshape(rows, -1) / deepest.size  # distinct values: one right answer
+    for r, top in enumerate(top_numbers(deepest, vocab, k)):
+        expected = np.argsort(-deepest[r])[: min(k, vocab.sizes[-1])]
+        assert [key for key, _ in top] == [vocab.classes[3][c] for c in expected]
+        assert [p for _, p in top] == [float(deepest[r, c]) for c in expected]
 
 
 def test_an_uncertain_protein_gets_a_partial_number_and_several_when_several_clear(vocab):

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 from .plan import BatchSettings
 
-#: Sequences per forward pass when predicting (BENCHMARKS.md, training section, compares sizes).
-PREDICT_BATCH_SIZE = 64
+#: Sequences per forward pass when predicting (BENCHMARKS.md, prediction section, compares 64).
+PREDICT_BATCH_SIZE = 256
+#: Sequences a CNN scores and decodes at a time when predicting: a full-EC run's outputs and
+#: their temporaries (3,577 classes a row) stay tens of MB, not hundreds (BENCHMARKS.md,
+#: prediction section). A homolog search takes a whole chunk: each search has a start-up cost.
+SCORE_ROWS = 2048
 #: How a CNN scores a protein longer than its training length: ``whole`` (the network pools
 #: over any length), ``windows`` (overlapping windows of the training length, logits averaged)
 #: or ``truncated`` (its first residues); BENCHMARKS.md compares them.

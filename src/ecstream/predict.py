@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .allocator import release_free_memory
 from .alphabet import SequenceError, clean_sequence
 from .atomic import atomic_open, check_not_input, write_json
 from .config import TOP_K
@@ -129,26 +130,11 @@ def predict_file(
     with _output(out) as fh:
         writer = TsvWriter(fh)
         writer.row(header)
-        for rows in itertools.chain([first] if first else [], chunks):
-            ids, seqs, keep, errors = [], [], [], {}
-            for k, (_, rid, _, seq, _) in enumerate(rows):
-                try:
-                    seqs.append(clean_sequence(seq).encode())
-                except SequenceError as error:
-                    errors[k] = str(error)
-                    continue
-                keep.append(k)
-                ids.append(rid)
-            lines = _Lines(model, ids, seqs, top_k, thresholds)
-            at = {k: j for j, k in enumerate(keep)}
-            for k, (_, rid, _, seq, _) in enumerate(rows):
-                if k in errors:
-                    writer.row(lines.error(rid, len(seq.strip()), errors[k]))
-                else:
-                    writer.row(lines.row(at[k]))
-            counts["records"] += len(rows)
-            counts["scored"] += len(keep)
-            counts["errors"] += len(errors)
+        for chunk in itertools.chain([first] if first else [], chunks):
+            step = model.score_rows or len(chunk) or 1
+            for rows in (chunk[a : a + step] for a in range(0, len(chunk), step)):
+                _write_part(model, rows, writer, top_k, thresholds, counts)
+                release_free_memory()  # the part's arrays: see ecstream.allocator
             if progress:
                 progress(counts["records"])
     if str(out) != STDOUT:
@@ -163,6 +149,31 @@ def predict_file(
         "seconds": seconds,
         "per_second": counts["records"] / max(seconds, 1e-9),
     }
+
+
+def _write_part(
+    model: Predictor, rows: list, writer: TsvWriter, top_k: int, thresholds: list, counts: dict
+) -> None:
+    """Clean, score, decode and write one part of a chunk, in input order."""
+    ids, seqs, keep, errors = [], [], [], {}
+    for k, (_, rid, _, seq, _) in enumerate(rows):
+        try:
+            seqs.append(clean_sequence(seq).encode())
+        except SequenceError as error:
+            errors[k] = str(error)
+            continue
+        keep.append(k)
+        ids.append(rid)
+    lines = _Lines(model, ids, seqs, top_k, thresholds)
+    at = {k: j for j, k in enumerate(keep)}
+    for k, (_, rid, _, seq, _) in enumerate(rows):
+        if k in errors:
+            writer.row(lines.error(rid, len(seq.strip()), errors[k]))
+        else:
+            writer.row(lines.row(at[k]))
+    counts["records"] += len(rows)
+    counts["scored"] += len(keep)
+    counts["errors"] += len(errors)
 
 
 def part_bounds(

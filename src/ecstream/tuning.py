@@ -129,7 +129,9 @@ def calibrate_cnn(run: Path, store: Store) -> dict:
     scaled = consistent(tempered, vocab)
     rows = [known[:, k] for k in range(vocab.depth)]
     tops = [top_prediction(scaled[k][rows[k]], true[k][rows[k]]) for k in range(vocab.depth)]
-    maps = [fit_confidence_map(conf, right) for conf, right in tops]
+    # a class run's seven probabilities stay a distribution (p_1 … p_7 sum to 1), and its
+    # temperature alone calibrates them (BENCHMARKS.md): maps only for full-EC runs
+    maps = [fit_confidence_map(c, r) for c, r in tops] if vocab.depth > 1 else None
     after = calibrated(tempered, vocab, maps)
     extra = {
         "temperatures": temperatures,

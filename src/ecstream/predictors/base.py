@@ -53,6 +53,7 @@ class Predictor:
     multi_class: str = "skip"  # a class run's rows spanning several classes: skip | first
     max_length: int | None = None  # sequences longer than this are truncated; None: never
     batch_size: int | None = None  # sequences per forward pass; None: the predictor has none
+    score_rows: int | None = None  # predict scores a chunk in parts of this many; None: whole
     extra_columns: tuple[str, ...] = ()
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:

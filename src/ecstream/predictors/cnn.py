@@ -10,7 +10,7 @@ import torch
 
 from .. import alphabet
 from ..batches import padded_width
-from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE
+from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig
@@ -59,6 +59,7 @@ class CNNPredictor(Predictor):
         self.max_length = int(config["train"]["max_length"])
         self.multi_class = config["train"].get("multi_class", "skip")
         self.batch_size = PREDICT_BATCH_SIZE
+        self.score_rows = SCORE_ROWS
         weights = self.run / "model.pt"
         if not weights.is_file():
             raise RunError(f"{run}: no model.pt (training did not finish an epoch)")
