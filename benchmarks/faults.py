@@ -89,7 +89,8 @@ def case(i: int) -> dict:
 
 
 def corrupt(data: bytes, kind: str, at: float, length: int, value: int) -> bytes:
-    """Damage bytes as :func:`case` says (the same kinds as tests/test_integrity.py)."""
+    """Damage bytes as :func:`case` says: a flipped bit, a byte or a range overwritten, a range
+    zeroed, a cut, or junk appended (tests/test_integrity.py fuzzes the same kinds)."""
     data = bytearray(data)
     i = min(int(at * len(data)), len(data) - 1)
     if kind == "bit":

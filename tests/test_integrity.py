@@ -36,6 +36,8 @@ from ecstream.store import (
 
 SHARD = "shard-00000.arrow"
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import faults  # noqa: E402 - the kinds of damage are the benchmark's, shared
 
 
 @pytest.fixture(scope="module")
@@ -480,25 +482,6 @@ def tiny(data_path, tmp_path_factory) -> tuple[ecstream.Store, list]:
     return built, snapshot(built.path)
 
 
-def _corrupt(data: bytes, kind: str, at: float, length: int, value: int) -> bytes:
-    """Damage bytes: a flipped bit, a range overwritten or zeroed, a cut, or junk appended."""
-    data = bytearray(data)
-    i = min(int(at * len(data)), len(data) - 1)
-    if kind == "bit":
-        data[i] ^= 1 << (value % 8)
-    elif kind == "byte":
-        data[i] = value if value != data[i] else (value + 1) % 256
-    elif kind == "range":
-        data[i : i + length] = bytes((value + 31 * k) % 256 for k in range(length))
-    elif kind == "zeros":
-        data[i : i + length] = bytes(min(length, len(data) - i))
-    elif kind == "cut":
-        del data[i:]
-    elif kind == "append":
-        data += bytes([value]) * length
-    return bytes(data)
-
-
 corruption = st.tuples(
     st.sampled_from(["bit", "byte", "range", "zeros", "cut", "append"]),
     st.floats(0, 1, exclude_max=True),
@@ -514,7 +497,7 @@ def _check_case(tiny, tmp_path: Path, target: str, how: tuple) -> str:
     copy = tmp_path / f"case-{time.monotonic_ns()}"
     shutil.copytree(built.path, copy)
     damaged = copy / target
-    damaged.write_bytes(_corrupt(damaged.read_bytes(), *how))
+    damaged.write_bytes(faults.corrupt(damaged.read_bytes(), *how))
     try:
         try:
             problems = open_store(copy).verify()
