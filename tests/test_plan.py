@@ -218,6 +218,15 @@ def test_a_global_batch_is_the_same_on_any_number_of_ranks(
         assert np.array_equal(np.concatenate(parts), one.rows(s))
     together = [p.rows(s) for p in many for s in range(p.steps)]
     assert sum(len(b) for b in together) == one.total_samples
+    # each rank knows where its share lies in the global batch (GlobalDropout draws the mask of
+    # the whole global batch and takes those rows), even when the last one is shared unevenly
+    for s in range(many[0].steps):
+        parts = [p.rows(s) for p in many]
+        sizes = [len(part) for part in parts]
+        for r, p in enumerate(many):
+            assert p.share(s) == (sum(sizes[:r]), sum(sizes))
+        if s < one.steps and one.share(s) == (0, sum(sizes)):
+            assert np.array_equal(np.concatenate(parts), one.rows(s))
 
 
 def test_a_global_batch_must_divide_among_the_ranks():

@@ -257,6 +257,10 @@ class Batches:
         else:
             self.set_epoch(epoch, consumed)
 
+    def share(self, step: int) -> tuple[int, int]:
+        """This rank's offset within the global batch of ``step``, and that batch's records."""
+        return self.plan.share(step)
+
     def consumed_at(self, step: int) -> int:
         """Records all ranks have consumed when each has done ``step`` steps of this plan."""
         return self.plan.consumed(step)

@@ -264,6 +264,13 @@ class EpochPlan:
             raise IndexError(f"step {step} out of range for an epoch of {self.steps} steps")
         return self.start + self._offset(step * self.world_size)
 
+    def share(self, step: int) -> tuple[int, int]:
+        """Where this rank's batch at ``step`` begins within the step's global batch, and how
+        many records that global batch holds (over all ranks)."""
+        first = self._offset(step * self.world_size)
+        own = self._offset(step * self.world_size + self.rank)
+        return own - first, self._offset((step + 1) * self.world_size) - first
+
     def batch_size_of(self, j: int) -> int:
         """Number of records in piece ``j`` (over all ranks; step ``j // W`` of rank ``j % W``)."""
         return self._offset(j + 1) - self._offset(j)

@@ -106,7 +106,7 @@ class ECModule(L.LightningModule):
         if self.global_batch:
             drop = self.model.dropout
             drop.key = self.seed * 1_000_003 + self.global_step
-            drop.rank, drop.world_size = self.global_rank, self.trainer.world_size
+            drop.share = batch.share
         logits = self.model(batch.x)
         loss = self._loss(logits, batch)
         if batch.weight is not None:  # averaged over the global batch, however it was shared
@@ -156,20 +156,23 @@ class ECModule(L.LightningModule):
 
 class GlobalDropout(torch.nn.Module):
     """Dropout whose mask is drawn for the whole global batch from a generator keyed by the
-    step, each rank taking the rows of its share: a run on 1 process and one on W processes
-    drop the same features of the same sample (plain dropout draws per process)."""
+    step, each rank taking the rows of its share (``share``: where it begins, and the global
+    batch's records): a run on 1 process and one on W processes drop the same features of the
+    same sample, also where the last global batch is shared unevenly (plain dropout draws per
+    process)."""
 
     def __init__(self, p: float):
         super().__init__()
-        self.p, self.key, self.rank, self.world_size = p, 0, 0, 1
+        self.p, self.key = p, 0
+        self.share: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        n = len(x)
+        first, total = self.share or (0, len(x))
         generator = torch.Generator().manual_seed(self.key)
-        draw = torch.rand((self.world_size * n, *x.shape[1:]), generator=generator)
-        keep = draw[self.rank * n : (self.rank + 1) * n] >= self.p
+        draw = torch.rand((total, *x.shape[1:]), generator=generator)
+        keep = draw[first : first + len(x)] >= self.p
         return x * keep.to(x.device, x.dtype) / (1 - self.p)
 
 

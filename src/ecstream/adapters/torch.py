@@ -36,6 +36,9 @@ class TorchBatch(NamedTuple):
     # with a global batch: this share's records × world size / the global batch's records, the
     # factor that makes the mean over ranks of per-rank mean losses the global batch's mean
     weight: float | None = None
+    # with a global batch: (where this share begins in the global batch, the global batch's
+    # records), so that dropout masks are drawn for the global batch (GlobalDropout)
+    share: tuple[int, int] | None = None
 
 
 #: Turns a batch into multi-hot targets and known levels (see ECVocabulary.targets).
@@ -64,15 +67,15 @@ class BatchDataset(Dataset[TorchBatch]):
         # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
         b = self.batches
-        weight = None
+        weight = share = None
         if b.settings.global_batch:
-            records = b.consumed_at(step + 1) - b.consumed_at(step)
-            weight = len(batch) * b.world_size / records
+            share = b.share(step)
+            weight = len(batch) * b.world_size / share[1]
         x = torch.from_numpy(batch.x)
         if self.targets is None:
-            return TorchBatch(x, torch.from_numpy(batch.y), ids, weight=weight)
+            return TorchBatch(x, torch.from_numpy(batch.y), ids, weight=weight, share=share)
         y, known = self.targets(batch)
-        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known), weight)
+        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known), weight, share)
 
 
 class EpochSampler(Sampler[tuple[int, int, int]]):
