@@ -218,7 +218,7 @@ def test_lifting_keeps_the_deepest_ranking_and_raises_parents(vocab):
     assert out[0][0, 0] == pytest.approx(0.54)  # class 1 raised from 0.4 to its number's 0.54
 
 
-def test_thresholds_are_the_lowest_that_reach_the_precision():
+def test_thresholds_reach_the_precision_with_the_best_f1():
     vocab = ECVocabulary.first_level()
     # confidences of the top class with whether it is right: precision ≥ 0.9 down to 0.6
     conf = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4])
@@ -233,6 +233,15 @@ def test_thresholds_are_the_lowest_that_reach_the_precision():
     assert t == pytest.approx(0.6)  # at 0.55 the precision drops to 6/7 < 0.9
     [none] = precision_thresholds([probs], [truth], known, vocab.parents, target=1.01)
     assert none is None
+    # precise at every threshold (like a hybrid's homologs): the lowest would state the noise
+    # too (18 of 20 right: 0.90); the best F1 among the precise ones leaves it out
+    probs[:, 0], truth[:] = 0, 0
+    probs[:9, 0], probs[9, 1] = 0.99, 0.01
+    truth[:9, 0], truth[9, 0] = 1, 1
+    probs = np.concatenate([probs, probs])
+    truth = np.concatenate([truth, truth])
+    [t] = precision_thresholds([probs], [truth], np.ones((20, 1), bool), vocab.parents)
+    assert t == pytest.approx(0.99)
 
 
 def test_homolog_confidence_is_a_non_decreasing_function_of_identity():

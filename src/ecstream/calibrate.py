@@ -8,8 +8,9 @@ Everything here is fitted on the validation split and stored in the run:
   prediction is right (isotonic regression, interpolated between its blocks). Temperature
   alone left the deeper levels underconfident: a multi-label row splits its target mass, and
   a level of thousands of classes spreads it, so a top class at 0.6 was right 80% of the time;
-- per level, the lowest threshold at which the stated classes reach a target precision
-  (:data:`TARGET_PRECISION`) on validation: ``predict`` states a level only at or above it;
+- per level, a threshold at which the stated classes reach a target precision
+  (:data:`TARGET_PRECISION`) on validation (of those, the one with the best F1): ``predict``
+  states a level only at or above it;
 - for a homolog, the probability that its class is right at each level as a non-decreasing
   function of the hit's identity (isotonic regression on validation).
 """
@@ -107,8 +108,13 @@ def precision_thresholds(
     parents: Sequence[np.ndarray],
     target: float = TARGET_PRECISION,
 ) -> list[float | None]:
-    """Per level, the lowest threshold whose stated classes reach ``target`` precision.
+    """Per level, the threshold whose stated classes reach ``target`` precision with the best
+    F1 (micro, over the level's true classes); at equal F1, the lowest.
 
+    Where precision stays above the target at every threshold (a hybrid, whose homologs are
+    right 98% of the time), the lowest such threshold would state every class the CNN gives
+    any probability to: the best F1 among the precise ones leaves that noise out, and where
+    precision falls below the target first (a CNN), it is the lowest precise threshold.
     ``probs`` are consistent per-level probabilities, ``truth`` the multi-hot true classes and
     ``known`` which rows state each level. A class counts as stated at a threshold when it and
     its parent are stated, so the levels are chosen top-down. Where no threshold reaches the
@@ -122,25 +128,31 @@ def precision_thresholds(
             continue
         under = np.ones(p.shape, dtype=bool) if above is None else above[:, parents[level]]
         candidate = under & known[:, level][:, None]
-        chosen = _lowest_precise(p[candidate], t[candidate].astype(bool), target)
+        true_total = int(t[known[:, level]].sum())
+        chosen = _best_precise(p[candidate], t[candidate].astype(bool), target, true_total)
         thresholds.append(chosen)
         if chosen is not None:
             above = (p >= chosen) & under
     return thresholds
 
 
-def _lowest_precise(values: np.ndarray, right: np.ndarray, target: float) -> float | None:
-    """The lowest value ``v`` such that the items at or above ``v`` are ≥ ``target`` right."""
+def _best_precise(
+    values: np.ndarray, right: np.ndarray, target: float, true_total: int
+) -> float | None:
+    """The value ``v`` of the best F1 among those whose items at or above ``v`` are
+    ≥ ``target`` right (the lowest at equal F1); ``true_total``: the true items in all."""
     if len(values) == 0:
         return None
     order = np.argsort(-values, kind="stable")
     v, r = values[order], right[order]
-    precision = np.cumsum(r) / np.arange(1, len(v) + 1)
+    hits = np.cumsum(r)
+    stated = np.arange(1, len(v) + 1)
     last = np.r_[v[1:] != v[:-1], True]  # the end of each group of equal values
-    ok = np.flatnonzero(last & (precision >= target))
+    ok = np.flatnonzero(last & (hits / stated >= target))
     if len(ok) == 0:
         return None
-    return float(v[ok[-1]])
+    f1 = 2 * hits[ok] / (stated[ok] + max(true_total, 1))
+    return float(v[ok[::-1][np.argmax(f1[::-1])]])
 
 
 def isotonic(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
