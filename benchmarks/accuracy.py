@@ -335,8 +335,9 @@ def _calibration(splits: list[str]) -> list[str]:
         "lifted to its most probable child. ECE: 15 equal-width bins of the confidence of the "
         "top prediction of each level, on test, before calibration and after; the column "
         "'temperature only' is the ECE of the temperatures alone, on validation (what the "
-        "maps improve on). Thresholds: per level, the lowest at which the decoded numbers reach "
-        "0.90 precision on validation; precision and coverage on test at those thresholds. "
+        "maps improve on). Thresholds: per level, of those at which the decoded numbers reach "
+        "0.90 precision on validation, the one with the best F1; precision and coverage on "
+        "test at those thresholds. "
         "Reliability diagram: `bench-output/accuracy/random/small-ec/reliability.png` "
         "(validation).",
         "",
