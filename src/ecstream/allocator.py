@@ -4,8 +4,8 @@ glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
 arrays of several MiB that every part of a prediction needs then come from the heap, which
 fragments and keeps its free pages: a full-EC prediction's anonymous memory grew with every
 chunk it scored. ``malloc_trim`` returns the free pages (also those inside the heap). Fixing
-the threshold instead held memory flatter but cost a quarter of the speed (every large block a
-fresh mapping to fault in). BENCHMARKS.md (prediction section) has the figures.
+the threshold instead also held memory, but made every large block a fresh mapping to fault
+in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100k to 1M.
 """
 
 from __future__ import annotations

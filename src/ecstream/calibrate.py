@@ -7,7 +7,7 @@ Everything here is fitted on the validation split and stored in the run:
 - per level, a non-decreasing map from the confidence of the top prediction to how often that
   prediction is right (isotonic regression, interpolated between its blocks). Temperature
   alone left the deeper levels underconfident: a multi-label row splits its target mass, and
-  a level of thousands of classes spreads it, so a top class at 0.6 was right 80% of the time;
+  a level of thousands of classes spreads it (BENCHMARKS.md, calibration table);
 - per level, a threshold at which the stated classes reach a target precision
   (:data:`TARGET_PRECISION`) on validation (of those, the one with the best F1): ``predict``
   states a level only at or above it;

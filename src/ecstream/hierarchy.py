@@ -8,9 +8,9 @@ Two rules turn those scores into what a biologist reads:
   (``p'(2.7.7) = min(p(2.7.7), p'(2.7))``). A calibrated run then maps each level's
   probabilities to the accuracy they had on validation (:func:`calibrated`) and raises every
   parent to at least its most probable child, bottom-up: a confident ``2.7.7.7`` is evidence
-  for ``2.7``. (Capping again after the maps instead re-ranked the deepest level and cost it
-  two points of top-1 accuracy; raising keeps it and adds one at levels 1–3.) Either way the
-  confidence of a full number never exceeds that of its prefixes.
+  for ``2.7``. (Capping again after the maps instead would re-rank the deepest level, whose
+  own ranking the lift keeps.) Either way the confidence of a full number never exceeds that
+  of its prefixes.
 - **Stop where the evidence stops**: a level is stated when its probability reaches that
   level's threshold (chosen on validation for a target precision, or one ``--min-confidence``
   for all); a number ends at its deepest stated level (``2.7.-.-``), and every branch that
@@ -45,8 +45,7 @@ def split_levels(scores: np.ndarray, vocab: ECVocabulary) -> list[np.ndarray]:
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float32, computed in place on a copy
-    (a chunk of a full-EC run's logits is 8,192 × 3,577: float64 temporaries doubled its
-    memory and its time)."""
+    (a part of a full-EC run's logits is 2,048 × 3,577: float64 temporaries would double it)."""
     z = np.array(logits, dtype=np.float32)
     z /= np.float32(temperature)
     z -= z.max(axis=1, keepdims=True)
@@ -90,12 +89,17 @@ def lift(probs: Sequence[np.ndarray], vocab: ECVocabulary) -> list[np.ndarray]:
 def calibrated(
     probs: Sequence[np.ndarray], vocab: ECVocabulary, maps: Sequence[Sequence] | None = None
 ) -> list[np.ndarray]:
-    """Consistent probabilities; with a run's confidence ``maps`` (knots ``[xs, ys]`` per level,
-    :func:`~ecstream.calibrate.fit_confidence_map`), mapped to validation accuracy and lifted."""
+    """Consistent probabilities; with a run's confidence ``maps``, also :func:`mapped`."""
     out = consistent(probs, vocab)
-    if not maps:
-        return out
-    pairs = zip(out, maps, strict=True)
+    return mapped(out, vocab, maps) if maps else out
+
+
+def mapped(
+    consistent_probs: Sequence[np.ndarray], vocab: ECVocabulary, maps: Sequence[Sequence]
+) -> list[np.ndarray]:
+    """Consistent probabilities mapped to validation accuracy by a run's confidence ``maps``
+    (knots ``[xs, ys]`` per level, :func:`~ecstream.calibrate.fit_confidence_map`), lifted."""
+    pairs = zip(consistent_probs, maps, strict=True)
     return lift([np.interp(p, xs, ys).astype(np.float32) for p, (xs, ys) in pairs], vocab)
 
 
@@ -149,7 +153,7 @@ def top_numbers(deepest: np.ndarray, vocab: ECVocabulary, k: int) -> list[list[t
     """The ``k`` most probable classes of the deepest level, per row, with probabilities."""
     level = vocab.depth - 1
     k = min(k, deepest.shape[1])
-    if k < deepest.shape[1]:  # a partial sort: the full one of 3,260 classes per row was slow
+    if k < deepest.shape[1]:  # a partial sort: only k of a row's thousands of classes are kept
         candidates = np.argpartition(-deepest, k - 1, axis=1)[:, :k]
     else:
         candidates = np.broadcast_to(np.arange(k), (len(deepest), k))

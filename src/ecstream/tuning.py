@@ -1,7 +1,7 @@
 """What a run learns from its validation split after training: how far to trust it.
 
-- a CNN run: one temperature and one confidence map per level, and per level the lowest
-  threshold that reaches
+- a CNN run: one temperature and one confidence map per level, and per level a threshold
+  that reaches
   :data:`~ecstream.calibrate.TARGET_PRECISION` on validation (``calibration.json``), with the
   expected calibration error before and after and a reliability diagram;
 - a kNN run: per level, the probability that the homolog's class is right as a function of its
@@ -31,7 +31,7 @@ from .calibrate import (
     precision_thresholds,
 )
 from .hashing import hash64, unit_interval
-from .hierarchy import calibrated, consistent, level_probabilities, split_levels
+from .hierarchy import consistent, level_probabilities, mapped, split_levels
 from .labels import ECVocabulary
 from .predictors.base import Predictor
 from .predictors.cnn import CNNPredictor
@@ -129,10 +129,10 @@ def calibrate_cnn(run: Path, store: Store) -> dict:
     scaled = consistent(tempered, vocab)
     rows = [known[:, k] for k in range(vocab.depth)]
     tops = [top_prediction(scaled[k][rows[k]], true[k][rows[k]]) for k in range(vocab.depth)]
-    # a class run's seven probabilities stay a distribution (p_1 … p_7 sum to 1), and its
-    # temperature alone calibrates them (BENCHMARKS.md): maps only for full-EC runs
+    # a class run's seven probabilities stay a distribution (p_1 … p_7 sum to 1): maps only
+    # for full-EC runs (a class run's ECE before and after is in its calibration.json)
     maps = [fit_confidence_map(c, r) for c, r in tops] if vocab.depth > 1 else None
-    after = calibrated(tempered, vocab, maps)
+    after = mapped(scaled, vocab, maps) if maps else scaled
     extra = {
         "temperatures": temperatures,
         "confidence_maps": maps,
