@@ -3,9 +3,11 @@
 Uses the runs of the accuracy section's random split (``bench-output/accuracy/random``):
 ``small`` (seven classes) and ``small-ec`` (full EC numbers). Run that section first.
 
-1. Speed: ``ecstream predict`` of the random split's test proteins (FASTA), the class run and
-   the full-EC run taking turns, three times each; sequences/s as predict prints it (scoring
-   time, start-up excluded); medians.
+1. Speed: ``ecstream predict`` of the random split's test proteins (FASTA), the class run, the
+   full-EC run and the full-EC run at 256 sequences a pass (the former default) taking turns,
+   three times each; sequences/s as predict prints it (scoring time, start-up excluded);
+   medians. Then, in one process, the logits of the same proteins from the network's own
+   forward and from :class:`ecstream.model.Scorer`, taking turns.
 2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated); peak
    anonymous memory (``RssAnon``) of the whole command.
 3. Long proteins: the test proteins longer than the training length (660), scored whole, in
@@ -49,6 +51,38 @@ def _test_fasta() -> tuple[Path, int]:
     return path, n
 
 
+def _scorer_against_forward(fasta: Path) -> str:
+    """The test proteins' logits from the network's own forward and from the Scorer (what
+    predict uses), in this process on both cores, taking turns: speed and largest difference."""
+    import time
+
+    import numpy as np
+    import torch
+
+    import ecstream
+
+    torch.set_num_threads(2)
+    model = ecstream.load_model(RUNS / "small-ec")
+    seqs = [line.strip().encode() for line in fasta.open() if not line.startswith(">")]
+    ways = {"forward": torch.inference_mode()(model.model), "scorer": model.scorer}
+    speeds: dict[str, list[float]] = {name: [] for name in ways}
+    logits = {}
+    for _ in range(REPEATS):
+        for name, net in ways.items():
+            model.scorer = net
+            start = time.perf_counter()
+            logits[name] = model.all_logits(seqs)
+            speeds[name].append(len(seqs) / (time.perf_counter() - start))
+    med = {name: sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    gap = float(np.abs(logits["scorer"] - logits["forward"]).max())
+    return (
+        f"Logits alone, in one process, {model.batch_size} a pass: the network's own forward "
+        f"{med['forward']:,.0f} sequences/s, the `Scorer` (embedding folded into the stem's "
+        f"table) {med['scorer']:,.0f} ({med['scorer'] / med['forward']:.2f}×); largest "
+        f"difference of a logit {gap:.1e} (float rounding)."
+    )
+
+
 def _long_proteins() -> list[str]:
     """Top accuracy at levels 1 and 4 of the test proteins over 660 residues, three ways."""
     import numpy as np
@@ -88,14 +122,15 @@ def run() -> str:
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     fasta, n_test = _test_fasta()
-    # the class run also at the former 64 sequences per forward pass, to show what 256 gives
-    speeds: dict[str, list[float]] = {"small": [], "small-ec": [], "small B=64": []}
+    # the full-EC run also at the former 256 sequences per forward pass
+    speeds: dict[str, list[float]] = {"small": [], "small-ec": [], "small-ec B=256": []}
     for _ in range(REPEATS):
         for name in speeds:
             run, _, size = name.partition(" B=")
             flags = ("--batch-size", size) if size else ()
             speeds[name].append(_predict(RUNS / run, fasta, WORK / f"{run}.tsv", *flags)[0])
     med = {name: sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    scorer = _scorer_against_forward(fasta)
     memory = {}
     for n in FASTA_SIZES:
         big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
@@ -117,16 +152,16 @@ def run() -> str:
         f"| full EC: sequences/s on {n_test:,} test proteins (median of {REPEATS}) "
         f"| {med['small-ec']:,.0f} | ≥ {MIN_SPEED:,} | {'yes' if ok_speed else '**no**'} |",
         f"| seven classes, same proteins, taking turns | {med['small']:,.0f} | | |",
-        f"| seven classes, 64 sequences per forward pass (was the default) "
-        f"| {med['small B=64']:,.0f} | | |",
+        f"| full EC, 256 sequences per forward pass (was the default) "
+        f"| {med['small-ec B=256']:,.0f} | | |",
         f"| full EC: peak anonymous memory, {FASTA_SIZES[0]:,} sequences | {small:.0f} MB | | |",
         f"| full EC: peak anonymous memory, {FASTA_SIZES[1]:,} sequences | {large:.0f} MB "
         f"| flat (±10%) | {'yes' if ok_memory else '**no**'} |",
         "",
         f"All runs (sequences/s): full EC {', '.join(f'{v:,.0f}' for v in speeds['small-ec'])}; "
-        f"classes {', '.join(f'{v:,.0f}' for v in speeds['small'])}; classes at 64 a pass "
-        f"{', '.join(f'{v:,.0f}' for v in speeds['small B=64'])}: 256 a pass is "
-        f"{med['small'] / med['small B=64']:.2f}× and full EC "
+        f"classes {', '.join(f'{v:,.0f}' for v in speeds['small'])}; full EC at 256 a pass "
+        f"{', '.join(f'{v:,.0f}' for v in speeds['small-ec B=256'])}: the default (32 a pass "
+        f"on CPU) is {med['small-ec'] / med['small-ec B=256']:.2f}× of 256, and full EC "
         f"{med['small-ec'] / med['small']:.2f}× of the classes. The {FASTA_SIZES[1]:,} "
         f"sequences took {memory[FASTA_SIZES[1]][1]:.0f} s with start-up "
         f"({memory[FASTA_SIZES[1]][2]:,.0f} sequences/s scoring); memory changed by "
@@ -134,6 +169,8 @@ def run() -> str:
         "cap), decoding at the run's thresholds, and the TSV writing, all included. Each chunk "
         "of 8,192 records is scored in parts of 2,048, the C heap's free pages returned after "
         "each part (`ecstream.allocator`).",
+        "",
+        scorer,
         "",
         *_long_proteins(),
         "",

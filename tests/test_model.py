@@ -1,10 +1,13 @@
-"""The networks: embedding on the device, padding that changes nothing, both presets train."""
+"""The networks: embedding on the device, padding that changes nothing, both presets train, and
+the prediction scorer computes the same function."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecstream import alphabet
-from ecstream.model import PRESETS, ECClassifier, preset
+from ecstream.model import PRESETS, ECClassifier, Scorer, preset
 
 
 @pytest.fixture(params=list(PRESETS))
@@ -53,3 +56,36 @@ def test_both_presets_learn_a_step(model):
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown model 'huge'.*small, large"):
         preset("huge", (7,))
+
+
+@pytest.fixture(scope="module", params=list(PRESETS))
+def trained_looking(request):
+    """A preset with every weight random (biases and norms too, as after training), and the
+    embedding's padding row zero, as training keeps it."""
+    torch.manual_seed(1)
+    model = ECClassifier(preset(request.param, (7, 40))).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("embed"):
+                p.normal_(0, 0.05)
+    return model, Scorer(model)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 70), min_size=1, max_size=6),
+    extra=st.integers(0, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_the_scorer_gives_the_networks_logits(trained_looking, lengths, extra, seed):
+    """Folding the embedding into the stem's table, and pooling without masks, changes
+    nothing but rounding: any lengths (not multiples of the pool, shorter than the kernel),
+    unknown residues, and padding to any width."""
+    model, scorer = trained_looking
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros((len(lengths), max(lengths) + extra), dtype=torch.uint8)
+    for i, n in enumerate(lengths):
+        x[i, :n] = torch.randint(1, alphabet.VOCAB_SIZE, (n,), generator=g, dtype=torch.uint8)
+    with torch.inference_mode():
+        expected, got = model(x), scorer(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()

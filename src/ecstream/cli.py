@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--batch-size", type=_positive, default=None,
-        help=f"sequences per forward pass (default {PREDICT_BATCH_SIZE})",
+        help="sequences per forward pass (default "
+        f"{PREDICT_BATCH_SIZE['cpu']} on CPU, {PREDICT_BATCH_SIZE['cuda']} on a GPU)",
     )  # fmt: skip
     p.add_argument(
         "--shard", type=_part, default=None, metavar="I/N",

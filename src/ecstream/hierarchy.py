@@ -100,7 +100,20 @@ def mapped(
     """Consistent probabilities mapped to validation accuracy by a run's confidence ``maps``
     (knots ``[xs, ys]`` per level, :func:`~ecstream.calibrate.fit_confidence_map`), lifted."""
     pairs = zip(consistent_probs, maps, strict=True)
-    return lift([np.interp(p, xs, ys).astype(np.float32) for p, (xs, ys) in pairs], vocab)
+    return lift([apply_map(p, xs, ys) for p, (xs, ys) in pairs], vocab)
+
+
+def apply_map(p: np.ndarray, xs: Sequence[float], ys: Sequence[float]) -> np.ndarray:
+    """``np.interp(p, xs, ys)`` as float32 for probabilities in [0, 1] (``xs[0] = 0``). Nearly
+    all of a deep level's thousands of probabilities lie on the first segment: those take its
+    line, and only the others the (float64) search of ``np.interp``."""
+    x0, x1, y0, y1 = float(xs[0]), float(xs[1]), float(ys[0]), float(ys[1])
+    out = np.asarray(p, dtype=np.float32) - x0
+    out *= (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
+    out += y0
+    far = p >= x1
+    out[far] = np.interp(p[far], xs, ys)
+    return out
 
 
 def stated(

@@ -13,7 +13,7 @@ from ..batches import padded_width
 from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
-from ..model import ECClassifier, ModelConfig
+from ..model import ECClassifier, ModelConfig, Scorer
 from ..runs import RunError, read_calibration
 from .base import Predictor, Scores
 
@@ -58,16 +58,17 @@ class CNNPredictor(Predictor):
         )
         self.max_length = int(config["train"]["max_length"])
         self.multi_class = config["train"].get("multi_class", "skip")
-        self.batch_size = PREDICT_BATCH_SIZE
         self.score_rows = SCORE_ROWS
         weights = self.run / "model.pt"
         if not weights.is_file():
             raise RunError(f"{run}: no model.pt (training did not finish an epoch)")
         payload = torch.load(weights, map_location="cpu", weights_only=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = PREDICT_BATCH_SIZE.get(self.device.type, PREDICT_BATCH_SIZE["cpu"])
         self.model = ECClassifier(ModelConfig.from_dict(payload["model"]))
         self.model.load_state_dict(payload["state_dict"])
-        self.model.to(self.device).eval()
+        self.model.eval()
+        self.scorer = Scorer(self.model).to(self.device).eval()
         calibration = read_calibration(run) if calibrated else None
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
         self.thresholds = calibration["thresholds"] if calibration else None
@@ -79,11 +80,10 @@ class CNNPredictor(Predictor):
     def model_files(self) -> list[Path]:
         return [self.run / "model.pt", *super().model_files()]
 
-    @torch.inference_mode()
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Logits for a uint8 token batch ``[B, L]``."""
         x = torch.from_numpy(tokens).to(self.device)
-        return self.model(x).float().cpu().numpy()
+        return self.scorer(x).float().cpu().numpy()
 
     def handled(self, length: int) -> str:
         if length <= self.max_length or self.long == "whole":
