@@ -119,6 +119,8 @@ def _long_proteins() -> list[str]:
 
 
 def run() -> str:
+    from ecstream.config import SCORE_ROWS
+
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     fasta, n_test = _test_fasta()
@@ -167,8 +169,8 @@ def run() -> str:
         f"({memory[FASTA_SIZES[1]][2]:,.0f} sequences/s scoring); memory changed by "
         f"{100 * change:+.1f}% from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length "
         "cap), decoding at the run's thresholds, and the TSV writing, all included. Each chunk "
-        "of 8,192 records is scored in parts of 2,048, the C heap's free pages returned after "
-        "each part (`ecstream.allocator`).",
+        f"of 8,192 records is scored in parts of {SCORE_ROWS:,}, the C heap's free pages returned "
+        "after each part (`ecstream.allocator`).",
         "",
         scorer,
         "",

@@ -16,9 +16,10 @@ from .plan import BatchSettings
 #: (BENCHMARKS.md, prediction section, compares 256); a GPU wants many rows at once.
 PREDICT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 #: Sequences a CNN scores and decodes at a time when predicting: a full-EC run's outputs and
-#: their temporaries (3,577 classes a row) stay tens of MB, not hundreds (BENCHMARKS.md,
-#: prediction section). A homolog search takes a whole chunk: each search has a start-up cost.
-SCORE_ROWS = 2048
+#: their temporaries (3,577 classes a row) stay tens of MB, not hundreds, so the peak memory
+#: of a run is that of the model, not of a part's passing spike (BENCHMARKS.md, prediction
+#: section). A homolog search takes a whole chunk: each search has a start-up cost.
+SCORE_ROWS = 512
 #: How a CNN scores a protein longer than its training length: ``whole`` (the network pools
 #: over any length), ``windows`` (overlapping windows of the training length, logits averaged)
 #: or ``truncated`` (its first residues); BENCHMARKS.md compares them.

@@ -45,7 +45,7 @@ def split_levels(scores: np.ndarray, vocab: ECVocabulary) -> list[np.ndarray]:
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float32, computed in place on a copy
-    (a part of a full-EC run's logits is 2,048 × 3,577: float64 temporaries would double it)."""
+    (a full-EC run scores thousands of classes a row: float64 temporaries would double them)."""
     z = np.array(logits, dtype=np.float32)
     z /= np.float32(temperature)
     z -= z.max(axis=1, keepdims=True)
@@ -165,9 +165,10 @@ def partial(key: str) -> str:
 def top_numbers(deepest: np.ndarray, vocab: ECVocabulary, k: int) -> list[list[tuple[str, float]]]:
     """The ``k`` most probable classes of the deepest level, per row, with probabilities."""
     level = vocab.depth - 1
-    k = min(k, deepest.shape[1])
-    if k < deepest.shape[1]:  # a partial sort: only k of a row's thousands of classes are kept
-        candidates = np.argpartition(-deepest, k - 1, axis=1)[:, :k]
+    n = deepest.shape[1]
+    k = min(k, n)
+    if k < n:  # a partial sort: only k of a row's thousands of classes are kept
+        candidates = np.argpartition(deepest, n - k, axis=1)[:, n - k :]
     else:
         candidates = np.broadcast_to(np.arange(k), (len(deepest), k))
     values = np.take_along_axis(deepest, candidates, axis=1)
