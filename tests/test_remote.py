@@ -349,3 +349,51 @@ def test_an_error_in_a_dataloader_worker_is_still_one_line():
     assert describe(caught.value) == (
         "s3://bucket/store/train/shard-00003.arrow: failed after 9 attempts"
     )
+
+
+def test_predict_reads_fasta_and_parquet_from_object_storage(
+    s3_server, cnn_run, data_path, tmp_path, capsys
+):
+    """A remote input gives the rows of the same local file: gzip FASTA (streamed), a Parquet
+    file and a prefix of Parquet parts (read through the filesystem); a missing one is one line
+    naming it."""
+    import gzip
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ecstream.cli import main
+
+    host, port = s3_server
+    with gzip.open(data_path, "rt") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in itertools.islice(fh, 1, 61)]
+    table = pa.table({"Entry": [r[0] for r in rows], "Sequence": [r[2] for r in rows]})
+    local = tmp_path / "local"
+    (local / "parts").mkdir(parents=True)
+    with gzip.open(local / "in.faa.gz", "wt") as fh:
+        fh.writelines(f">{rid}\n{seq}\n" for rid, _, seq in rows)
+    pq.write_table(table, local / "in.parquet")
+    for k in range(3):  # a dataset of three parts, in name order
+        pq.write_table(table.slice(20 * k, 20), local / "parts" / f"part-{k}.parquet")
+    admin = pa.fs.S3FileSystem(
+        endpoint_override=f"{host}:{port}", scheme="http", access_key="testing",
+        secret_key="testing", region="us-east-1",
+    )  # fmt: skip
+    pa.fs.copy_files(str(local), f"{BUCKET}/inputs", destination_filesystem=admin)
+
+    def predicted(source: str, name: str, *flags: str) -> str:
+        out = tmp_path / f"{name}.tsv"
+        assert main(["predict", str(cnn_run), source, "--out", str(out), *flags]) == 0
+        return out.read_text()
+
+    expected = predicted(str(local / "in.faa.gz"), "expected")
+    assert expected.count("\n") == 61
+    remote = f"s3://{BUCKET}/inputs"
+    assert predicted(f"{remote}/in.faa.gz", "fasta") == expected
+    assert predicted(f"{remote}/in.parquet", "parquet") == expected
+    assert predicted(f"{remote}/parts", "parts", "--format", "parquet") == expected
+    capsys.readouterr()
+    assert main(["predict", str(cnn_run), f"{remote}/none.parquet", "--out", "x.tsv"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.parquet" in err[0] and "not found" in err[0], err

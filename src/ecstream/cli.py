@@ -520,11 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream INPUT (FASTA, or TSV/CSV with a sequence column; .gz ok) into a TSV.",
     )
     p.add_argument("run")
-    p.add_argument("input", help="FASTA or TSV/CSV (gzip ok), or - for stdin")
+    p.add_argument(
+        "input",
+        help="FASTA or TSV/CSV (gzip ok), Parquet (a file or a directory of parts), - for "
+        "stdin, or any of them in object storage (s3://bucket/key)",
+    )
     p.add_argument("--out", required=True, help="TSV to write, or - for stdout (streamed)")
     p.add_argument(
-        "--format", choices=TEXT_FORMATS, default=None,
-        help="the input's format when its name and first line do not tell",
+        "--format", choices=(*TEXT_FORMATS, "parquet"), default=None,
+        help="the input's format when its name and first line do not tell (a prefix of "
+        "Parquet parts in object storage: parquet)",
     )  # fmt: skip
     p.add_argument(
         "--top-k", type=_positive, default=TOP_K,

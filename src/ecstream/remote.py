@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -211,6 +211,36 @@ class _Raw(io.RawIOBase):
         if not self.closed:
             self._stream.close()
         super().close()
+
+
+def input_files(uri: str, suffixes: set[str]) -> list[tuple[str, Callable[[], Any]]]:
+    """A remote input's files: the object itself, or the objects under the prefix whose names
+    end in one of ``suffixes`` (not hidden: ``_``/``.``), sorted. Each as its URI and an opener
+    of a seekable file (Parquet reads its footer first)."""
+    from pyarrow import fs
+
+    settings = RemoteSettings.from_env()
+    handler, path = filesystem(uri, settings)
+    info = _retrying(str(uri), lambda: handler.get_file_info(path), settings)
+    if info.type == fs.FileType.File:
+        paths = [path]
+    elif info.type == fs.FileType.Directory:
+        listing = _retrying(
+            str(uri), lambda: handler.get_file_info(fs.FileSelector(path, recursive=True)), settings
+        )
+        paths = sorted(
+            f.path for f in listing
+            if f.type == fs.FileType.File and not f.base_name.startswith(("_", "."))
+            and Path(f.base_name).suffix.lower() in suffixes
+        )  # fmt: skip
+    else:
+        raise RemoteError(f"{uri}: not found")
+    scheme = urlsplit(str(uri)).scheme
+
+    def opener(p: str) -> Callable[[], Any]:
+        return lambda: _retrying(f"{scheme}://{p}", lambda: handler.open_input_file(p), settings)
+
+    return [(f"{scheme}://{p}", opener(p)) for p in paths]
 
 
 def open_input(uri: str) -> io.RawIOBase:

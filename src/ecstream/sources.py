@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .remote import is_remote, open_input
+from .remote import input_files, is_remote, open_input
 from .skips import Skips
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def read_rows(
     if fmt in ("parquet", "dataframe"):
         info.format = fmt
         chunks = (
-            _read_parquet(Path(source), columns, chunk_rows)
+            _read_parquet(source, columns, chunk_rows)
             if fmt == "parquet"
             else _read_dataframe(source, columns, chunk_rows)
         )
@@ -464,26 +464,33 @@ def _fasta_rows(text: _TextInput) -> Iterator[Row]:
         yield (header_line, name, None, "".join(parts), None)
 
 
-def _parquet_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(
-        f
-        for f in path.rglob("*")
-        if f.is_file() and not f.name.startswith(("_", ".")) and f.suffix.lower() in _PARQUET
-    )
+def _parquet_files(source: Any) -> list[tuple[str, Any]]:
+    """A Parquet input's files, each as its name and its path (or, in object storage, an opener
+    of it): the file, or the part files of a directory or of a prefix."""
+    if is_remote(source):
+        files: list[tuple[str, Any]] = input_files(source, _PARQUET)  # opened one at a time
+    elif not (path := Path(source)).exists():
+        raise InputError(f"{source}: no such file or directory")
+    elif path.is_file():
+        files = [(str(path), path)]
+    else:
+        files = [
+            (str(f), f)
+            for f in sorted(path.rglob("*"))
+            if f.is_file() and not f.name.startswith(("_", ".")) and f.suffix.lower() in _PARQUET
+        ]
     if not files:
-        raise InputError(f"{path}: a directory with no Parquet part files")
+        raise InputError(f"{source}: a directory with no Parquet part files")
     return files
 
 
-def _read_parquet(path: Path, columns: Columns, chunk_rows: int) -> Iterator[list[Row]]:
+def _read_parquet(source: Any, columns: Columns, chunk_rows: int) -> Iterator[list[Row]]:
     import pyarrow.parquet as pq
 
-    for part in _parquet_files(path):
-        with pq.ParquetFile(part) as pf:
+    for name, part in _parquet_files(source):
+        with pq.ParquetFile(part() if callable(part) else part) as pf:
             names = pf.schema_arrow.names
-            positions = _positions(names, columns, str(part))
+            positions = _positions(names, columns, name)
             wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
             row = 0
             for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
