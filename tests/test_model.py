@@ -1,6 +1,8 @@
 """The networks: embedding on the device, padding that changes nothing, both presets train, and
 the prediction scorer computes the same function."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -58,12 +60,17 @@ def test_unknown_preset_is_a_clear_error():
         preset("huge", (7,))
 
 
-@pytest.fixture(scope="module", params=list(PRESETS))
+@pytest.fixture(scope="module", params=[*PRESETS, "even stem, pool 2"])
 def trained_looking(request):
-    """A preset with every weight random (biases and norms too, as after training), and the
+    """A preset (or a net with an even stem kernel, whose "same" padding is uneven, and a pool
+    of 2) with every weight random (biases and norms too, as after training), and the
     embedding's padding row zero, as training keeps it."""
     torch.manual_seed(1)
-    model = ECClassifier(preset(request.param, (7, 40))).eval()
+    name = request.param
+    config = preset(name, (7, 40)) if name in PRESETS else preset("small", (7, 40))
+    if name not in PRESETS:
+        config = replace(config, stem_kernel=4, pool=2)
+    model = ECClassifier(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.startswith("embed"):
@@ -71,6 +78,7 @@ def trained_looking(request):
     return model, Scorer(model)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note
 @settings(max_examples=25, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 70), min_size=1, max_size=6),

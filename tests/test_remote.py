@@ -376,6 +376,8 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
     pq.write_table(table, local / "in.parquet")
     for k in range(3):  # a dataset of three parts, in name order
         pq.write_table(table.slice(20 * k, 20), local / "parts" / f"part-{k}.parquet")
+    (local / "parts" / "_delta_log").mkdir()  # hidden at any depth: not a part
+    pq.write_table(table.slice(0, 5), local / "parts" / "_delta_log" / "0.checkpoint.parquet")
     admin = pa.fs.S3FileSystem(
         endpoint_override=f"{host}:{port}", scheme="http", access_key="testing",
         secret_key="testing", region="us-east-1",
@@ -393,6 +395,7 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
     assert predicted(f"{remote}/in.faa.gz", "fasta") == expected
     assert predicted(f"{remote}/in.parquet", "parquet") == expected
     assert predicted(f"{remote}/parts", "parts", "--format", "parquet") == expected
+    assert predicted(str(local / "parts"), "local-parts") == expected
     capsys.readouterr()
     assert main(["predict", str(cnn_run), f"{remote}/none.parquet", "--out", "x.tsv"]) != 0
     err = capsys.readouterr().err.strip().splitlines()

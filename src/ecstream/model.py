@@ -151,6 +151,8 @@ class Scorer(nn.Module):
     preset's). The rest uses that activations after a ReLU are ≥ 0 and padding is 0: max
     pooling needs no mask, and a block's input is already masked. Same logits as
     :meth:`ECClassifier.forward` up to float rounding, for sequences of at least one residue.
+    The table is a snapshot of the weights when the scorer is made: make a new one after
+    changing them (prediction loads them once).
     """
 
     OUTSIDE = -1  # a token position outside the sequence: the convolution's zero padding

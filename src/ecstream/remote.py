@@ -215,8 +215,8 @@ class _Raw(io.RawIOBase):
 
 def input_files(uri: str, suffixes: set[str]) -> list[tuple[str, Callable[[], Any]]]:
     """A remote input's files: the object itself, or the objects under the prefix whose names
-    end in one of ``suffixes`` (not hidden: ``_``/``.``), sorted. Each as its URI and an opener
-    of a seekable file (Parquet reads its footer first)."""
+    end in one of ``suffixes`` (none hidden, ``_``/``.``, at any depth), sorted. Each as its
+    URI and an opener of a seekable file (Parquet reads its footer first)."""
     from pyarrow import fs
 
     settings = RemoteSettings.from_env()
@@ -230,8 +230,10 @@ def input_files(uri: str, suffixes: set[str]) -> list[tuple[str, Callable[[], An
         )
         paths = sorted(
             f.path for f in listing
-            if f.type == fs.FileType.File and not f.base_name.startswith(("_", "."))
-            and Path(f.base_name).suffix.lower() in suffixes
+            if f.type == fs.FileType.File and Path(f.base_name).suffix.lower() in suffixes
+            and not any(
+                p.startswith(("_", ".")) for p in f.path[len(path) :].strip("/").split("/")
+            )
         )  # fmt: skip
     else:
         raise RemoteError(f"{uri}: not found")

@@ -473,12 +473,13 @@ def _parquet_files(source: Any) -> list[tuple[str, Any]]:
         raise InputError(f"{source}: no such file or directory")
     elif path.is_file():
         files = [(str(path), path)]
-    else:
+    else:  # not hidden at any depth (_delta_log/, _temporary/, .spark-staging/ hold no parts)
         files = [
             (str(f), f)
             for f in sorted(path.rglob("*"))
-            if f.is_file() and not f.name.startswith(("_", ".")) and f.suffix.lower() in _PARQUET
-        ]
+            if f.is_file() and f.suffix.lower() in _PARQUET
+            and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
+        ]  # fmt: skip
     if not files:
         raise InputError(f"{source}: a directory with no Parquet part files")
     return files
@@ -488,7 +489,9 @@ def _read_parquet(source: Any, columns: Columns, chunk_rows: int) -> Iterator[li
     import pyarrow.parquet as pq
 
     for name, part in _parquet_files(source):
-        with pq.ParquetFile(part() if callable(part) else part) as pf:
+        # a file we open is ours to close: ParquetFile closes only what it opened itself
+        opened = part() if callable(part) else contextlib.nullcontext(part)
+        with opened as f, pq.ParquetFile(f) as pf:
             names = pf.schema_arrow.names
             positions = _positions(names, columns, name)
             wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
