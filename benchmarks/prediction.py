@@ -19,7 +19,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from common import ECSTREAM, MB, OUTPUT, TWO_CORES, machine_info, machine_markdown, run_sampled
+from common import (
+    ECSTREAM,
+    MB,
+    OUTPUT,
+    TWO_CORES,
+    machine_info,
+    machine_markdown,
+    median,
+    run_sampled,
+)
 from training import _fasta
 
 WORK = OUTPUT / "prediction"
@@ -63,7 +72,8 @@ def _scorer_against_forward(fasta: Path) -> str:
 
     torch.set_num_threads(2)
     model = ecstream.load_model(RUNS / "small-ec")
-    seqs = [line.strip().encode() for line in fasta.open() if not line.startswith(">")]
+    with fasta.open() as fh:
+        seqs = [line.strip().encode() for line in fh if not line.startswith(">")]
     ways = {"forward": torch.inference_mode()(model.model), "scorer": model.scorer}
     speeds: dict[str, list[float]] = {name: [] for name in ways}
     logits = {}
@@ -73,7 +83,7 @@ def _scorer_against_forward(fasta: Path) -> str:
             start = time.perf_counter()
             logits[name] = model.all_logits(seqs)
             speeds[name].append(len(seqs) / (time.perf_counter() - start))
-    med = {name: sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    med = {name: median(v) for name, v in speeds.items()}
     gap = float(np.abs(logits["scorer"] - logits["forward"]).max())
     return (
         f"Logits alone, in one process, {model.batch_size} a pass: the network's own forward "
@@ -131,7 +141,7 @@ def run() -> str:
             run, _, size = name.partition(" B=")
             flags = ("--batch-size", size) if size else ()
             speeds[name].append(_predict(RUNS / run, fasta, WORK / f"{run}.tsv", *flags)[0])
-    med = {name: sorted(v)[len(v) // 2] for name, v in speeds.items()}
+    med = {name: median(v) for name, v in speeds.items()}
     scorer = _scorer_against_forward(fasta)
     memory = {}
     for n in FASTA_SIZES:

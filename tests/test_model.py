@@ -66,10 +66,10 @@ def trained_looking(request):
     of 2) with every weight random (biases and norms too, as after training), and the
     embedding's padding row zero, as training keeps it."""
     torch.manual_seed(1)
-    name = request.param
-    config = preset(name, (7, 40)) if name in PRESETS else preset("small", (7, 40))
-    if name not in PRESETS:
-        config = replace(config, stem_kernel=4, pool=2)
+    if request.param in PRESETS:
+        config = preset(request.param, (7, 40))
+    else:
+        config = replace(preset("small", (7, 40)), stem_kernel=4, pool=2)
     model = ECClassifier(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

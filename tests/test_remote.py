@@ -77,11 +77,20 @@ class Proxy:
         self.server.close()
 
 
+def _admin(host: str, port: int, **options):
+    """The test's own client of the server, outside ecstream."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(
+        endpoint_override=f"{host}:{port}", scheme="http", access_key="testing",
+        secret_key="testing", region="us-east-1", **options,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on 127.0.0.1 (a free port), with a bucket; stopped afterwards."""
     moto_server = pytest.importorskip("moto.server")
-    from pyarrow import fs
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -92,11 +101,7 @@ def s3_server():
             ("AWS_ENDPOINT_URL", f"http://{host}:{port}"), ("AWS_REGION", "us-east-1"),
         ):  # fmt: skip
             mp.setenv(name, value)
-        admin = fs.S3FileSystem(
-            endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True,
-            access_key="testing", secret_key="testing", region="us-east-1",
-        )  # fmt: skip
-        admin.create_dir(BUCKET)
+        _admin(host, port, allow_bucket_creation=True).create_dir(BUCKET)
         yield host, port
     server.stop()
 
@@ -378,11 +383,7 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
         pq.write_table(table.slice(20 * k, 20), local / "parts" / f"part-{k}.parquet")
     (local / "parts" / "_delta_log").mkdir()  # hidden at any depth: not a part
     pq.write_table(table.slice(0, 5), local / "parts" / "_delta_log" / "0.checkpoint.parquet")
-    admin = pa.fs.S3FileSystem(
-        endpoint_override=f"{host}:{port}", scheme="http", access_key="testing",
-        secret_key="testing", region="us-east-1",
-    )  # fmt: skip
-    pa.fs.copy_files(str(local), f"{BUCKET}/inputs", destination_filesystem=admin)
+    pa.fs.copy_files(str(local), f"{BUCKET}/inputs", destination_filesystem=_admin(host, port))
 
     def predicted(source: str, name: str, *flags: str) -> str:
         out = tmp_path / f"{name}.tsv"

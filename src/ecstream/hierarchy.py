@@ -167,8 +167,8 @@ def top_numbers(deepest: np.ndarray, vocab: ECVocabulary, k: int) -> list[list[t
     level = vocab.depth - 1
     k = min(k, deepest.shape[1])
     if k < deepest.shape[1]:  # a partial sort: only k of a row's thousands of classes are kept
-        # (on the negated row: numpy's selection of the last k is over ten times slower where, as
-        # after a confidence map, most of a row is tied at 0)
+        # (on the negated row: numpy selects the last k of a row far more slowly where, as
+        # after a confidence map, most of the row is tied at 0)
         candidates = np.argpartition(-deepest, k - 1, axis=1)[:, :k]
     else:
         candidates = np.broadcast_to(np.arange(k), (len(deepest), k))

@@ -213,10 +213,12 @@ class _Raw(io.RawIOBase):
         super().close()
 
 
-def input_files(uri: str, suffixes: set[str]) -> list[tuple[str, Callable[[], Any]]]:
-    """A remote input's files: the object itself, or the objects under the prefix whose names
-    end in one of ``suffixes`` (none hidden, ``_``/``.``, at any depth), sorted. Each as its
-    URI and an opener of a seekable file (Parquet reads its footer first)."""
+def input_files(
+    uri: str, wanted: Callable[[Sequence[str]], bool]
+) -> list[tuple[str, Callable[[], Any]]]:
+    """A remote input's files: the object itself, or the objects under the prefix that
+    ``wanted`` takes (given their path's parts below the prefix), sorted. Each as its URI and
+    an opener of a seekable file (Parquet reads its footer first)."""
     from pyarrow import fs
 
     settings = RemoteSettings.from_env()
@@ -230,10 +232,7 @@ def input_files(uri: str, suffixes: set[str]) -> list[tuple[str, Callable[[], An
         )
         paths = sorted(
             f.path for f in listing
-            if f.type == fs.FileType.File and Path(f.base_name).suffix.lower() in suffixes
-            and not any(
-                p.startswith(("_", ".")) for p in f.path[len(path) :].strip("/").split("/")
-            )
+            if f.type == fs.FileType.File and wanted(f.path[len(path) :].strip("/").split("/"))
         )  # fmt: skip
     else:
         raise RemoteError(f"{uri}: not found")

@@ -25,7 +25,7 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -464,22 +464,29 @@ def _fasta_rows(text: _TextInput) -> Iterator[Row]:
         yield (header_line, name, None, "".join(parts), None)
 
 
+def _is_part(parts: Sequence[str]) -> bool:
+    """Whether a file (its path's parts below a dataset's root) is a Parquet part: nothing
+    hidden at any depth (``_delta_log/``, ``_temporary/``, ``.spark-staging/`` hold no parts)."""
+    return Path(parts[-1]).suffix.lower() in _PARQUET and not any(
+        p.startswith(("_", ".")) for p in parts
+    )
+
+
 def _parquet_files(source: Any) -> list[tuple[str, Any]]:
     """A Parquet input's files, each as its name and its path (or, in object storage, an opener
     of it): the file, or the part files of a directory or of a prefix."""
     if is_remote(source):
-        files: list[tuple[str, Any]] = input_files(source, _PARQUET)  # opened one at a time
+        files: list[tuple[str, Any]] = input_files(source, _is_part)  # opened one at a time
     elif not (path := Path(source)).exists():
         raise InputError(f"{source}: no such file or directory")
     elif path.is_file():
         files = [(str(path), path)]
-    else:  # not hidden at any depth (_delta_log/, _temporary/, .spark-staging/ hold no parts)
+    else:
         files = [
             (str(f), f)
             for f in sorted(path.rglob("*"))
-            if f.is_file() and f.suffix.lower() in _PARQUET
-            and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
-        ]  # fmt: skip
+            if f.is_file() and _is_part(f.relative_to(path).parts)
+        ]
     if not files:
         raise InputError(f"{source}: a directory with no Parquet part files")
     return files
