@@ -146,6 +146,53 @@ def test_a_homolog_with_a_partial_number_leaves_the_deeper_levels_to_the_cnn():
     assert [c.number for c in decode(levels, vocab, [0.5] * 4)[0]] == ["3.1.1.1"]
 
 
+def test_the_hybrid_trusts_a_homolog_its_cnn_agrees_with_as_validation_says():
+    from ecstream.labels import ECVocabulary
+    from ecstream.predictors.homolog import cnn_agrees, homolog_confidence
+    from ecstream.tuning import homolog_curves
+
+    vocab = ECVocabulary.from_texts(["1.1.1.1", "2.1.1.1"])
+    # eight hits at 0.45 identity, all to 1.1.1.1: right where the truth is 1.1.1.1
+    truth = ["1.1.1.1"] * 3 + ["2.1.1.1"] + ["1.1.1.1"] + ["2.1.1.1"] * 3
+    best = ["1.1.1.1"] * 8
+    hits = _hits([(0, 0, 0, 0.45)] * 8)
+    one = vocab.index(1, "1")
+    cnn = [np.full((8, n), 0.1, np.float32) for n in vocab.sizes]
+    cnn[0][:4, one] = 0.9  # the CNN agrees on the first four (3 of 4 right), not on the rest
+    cnn[0][4:, vocab.index(1, "2")] = 0.9
+    multi_hot = [np.tile(b.astype(bool), (8, 1)) for b in _levels(vocab, "1.1.1.1")]
+    agrees = cnn_agrees(cnn, multi_hot)
+    assert agrees[0].tolist() == [True] * 4 + [False] * 4
+    curves = homolog_curves(vocab, best, hits.best_fident, truth, hits.by_profile, agrees)
+    conf = homolog_confidence(hits, curves, 0, agrees[0])
+    assert conf.tolist() == pytest.approx([0.75] * 4 + [0.25] * 4)
+    # without agreement (a kNN run) the same hits are right half the time
+    plain = homolog_curves(vocab, best, hits.best_fident, truth, hits.by_profile)
+    assert homolog_confidence(hits, plain, 0).tolist() == pytest.approx([0.5] * 8)
+
+
+def _levels(vocab, ec: str) -> list[np.ndarray]:
+    from ecstream.hierarchy import split_levels
+
+    return split_levels(vocab.targets([ec])[0], vocab)
+
+
+def test_the_rows_the_cnn_decides_are_rescaled_and_the_homologs_kept():
+    from ecstream.labels import ECVocabulary
+    from ecstream.predictors.homolog import rescaled
+
+    vocab = ECVocabulary.from_texts(["1.1.1.1", "2.1.1.1"])
+    levels = [np.array([[0.8, 0.2], [0.9, 0.1]], np.float32)] + [
+        np.array([[0.8, 0.2], [0.9, 0.1]], np.float32) for _ in range(3)
+    ]
+    decided = np.array([[True, False]] * 4)  # row 0: the homolog; row 1: the CNN
+    halve = [[0.0, 1.0], [0.0, 0.5]]  # the CNN is right half as often as it says
+    out = rescaled(levels, decided, [halve] * 4, vocab)
+    for level in out:
+        assert level[0].tolist() == pytest.approx([0.8, 0.2])  # the homolog's row is untouched
+        assert level[1].tolist() == pytest.approx([0.45, 0.05])  # top 0.9 -> 0.45, shape kept
+
+
 def test_hybrid_threshold_is_chosen_on_validation(runs):
     *_, hybrid, knn_val, hybrid_val = runs
     config = json.loads((hybrid / "config.json").read_text())
@@ -161,6 +208,12 @@ def test_hybrid_threshold_is_chosen_on_validation(runs):
     assert hybrid_val["val_acc"] == max(profile.values()) >= max(curve.values())
     assert hybrid_val["val_acc"] >= max(hybrid_val["val_acc_cnn"], hybrid_val["val_acc_knn"])
     assert hybrid_val["val_acc_knn"] == pytest.approx(knn_val["val_acc"])
+    # and its own confidences: the homolog's by identity and agreement, the CNN's mapped
+    calibration = json.loads((hybrid / "calibration.json").read_text())
+    assert set(calibration["identity_curves"]) == {"search", "search+cnn", "profile", "profile+cnn"}
+    assert len(calibration["cnn_maps"]) == 4
+    model = load_model(hybrid)
+    assert model.curves == calibration["identity_curves"] and model.cnn_maps
 
 
 def test_all_three_evaluate_and_predict_alike(runs, tmp_path):

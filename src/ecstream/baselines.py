@@ -26,12 +26,21 @@ from .mmseqs.search import (
     TargetDB,
 )
 from .predictors.cnn import CNNPredictor
-from .predictors.homolog import TARGETS, HybridPredictor, KNNPredictor, combine, homolog_decides
+from .predictors.homolog import (
+    TARGETS,
+    HybridPredictor,
+    KNNPredictor,
+    cnn_agrees,
+    combine,
+    homolog_decides,
+    hybrid_levels,
+)
 from .records import Records
 from .runs import CALIBRATION, RunError, base_config, new_run, read_config, record_seen
 from .store import Store, open_store
 from .tuning import (
     calibrate_homolog,
+    cnn_maps,
     homolog_curves,
     top_prediction,
     truth,
@@ -145,7 +154,8 @@ def make_hybrid_run(
     knn_run: str | os.PathLike,
 ) -> dict:
     """Make a hybrid run: per level, the identity threshold that maximises validation accuracy
-    (level 1: class accuracy as a class run measures it; deeper: the top prediction's)."""
+    (level 1: class accuracy as a class run measures it; deeper: the top prediction's); then,
+    at those thresholds, its own confidences (:class:`HybridPredictor`) and their thresholds."""
     store = open_store(store_path)
     cnn_config, knn_config = read_config(cnn_run), read_config(knn_run)
     ec = store.ec_fingerprint("train")
@@ -187,6 +197,20 @@ def make_hybrid_run(
             identity.append(t)
             profile.append(tp)
             curves[str(level + 1)], profile_curves[str(level + 1)] = curve, profile_curve
+        # the hybrid's own confidences, on the rows each source decides at the chosen
+        # thresholds: the homolog's by identity and agreement, then the CNN's
+        _, decided = combine(knn.vocab, cnn.levels, multi_hot, weighted, hits, identity, profile)
+        by_identity = homolog_curves(
+            knn.vocab, knn.target.ecs(hits.best_target), hits.best_fident, val.ecs,
+            hits.by_profile, cnn_agrees(cnn.levels, multi_hot), decided,
+        )  # fmt: skip
+        levels, decided = hybrid_levels(
+            knn.vocab, cnn.levels, multi_hot, hits, identity, profile, by_identity
+        )
+        own = {
+            "identity_curves": by_identity,
+            "cnn_maps": cnn_maps(knn.vocab, levels, decided, val.ecs),
+        }
         first = profile_curves["1"]
         result = {
             "val_acc": first["never" if profile[0] is None else f"{profile[0]:.2f}"],
@@ -207,8 +231,10 @@ def make_hybrid_run(
             "validation": result,
         }
         write_json(work / "config.json", config)
+        write_json(work / CALIBRATION, own)  # what the predictor reads to score validation
         record_seen(work, store)
         extra = {
+            **own,
             "identity_thresholds": identity,
             "profile_thresholds": profile,
             "accuracy_by_threshold": curves,

@@ -154,15 +154,40 @@ def homolog_curves(
     identity: np.ndarray,
     ecs: Sequence[str],
     profile: np.ndarray,
+    agrees: Sequence[np.ndarray] | None = None,
+    decided: np.ndarray | None = None,
 ) -> dict[str, list[list[float]]]:
-    """Per kind of hit (``search``, and ``profile`` for the fallback's) and level: P(the
-    homolog's class is right) by identity bin, non-decreasing."""
+    """Per kind of hit and level: P(the homolog's class is right) by identity bin,
+    non-decreasing. Kinds: ``search``, and ``profile`` for the fallback's hits; for a hybrid,
+    whose CNN ``agrees`` or not at each level, also ``search+cnn`` and ``profile+cnn`` (the
+    plain kinds then hold the rows the CNN disagrees with), fitted on the rows where the
+    homolog ``decided`` the level (``bool [levels, N]``; all by default)."""
     true, known = truth(vocab, ecs)
     hit, _ = truth(vocab, best_ec)
-    curves: dict[str, list[list[float]]] = {"search": [], "profile": []}
-    for kind, mine in (("search", ~profile), ("profile", profile)):
-        for level in range(vocab.depth):
-            rows = mine & known[:, level] & (hit[level].sum(axis=1) > 0)
-            right = (hit[level][rows] & true[level][rows]).any(axis=1)
-            curves[kind].append(identity_curve(identity[rows], right))
+    kinds = {"search": ~profile, "profile": profile}
+    curves: dict[str, list[list[float]]] = {}
+    for name, mine in kinds.items():
+        for suffix in ("", "+cnn") if agrees is not None else ("",):
+            curves[name + suffix] = []
+            for level in range(vocab.depth):
+                rows = mine & known[:, level] & (hit[level].sum(axis=1) > 0)
+                if agrees is not None:
+                    rows &= agrees[level] if suffix else ~agrees[level]
+                if decided is not None:
+                    rows &= decided[level]
+                right = (hit[level][rows] & true[level][rows]).any(axis=1)
+                curves[name + suffix].append(identity_curve(identity[rows], right))
     return curves
+
+
+def cnn_maps(
+    vocab: ECVocabulary, levels: Sequence[np.ndarray], decided: np.ndarray, ecs: Sequence[str]
+) -> list[list[list[float]]]:
+    """Per level, a hybrid's confidence map of the rows its CNN decides (where the homolog
+    did not ``decided``): the CNN's top confidence there against how often it was right."""
+    true, known = truth(vocab, ecs)
+    maps = []
+    for level in range(vocab.depth):  # a row of zeros (no class the CNN scores) says nothing
+        rows = known[:, level] & ~decided[level] & (levels[level].max(axis=1) > 0)
+        maps.append(fit_confidence_map(*top_prediction(levels[level][rows], true[level][rows])))
+    return maps

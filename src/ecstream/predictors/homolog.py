@@ -7,7 +7,13 @@
 - ``hybrid``: level by level, the homolog's number while the hit's identity is at or above
   that level's threshold (chosen on validation), and the CNN's below it (under the homolog's
   number where the homolog decided the level above). The CNN may predict the seven classes
-  only; then deeper levels come from the homolog alone.
+  only; then deeper levels come from the homolog alone. Its confidences are its own, fitted
+  on validation: a homolog's by identity *and* by whether the CNN's most probable class at
+  that level is one of the homolog's (agreement of two independent kinds of evidence: on the
+  0.3-identity split a hit the CNN agrees with is right 91–98% of the time, one it does not
+  74–91%), and the CNN's by a confidence map fitted on the rows the CNN decides (proteins
+  without a close homolog, where the CNN is right far less often than on validation as a
+  whole).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from ..cache import scratch
 from ..calibrate import identity_confidence
-from ..hierarchy import consistent, split_levels
+from ..hierarchy import apply_map, consistent, split_levels
 from ..labels import ECVocabulary, LabelPolicy
 from ..mmseqs.search import (
     SEARCH_SENSITIVITY,
@@ -81,7 +87,7 @@ class KNNPredictor(Predictor):
         self.threads = threads
         self.sensitivity = float(config.get("search", {}).get("sensitivity", SEARCH_SENSITIVITY))
         calibration = read_calibration(run) or {}
-        self.curves = calibration.get("identity_curves")  # {"search": [...], "profile": [...]}
+        self.curves = calibration.get("identity_curves")  # see homolog_confidence
         self.thresholds = calibration.get("thresholds")
         # kNN runs made before the profile fallback existed have none
         self.fallback = bool(config.get("search", {}).get("profile_fallback", False))
@@ -102,24 +108,16 @@ class KNNPredictor(Predictor):
         meta = [self.run / TARGETS / n for n in (TargetDB.META, "labels.npy", "ids.arrow")]
         return [*meta, *super().model_files()]
 
+    def homolog_classes(self, hits: Hits) -> list[np.ndarray]:
+        """Per level, the best hit's classes (multi-hot ``bool [N, C_level]``)."""
+        targets, _ = self.vocab.targets(self.target.ecs(hits.best_target).tolist())
+        return [b.astype(bool) for b in split_levels(targets, self.vocab)]
+
     def homolog_levels(self, hits: Hits) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per level: the best hit's classes (multi-hot), and them weighted by the probability
         that the homolog is right at that level and identity (1 before calibration)."""
-        targets, _ = self.vocab.targets(self.target.ecs(hits.best_target).tolist())
-        multi_hot = [b.astype(bool) for b in split_levels(targets, self.vocab)]
-        weighted = []
-        for level, block in enumerate(multi_hot):
-            if self.curves is None:
-                conf = np.where(hits.has_hit, 1.0, 0.0)
-            else:
-                conf = identity_confidence(hits.best_fident, self.curves["search"][level])
-                if "profile" in self.curves:  # a profile hit is trusted as profile hits were
-                    by_profile = identity_confidence(
-                        hits.best_fident, self.curves["profile"][level]
-                    )
-                    conf = np.where(hits.by_profile, by_profile, conf)
-            weighted.append((block * conf[:, None]).astype(np.float32))
-        return multi_hot, weighted
+        multi_hot = self.homolog_classes(hits)
+        return multi_hot, weighted(multi_hot, hits, self.curves)
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         hits = self.hits(ids, seqs)
@@ -131,6 +129,71 @@ class KNNPredictor(Predictor):
         return Scores(
             probs, levels, _columns(hits, source), hits.max_fident, profile=hits.by_profile
         )
+
+
+def weighted(
+    multi_hot: list[np.ndarray],
+    hits: Hits,
+    curves: dict[str, list[list[float]]] | None,
+    agrees: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Per level, the homolog's classes weighted by the probability that they are right
+    (:func:`homolog_confidence`; 1 for any hit without ``curves``)."""
+    out = []
+    for level, block in enumerate(multi_hot):
+        if curves is None:
+            conf = np.where(hits.has_hit, 1.0, 0.0)
+        else:
+            agree = None if agrees is None else agrees[level]
+            conf = homolog_confidence(hits, curves, level, agree)
+        out.append((block * conf[:, None]).astype(np.float32))
+    return out
+
+
+def homolog_confidence(
+    hits: Hits, curves: dict[str, list[list[float]]], level: int, agrees: np.ndarray | None = None
+) -> np.ndarray:
+    """P(the homolog's class is right) at ``level``, by the hit's identity, from the curve of
+    its kind of hit: ``search`` or ``profile`` (the profile fallback's), and, where a hybrid's
+    CNN ``agrees`` (its most probable class is one of the homolog's), ``search+cnn`` or
+    ``profile+cnn``; a kind without a curve of its own takes ``search``'s. No hit: 0."""
+    profile = hits.by_profile
+    conf = identity_confidence(hits.best_fident, curves["search"][level])
+    groups = [("profile", profile)]
+    if agrees is not None:
+        groups += [("search+cnn", ~profile & agrees), ("profile+cnn", profile & agrees)]
+    for kind, rows in groups:
+        if kind in curves:
+            conf = np.where(rows, identity_confidence(hits.best_fident, curves[kind][level]), conf)
+    return conf
+
+
+def cnn_agrees(cnn: list[np.ndarray], homolog: list[np.ndarray]) -> list[np.ndarray]:
+    """Per level, whether the CNN's most probable class is one of the homolog's (never at a
+    level the CNN does not score)."""
+    out = []
+    for level, block in enumerate(homolog):
+        if level < len(cnn):
+            top = cnn[level].argmax(axis=1)
+            out.append(block[np.arange(len(block)), top])
+        else:
+            out.append(np.zeros(len(block), dtype=bool))
+    return out
+
+
+def rescaled(
+    levels: list[np.ndarray], decided: np.ndarray, maps: list, vocab: ECVocabulary
+) -> list[np.ndarray]:
+    """The hybrid's consistent probabilities with each row the CNN decides at a level scaled
+    so that its top class has the confidence ``maps`` give it (knots per level, fitted on the
+    rows the CNN decides). Scaling the row, not mapping each class, keeps the shape of the
+    CNN's distribution: a map fitted on top classes would lift a row's small probabilities."""
+    out = []
+    for level, p in enumerate(levels):
+        top = p.max(axis=1, keepdims=True)
+        scale = apply_map(top, *maps[level]) / np.maximum(top, np.float32(1e-12))
+        out.append(np.where(decided[level][:, None], p, p * scale).astype(np.float32))
+    return consistent(out, vocab)
 
 
 def homolog_decides(
@@ -161,7 +224,11 @@ class HybridPredictor(Predictor):
         self.identity = [float(t) for t in config.get("identity_thresholds", [config["threshold"]])]
         self.identity += [self.identity[-1]] * (self.vocab.depth - len(self.identity))
         self.profile_identity = config.get("profile_thresholds")
-        self.thresholds = (read_calibration(run) or {}).get("thresholds")
+        calibration = read_calibration(run) or {}
+        self.thresholds = calibration.get("thresholds")
+        # hybrids made before they had confidences of their own take the kNN's
+        self.curves = calibration.get("identity_curves")
+        self.cnn_maps = calibration.get("cnn_maps")
         if not self.knn.policy.same_classes(self.policy):
             raise RunError(f"{run}: its CNN and kNN runs have different classes")
         if self.cnn.vocab.depth > 1 and self.cnn.vocab.classes != self.vocab.classes:
@@ -182,13 +249,18 @@ class HybridPredictor(Predictor):
     def batch_size(self, value: int) -> None:
         self.cnn.batch_size = value
 
+    def levels(self, cnn: list[np.ndarray], hits: Hits) -> tuple[list[np.ndarray], np.ndarray]:
+        """The hybrid's consistent probabilities per level, and where the homolog decided."""
+        return hybrid_levels(
+            self.vocab, cnn, self.knn.homolog_classes(hits), hits, self.identity,
+            self.profile_identity, self.curves or self.knn.curves, self.cnn_maps,
+            agreeing=bool(self.curves),
+        )  # fmt: skip
+
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         cnn = self.cnn.score(ids, seqs)
         hits = self.knn.hits(ids, seqs)
-        levels, decided = combine(
-            self.vocab, cnn.levels, *self.knn.homolog_levels(hits), hits, self.identity,
-            self.profile_identity,
-        )  # fmt: skip
+        levels, decided = self.levels(cnn.levels, hits)
         use = decided[0]
         probs = np.where(use[:, None], one_hot(hits.best_label, cnn.probs.shape[1]), cnn.probs)
         source = [_source(u, p, "cnn") for u, p in zip(use, hits.by_profile, strict=True)]
@@ -198,6 +270,27 @@ class HybridPredictor(Predictor):
         )  # fmt: skip
         scores.extra["homolog_depth"] = decided.sum(axis=0).tolist()
         return scores
+
+
+def hybrid_levels(
+    vocab: ECVocabulary,
+    cnn: list[np.ndarray],
+    multi_hot: list[np.ndarray],
+    hits: Hits,
+    identity: list[float],
+    profile_identity: list[float | None] | None,
+    curves: dict[str, list[list[float]]] | None,
+    maps: list | None = None,
+    agreeing: bool = True,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`combine` with the homolog weighted by ``curves`` (by agreement with the CNN when
+    ``agreeing``), then the rows the CNN decides :func:`rescaled` by ``maps`` if given."""
+    agrees = cnn_agrees(cnn, multi_hot) if agreeing else None
+    homolog = weighted(multi_hot, hits, curves, agrees)
+    levels, decided = combine(vocab, cnn, multi_hot, homolog, hits, identity, profile_identity)
+    if maps:
+        levels = rescaled(levels, decided, maps, vocab)
+    return levels, decided
 
 
 def combine(
