@@ -360,8 +360,8 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
     s3_server, cnn_run, data_path, tmp_path, capsys
 ):
     """A remote input gives the rows of the same local file: gzip FASTA (streamed), a Parquet
-    file and a prefix of Parquet parts (read through the filesystem); a missing one is one line
-    naming it."""
+    file and a prefix of Parquet parts (read through the filesystem; a prefix is read as Parquet
+    without being told, as a local directory is); a missing one is one line naming it."""
     import gzip
     import itertools
 
@@ -396,6 +396,7 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
     assert predicted(f"{remote}/in.faa.gz", "fasta") == expected
     assert predicted(f"{remote}/in.parquet", "parquet") == expected
     assert predicted(f"{remote}/parts", "parts", "--format", "parquet") == expected
+    assert predicted(f"{remote}/parts/", "parts-by-listing") == expected  # a prefix, like a dir
     assert predicted(str(local / "parts"), "local-parts") == expected
     capsys.readouterr()
     assert main(["predict", str(cnn_run), f"{remote}/none.parquet", "--out", "x.tsv"]) != 0

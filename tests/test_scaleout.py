@@ -54,6 +54,24 @@ def test_sharded_predict_equals_one_machine(cnn_run, data_path, tmp_path, parts)
     assert max(sizes) - min(sizes) <= 1  # contiguous blocks of nearly equal size
 
 
+def test_each_unreadable_line_is_counted_by_exactly_one_part(cnn_run, data_path, tmp_path):
+    with gzip.open(data_path, "rt") as fh:
+        lines = list(itertools.islice(fh, 0, 41))
+    bad = {3, 4, 17, 18, 30, 40}  # before a part's first record, inside, and at the very end
+    body = [("only\ttwo\n" if k in bad else line) for k, line in enumerate(lines[1:], 1)]
+    source = tmp_path / "in.tsv"
+    source.write_text(lines[0] + "".join(body))
+    model = load_model(cnn_run)
+    whole = predict_file(model, source, tmp_path / "whole.tsv")
+    assert whole["unreadable"]["wrong_column_count"]["count"] == len(bad)
+    for parts in (2, 3, 7, 50):
+        counted = []
+        for i in range(parts):
+            result = predict_file(model, source, tmp_path / f"p{i}.tsv", shard=(i, parts))
+            counted.append(result["unreadable"].get("wrong_column_count", {}).get("count", 0))
+        assert sum(counted) == len(bad), (parts, counted)
+
+
 def test_sharded_predict_refuses_stdin_and_bad_parts(cnn_run, tmp_path):
     with pytest.raises(SystemExit):
         main(["predict", str(cnn_run), "x.faa", "--out", "o.tsv", "--shard", "3/3"])

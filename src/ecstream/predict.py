@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -106,7 +107,8 @@ def predict_file(
     ``shard=(i, n)`` scores part ``i`` (from 0) of ``n``: the records ``[i·N/n, (i+1)·N/n)`` of
     the ``N`` in the input, counted by a first pass (cheap next to scoring; it works for gzip,
     not for stdin). Each part has the header, so the parts concatenated in order, with the
-    repeated headers dropped, are the output of one machine.
+    repeated headers dropped, are the output of one machine; each counts the unreadable lines
+    of its own stretch of the input, so the parts' counts add up to one machine's.
     """
     if str(out) != STDOUT:
         check_not_input(out, [source, model.run])
@@ -120,12 +122,14 @@ def predict_file(
     skips, info = Skips(), SourceInfo()
     counts = {"records": 0, "scored": 0, "errors": 0}
     start = time.perf_counter()
+    part = None if shard is None else part_bounds(source, shard, columns, fmt, allow_partial)
+    if part is not None:  # a part counts the unreadable lines of its stretch of the input only
+        skips.lines_window = part.lines
     chunks = read_rows(
         source, columns, skips, fmt, chunk_rows, allow_partial=allow_partial, info=info
     )
-    if shard is not None:
-        part = part_bounds(source, shard, columns, fmt, allow_partial)
-        chunks = _only(chunks, *part)
+    if part is not None:
+        chunks = _only(chunks, part.first, part.end)
     first = next(chunks, None)  # an input that cannot be opened fails before any output exists
     with _output(out) as fh:
         writer = TsvWriter(fh)
@@ -176,18 +180,46 @@ def _write_part(
     counts["errors"] += len(errors)
 
 
+@dataclass(frozen=True)
+class Part:
+    """Part ``i`` of ``n`` of an input: its records ``[first, end)``, and the input lines
+    ``[lines[0], lines[1])`` it answers for (from the line of its first record to that of the
+    next part's; the first part from line 0, the last to the end), so that each unreadable
+    line is counted by exactly one part."""
+
+    first: int
+    end: int
+    lines: tuple[int, int | None]
+
+
 def part_bounds(
     source: Any, shard: tuple[int, int], columns: Columns, fmt: str | None, allow_partial: bool
-) -> tuple[int, int]:
-    """The records ``[first, end)`` of part ``shard = (i, n)`` of ``source`` (a counting pass)."""
+) -> Part:
+    """Part ``shard = (i, n)`` of ``source``, found by a counting pass."""
     i, n = shard
     if not 0 <= i < n:
         raise ValueError(f"--shard {i}/{n}: the part must be in 0 … {n - 1}")
     if is_stream(source):
         raise InputError(f"--shard reads {describe(source)} twice (to count it): give a file")
-    total = sum(len(rows) for rows in read_rows(source, columns, Skips(), fmt,
-                                                allow_partial=allow_partial))  # fmt: skip
-    return i * total // n, (i + 1) * total // n
+
+    def rows() -> Iterator[tuple]:
+        for chunk in read_rows(source, columns, Skips(), fmt, allow_partial=allow_partial):
+            yield from chunk
+
+    total = sum(1 for _ in rows())
+    first, end = i * total // n, (i + 1) * total // n
+    if total == 0:  # nothing to score: the first part answers for every line
+        return Part(0, 0, (0, None) if i == 0 else (0, 0))
+    # a second pass, to the next part's first record, for the lines (memory stays flat)
+    wanted: dict[int, int] = {}
+    if i:
+        wanted[first] = 0
+    if i < n - 1:
+        wanted[end] = 0
+    for k, row in enumerate(itertools.islice(rows(), max(wanted, default=-1) + 1)):
+        if k in wanted:
+            wanted[k] = row[0]
+    return Part(first, end, (wanted.get(first, 0) if i else 0, wanted[end] if i < n - 1 else None))
 
 
 def _only(chunks: Iterator[list], first: int, end: int) -> Iterator[list]:

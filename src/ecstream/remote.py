@@ -244,6 +244,16 @@ def input_files(
     return [(f"{scheme}://{p}", opener(p)) for p in paths]
 
 
+def is_prefix(uri: str) -> bool:
+    """Whether a remote URI names a directory (a prefix with objects under it), not an object."""
+    from pyarrow import fs
+
+    settings = RemoteSettings.from_env()
+    handler, path = filesystem(uri, settings)
+    info = _retrying(str(uri), lambda: handler.get_file_info(path), settings)
+    return info.type == fs.FileType.Directory
+
+
 def open_input(uri: str) -> io.RawIOBase:
     """A remote file opened for streaming reads (``predict`` of a remote input)."""
     settings = RemoteSettings.from_env()

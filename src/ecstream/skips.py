@@ -19,8 +19,17 @@ class Skips:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    #: Input lines ``[first, end)`` this count answers for (``end`` None: to the end), e.g.
+    #: one part of a sharded prediction; a place on another line is not counted here.
+    lines_window: tuple[int, int | None] | None = None
 
-    def add(self, reason: str, where: str, detail: str = "", n: int = 1) -> None:
+    def add(
+        self, reason: str, where: str, detail: str = "", n: int = 1, line: int | None = None
+    ) -> None:
+        if line is not None and self.lines_window is not None:
+            first, end = self.lines_window
+            if line < first or (end is not None and line >= end):
+                return
         self.counts[reason] += n
         shown = self.examples.setdefault(reason, [])
         if len(shown) < EXAMPLES_PER_REASON:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .remote import input_files, is_remote, open_input
+from .remote import input_files, is_prefix, is_remote, open_input
 from .skips import Skips
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _format_by_name(source: Any) -> str | None:
     if not remote and not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if not remote and path.is_dir():
-        return "parquet"
+        return "parquet"  # a directory is read as a dataset of Parquet parts
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".gzip"):
         suffixes = suffixes[:-1]
@@ -139,6 +139,8 @@ def _format_by_name(source: Any) -> str | None:
         with open(path, "rb") as fh:
             if fh.read(4) == b"PAR1":
                 return "parquet"
+    if remote and is_prefix(str(source)):  # a prefix, like a local directory
+        return "parquet"
     return None
 
 
@@ -363,7 +365,7 @@ def _chunks(
                 f"--allow-partial (allow_partial=True) reads the {info.rows + len(chunk):,} rows "
                 "before it"
             ) from None
-        skips.add(TRUNCATED_INPUT, where, f"reading stopped: {damage.reason}")
+        skips.add(TRUNCATED_INPUT, where, f"reading stopped: {damage.reason}", line=damage.line)
         info.stopped = f"{where}: {damage.reason}"
     if chunk:
         info.rows += len(chunk)
@@ -435,6 +437,7 @@ def _delimited_rows(text: _TextInput, fmt: str, columns: Columns, skips: Skips) 
                 WRONG_COLUMN_COUNT,
                 f"{text.name}:{line}",
                 f"{len(fields)} columns, the header has {width}",
+                line=line,
             )
             continue
         yield (
