@@ -402,3 +402,62 @@ def test_predict_reads_fasta_and_parquet_from_object_storage(
     assert main(["predict", str(cnn_run), f"{remote}/none.parquet", "--out", "x.tsv"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.parquet" in err[0] and "not found" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["in.faa.gz", "in.parquet"])
+def test_an_outage_in_the_middle_of_a_remote_input(
+    s3_server, data_path, tmp_path, monkeypatch, name
+):
+    """Reads of a remote input (ranged, small here) ride out a short outage with the same rows,
+    and a long one fails as one error naming the object, after only right rows."""
+    import gzip
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ecstream.predict import PREDICT_COLUMNS
+    from ecstream.sources import read_rows
+
+    host, port = s3_server
+    with gzip.open(data_path, "rt") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in itertools.islice(fh, 1, 1501)]
+    local = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(local, "wt") as fh:
+            fh.writelines(f">{rid}\n{seq}\n" for rid, _, seq in rows)
+    else:
+        table = pa.table({"Entry": [r[0] for r in rows], "Sequence": [r[2] for r in rows]})
+        pq.write_table(table, local, row_group_size=100)
+    pa.fs.copy_files(
+        str(local), f"{BUCKET}/outage/{name}", destination_filesystem=_admin(host, port)
+    )
+    monkeypatch.setattr(remote_module, "_BLOCK", 16 << 10)  # many ranged reads, not one
+
+    def ids(chunks) -> list[str]:
+        return [row[1] for chunk in chunks for row in chunk]
+
+    expected = ids(read_rows(str(local), PREDICT_COLUMNS, chunk_rows=100))
+    for deadline, outage in (("30", 1.5), ("1.5", None)):
+        proxy = Proxy(s3_server)
+        try:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+            for key, value in (("DEADLINE", deadline), ("TIMEOUT", "2"), ("PAUSE", "0.1")):
+                monkeypatch.setenv(f"ECSTREAM_REMOTE_{key}", value)
+            got = []
+            chunks = read_rows(f"s3://{BUCKET}/outage/{name}", PREDICT_COLUMNS, chunk_rows=100)
+            try:
+                for step, chunk in enumerate(chunks):
+                    got.append(chunk)
+                    if step == 2:
+                        proxy.cut()
+                        if outage:
+                            threading.Timer(outage, proxy.mend).start()
+            except RemoteError as error:
+                assert outage is None and f"outage/{name}: failed after" in str(error)
+                assert 300 <= len(ids(got)) < len(expected)
+                assert ids(got) == expected[: len(ids(got))]  # nothing wrong before the error
+            else:
+                assert outage is not None and ids(got) == expected
+        finally:
+            proxy.close()

@@ -55,7 +55,7 @@ from .hashing import CHECKSUM
 from .integrity import IntegrityError, StoreError
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_BLOCK = 8 << 20  # bytes per read of a download
+_BLOCK = 8 << 20  # bytes per read of a download, and per ranged read of a remote input
 _ADDING = threading.Lock()  # one entry enters the cache at a time in a process
 
 
@@ -193,23 +193,55 @@ def exists(uri: str) -> bool:
     return handler.get_file_info(path).type == fs.FileType.File
 
 
-class _Raw(io.RawIOBase):
-    """A pyarrow input stream as a raw binary file (for readers that want ``readinto``)."""
+class _RemoteFile(io.RawIOBase):
+    """A remote object as a seekable raw file whose every read is a ranged read, tried again
+    (on a fresh handle) until the deadline: an outage in the middle of an input is ridden out,
+    or fails as one line naming the object, never as a short read taken for the end."""
 
-    def __init__(self, stream: Any):
-        self._stream = stream
+    def __init__(self, uri: str, handler: Any, path: str, settings: RemoteSettings):
+        self._uri, self._settings = uri, settings
+        self._open = lambda: handler.open_input_file(path)
+        self._file = _retrying(uri, self._open, settings)
+        self._size = self._file.size()
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        want = min(len(buffer), max(self._size - self._pos, 0))
+        if want == 0:
+            return 0
+
+        def attempt() -> Any:
+            try:
+                data = self._file.read_at(want, self._pos)
+            except OSError:
+                self._file = self._open()  # a broken connection: the next try starts afresh
+                raise
+            if len(data) != want:
+                raise OSError(f"{len(data)} of {want} bytes arrived")
+            return data
+
+        data = _retrying(self._uri, attempt, self._settings)
+        buffer[:want] = memoryview(data)
+        self._pos += want
+        return want
 
     def close(self) -> None:
         if not self.closed:
-            self._stream.close()
+            self._file.close()
         super().close()
 
 
@@ -239,7 +271,7 @@ def input_files(
     scheme = urlsplit(str(uri)).scheme
 
     def opener(p: str) -> Callable[[], Any]:
-        return lambda: _retrying(f"{scheme}://{p}", lambda: handler.open_input_file(p), settings)
+        return lambda: _RemoteFile(f"{scheme}://{p}", handler, p, settings)
 
     return [(f"{scheme}://{p}", opener(p)) for p in paths]
 
@@ -254,11 +286,12 @@ def is_prefix(uri: str) -> bool:
     return info.type == fs.FileType.Directory
 
 
-def open_input(uri: str) -> io.RawIOBase:
-    """A remote file opened for streaming reads (``predict`` of a remote input)."""
+def open_input(uri: str) -> io.BufferedReader:
+    """A remote file opened for sequential reads (``predict`` of a remote text input)."""
     settings = RemoteSettings.from_env()
     handler, path = filesystem(uri, settings)
-    return _Raw(_retrying(str(uri), lambda: handler.open_input_stream(path), settings))
+    # ranged reads of 8 MiB: one request each, however small the reads of the text reader
+    return io.BufferedReader(_RemoteFile(str(uri), handler, path, settings), _BLOCK)
 
 
 # --------------------------------------------------------------------------- the shard cache

@@ -501,7 +501,9 @@ def _read_parquet(source: Any, columns: Columns, chunk_rows: int) -> Iterator[li
     for name, part in _parquet_files(source):
         # a file we open is ours to close: ParquetFile closes only what it opened itself
         opened = part() if callable(part) else contextlib.nullcontext(part)
-        with opened as f, pq.ParquetFile(f) as pf:
+        # pre_buffer (pyarrow's default) reads ahead the ranges of every row group at once:
+        # memory would grow with the file, and a remote file would arrive in one request
+        with opened as f, pq.ParquetFile(f, pre_buffer=False) as pf:
             names = pf.schema_arrow.names
             positions = _positions(names, columns, name)
             wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
