@@ -461,3 +461,37 @@ def test_an_outage_in_the_middle_of_a_remote_input(
                 assert outage is not None and ids(got) == expected
         finally:
             proxy.close()
+
+
+def test_training_downloads_each_shard_once_before_the_first_epoch(
+    stores, fresh_cache, monkeypatch, tmp_path
+):
+    """With a cache far smaller than the split, the check, the label space of a full-EC run and
+    the hashes of what the run sees come from one pass: each shard downloaded once."""
+    from collections import Counter
+
+    from lightning.pytorch.callbacks import Callback
+
+    from ecstream.train import TrainConfig, train
+
+    _, remote = stores
+    sizes = [c["bytes"] for c in remote.shard_checksums("train")]
+    monkeypatch.setenv("ECSTREAM_CACHE_BYTES", str(2 * max(sizes)))
+    downloads: Counter = Counter()
+    download = remote_module._download
+
+    def counted(handler, path, dest, expected):
+        downloads[path.rsplit("/", 2)[-2]] += 1  # by split
+        return download(handler, path, dest, expected)
+
+    monkeypatch.setattr(remote_module, "_download", counted)
+    before: dict = {}
+
+    class Snapshot(Callback):  # before Lightning asks for any batch
+        def on_fit_start(self, trainer, module) -> None:
+            before.update(downloads)
+
+    config = TrainConfig(target="ec", epochs=1, batch_size=32, limit_train_batches=2,
+                         progress=False)  # fmt: skip
+    train(str(remote.path), tmp_path / "run", config, callbacks=[Snapshot()])
+    assert len(sizes) >= 5 and before["train"] == len(sizes)

@@ -47,8 +47,9 @@ def versions() -> dict:
     }
 
 
-def base_config(kind: str, store) -> dict:
-    """What every run records: format, kind, alphabet, label policy, store identity, versions."""
+def base_config(kind: str, store, ec_fingerprint: str | None = None) -> dict:
+    """What every run records: format, kind, alphabet, label policy, store identity, versions
+    (``ec_fingerprint``: the train split's, when the caller has read it already)."""
     return {
         "format": RUN_FORMAT,
         "run_version": RUN_VERSION,
@@ -60,7 +61,7 @@ def base_config(kind: str, store) -> dict:
             "fingerprints": {s: store.fingerprint(s) for s in store.splits},
             # the fingerprints cover ids, residues and classes; the EC numbers a full-EC run
             # learns are covered here
-            "ec_fingerprint": store.ec_fingerprint("train"),
+            "ec_fingerprint": ec_fingerprint or store.ec_fingerprint("train"),
             "split": store.manifest["split"],
         },
         "versions": versions(),
@@ -114,18 +115,25 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def record_seen(run: Path, store) -> None:
+def record_seen(run: Path, store, hashes: dict[str, np.ndarray] | None = None) -> None:
     """Record which sequences the run learns from and is tuned on (sorted 64-bit hashes).
 
     About 8 bytes per training record; :func:`read_seen` gives them to ``evaluate``, which
-    then knows how many evaluated records the run has seen.
+    then knows how many evaluated records the run has seen. ``hashes``: those of the train and
+    val splits (:func:`unique_hashes`) when the caller has read them already.
     """
-    arrays = {}
-    for split in ("train", "val"):
-        parts = [hash64(chunk.seqs) for chunk in store.records(split)]
-        arrays[split] = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    if hashes is None:
+        hashes = {
+            split: unique_hashes([hash64(chunk.seqs) for chunk in store.records(split)])
+            for split in ("train", "val")
+        }
     with atomic_open(run / SEEN, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **hashes)
+
+
+def unique_hashes(parts: list[np.ndarray]) -> np.ndarray:
+    """Sorted distinct hashes of chunks' sequences (:func:`~ecstream.hashing.hash64`)."""
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
 
 
 def read_seen(run: str | os.PathLike) -> dict[str, np.ndarray] | None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -20,6 +21,7 @@ import shutil
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,9 +37,18 @@ from .adapters.torch import loader
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
 from .batches import Batches
 from .config import TrainConfig
+from .hashing import LineDigest, hash64
 from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, preset
-from .runs import RUN_FORMAT, SEEN, RunError, base_config, read_metrics, record_seen
+from .runs import (
+    RUN_FORMAT,
+    SEEN,
+    RunError,
+    base_config,
+    read_metrics,
+    record_seen,
+    unique_hashes,
+)
 from .store import Store, open_store
 from .tuning import calibrate_cnn
 
@@ -377,15 +388,46 @@ class SamplesProgressBar(TQDMProgressBar):
 
 
 def _run_config(
-    store: Store, config: TrainConfig, model_config: ModelConfig, vocab: ECVocabulary | None
+    store: Store, config: TrainConfig, model_config: ModelConfig, survey: _Survey
 ) -> dict:
-    extra = {} if vocab is None else {"vocabulary": vocab.to_dict()}
+    extra = {} if survey.vocab is None else {"vocabulary": survey.vocab.to_dict()}
     return {
-        **base_config("cnn", store),
+        **base_config("cnn", store, survey.ec_fingerprint),
         "train": asdict(config),
         "model": model_config.to_dict(),
         **extra,
     }
+
+
+@dataclass
+class _Survey:
+    """What training needs to know of the train and val splits before it starts."""
+
+    vocab: ECVocabulary | None  # the label space of a full-EC run
+    seen: dict[str, np.ndarray]  # hashes of the sequences the run sees (runs.record_seen)
+    ec_fingerprint: str  # of the train split's EC numbers (runs.base_config)
+
+
+def _survey(store: Store, full_ec: bool) -> _Survey:
+    """Train and val read once, before training. Every shard is checked as it is read (on
+    object storage: as it arrives), so a damaged store fails here; a remote split larger than
+    the cache is downloaded once for all of it, not once for each."""
+    hashes: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    digest = LineDigest()
+
+    def texts(split: str) -> Iterator[str]:
+        for chunk in store.records(split):
+            hashes[split].append(hash64(chunk.seqs))
+            if split == "train":
+                digest.add(chunk.ecs)
+            yield from chunk.ecs
+
+    vocab = ECVocabulary.from_texts(texts("train")) if full_ec else None
+    if not full_ec:
+        collections.deque(texts("train"), maxlen=0)
+    collections.deque(texts("val"), maxlen=0)
+    seen = {split: unique_hashes(parts) for split, parts in hashes.items()}
+    return _Survey(vocab, seen, digest.hexdigest())
 
 
 def _class_weights(store: Store, multi_class: str) -> torch.Tensor:
@@ -425,12 +467,12 @@ def train(
     run = Path(out)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
-    # checked here, before DDP starts the other ranks, so that they find the check done
-    store.check("train", "val")
-    vocab = store.vocabulary() if config.target == "ec" else None
+    # read here, before DDP starts the other ranks, so that they find every shard checked
+    survey = _survey(store, config.target == "ec")
+    vocab = survey.vocab
     heads = vocab.sizes if vocab is not None else (len(store.policy.classes),)
     model_config = preset(config.model, heads)
-    run_config = _run_config(store, config, model_config, vocab)
+    run_config = _run_config(store, config, model_config, survey)
     last = run / "checkpoints" / "last.ckpt"
     with contextlib.ExitStack() as stack:
         if _launched_rank() == 0:  # DDP starts the other ranks by re-running this command
@@ -442,7 +484,7 @@ def train(
             run.mkdir(parents=True, exist_ok=True)
             write_json(run / "config.json", run_config)
             if not resume:
-                record_seen(run, store)
+                record_seen(run, store, survey.seen)
         stack.enter_context(_quiet_lightning())
         trainer, best = _fit(store, run, config, model_config, vocab, resume, last, callbacks)
         if trainer.global_rank == 0:
