@@ -169,6 +169,11 @@ def test_the_hybrid_trusts_a_homolog_its_cnn_agrees_with_as_validation_says():
     # without agreement (a kNN run) the same hits are right half the time
     plain = homolog_curves(vocab, best, hits.best_fident, truth, hits.by_profile)
     assert homolog_confidence(hits, plain, 0).tolist() == pytest.approx([0.5] * 8)
+    # where the CNN agrees everywhere, the hits it disagrees with have no curve of their own:
+    # they take the kind's, never 0
+    everywhere = [np.ones(8, bool), *agrees[1:]]
+    curves = homolog_curves(vocab, best, hits.best_fident, truth, hits.by_profile, everywhere)
+    assert curves["search"][0] == curves["search+cnn"][0] == plain["search"][0]
 
 
 def _levels(vocab, ec: str) -> list[np.ndarray]:

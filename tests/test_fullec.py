@@ -252,6 +252,10 @@ def test_homolog_confidence_is_a_non_decreasing_function_of_identity():
     assert curve == sorted(curve) and curve[:2] == pytest.approx([1 / 3, 1 / 3])
     conf = identity_confidence(np.array([np.nan, 0.1, 0.96]), curve)
     assert conf[0] == 0.0 and conf[1] == pytest.approx(1 / 3) and conf[2] == 1.0
+    # bins without a validation hit are no evidence against a homolog: below the first bin
+    # with hits they take its value (2 of 3 right at 0.7-0.8 pool to 2/3), not 0
+    curve = identity_curve(np.array([0.72, 0.75, 0.85]), np.array([1, 1, 0], dtype=bool))
+    assert curve[:6] == pytest.approx([2 / 3] * 6) and curve == sorted(curve)
 
 
 # ----------------------------------------------------------------------------- metrics

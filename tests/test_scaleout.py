@@ -64,12 +64,15 @@ def test_each_unreadable_line_is_counted_by_exactly_one_part(cnn_run, data_path,
     model = load_model(cnn_run)
     whole = predict_file(model, source, tmp_path / "whole.tsv")
     assert whole["unreadable"]["wrong_column_count"]["count"] == len(bad)
-    for parts in (2, 3, 7, 50):
+    # small chunks put part boundaries on chunk edges (34 records: 2 parts of 17 at chunks of
+    # 17; 34 at chunks of 2, 17 or 34 ends a chunk with the last record)
+    for parts, chunk_rows in itertools.product((2, 3, 7, 50), (2, 17, 34, 8192)):
         counted = []
         for i in range(parts):
-            result = predict_file(model, source, tmp_path / f"p{i}.tsv", shard=(i, parts))
+            result = predict_file(model, source, tmp_path / f"p{i}.tsv", shard=(i, parts),
+                                  chunk_rows=chunk_rows)  # fmt: skip
             counted.append(result["unreadable"].get("wrong_column_count", {}).get("count", 0))
-        assert sum(counted) == len(bad), (parts, counted)
+        assert sum(counted) == len(bad), (parts, chunk_rows, counted)
 
 
 def test_sharded_predict_refuses_stdin_and_bad_parts(cnn_run, tmp_path):

@@ -173,14 +173,20 @@ def isotonic(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def identity_curve(identity: np.ndarray, correct: np.ndarray) -> list[float]:
-    """P(the homolog is right) per bin of :data:`IDENTITY_EDGES`, non-decreasing."""
+    """P(the homolog is right) per bin of :data:`IDENTITY_EDGES`, non-decreasing. A bin without
+    validation hits takes its neighbour's value (below it; at the low end, the first bin with
+    hits), not 0: a hit in it is no evidence against the homolog. No hits at all: all 0."""
     edges = np.asarray(IDENTITY_EDGES)
     which = np.clip(np.searchsorted(edges, identity, side="right") - 1, 0, len(edges) - 1)
     counts = np.bincount(which, minlength=len(edges)).astype(float)
     hits = np.bincount(which, weights=correct.astype(float), minlength=len(edges))
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(counts > 0, hits / counts, 0.0)
-    return isotonic(edges, rate, counts).tolist()
+    fit = isotonic(edges, rate, counts)  # an empty bin after one with hits pools into it
+    filled = np.flatnonzero(counts > 0)
+    if len(filled):
+        fit[: filled[0]] = fit[filled[0]]
+    return fit.tolist()
 
 
 def identity_confidence(identity: np.ndarray, curve: Sequence[float]) -> np.ndarray:

@@ -223,14 +223,16 @@ def part_bounds(
 
 
 def _only(chunks: Iterator[list], first: int, end: int) -> Iterator[list]:
-    """The rows numbered ``[first, end)`` of a stream of row chunks; reading stops at ``end``."""
+    """The rows numbered ``[first, end)`` of a stream of row chunks. Reading stops in the chunk
+    that holds row ``end``, not at a chunk that ends at ``end - 1``: the lines before row
+    ``end`` belong to this part's count of unreadable lines (:class:`Part`)."""
     seen = 0
     for rows in chunks:
         part = rows[max(first - seen, 0) : max(end - seen, 0)]
         seen += len(rows)
         if part:
             yield part
-        if seen >= end:
+        if seen > end:
             return
 
 

@@ -215,8 +215,10 @@ class _RemoteFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(base + offset, 0)
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases or bases[whence] + offset < 0:
+            raise ValueError(f"{self._uri}: cannot seek to {offset} from {whence}")
+        self._pos = bases[whence] + offset
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
@@ -228,6 +230,8 @@ class _RemoteFile(io.RawIOBase):
             try:
                 data = self._file.read_at(want, self._pos)
             except OSError:
+                with contextlib.suppress(OSError):
+                    self._file.close()
                 self._file = self._open()  # a broken connection: the next try starts afresh
                 raise
             if len(data) != want:

@@ -170,11 +170,14 @@ def homolog_curves(
         for suffix in ("", "+cnn") if agrees is not None else ("",):
             curves[name + suffix] = []
             for level in range(vocab.depth):
-                rows = mine & known[:, level] & (hit[level].sum(axis=1) > 0)
-                if agrees is not None:
-                    rows &= agrees[level] if suffix else ~agrees[level]
+                pooled = mine & known[:, level] & (hit[level].sum(axis=1) > 0)
                 if decided is not None:
-                    rows &= decided[level]
+                    pooled &= decided[level]
+                rows = pooled
+                if agrees is not None:
+                    rows = pooled & (agrees[level] if suffix else ~agrees[level])
+                if not rows.any():  # e.g. no profile hit the CNN agreed with: the kind's own
+                    rows = pooled
                 right = (hit[level][rows] & true[level][rows]).any(axis=1)
                 curves[name + suffix].append(identity_curve(identity[rows], right))
     return curves
