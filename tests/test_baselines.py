@@ -279,3 +279,33 @@ def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(
     assert result["n"] == store.single_class_records("test")
     with pytest.raises(RunError, match="training store"):
         evaluate(moved, store.path, tmp_path / "eval2", split="test", bands=True)
+
+
+def test_a_hybrid_made_before_its_own_confidences_scores_as_it_did(runs, tmp_path):
+    """Without ``identity_curves`` and ``cnn_maps`` in its calibration, a hybrid weighs its
+    homolog by the kNN's curves and leaves the CNN's rows as they are, as it always did."""
+    import shutil
+
+    from ecstream.predictors.homolog import combine
+
+    store, _, _, hybrid, *_ = runs
+    old = tmp_path / "old-hybrid"
+    shutil.copytree(hybrid, old)
+    calibration = json.loads((old / "calibration.json").read_text())
+    for key in ("identity_curves", "cnn_maps"):
+        del calibration[key]
+    (old / "calibration.json").write_text(json.dumps(calibration))
+    model, new = load_model(old), load_model(hybrid)
+    assert model.curves is None and model.cnn_maps is None
+    chunk = next(store.records("test"))
+    ids, seqs = chunk.ids[:60], chunk.seqs[:60]
+    cnn = model.cnn.score(ids, seqs)
+    hits = model.knn.hits(ids, seqs)
+    expected, _ = combine(model.vocab, cnn.levels, *model.knn.homolog_levels(hits), hits,
+                          model.identity, model.profile_identity)  # fmt: skip
+    got = model.score(ids, seqs).levels
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the hybrid with them has confidences of its own
+    mine = new.score(ids, seqs).levels
+    assert any(not np.array_equal(a, b) for a, b in zip(mine, got, strict=True))
