@@ -9,11 +9,10 @@
   number where the homolog decided the level above). The CNN may predict the seven classes
   only; then deeper levels come from the homolog alone. Its confidences are its own, fitted
   on validation: a homolog's by identity *and* by whether the CNN's most probable class at
-  that level is one of the homolog's (agreement of two independent kinds of evidence: on the
-  0.3-identity split a hit the CNN agrees with is right 91–98% of the time, one it does not
-  74–91%), and the CNN's by a confidence map fitted on the rows the CNN decides (proteins
-  without a close homolog, where the CNN is right far less often than on validation as a
-  whole).
+  that level is one of the homolog's (two independent kinds of evidence: where they agree the
+  homolog is right far more often at the same identity; BENCHMARKS.md, accuracy section), and
+  the CNN's by a confidence map fitted on the rows the CNN decides (proteins without a close
+  homolog, where the CNN is right far less often than on validation as a whole).
 """
 
 from __future__ import annotations
