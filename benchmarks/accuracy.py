@@ -35,6 +35,8 @@ from pathlib import Path
 
 from common import DATA, ECSTREAM, OUTPUT, TWO_CORES, machine_info, machine_markdown, run_sampled
 
+from ecstream.calibrate import IDENTITY_EDGES
+
 WORK = OUTPUT / "accuracy"
 TIMES = WORK / "times.json"
 SPLITS = {
@@ -192,6 +194,7 @@ def run() -> str:
         *_class_table(times, splits),
         *_level_table(splits),
         *_calibration(splits),
+        *_agreement(splits),
         *_fallback(splits, times),
         *_remote_proteins(splits, times),
         *_throughput(splits),
@@ -423,6 +426,37 @@ def _fallback(splits: list[str], times: dict) -> list[str]:
         spent = _minutes(_add(*(times[f"{split}/{k}"] for k in (
             "train knn-plain", "train hybrid-plain", "evaluate hybrid-plain"))))  # fmt: skip
         lines.append(f"| {split} | {plain:.3f} | {full:.3f} | {full - plain:+.3f} | {spent} |")
+    return [*lines, ""]
+
+
+def _agreement(splits: list[str]) -> list[str]:
+    """The full-EC hybrid's own confidence of its homolog: by identity, CNN agreeing or not."""
+    split = "cluster 0.3"
+    path = _dir(split) / "hybrid-ec" / "calibration.json"
+    if split not in splits or not path.is_file():
+        return []
+    curves = _json(path).get("identity_curves", {})
+    if "search+cnn" not in curves:
+        return []
+    edges = [f"≥ {e:.2f}" if e else "< 0.30" for e in IDENTITY_EDGES]
+    edges[1] = "≥ 0.30"
+    lines = [
+        "### The hybrid's confidence in a homolog: identity, and whether its CNN agrees",
+        "",
+        f"The full-EC hybrid on the {split} split, fitted on validation (the rows where the "
+        "homolog decided, hits of the default search): how often the homolog's number is right "
+        "at each level and identity, where the CNN's most probable class at that level is one "
+        "of the homolog's (agrees) and where it is not. The hybrid uses these as its "
+        "confidences (and a map of its own for the rows its CNN decides), so its thresholds "
+        "for 90% precision state more numbers than the kNN's, which knows identity alone.",
+        "",
+        "| level | CNN | " + " | ".join(edges) + " |",
+        "|---:|---|" + "---:|" * len(edges),
+    ]
+    for level in range(len(curves["search"])):
+        for key, label in (("search+cnn", "agrees"), ("search", "does not")):
+            cells = " | ".join(f"{v:.3f}" for v in curves[key][level])
+            lines.append(f"| {level + 1} | {label} | {cells} |")
     return [*lines, ""]
 
 
