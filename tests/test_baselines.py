@@ -163,6 +163,8 @@ def test_the_hybrid_trusts_a_homolog_its_cnn_agrees_with_as_validation_says():
     multi_hot = [np.tile(b.astype(bool), (8, 1)) for b in _levels(vocab, "1.1.1.1")]
     agrees = cnn_agrees(cnn, multi_hot)
     assert agrees[0].tolist() == [True] * 4 + [False] * 4
+    # a seven-class CNN says nothing deeper: there, whether it agreed at level 1
+    assert all((a == agrees[0]).all() for a in cnn_agrees(cnn[:1], multi_hot))
     curves = homolog_curves(vocab, best, hits.best_fident, truth, hits.by_profile, agrees)
     conf = homolog_confidence(hits, curves, 0, agrees[0])
     assert conf.tolist() == pytest.approx([0.75] * 4 + [0.25] * 4)

@@ -168,15 +168,17 @@ def homolog_confidence(
 
 
 def cnn_agrees(cnn: list[np.ndarray], homolog: list[np.ndarray]) -> list[np.ndarray]:
-    """Per level, whether the CNN's most probable class is one of the homolog's (never at a
-    level the CNN does not score)."""
+    """Per level, whether the CNN's most probable class is one of the homolog's; below the
+    levels the CNN scores (a seven-class CNN), whether it agreed at its deepest: a homolog
+    whose class the CNN doubts is less often right deeper down as well, and its deeper levels
+    are capped by its first (a level is never more probable than its parent)."""
     out = []
     for level, block in enumerate(homolog):
         if level < len(cnn):
             top = cnn[level].argmax(axis=1)
             out.append(block[np.arange(len(block)), top])
         else:
-            out.append(np.zeros(len(block), dtype=bool))
+            out.append(out[len(cnn) - 1] & block.any(axis=1))
     return out
 
 
