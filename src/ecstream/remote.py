@@ -227,12 +227,14 @@ class _RemoteFile(io.RawIOBase):
             return 0
 
         def attempt() -> Any:
+            if self._file is None:  # the last try broke the connection: start afresh
+                self._file = self._open()
             try:
                 data = self._file.read_at(want, self._pos)
             except OSError:
                 with contextlib.suppress(OSError):
                     self._file.close()
-                self._file = self._open()  # a broken connection: the next try starts afresh
+                self._file = None
                 raise
             if len(data) != want:
                 raise OSError(f"{len(data)} of {want} bytes arrived")
@@ -244,7 +246,7 @@ class _RemoteFile(io.RawIOBase):
         return want
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._file is not None:
             self._file.close()
         super().close()
 
