@@ -1,6 +1,7 @@
 """The command line: thin, helpful, and clear about errors (exit status 2, no traceback)."""
 
 import json
+import os
 
 import pytest
 
@@ -93,3 +94,22 @@ def test_demo_finds_the_shared_data_or_the_environment(data_path, monkeypatch):
     monkeypatch.setattr(demo, "DATA_NAME", "no-such-file.tsv.gz")
     monkeypatch.setenv("ECSTREAM_DATA", str(data_path))
     assert demo.find_data() == data_path
+
+
+@pytest.mark.parametrize("given", [None, "32"])
+def test_predict_keeps_onednn_primitive_cache_small_unless_told(
+    cnn_run, tmp_path, monkeypatch, given
+):
+    """Scoring meets a new shape with nearly every pass; a cache of 1,024 primitives held half
+    of a full-EC prediction's memory (BENCHMARKS.md). A user's own setting wins."""
+    from ecstream.config import SCORING_PRIMITIVE_CACHE
+
+    name = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    if given is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, given)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    assert main(["predict", str(cnn_run), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 0
+    assert os.environ[name] == (given or str(SCORING_PRIMITIVE_CACHE))

@@ -1,4 +1,5 @@
-"""Memory that does not grow with the data: free heap pages given back after each part.
+"""Memory that does not grow with the data: free heap pages given back after each part, and
+oneDNN's cache of convolution primitives kept small when scoring.
 
 glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so the
 arrays of several MiB that every part of a prediction needs then come from the heap, which
@@ -6,13 +7,21 @@ fragments and keeps its free pages: a full-EC prediction's anonymous memory grew
 chunk it scored. ``malloc_trim`` returns the free pages (also those inside the heap). Fixing
 the threshold instead also held memory, but made every large block a fresh mapping to fault
 in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100k to 1M.
+
+PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by default), each
+with memory of its own. Training meets a few shapes again and again; prediction scores whole
+proteins in length-sorted passes, so nearly every pass has a new (batch, width) shape and the
+cache fills with primitives used once: half of a full-EC prediction's peak memory, and slower.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from functools import cache
+
+from .config import SCORING_PRIMITIVE_CACHE
 
 
 @cache
@@ -24,3 +33,10 @@ def release_free_memory() -> bool:
     """Give the C heap's free pages back to the system; ``False`` where there is no glibc."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+def small_primitive_cache() -> None:
+    """Keep oneDNN's primitive cache at :data:`~ecstream.config.SCORING_PRIMITIVE_CACHE` shapes
+    unless the user set ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``; oneDNN reads it when it makes its
+    first primitive, so call this before a process scores anything."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(SCORING_PRIMITIVE_CACHE))

@@ -251,6 +251,9 @@ def _print_history(history: list[dict]) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
+    from .allocator import small_primitive_cache
+
+    small_primitive_cache()  # before torch makes its first primitive
     from .evaluate import evaluate
     from .report import bands_table, levels_table, metrics_table
 
@@ -286,6 +289,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .allocator import small_primitive_cache
+
+    small_primitive_cache()  # before torch makes its first primitive
     from .predict import predict_file
     from .predictors import load_model
 
