@@ -438,8 +438,8 @@ def _agreement(splits: list[str]) -> list[str]:
     curves = _json(path).get("identity_curves", {})
     if "search+cnn" not in curves:
         return []
-    edges = [f"≥ {e:.2f}" if e else "< 0.30" for e in IDENTITY_EDGES]
-    edges[1] = "≥ 0.30"
+    # the first bin holds every hit below the second edge
+    edges = [f"< {IDENTITY_EDGES[1]:.2f}", *(f"≥ {e:.2f}" for e in IDENTITY_EDGES[1:])]
     lines = [
         "### The hybrid's confidence in a homolog: identity, and whether its CNN agrees",
         "",

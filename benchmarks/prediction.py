@@ -39,10 +39,13 @@ MIN_SPEED, MAX_MEMORY_CHANGE = 1500, 0.10
 _SPEED = re.compile(r"([\d,]+) sequences/s")
 
 
-def _predict(run: Path, fasta: Path, out: Path, *flags: str) -> tuple[float, float, float]:
+def _predict(
+    run: Path, fasta: Path, out: Path, *flags: str, env: dict[str, str] | None = None
+) -> tuple[float, float, float]:
     """(sequences/s as printed, peak anonymous MB, wall seconds) of one ``ecstream predict``."""
     _, err, peak, _, wall = run_sampled(
-        [*ECSTREAM, "predict", str(run), str(fasta), "--out", str(out), *flags], env=TWO_CORES
+        [*ECSTREAM, "predict", str(run), str(fasta), "--out", str(out), *flags],
+        env={**TWO_CORES, **(env or {})},
     )
     speed = float(_SPEED.findall(err.replace("\n", " "))[-1].replace(",", ""))
     return speed, peak / MB, wall

@@ -20,6 +20,7 @@ SECTIONS = {
     "training": "training",
     "accuracy": "accuracy",
     "prediction": "prediction",
+    "prediction-cache": "prediction_cache",
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
     "faults": "faults",

@@ -11,7 +11,7 @@ in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100
 PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by default), each
 with memory of its own. Training meets a few shapes again and again; prediction scores whole
 proteins in length-sorted passes, so nearly every pass has a new (batch, width) shape and the
-cache fills with primitives used once: half of a full-EC prediction's peak memory, and slower.
+cache fills with primitives used once, each holding memory (BENCHMARKS.md has the figures).
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ PREDICT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 SCORE_ROWS = 512
 #: Shapes that oneDNN's cache of convolution primitives keeps in ``predict`` and ``evaluate``
 #: (its default: 1,024). Scoring meets a new shape with nearly every pass, and each cached
-#: primitive holds memory: with 8, a full-EC prediction's peak memory halved and it ran faster
-#: (BENCHMARKS.md, prediction section; see ecstream.allocator).
+#: primitive holds memory (BENCHMARKS.md, prediction sections; see ecstream.allocator).
 SCORING_PRIMITIVE_CACHE = 8
 #: How a CNN scores a protein longer than its training length: ``whole`` (the network pools
 #: over any length), ``windows`` (overlapping windows of the training length, logits averaged)
