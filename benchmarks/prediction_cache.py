@@ -38,17 +38,20 @@ def run() -> str:
         f"| {median([p for _, p in runs]):.0f} MB | {', '.join(f'{p:.0f}' for _, p in runs)} |"
         for size, runs in settings.items()
     ]
-    return "\n".join([
-        "## Prediction: oneDNN's primitive cache",
-        "",
-        "Command: `.venv/bin/python benchmarks/run.py prediction-cache` (after the accuracy "
-        f"section). The full-EC run predicts {SEQUENCES:,} sequences with each cache size, "
-        f"taking turns, {REPEATS} times each; both cores. Memory is the peak `RssAnon` of the "
-        "command.",
-        "",
-        machine_markdown(info),
-        "| primitives cached | sequences/s (median) | runs | peak memory (median) | runs (MB) |",
-        "|---:|---:|---|---:|---|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Prediction: oneDNN's primitive cache",
+            "",
+            "Command: `.venv/bin/python benchmarks/run.py prediction-cache` (after the accuracy "
+            f"section). The full-EC run predicts {SEQUENCES:,} sequences with each cache size, "
+            f"taking turns, {REPEATS} times each; both cores. Memory is the peak `RssAnon` of the "
+            "command.",
+            "",
+            machine_markdown(info),
+            "| primitives cached | sequences/s (median) | runs | peak memory (median) "
+            "| runs (MB) |",
+            "|---:|---:|---|---:|---|",
+            *rows,
+            "",
+        ]
+    )
