@@ -83,6 +83,22 @@ def test_partial_numbers_supervise_only_the_levels_they_state(vocab):
     assert not torch.allclose(level_loss(moved, y, k, offsets), base)
 
 
+def test_label_smoothing_spreads_a_share_of_each_level_over_its_classes(vocab):
+    targets, known = vocab.targets(["2.7.7.7; 3.1.-.-", "1.1.1.1"])
+    logits = torch.randn(2, int(vocab.offsets[-1]))
+    y, k, offsets = torch.from_numpy(targets), torch.from_numpy(known), vocab.offsets.tolist()
+    expected = []
+    for level in range(4):
+        rows = k[:, level]
+        z = logits[rows, offsets[level] : offsets[level + 1]]
+        q = y[rows, offsets[level] : offsets[level + 1]].double()
+        q = 0.8 * q / q.sum(1, keepdim=True) + 0.2 / z.shape[1]
+        expected.append(-(q * torch.log_softmax(z.double(), 1)).sum(1).mean())
+    smoothed = level_loss(logits, y, k, offsets, smoothing=0.2)
+    assert torch.isclose(smoothed.double(), torch.stack(expected).mean(), rtol=1e-5)
+    assert not torch.isclose(smoothed, level_loss(logits, y, k, offsets))
+
+
 def test_vocabulary_keeps_rare_numbers_and_its_parents_are_right(vocab):
     assert vocab.classes[0] == tuple("1234567") and vocab.sizes[3] == 6
     # classes with one training record or none: kept, nothing merged, nothing dropped

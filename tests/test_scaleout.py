@@ -109,7 +109,10 @@ def test_one_process_of_64_and_two_of_32_train_the_same_weights(small_store, tmp
     # (their dropout masks must still be the rows of the global batch's mask)
     n = small_store.single_class_records("train")
     size = next(b for b in range(64, 32, -2) if n % b % 2 and n % b > 2)
-    common = ("--batch-size", str(size), "--global-batch", "--precision", "64-true")
+    # residue substitution too: each process substitutes the residues of its share that one
+    # process substitutes in the whole global batch
+    common = ("--batch-size", str(size), "--global-batch", "--precision", "64-true",
+              "--substitution", "0.1")  # fmt: skip
     runs = {}
     for devices in ("1", "2"):
         runs[devices] = tmp_path / f"d{devices}"
@@ -166,8 +169,10 @@ def _weights(run: Path) -> dict:
 
 def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(small_store, tmp_path):
     """--checkpoint-every: a crash mid-epoch loses at most those steps, and the resumed run
-    ends with the weights of an uninterrupted one (CPU)."""
-    config = TrainConfig(**FAST, epochs=2, limit_train_batches=10)
+    ends with the weights of an uninterrupted one (CPU), its residue substitutions and label
+    smoothing included."""
+    regularised = {"substitution": 0.1, "label_smoothing": 0.1, "dropout": 0.5}
+    config = TrainConfig(**FAST, **regularised, epochs=2, limit_train_batches=10)
     whole = train(small_store.path, tmp_path / "whole", config)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(small_store.path, tmp_path / "cut", config, callbacks=[_Crash(1, 7)])

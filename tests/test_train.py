@@ -141,3 +141,46 @@ def test_class_weights_reach_the_loss(small_store, tmp_path, monkeypatch):
     seen.clear()
     train(small_store.path, tmp_path / "plain", TrainConfig(**FAST))
     assert seen and all(w is None for w in seen)
+
+
+def test_regularisers_reach_training_only_and_a_run_records_them(small_store, tmp_path, monkeypatch):
+    """--dropout, --label-smoothing and --substitution: in the model and the training loss, not
+    in validation; recorded, so that a resume with other values is refused, while a run made
+    before they existed resumes as it was."""
+    from torch.nn import functional as F
+
+    from ecstream import train as training
+
+    smoothing, changed = [], []
+    real_loss, real_substitute = F.cross_entropy, training.substitute
+
+    def loss_spy(logits, target, weight=None, label_smoothing=0.0, **kwargs):
+        smoothing.append(label_smoothing)
+        return real_loss(logits, target, weight=weight, label_smoothing=label_smoothing, **kwargs)
+
+    def substitute_spy(tokens, rate, key, width, share=None):
+        out = real_substitute(tokens, rate, key, width, share)
+        changed.append(float((out != tokens).float().sum() / (tokens != 0).sum()))
+        return out
+
+    monkeypatch.setattr(F, "cross_entropy", loss_spy)
+    monkeypatch.setattr(training, "substitute", substitute_spy)
+    regularised = {"dropout": 0.5, "label_smoothing": 0.1, "substitution": 0.2}
+    run = train(small_store.path, tmp_path / "r", TrainConfig(**FAST, **regularised)).run
+    steps = FAST["limit_train_batches"]
+    assert smoothing[:steps] == [0.1] * steps and set(smoothing[steps:]) == {0.0}  # val plain
+    assert len(changed) == steps and all(0.15 < c < 0.25 for c in changed)
+    assert torch.load(run / "model.pt", weights_only=True)["model"]["dropout"] == 0.5
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved["train"][k] for k in regularised} == regularised
+    with pytest.raises(RunError, match="train settings differ"):
+        other = {**regularised, "substitution": 0.05}
+        train(small_store.path, run, TrainConfig(**FAST, **other), resume=True)
+    # a run of an older ecstream: no such keys in its config; it had their defaults
+    plain = train(small_store.path, tmp_path / "p", TrainConfig(**FAST)).run
+    saved = json.loads((plain / "config.json").read_text())
+    for key in regularised:
+        del saved["train"][key]
+    (plain / "config.json").write_text(json.dumps(saved))
+    train(small_store.path, plain, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(plain)] == [0, 1]

@@ -201,6 +201,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         limit_train_batches=args.limit_train_batches,
         class_weights=args.class_weights,
+        dropout=args.dropout,
+        label_smoothing=args.label_smoothing,
+        substitution=args.substitution,
         max_time=args.max_time,
         progress=not args.quiet,
     )
@@ -489,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="N batches (10) or a fraction of them (0.25)",
     )  # fmt: skip
     p.add_argument("--class-weights", action="store_true", help="weight the loss by 1/frequency")
+    p.add_argument(
+        "--dropout", type=float, default=t.dropout, metavar="P",
+        help="dropout before the head (default: the preset's, 0.2 for small)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label-smoothing", type=float, default=t.label_smoothing, metavar="E",
+        help="spread E of each level's target over all its classes (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--substitution", type=float, default=t.substitution, metavar="RATE",
+        help="replace RATE of the training residues by a BLOSUM62 substitute, the same ones "
+        "on resume and on any number of processes (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(

@@ -63,6 +63,10 @@ class TrainConfig:
     num_workers: int = 0
     limit_train_batches: float | int | None = None
     class_weights: bool = False
+    # regularisers against memorising families (BENCHMARKS.md, remote proteins); off by default
+    dropout: float | None = None  # before the head; None: the preset's
+    label_smoothing: float = 0.0  # share of each level's target spread over all its classes
+    substitution: float = 0.0  # share of residues replaced from BLOSUM62 (ecstream.augment)
     max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
     progress: bool = True
 
@@ -71,6 +75,11 @@ class TrainConfig:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.multi_class not in ("skip", "first"):
             raise ValueError(f"--multi-class must be skip or first, got {self.multi_class!r}")
+        for name in ("dropout", "label_smoothing", "substitution"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be at least 0 and below 1, got {value}")
         if self.target == "ec" and self.class_weights:
             raise ValueError("--class-weights applies to --target class runs only")
 

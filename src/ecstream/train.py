@@ -22,7 +22,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
 
 from .adapters.torch import loader
+from .augment import substitute
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
 from .batches import Batches
 from .config import TrainConfig
@@ -68,10 +69,16 @@ class ECModule(L.LightningModule):
         seed: int = 0,
         vocab: ECVocabulary | None = None,
         global_batch: bool = False,
+        label_smoothing: float = 0.0,
+        substitution: float = 0.0,
+        max_length: int = 0,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        # training only: validation loss (early stopping, the best checkpoint) stays plain
+        self.label_smoothing, self.substitution = label_smoothing, substitution
+        self.max_length = max_length  # the widest batch: substitution draws at this width
         self.vocab = vocab
         self.register_buffer("class_weights", class_weights, persistent=False)
         c = model_config.heads[0]
@@ -101,10 +108,12 @@ class ECModule(L.LightningModule):
         """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch)."""
         return getattr(self, "seen", 0) * self.trainer.world_size
 
-    def _loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, batch, smoothing: float = 0.0) -> torch.Tensor:
         if self.vocab is None:
-            return F.cross_entropy(logits, batch.y, weight=self.class_weights)
-        return level_loss(logits, batch.y, batch.known, self.vocab.offsets.tolist())
+            return F.cross_entropy(
+                logits, batch.y, weight=self.class_weights, label_smoothing=smoothing
+            )
+        return level_loss(logits, batch.y, batch.known, self.vocab.offsets.tolist(), smoothing)
 
     def _top_hits(self, logits: torch.Tensor, batch, level: int) -> torch.Tensor:
         """Whether the most probable class of a level is a true one (full EC)."""
@@ -114,12 +123,14 @@ class ECModule(L.LightningModule):
         return block.gather(1, top).squeeze(1).float()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        key = self.seed * 1_000_003 + self.global_step
         if self.global_batch:
             drop = self.model.dropout
-            drop.key = self.seed * 1_000_003 + self.global_step
+            drop.key = key
             drop.share = batch.share
-        logits = self.model(batch.x)
-        loss = self._loss(logits, batch)
+        x = substitute(batch.x, self.substitution, key, self.max_length, batch.share)
+        logits = self.model(x)
+        loss = self._loss(logits, batch, self.label_smoothing)
         if batch.weight is not None:  # averaged over the global batch, however it was shared
             loss = loss * batch.weight
         n = len(batch.x)
@@ -188,10 +199,15 @@ class GlobalDropout(torch.nn.Module):
 
 
 def level_loss(
-    logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, offsets: list[int]
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    known: torch.Tensor,
+    offsets: list[int],
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean over levels of a softmax cross-entropy whose target shares its mass equally among
-    a record's true classes at that level; a level the record does not state is left out."""
+    a record's true classes at that level; a level the record does not state is left out.
+    ``smoothing`` spreads that share of each target over all the level's classes."""
     total, levels = logits.new_zeros(()), 0
     for level in range(len(offsets) - 1):
         rows = known[:, level]
@@ -203,6 +219,7 @@ def level_loss(
         if not has.any():
             continue
         q = t[has] / t[has].sum(1, keepdim=True)
+        q = (1 - smoothing) * q + smoothing / q.shape[1]
         total = total - (q * F.log_softmax(z[has], dim=1)).sum(1).mean()
         levels += 1
     return total / max(levels, 1)
@@ -472,6 +489,8 @@ def train(
     vocab = survey.vocab
     heads = vocab.sizes if vocab is not None else (len(store.policy.classes),)
     model_config = preset(config.model, heads)
+    if config.dropout is not None:
+        model_config = replace(model_config, dropout=config.dropout)
     run_config = _run_config(store, config, model_config, survey)
     last = run / "checkpoints" / "last.ckpt"
     with contextlib.ExitStack() as stack:
@@ -513,7 +532,8 @@ def _fit(
     weights = _class_weights(store, config.multi_class) if config.class_weights else None
     module = ECModule(
         model_config, config.lr, config.weight_decay, weights, config.seed, vocab,
-        global_batch=config.global_batch,
+        global_batch=config.global_batch, label_smoothing=config.label_smoothing,
+        substitution=config.substitution, max_length=config.max_length,
     )  # fmt: skip
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
@@ -642,6 +662,8 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
                 "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
                 "accelerator", "checkpoint_every",
             )  # fmt: skip
+            # a run made before a setting existed had that setting's default
+            theirs = {**asdict(TrainConfig()), **theirs}
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}
         if key == "store":  # the EC fingerprint: runs made before it existed do not have it
