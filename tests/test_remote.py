@@ -463,6 +463,44 @@ def test_an_outage_in_the_middle_of_a_remote_input(
             proxy.close()
 
 
+def test_an_input_replaced_in_the_middle_of_its_reading_fails_after_only_right_rows(
+    s3_server, data_path, tmp_path, monkeypatch
+):
+    """Every ranged read is a request of its own: an object rewritten (same size, other bytes)
+    while it is read must not be read on from its new bytes."""
+    import gzip
+    import itertools
+    import time
+
+    import pyarrow as pa
+
+    from ecstream.predict import PREDICT_COLUMNS
+    from ecstream.sources import read_rows
+
+    host, port = s3_server
+    admin = _admin(host, port)
+    with gzip.open(data_path, "rt") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in itertools.islice(fh, 1, 1501)]
+    text = "".join(f">{rid}\n{seq}\n" for rid, _, seq in rows)
+    old, new = tmp_path / "old.faa", tmp_path / "new.faa"
+    old.write_text(text)
+    new.write_text(text.replace(">", ">X", 1).replace("A", "G"))  # one id and residues differ
+    assert old.stat().st_size + 1 == new.stat().st_size
+    new.write_text(new.read_text()[:-2] + "\n")  # the same size: only the bytes differ
+    uri, key = f"s3://{BUCKET}/changing/in.faa", f"{BUCKET}/changing/in.faa"
+    pa.fs.copy_files(str(old), key, destination_filesystem=admin)
+    monkeypatch.setattr(remote_module, "_BLOCK", 16 << 10)  # many ranged reads, not one
+    expected = [row[1] for chunk in read_rows(str(old), PREDICT_COLUMNS, 100) for row in chunk]
+    got = []
+    with pytest.raises(RemoteError, match="changed while it was being read"):
+        for step, chunk in enumerate(read_rows(uri, PREDICT_COLUMNS, chunk_rows=100)):
+            got += [row[1] for row in chunk]
+            if step == 2:
+                time.sleep(1.1)  # S3's modification time counts seconds
+                pa.fs.copy_files(str(new), key, destination_filesystem=admin)
+    assert 300 <= len(got) < len(expected) and got == expected[: len(got)]
+
+
 def test_training_downloads_each_shard_once_before_the_first_epoch(
     stores, fresh_cache, monkeypatch, tmp_path
 ):

@@ -196,11 +196,18 @@ def exists(uri: str) -> bool:
 class _RemoteFile(io.RawIOBase):
     """A remote object as a seekable raw file whose every read is a ranged read, tried again
     (on a fresh handle) until the deadline: an outage in the middle of an input is ridden out,
-    or fails as one line naming the object, never as a short read taken for the end."""
+    or fails as one line naming the object, never as a short read taken for the end.
+
+    Each ranged read is a request of its own, so an object replaced in the middle of a read
+    would be read on from its new bytes: after every read the object's size and modification
+    time are checked against those it had when opened (one metadata request; S3 reads are
+    consistent, so bytes read before an unchanged check are the opened object's)."""
 
     def __init__(self, uri: str, handler: Any, path: str, settings: RemoteSettings):
         self._uri, self._settings = uri, settings
         self._open = lambda: handler.open_input_file(path)
+        self._version = lambda: _object_version(handler.get_file_info(path))
+        self._opened = _retrying(uri, self._version, settings)
         self._file = _retrying(uri, self._open, settings)
         self._size = self._file.size()
         self._pos = 0
@@ -238,6 +245,12 @@ class _RemoteFile(io.RawIOBase):
                 raise
             if len(data) != want:
                 raise OSError(f"{len(data)} of {want} bytes arrived")
+            if (now := self._version()) != self._opened:
+                raise RemoteError(
+                    f"{self._uri}: the object changed while it was being read (size, modified: "
+                    f"{self._opened} then {now}); nothing read after the change was used: run "
+                    "it again"
+                )
             return data
 
         data = _retrying(self._uri, attempt, self._settings)
@@ -249,6 +262,15 @@ class _RemoteFile(io.RawIOBase):
         if not self.closed and self._file is not None:
             self._file.close()
         super().close()
+
+
+def _object_version(info: Any) -> tuple[int, str]:
+    """What tells one version of an object from the next: its size and modification time."""
+    from pyarrow import fs
+
+    if info.type != fs.FileType.File:
+        raise FileNotFoundError(info.path)  # gone (or replaced by a prefix) since it was opened
+    return info.size, str(info.mtime)
 
 
 def input_files(
