@@ -143,7 +143,9 @@ def test_class_weights_reach_the_loss(small_store, tmp_path, monkeypatch):
     assert seen and all(w is None for w in seen)
 
 
-def test_regularisers_reach_training_only_and_a_run_records_them(small_store, tmp_path, monkeypatch):
+def test_regularisers_reach_training_only_and_a_run_records_them(
+    small_store, tmp_path, monkeypatch
+):
     """--dropout, --label-smoothing and --substitution: in the model and the training loss, not
     in validation; recorded, so that a resume with other values is refused, while a run made
     before they existed resumes as it was."""

@@ -58,7 +58,8 @@ def substitute(
     first, total = share or (0, len(tokens))
     rows, cols = tokens.shape
     generator = torch.Generator().manual_seed(key)
-    draws = torch.rand((2, total, max(width, cols)), generator=generator)[:, first : first + rows, :cols]
+    whole = torch.rand((2, total, max(width, cols)), generator=generator)
+    draws = whole[:, first : first + rows, :cols]
     cpu = tokens.cpu().long()
     standard = (cpu != alphabet.PAD) & (cpu != alphabet.UNKNOWN)
     hit = standard & (draws[0] < rate)

@@ -34,8 +34,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
 
 from .adapters.torch import loader
-from .augment import substitute
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
+from .augment import substitute
 from .batches import Batches
 from .config import TrainConfig
 from .hashing import LineDigest, hash64
