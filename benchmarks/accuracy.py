@@ -583,7 +583,8 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         "had the same cap of training time (first paragraph); the first two trained alone on "
         "both cores, the arms (`arm-…`, issue 12's ablation, `benchmarks/accuracy.py` "
         "`ABLATION`) two at a time on one thread each, each pair with a plain arm of its own. "
-        "*Trained*: records seen in training (epochs). Time: training, wall clock and CPU.",
+        "*Trained*: records seen in training (epochs; the cap may cut the last). Time: "
+        "training, wall clock and CPU.",
         "",
         "| run | arm | val | val, no hit (n) | test | test, no hit (n) | trained | training time |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -598,6 +599,30 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         spent = _minutes(times[f"{split}/train {model}"])
         lines.append(f"| `{model}` | {label} | {' | '.join(cells)} | {seen:,} ({len(rows)}) "
                      f"| {spent} |")  # fmt: skip
+    return [*lines, "", *_remote_levels(d)]
+
+
+def _remote_levels(d: Path) -> list[str]:
+    """The full-EC arms at every level: top accuracy on val and test, all and without a hit."""
+    arms = [(m, label) for m, label in _arms(d)
+            if _json(d / m / "config.json")["train"]["target"] == "ec"]  # fmt: skip
+    if not arms:
+        return []
+    lines = [
+        "The full-EC runs at every level (top accuracy: the level's most probable class; "
+        "levels 1–4 separated by ·):",
+        "",
+        "| run | val | val, no hit | test | test, no hit |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model, _ in arms:
+        cells = []
+        for name in (f"eval-val-{model}", f"eval-{model}"):
+            levels = _json(d / name / "metrics.json")["levels"]
+            cells.append(" · ".join(f"{lv['top_accuracy']:.3f}" for lv in levels))
+            no_hit = [lv["identity_bands"]["no_hit"]["accuracy"] for lv in levels]
+            cells.append(" · ".join(_share(a) for a in no_hit))
+        lines.append(f"| `{model}` | {' | '.join(cells)} |")
     return [*lines, ""]
 
 
