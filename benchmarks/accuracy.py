@@ -141,23 +141,34 @@ def steps_together(jobs: dict[str, tuple[list[str], dict]]) -> None:
     times = _times()
     todo = {key: job for key, job in jobs.items() if key not in times}
     running = {}
-    with contextlib.ExitStack() as logs:
+    with contextlib.ExitStack() as stack:
         for key, (args, note) in todo.items():
             print(f"   {key} (together): ecstream {' '.join(args)}", flush=True)
-            log = logs.enter_context(tempfile.TemporaryFile("w+"))
+            log = stack.enter_context(tempfile.TemporaryFile("w+"))
             proc = subprocess.Popen([*ECSTREAM, *args], stdout=log, stderr=log,
                                     env={**os.environ, **ONE_CORE})  # fmt: skip
-            running[key] = (proc, log, note, time.perf_counter())
-        for key, (proc, log, note, start) in running.items():
-            _, status, usage = os.wait4(proc.pid, 0)
+            running[proc.pid] = (key, proc, log, {**note, "together": len(todo)})
+            stack.callback(_stop, proc)  # a failure of one stops the others
+        started = time.perf_counter()
+        while running:  # each as it ends, so that its wall time is its own
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in running:  # not one of these jobs
+                continue
+            key, proc, log, note = running.pop(pid)
             proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
             if proc.returncode != 0:
                 log.seek(0)
                 raise RuntimeError(f"{key} failed (exit {proc.returncode}):\n{log.read()[-4000:]}")
             times = _times()
             cpu = usage.ru_utime + usage.ru_stime
-            times[key] = {"wall": time.perf_counter() - start, "cpu": cpu, **note}
+            times[key] = {"wall": time.perf_counter() - started, "cpu": cpu, **note}
             TIMES.write_text(json.dumps(times, indent=1) + "\n")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        proc.wait()
 
 
 def _children_cpu() -> float:
@@ -198,7 +209,7 @@ def run_ablation(split: str) -> None:
         jobs = {}
         for name, (_, flags) in pair.items():
             args, note = _train_args(split, name, *flags)
-            jobs[f"{split}/train {name}"] = (args, {**note, "threads": 1, "together": len(pair)})
+            jobs[f"{split}/train {name}"] = (args, {**note, "threads": 1})
         steps_together(jobs)
         for name in pair:
             store = str(d / "store")
@@ -348,10 +359,12 @@ def _targets(splits: list[str]) -> list[str]:
                      " · ".join(f"{p:.3f}" for p in precision), "≥ 0.88 each",
                      all(p >= 0.88 for p in precision)))  # fmt: skip
     if "strict 0.3" in splits and (arms := _arms(d := _dir("strict 0.3"))):
-        best = max(_level1(d, m, f"eval-{m}")[1]["accuracy"] for m, _ in arms)
-        rows.append(("strict 0.3: best CNN's level-1 test accuracy on proteins without a hit",
-                     f"{best:.3f}", f"≥ {MIN_REMOTE_NO_HIT:.2f}",
-                     best >= MIN_REMOTE_NO_HIT))  # fmt: skip
+        # the arm is chosen on val, where choosing on test would flatter it
+        chosen = max(arms, key=lambda a: _level1(d, a[0], f"eval-val-{a[0]}")[1]["accuracy"] or 0)
+        test = _level1(d, chosen[0], f"eval-{chosen[0]}")[1]["accuracy"] or 0
+        rows.append((f"strict 0.3: level-1 test accuracy on proteins without a hit, of the CNN "
+                     f"best on val's (`{chosen[0]}`)", f"{test:.3f}",
+                     f"≥ {MIN_REMOTE_NO_HIT:.2f}", test >= MIN_REMOTE_NO_HIT))  # fmt: skip
     lines = ["### Targets", "", "| Measurement | Figure | Target | Met |", "|---|---:|---:|:---:|"]
     lines += [f"| {m} | {f} | {t} | {'yes' if ok else '**no**'} |" for m, f, t, ok in rows]
     return [*lines, ""]

@@ -84,3 +84,9 @@ def test_a_rate_outside_zero_to_one_is_refused(rate):
 
     with pytest.raises(ValueError, match="--substitution must be at least 0 and below 1"):
         TrainConfig(substitution=rate)
+
+
+def test_a_batch_wider_than_the_runs_widest_is_refused():
+    """The draws are made at the run's widest width: a wider batch would take other draws."""
+    with pytest.raises(ValueError, match="wider than the run's widest"):
+        substitute(torch.ones((2, 40), dtype=torch.uint8), 0.1, key=0, width=30)

@@ -463,11 +463,13 @@ def test_an_outage_in_the_middle_of_a_remote_input(
             proxy.close()
 
 
+@pytest.mark.parametrize("replacement", ["same size", "shorter", "removed"])
 def test_an_input_replaced_in_the_middle_of_its_reading_fails_after_only_right_rows(
-    s3_server, data_path, tmp_path, monkeypatch
+    s3_server, data_path, tmp_path, monkeypatch, replacement
 ):
-    """Every ranged read is a request of its own: an object rewritten (same size, other bytes)
-    while it is read must not be read on from its new bytes."""
+    """Every ranged read is a request of its own: an object rewritten (same size and other
+    bytes, or shorter) or removed while it is read must not be read on, nor waited for as if
+    the network were down (the deadline here is long)."""
     import gzip
     import itertools
     import time
@@ -487,18 +489,26 @@ def test_an_input_replaced_in_the_middle_of_its_reading_fails_after_only_right_r
     new.write_text(text.replace(">", ">X", 1).replace("A", "G"))  # one id and residues differ
     assert old.stat().st_size + 1 == new.stat().st_size
     new.write_text(new.read_text()[:-2] + "\n")  # the same size: only the bytes differ
+    if replacement == "shorter":
+        new.write_text(text[:1000])  # ends before where the reading has come to
     uri, key = f"s3://{BUCKET}/changing/in.faa", f"{BUCKET}/changing/in.faa"
     pa.fs.copy_files(str(old), key, destination_filesystem=admin)
     monkeypatch.setattr(remote_module, "_BLOCK", 16 << 10)  # many ranged reads, not one
+    monkeypatch.setenv("ECSTREAM_REMOTE_DEADLINE", "120")
     expected = [row[1] for chunk in read_rows(str(old), PREDICT_COLUMNS, 100) for row in chunk]
-    got = []
-    with pytest.raises(RemoteError, match="changed while it was being read"):
+    got, started = [], time.monotonic()
+    message = "removed while" if replacement == "removed" else "changed while it was being read"
+    with pytest.raises(RemoteError, match=message):
         for step, chunk in enumerate(read_rows(uri, PREDICT_COLUMNS, chunk_rows=100)):
             got += [row[1] for row in chunk]
             if step == 2:
                 time.sleep(1.1)  # S3's modification time counts seconds
-                pa.fs.copy_files(str(new), key, destination_filesystem=admin)
+                if replacement == "removed":
+                    admin.delete_file(key)
+                else:
+                    pa.fs.copy_files(str(new), key, destination_filesystem=admin)
     assert 300 <= len(got) < len(expected) and got == expected[: len(got)]
+    assert time.monotonic() - started < 30  # failed at once, not at the deadline
 
 
 def test_training_downloads_each_shard_once_before_the_first_epoch(

@@ -6,10 +6,10 @@ substitution a→b is drawn with probability ∝ 2^(score/2) over the 19 other s
 (The background frequencies are left out on purpose: they would add common residues, not
 likely substitutions.) Padding and unknown residues are never touched or drawn.
 
-The draws come from a generator keyed by the training step and cover the whole global batch at
-the widest possible width, each process taking the rows of its share and the columns of its
-batch: a run resumed mid-epoch, bucketed or not, on 1 process or on W, substitutes the same
-residues of the same records.
+The draws come from a generator keyed by the training step (apart from dropout's) and cover
+the whole global batch at the widest possible width, each process taking the rows of its share
+and the columns of its batch: a run resumed mid-epoch substitutes the same residues of the same
+records, and with ``--global-batch`` so does a run on any number of processes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import xxhash
 
 from . import alphabet
 
@@ -37,8 +38,9 @@ def substitution_cdf() -> torch.Tensor:
     for token in (alphabet.PAD, alphabet.UNKNOWN):
         odds[token, token] = 1.0
     cdf = (odds / odds.sum(1, keepdim=True)).cumsum(1)
-    cdf[:, -1] = 1.0  # rounding must not leave a draw of 0.99999… beyond the last token
-    return cdf.to(torch.float32)
+    for row, p in enumerate(odds):  # rounding must not let a draw near 1 pass the last token
+        cdf[row, int(p.nonzero().max()) :] = 1.0
+    return cdf
 
 
 def substitute(
@@ -57,8 +59,11 @@ def substitute(
         return tokens
     first, total = share or (0, len(tokens))
     rows, cols = tokens.shape
-    generator = torch.Generator().manual_seed(key)
-    whole = torch.rand((2, total, max(width, cols)), generator=generator)
+    if cols > width:
+        raise ValueError(f"a batch {cols} wide: wider than the run's widest ({width})")
+    # a stream of its own: seeded with the step alone it would repeat dropout's draws
+    generator = torch.Generator().manual_seed(xxhash.xxh64_intdigest(b"substitute:%d" % key) >> 1)
+    whole = torch.rand((2, total, width), generator=generator)
     draws = whole[:, first : first + rows, :cols]
     cpu = tokens.cpu().long()
     standard = (cpu != alphabet.PAD) & (cpu != alphabet.UNKNOWN)

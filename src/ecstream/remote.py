@@ -199,9 +199,12 @@ class _RemoteFile(io.RawIOBase):
     or fails as one line naming the object, never as a short read taken for the end.
 
     Each ranged read is a request of its own, so an object replaced in the middle of a read
-    would be read on from its new bytes: after every read the object's size and modification
-    time are checked against those it had when opened (one metadata request; S3 reads are
-    consistent, so bytes read before an unchanged check are the opened object's)."""
+    would be read on from its new bytes: after every read (and after a failed or short one,
+    before it is tried again) the object's size and modification time are checked against
+    those it had when opened, one metadata request each (S3 reads are consistent, so bytes
+    read before an unchanged check are the opened object's). pyarrow does not give the ETag:
+    a rewrite of the same size within the same second (S3 keeps the time in seconds), or on a
+    filesystem that reports neither, goes unseen."""
 
     def __init__(self, uri: str, handler: Any, path: str, settings: RemoteSettings):
         self._uri, self._settings = uri, settings
@@ -238,25 +241,35 @@ class _RemoteFile(io.RawIOBase):
                 self._file = self._open()
             try:
                 data = self._file.read_at(want, self._pos)
+                if len(data) != want:
+                    raise OSError(f"{len(data)} of {want} bytes arrived")
             except OSError:
                 with contextlib.suppress(OSError):
                     self._file.close()
                 self._file = None
+                self._unchanged()  # a shorter or removed object is not an outage to wait out
                 raise
-            if len(data) != want:
-                raise OSError(f"{len(data)} of {want} bytes arrived")
-            if (now := self._version()) != self._opened:
-                raise RemoteError(
-                    f"{self._uri}: the object changed while it was being read (size, modified: "
-                    f"{self._opened} then {now}); nothing read after the change was used: run "
-                    "it again"
-                )
+            self._unchanged()
             return data
 
         data = _retrying(self._uri, attempt, self._settings)
         buffer[:want] = memoryview(data)
         self._pos += want
         return want
+
+    def _unchanged(self) -> None:
+        """Raise :class:`RemoteError` if the object is not the one opened (an ``OSError`` of
+        the check itself is an outage, tried again by the caller)."""
+        try:
+            now = self._version()
+        except FileNotFoundError:
+            raise RemoteError(f"{self._uri}: removed while it was being read") from None
+        if now != self._opened:
+            raise RemoteError(
+                f"{self._uri}: the object changed while it was being read (size, modified: "
+                f"{self._opened} then {now}); nothing read after the change was used: run it "
+                "again"
+            )
 
     def close(self) -> None:
         if not self.closed and self._file is not None:

@@ -71,7 +71,7 @@ class ECModule(L.LightningModule):
         global_batch: bool = False,
         label_smoothing: float = 0.0,
         substitution: float = 0.0,
-        max_length: int = 0,
+        max_length: int = TrainConfig.max_length,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
@@ -101,7 +101,7 @@ class ECModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # dropout draws from a generator seeded per step: a run resumed mid-epoch repeats it
-        torch.manual_seed(self.seed * 1_000_003 + self.global_step)
+        torch.manual_seed(self._step_key())
 
     @property
     def samples_seen(self) -> int:
@@ -122,14 +122,25 @@ class ECModule(L.LightningModule):
         top = logits[:, o[level - 1] : o[level]].argmax(1, keepdim=True)
         return block.gather(1, top).squeeze(1).float()
 
+    def _step_key(self) -> int:
+        """What keys the random draws of a training step (dropout, substitution)."""
+        return self.seed * 1_000_003 + self.global_step
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # substituted on the host, before the batch goes to the device: no round trip
+        if self.trainer.training and self.substitution:
+            x = substitute(
+                batch.x, self.substitution, self._step_key(), self.max_length, batch.share
+            )
+            batch = batch._replace(x=x)
+        return batch
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        key = self.seed * 1_000_003 + self.global_step
         if self.global_batch:
             drop = self.model.dropout
-            drop.key = key
+            drop.key = self._step_key()
             drop.share = batch.share
-        x = substitute(batch.x, self.substitution, key, self.max_length, batch.share)
-        logits = self.model(x)
+        logits = self.model(batch.x)
         loss = self._loss(logits, batch, self.label_smoothing)
         if batch.weight is not None:  # averaged over the global batch, however it was shared
             loss = loss * batch.weight
@@ -600,6 +611,8 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
         # the stream's position is the datamodule's state, which Lightning does not look at
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+        # the module substitutes residues there; the datamodule has no such hook of its own
+        warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer`.*")
         try:
             yield
         finally:
@@ -646,6 +659,10 @@ def _launched_rank() -> int:
     return 0
 
 
+#: Training settings added after runs were first made, with the value those runs had.
+ADDED_SETTINGS = {"dropout": None, "label_smoothing": 0.0, "substitution": 0.0}
+
+
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
     if not last.is_file():
         raise RunError(
@@ -662,8 +679,7 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
                 "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
                 "accelerator", "checkpoint_every",
             )  # fmt: skip
-            # a run made before a setting existed had that setting's default
-            theirs = {**asdict(TrainConfig()), **theirs}
+            theirs = {**ADDED_SETTINGS, **theirs}
             theirs = {k: v for k, v in theirs.items() if k not in free}
             ours = {k: v for k, v in ours.items() if k not in free}
         if key == "store":  # the EC fingerprint: runs made before it existed do not have it
