@@ -503,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--substitution", type=float, default=t.substitution, metavar="RATE",
         help="replace RATE of the training residues by a BLOSUM62 substitute, the same ones "
-        "on resume and on any number of processes (default %(default)s)",
+        "on resume (and, with --global-batch, on any number of processes) (default "
+        "%(default)s)",
     )  # fmt: skip
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
