@@ -124,22 +124,25 @@ def step(key: str, *args: str, note: dict | None = None) -> None:
     MMseqs2 included) is the fairer figure on a shared machine: other users' load stretches
     the wall time, not the CPU time.
     """
-    times = _times()
-    if key not in times:
+    if key not in _times():
         print(f"   {key}: ecstream {' '.join(args)}", flush=True)
         start, cpu = time.perf_counter(), _children_cpu()
         run_sampled([*ECSTREAM, *args], env=TWO_CORES)
-        times = _times()
-        times[key] = {"wall": time.perf_counter() - start, "cpu": _children_cpu() - cpu}
-        times[key].update(note or {})
-        TIMES.write_text(json.dumps(times, indent=1) + "\n")
+        _record(key, time.perf_counter() - start, _children_cpu() - cpu, note or {})
+
+
+def _record(key: str, wall: float, cpu: float, note: dict) -> None:
+    """A finished step's times (and note) into ``times.json``."""
+    times = _times()
+    times[key] = {"wall": wall, "cpu": cpu, **note}
+    TIMES.write_text(json.dumps(times, indent=1) + "\n")
 
 
 def steps_together(jobs: dict[str, tuple[list[str], dict]]) -> None:
     """Run ``ecstream ARGS`` of each job at once, one thread each; each job's own wall and CPU
     time (its process and everything it started, from ``os.wait4``) recorded as by ``step``."""
-    times = _times()
-    todo = {key: job for key, job in jobs.items() if key not in times}
+    done = _times()
+    todo = {key: job for key, job in jobs.items() if key not in done}
     running = {}
     with contextlib.ExitStack() as stack:
         for key, (args, note) in todo.items():
@@ -159,10 +162,8 @@ def steps_together(jobs: dict[str, tuple[list[str], dict]]) -> None:
             if proc.returncode != 0:
                 log.seek(0)
                 raise RuntimeError(f"{key} failed (exit {proc.returncode}):\n{log.read()[-4000:]}")
-            times = _times()
             cpu = usage.ru_utime + usage.ru_stime
-            times[key] = {"wall": time.perf_counter() - started, "cpu": cpu, **note}
-            TIMES.write_text(json.dumps(times, indent=1) + "\n")
+            _record(key, time.perf_counter() - started, cpu, note)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -596,8 +597,8 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         "had the same cap of training time (first paragraph); the first two trained alone on "
         "both cores, the arms (`arm-…`, issue 12's ablation, `benchmarks/accuracy.py` "
         "`ABLATION`) two at a time on one thread each, each pair with a plain arm of its own. "
-        "*Trained*: records seen in training (epochs; the cap may cut the last). Time: "
-        "training, wall clock and CPU.",
+        "*Trained*: records seen in training (epochs, the cap may cut the last; the epoch of "
+        "the lowest val loss, whose weights were kept). Time: training, wall clock and CPU.",
         "",
         "| run | arm | val | val, no hit (n) | test | test, no hit (n) | trained | training time |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -607,11 +608,11 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         for name in (f"eval-val-{model}", f"eval-{model}"):
             acc, no_hit = _level1(d, model, name)
             cells += [f"{acc:.3f}", f"{_share(no_hit['accuracy'])} ({no_hit['n']:,})"]
-        rows = _best_val(d / model)["rows"]
-        seen = sum(int(float(r["samples"])) for r in rows)
+        best = _best_val(d / model)
+        seen = sum(int(float(r["samples"])) for r in best["rows"])
         spent = _minutes(times[f"{split}/train {model}"])
-        lines.append(f"| `{model}` | {label} | {' | '.join(cells)} | {seen:,} ({len(rows)}) "
-                     f"| {spent} |")  # fmt: skip
+        lines.append(f"| `{model}` | {label} | {' | '.join(cells)} | {seen:,} ({best['epochs']}; "
+                     f"best {int(best['epoch']) + 1}) | {spent} |")  # fmt: skip
     return [*lines, "", *_remote_levels(d)]
 
 

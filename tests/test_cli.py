@@ -105,10 +105,9 @@ def test_predict_keeps_onednn_primitive_cache_small_unless_told(
     from ecstream.config import SCORING_PRIMITIVE_CACHE
 
     name = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    monkeypatch.setenv(name, given or "")  # so that the test's end restores it either way
     if given is None:
-        monkeypatch.delenv(name, raising=False)
-    else:
-        monkeypatch.setenv(name, given)
+        monkeypatch.delenv(name)
     fasta = tmp_path / "q.fasta"
     fasta.write_text(">a\nMKVLAAGIVG\n")
     assert main(["predict", str(cnn_run), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 0
