@@ -4,12 +4,13 @@ Uses the runs of the accuracy section's random split (``bench-output/accuracy/ra
 ``small`` (seven classes) and ``small-ec`` (full EC numbers). Run that section first.
 
 1. Speed: ``ecstream predict`` of the random split's test proteins (FASTA), the class run, the
-   full-EC run and the full-EC run at 256 sequences a pass (the former default) taking turns,
-   three times each; sequences/s as predict prints it (scoring time, start-up excluded);
-   medians. Then, in one process, the logits of the same proteins from the network's own
-   forward and from :class:`ecstream.model.Scorer`, taking turns.
-2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated); peak
-   anonymous memory (``RssAnon``) of the whole command.
+   full-EC run and the full-EC run with ``--precision bf16`` taking turns, three times each;
+   sequences/s as predict prints it (scoring time, start-up excluded); medians. What bf16
+   changes in the test metrics (``ecstream evaluate --precision``). Then, in one process, the
+   logits of the same proteins from the network's own forward and from
+   :class:`ecstream.model.Scorer`, taking turns.
+2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated), in
+   both precisions; peak anonymous memory (``RssAnon``) of the whole command.
 3. Long proteins: the test proteins longer than the training length (660), scored whole, in
    overlapping windows and truncated, by the full-EC run; top accuracy at levels 1 and 4.
 """
@@ -36,6 +37,7 @@ RUNS = OUTPUT / "accuracy" / "random"
 REPEATS = 3
 FASTA_SIZES = (100_000, 1_000_000)
 MIN_SPEED, MAX_MEMORY_CHANGE = 1500, 0.10
+PRECISIONS = ("32", "bf16")
 _SPEED = re.compile(r"([\d,]+) sequences/s")
 
 
@@ -131,30 +133,75 @@ def _long_proteins() -> list[str]:
     ]
 
 
+def _bf16_cost() -> list[str]:
+    """What bfloat16 scoring changes: ``ecstream evaluate`` of the random split's test proteins
+    with the full-EC run in both precisions (no identity bands): top accuracy, micro-F1 at the
+    run's thresholds and calibration error per level."""
+    import json
+    import shutil
+
+    rows = []
+    for precision in PRECISIONS:
+        out = WORK / f"eval-{precision}"
+        shutil.rmtree(out, ignore_errors=True)
+        run_sampled(
+            [*ECSTREAM, "evaluate", str(RUNS / "small-ec"), str(RUNS / "store"), "--out",
+             str(out), "--no-bands", "--precision", precision],
+            env=TWO_CORES,
+        )  # fmt: skip
+        levels = json.loads((out / "metrics.json").read_text())["levels"]
+        cells = [" · ".join(f"{lv[key]:.4f}" for lv in levels) for key in ("top_accuracy", "ece")]
+        cells.insert(1, " · ".join(f"{lv['micro']['f1']:.4f}" for lv in levels))
+        rows.append(f"| {precision} | {' | '.join(cells)} |")
+    return [
+        "What `--precision bf16` changes, on the same test proteins (`ecstream evaluate "
+        "--precision …`; levels 1 · 2 · 3 · 4):",
+        "",
+        "| precision | top accuracy | micro-F1 at the run's thresholds | ECE |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
 def run() -> str:
     from ecstream.config import SCORE_ROWS
 
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     fasta, n_test = _test_fasta()
-    # the full-EC run also at the former 256 sequences per forward pass
-    speeds: dict[str, list[float]] = {"small": [], "small-ec": [], "small-ec B=256": []}
+    speeds: dict[str, list[float]] = {"small": [], "small-ec": [], "small-ec bf16": []}
     for _ in range(REPEATS):
         for name in speeds:
-            run, _, size = name.partition(" B=")
-            flags = ("--batch-size", size) if size else ()
+            run, _, precision = name.partition(" ")
+            flags = ("--precision", precision) if precision else ()
             speeds[name].append(_predict(RUNS / run, fasta, WORK / f"{run}.tsv", *flags)[0])
     med = {name: median(v) for name, v in speeds.items()}
     scorer = _scorer_against_forward(fasta)
-    memory = {}
+    memory = {}  # (sequences, precision) -> (peak MB, wall s, sequences/s)
     for n in FASTA_SIZES:
         big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
-        speed, peak, wall = _predict(RUNS / "small-ec", big, WORK / f"ec-{n}.tsv")
-        memory[n] = (peak, wall, speed)
-        (WORK / f"ec-{n}.tsv").unlink(missing_ok=True)
-    small, large = (memory[n][0] for n in FASTA_SIZES)
-    change = large / small - 1
-    ok_speed, ok_memory = med["small-ec"] >= MIN_SPEED, abs(change) <= MAX_MEMORY_CHANGE
+        for precision in PRECISIONS:
+            out = WORK / f"ec-{n}.tsv"
+            memory[n, precision] = _predict(RUNS / "small-ec", big, out, "--precision", precision)
+            out.unlink(missing_ok=True)
+    change = {
+        p: memory[FASTA_SIZES[1], p][0] / memory[FASTA_SIZES[0], p][0] - 1 for p in PRECISIONS
+    }
+    ok = {p: abs(c) <= MAX_MEMORY_CHANGE for p, c in change.items()}
+
+    def met(value: bool) -> str:
+        return "yes" if value else "**no**"
+
+    def memory_row(n: int) -> str:
+        cells = " / ".join(f"{memory[n, p][0]:.0f}" for p in PRECISIONS)
+        target = "| |"
+        if n > FASTA_SIZES[0]:
+            target = f"| flat (±10%) | {met(ok['32'])} / {met(ok['bf16'])} |"
+        return (
+            f"| full EC: peak anonymous memory, {n:,} sequences (32 / bf16) | {cells} MB {target}"
+        )
+
+    big = FASTA_SIZES[1]
     lines = [
         "## Prediction with full EC numbers",
         "",
@@ -165,25 +212,29 @@ def run() -> str:
         "| Measurement | Figure | Target | Met |",
         "|---|---:|---:|:---:|",
         f"| full EC: sequences/s on {n_test:,} test proteins (median of {REPEATS}) "
-        f"| {med['small-ec']:,.0f} | ≥ {MIN_SPEED:,} | {'yes' if ok_speed else '**no**'} |",
+        f"| {med['small-ec']:,.0f} | ≥ {MIN_SPEED:,} | {met(med['small-ec'] >= MIN_SPEED)} |",
+        f"| full EC, `--precision bf16`, taking turns with it "
+        f"| {med['small-ec bf16']:,.0f} | ≥ {MIN_SPEED:,} "
+        f"| {met(med['small-ec bf16'] >= MIN_SPEED)} |",
         f"| seven classes, same proteins, taking turns | {med['small']:,.0f} | | |",
-        f"| full EC, 256 sequences per forward pass (was the default) "
-        f"| {med['small-ec B=256']:,.0f} | | |",
-        f"| full EC: peak anonymous memory, {FASTA_SIZES[0]:,} sequences | {small:.0f} MB | | |",
-        f"| full EC: peak anonymous memory, {FASTA_SIZES[1]:,} sequences | {large:.0f} MB "
-        f"| flat (±10%) | {'yes' if ok_memory else '**no**'} |",
+        memory_row(FASTA_SIZES[0]),
+        memory_row(big),
         "",
         f"All runs (sequences/s): full EC {', '.join(f'{v:,.0f}' for v in speeds['small-ec'])}; "
-        f"classes {', '.join(f'{v:,.0f}' for v in speeds['small'])}; full EC at 256 a pass "
-        f"{', '.join(f'{v:,.0f}' for v in speeds['small-ec B=256'])}: the default (32 a pass "
-        f"on CPU) is {med['small-ec'] / med['small-ec B=256']:.2f}× of 256, and full EC "
-        f"{med['small-ec'] / med['small']:.2f}× of the classes. The {FASTA_SIZES[1]:,} "
-        f"sequences took {memory[FASTA_SIZES[1]][1]:.0f} s with start-up "
-        f"({memory[FASTA_SIZES[1]][2]:,.0f} sequences/s scoring); memory changed by "
-        f"{100 * change:+.1f}% from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length "
-        "cap), decoding at the run's thresholds, and the TSV writing, all included. Each chunk "
-        f"of 8,192 records is scored in parts of {SCORE_ROWS:,}, the C heap's free pages returned "
-        "after each part (`ecstream.allocator`).",
+        f"full EC in bf16 {', '.join(f'{v:,.0f}' for v in speeds['small-ec bf16'])}; classes "
+        f"{', '.join(f'{v:,.0f}' for v in speeds['small'])}: bf16 is "
+        f"{med['small-ec bf16'] / med['small-ec']:.2f}× of float32, and full EC "
+        f"{med['small-ec'] / med['small']:.2f}× of the classes. The {big:,} sequences took "
+        f"{memory[big, '32'][1]:.0f} s with start-up ({memory[big, '32'][2]:,.0f} sequences/s "
+        f"scoring), {memory[big, 'bf16'][1]:.0f} s in bf16 ({memory[big, 'bf16'][2]:,.0f}/s); "
+        f"memory changed by {100 * change['32']:+.1f}% (bf16: {100 * change['bf16']:+.1f}%) from "
+        f"{FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the run's "
+        "thresholds, and the TSV writing, all included. Each chunk of 8,192 records is scored "
+        f"in parts of {SCORE_ROWS:,}, the C heap's free pages returned after each part "
+        "(`ecstream.allocator`). bf16: bfloat16 matrix products (PyTorch's autocast), which "
+        "this CPU runs natively (AVX512-BF16); a CPU without them emulates them, slower.",
+        "",
+        *_bf16_cost(),
         "",
         scorer,
         "",

@@ -60,6 +60,10 @@ def test_every_run_kind_answers_the_python_api(runs):
     assert all(p.shape == (6, 7) for p in probs.values())
     assert (probs[knn][:5].argmax(1) == labels[:5]).all() and np.isnan(probs[knn][5]).all()
     assert not np.isnan(probs[hybrid]).any()  # no hit: the CNN answers
+    hybrid16 = load_model(hybrid, precision="bf16")  # its CNN scores in bfloat16
+    assert hybrid16.precision == hybrid16.cnn.precision == "bf16"
+    with pytest.raises(ValueError, match="knn run has no forward pass"):
+        load_model(knn, precision="bf16")
 
 
 def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_path, monkeypatch):

@@ -352,6 +352,22 @@ def test_a_full_ec_run_predicts_every_level_and_says_so(ec_run, small_store, tmp
     assert len(meta["model_sha256"]) == 64 and meta["kind"] == "cnn"
 
 
+def test_bf16_scoring_is_used_when_asked_and_stays_close_to_float32(ec_run, small_store, tmp_path):
+    seqs = next(small_store.records("test")).seqs[:64]
+    exact, fast = load_model(ec_run), load_model(ec_run, precision="bf16")
+    logits32, logits16 = exact.all_logits(seqs), fast.all_logits(seqs)
+    assert not np.array_equal(logits32, logits16)  # bfloat16 products really ran
+    assert np.abs(logits32 - logits16).max() < 0.1  # rounding: bfloat16 keeps 8 bits of mantissa
+    agree = exact.score([], seqs).probs.argmax(1) == fast.score([], seqs).probs.argmax(1)
+    assert agree.mean() >= 0.95
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text("".join(f">p{i}\n{s.decode()}\n" for i, s in enumerate(seqs)))
+    predict_file(fast, fasta, tmp_path / "p.tsv")
+    assert json.loads(sidecar(tmp_path / "p.tsv").read_text())["precision"] == "bf16"
+    with pytest.raises(ValueError, match="--precision must be one of 32, bf16"):
+        load_model(ec_run, precision="16")
+
+
 def test_a_class_run_fills_the_ec_columns_at_depth_one(cnn_run, tmp_path):
     fasta = tmp_path / "q.fasta"
     fasta.write_text(">a\nMKVLAAGIVGLLLAAQPAMAKKLLLAAAGGHHH\n")

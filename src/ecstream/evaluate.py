@@ -184,6 +184,7 @@ def evaluate(
     allow_seen: bool = False,
     progress: Callable[[str], None] | None = None,
     allow_partial: bool = False,
+    precision: str = "32",
 ) -> dict:
     """Score a store split or a labelled file with a run; write metrics.json and the plots.
 
@@ -193,17 +194,20 @@ def evaluate(
     ``out`` may be neither the run nor the store, nor inside them; it is claimed for the whole
     evaluation, so a second evaluation into it fails at once. A file that ends early or cannot
     be decoded is refused unless ``allow_partial``; then the records before the break are
-    evaluated and the result's ``partial`` says where it stopped.
+    evaluated and the result's ``partial`` says where it stopped. ``precision`` is that of a
+    CNN's forward pass (``32`` or ``bf16``), to measure what bfloat16 scoring costs.
     """
     _check_out(out, run, source)
+    model = load_model(run, precision=precision)
     with claim(out):
         return _evaluate(
-            run, source, Path(out), split, columns, fmt, bands, allow_seen, allow_partial, progress
-        )
+            model, source, Path(out), split, columns, fmt, bands, allow_seen, allow_partial,
+            progress,
+        )  # fmt: skip
 
 
 def _evaluate(
-    run: str | os.PathLike,
+    model: Predictor,
     source: Any,
     out: Path,
     split: str,
@@ -214,7 +218,7 @@ def _evaluate(
     allow_partial: bool,
     progress: Callable[[str], None] | None,
 ) -> dict:
-    model = load_model(run)
+    run = model.run
     full_ec = model.vocab.depth > 1  # a class run is measured on single-class records only
     skips, info = Skips(), SourceInfo()
     if is_store(source):
@@ -283,6 +287,7 @@ def _evaluate(
     result = {
         "run": str(Path(run).resolve()),
         "kind": model.kind,
+        "precision": model.precision,
         "source": where,
         **metrics(y_true, y_pred, model.policy),
         "seen": seen,

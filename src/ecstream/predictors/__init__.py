@@ -16,15 +16,20 @@ from .homolog import HybridPredictor, KNNPredictor
 KINDS = {"cnn": CNNPredictor, "knn": KNNPredictor, "hybrid": HybridPredictor}
 
 
-def load_model(run: str | os.PathLike, device: str | None = None) -> Predictor:
-    """Load a run for prediction: a CNN, a homology (kNN) or a hybrid run."""
+def load_model(
+    run: str | os.PathLike, device: str | None = None, precision: str = "32"
+) -> Predictor:
+    """Load a run for prediction: a CNN, a homology (kNN) or a hybrid run; ``precision``
+    (``32`` or ``bf16``) is that of a CNN's forward pass (``config.SCORING_PRECISIONS``)."""
     config = read_config(run)
     kind = config["kind"]
     if kind not in KINDS:
         raise RunError(f"{run}: unknown run kind {kind!r}; this ecstream knows {', '.join(KINDS)}")
     if kind == "knn":
+        if precision != "32":
+            raise ValueError(f"--precision: a {kind} run has no forward pass (it searches)")
         return KNNPredictor(run, config)
-    return KINDS[kind](run, config, device)
+    return KINDS[kind](run, config, device, precision=precision)
 
 
 __all__ = [

@@ -54,6 +54,7 @@ class Predictor:
     max_length: int | None = None  # sequences longer than this are truncated; None: never
     batch_size: int | None = None  # sequences per forward pass; None: the predictor has none
     score_rows: int | None = None  # predict scores a chunk in parts of this many; None: whole
+    precision: str | None = None  # number format of the forward pass; None: the predictor has none
     extra_columns: tuple[str, ...] = ()
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:

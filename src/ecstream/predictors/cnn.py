@@ -10,7 +10,7 @@ import torch
 
 from .. import alphabet
 from ..batches import padded_width
-from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS
+from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS, SCORING_PRECISIONS
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
@@ -38,7 +38,8 @@ def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
 
 class CNNPredictor(Predictor):
     """Scores sequences with a run's best weights (``RUN/model.pt``), calibrated on validation
-    (``RUN/calibration.json``) unless ``calibrated=False``."""
+    (``RUN/calibration.json``) unless ``calibrated=False``, in float32 or, with
+    ``precision="bf16"``, with bfloat16 matrix products (``config.SCORING_PRECISIONS``)."""
 
     kind = "cnn"
 
@@ -48,8 +49,13 @@ class CNNPredictor(Predictor):
         config: dict,
         device: str | None = None,
         calibrated: bool = True,
+        precision: str = "32",
     ):
-        self.run, self.config = Path(run), config
+        if precision not in SCORING_PRECISIONS:
+            raise ValueError(
+                f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {precision!r}"
+            )
+        self.run, self.config, self.precision = Path(run), config, precision
         self.policy = LabelPolicy.from_dict(config["labels"])
         self.vocab = (
             ECVocabulary.from_dict(config["vocabulary"])
@@ -83,7 +89,9 @@ class CNNPredictor(Predictor):
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Logits for a uint8 token batch ``[B, L]``."""
         x = torch.from_numpy(tokens).to(self.device)
-        return self.scorer(x).float().cpu().numpy()
+        bf16 = self.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return self.scorer(x).float().cpu().numpy()
 
     def handled(self, length: int) -> str:
         if length <= self.max_length or self.long == "whole":

@@ -215,9 +215,13 @@ class HybridPredictor(Predictor):
     kind = "hybrid"
     extra_columns = (*EXTRA_COLUMNS, "homolog_depth")  # levels taken from the homolog
 
-    def __init__(self, run: str | os.PathLike, config: dict, device: str | None = None):
+    def __init__(
+        self, run: str | os.PathLike, config: dict, device: str | None = None, precision: str = "32"
+    ):
         self.run, self.config = Path(run), config
-        self.cnn = CNNPredictor(config["cnn_run"], read_config(config["cnn_run"]), device)
+        cnn_config = read_config(config["cnn_run"])
+        self.cnn = CNNPredictor(config["cnn_run"], cnn_config, device, precision=precision)
+        self.precision = precision
         self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
         self.vocab = self.knn.vocab
