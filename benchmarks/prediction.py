@@ -182,7 +182,8 @@ def run() -> str:
         big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
         for precision in PRECISIONS:
             out = WORK / f"ec-{n}.tsv"
-            memory[n, precision] = _predict(RUNS / "small-ec", big, out, "--precision", precision)
+            speed, peak, wall = _predict(RUNS / "small-ec", big, out, "--precision", precision)
+            memory[n, precision] = (peak, wall, speed)
             out.unlink(missing_ok=True)
     change = {
         p: memory[FASTA_SIZES[1], p][0] / memory[FASTA_SIZES[0], p][0] - 1 for p in PRECISIONS
@@ -194,7 +195,7 @@ def run() -> str:
 
     def memory_row(n: int) -> str:
         cells = " / ".join(f"{memory[n, p][0]:.0f}" for p in PRECISIONS)
-        target = "| |"
+        target = "| | |"
         if n > FASTA_SIZES[0]:
             target = f"| flat (±10%) | {met(ok['32'])} / {met(ok['bf16'])} |"
         return (

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ecstream
 from ecstream import build
 from ecstream.hashing import hash64
-from ecstream.identity import BANDS, band_counts, identity_bands
+from ecstream.identity import BANDS, band_accuracy, band_counts, identity_bands
 from ecstream.mmseqs import binary, search
 from ecstream.mmseqs.binary import MMseqs, MMseqsError, MMseqsNotFound
 from ecstream.mmseqs.cluster import ClusterSplit
@@ -90,6 +92,35 @@ def test_bands_are_one_constant_and_map_identities():
     ]
     counts = band_counts(ident)
     assert list(counts) == list(BANDS) and sum(counts.values()) == len(ident)
+
+
+def test_band_accuracy_matches_a_hand_computed_example():
+    nan = np.nan
+    identity = np.array([0.95, 0.95, 0.95, nan, nan, nan, nan])
+    y_true = np.array([0, 1, 1, 2, 2, 2, 3])
+    y_pred = np.array([0, 1, 0, 2, 2, 2, 2])  # no hit: always the band's largest class
+    bands = band_accuracy(y_true, y_pred, identity)
+    assert bands[">=0.9"] == pytest.approx(
+        {"n": 3, "accuracy": 2 / 3, "balanced_accuracy": 3 / 4, "classes": 2, "majority": 2 / 3}
+    )
+    assert bands["no_hit"] == pytest.approx(
+        {"n": 4, "accuracy": 3 / 4, "balanced_accuracy": 1 / 2, "classes": 2, "majority": 3 / 4}
+    )
+    empty = {"n": 0, "accuracy": None, "balanced_accuracy": None, "classes": 0, "majority": None}
+    assert bands["<0.3"] == empty
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=60), st.integers(0, 6))
+def test_a_constant_guess_is_balanced_chance_and_the_largest_class_is_its_best(truth, guess):
+    y_true = np.array(truth)
+    band = band_accuracy(y_true, np.full(len(truth), guess), np.full(len(truth), np.nan))["no_hit"]
+    present = np.unique(y_true)
+    assert band["balanced_accuracy"] == pytest.approx((guess in present) / len(present))
+    assert band["accuracy"] <= band["majority"] + 1e-12
+    best = np.bincount(y_true).argmax()
+    assert band_accuracy(y_true, np.full(len(truth), best), np.full(len(truth), 0.95))[">=0.9"][
+        "accuracy"
+    ] == pytest.approx(band["majority"])
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch, tmp_path, data_path):

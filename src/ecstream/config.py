@@ -13,7 +13,7 @@ from .plan import BatchSettings
 
 #: Sequences per forward pass when predicting, on CPU and on a GPU. On CPU a small pass keeps
 #: its activations in cache, and :class:`~ecstream.model.Scorer` has little per-pass overhead
-#: (BENCHMARKS.md, prediction section, compares 256); a GPU wants many rows at once.
+#: (BENCHMARKS.md, the prediction section's history, compares 256); a GPU wants many rows at once.
 PREDICT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 #: Sequences a CNN scores and decodes at a time when predicting: a full-EC run's outputs and
 #: their temporaries (3,577 classes a row) stay tens of MB, not hundreds, so the peak memory

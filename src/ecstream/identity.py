@@ -47,11 +47,28 @@ def band_counts(identity: np.ndarray) -> dict[str, int]:
 
 
 def band_accuracy(y_true: np.ndarray, y_pred: np.ndarray, identity: np.ndarray) -> dict:
-    """Records and accuracy per band of identity to the training split."""
+    """Per band of identity to the training split: records, accuracy, balanced accuracy (the
+    mean of each true class's recall), the ``classes`` present and ``majority``, the share of
+    the band's largest class.
+
+    A band of proteins without homologs is often a few large families of one class, so its
+    accuracy rewards leaning towards that class: ``majority`` is what always guessing it
+    scores, and balanced accuracy is 1/(classes present) for any constant guess.
+    """
     names = identity_bands(identity)
     out = {}
     for band in BANDS:
         sel = names == band
         n = int(sel.sum())
-        out[band] = {"n": n, "accuracy": float((y_true[sel] == y_pred[sel]).mean()) if n else None}
+        out[band] = dict(n=n, accuracy=None, balanced_accuracy=None, classes=0, majority=None)
+        if n:
+            truth, right = y_true[sel], y_true[sel] == y_pred[sel]
+            classes, counts = np.unique(truth, return_counts=True)
+            recall = [right[truth == c].mean() for c in classes]
+            out[band] |= {
+                "accuracy": float(right.mean()),
+                "balanced_accuracy": float(np.mean(recall)),
+                "classes": len(classes),
+                "majority": float(counts.max() / n),
+            }
     return out

@@ -145,19 +145,26 @@ def bands_table(result: dict) -> Table | None:
         "identity",
         "proteins",
         "class accuracy",
+        "balanced",
+        "largest class",
         *(f"level {lv['level']}" for lv in levels),
     ):
         table.add_column(col, justify="right")
     for band, info in bands.items():
-        cells = [_share(info["accuracy"])]
+        # evaluations written before the balanced figures lack them
+        extra = (info.get("balanced_accuracy"), info.get("majority"))
+        cells = [_share(info["accuracy"]), *map(_share, extra)]
         cells += [_share(lv["identity_bands"][band]["accuracy"]) for lv in levels]
         table.add_row(band.replace("_", " "), f"{info['n']:,}", *cells)
+    notes = [
+        "balanced: the mean of each class's recall; largest class: what always guessing the "
+        "band's most common class scores"
+    ]
     if levels and (hits := levels[0].get("profile_hits", {})).get("n"):
-        cells = ["", *(_share(lv["profile_hits"]["accuracy"]) for lv in levels)]
+        cells = ["", "", "", *(_share(lv["profile_hits"]["accuracy"]) for lv in levels)]
         table.add_row("profile hits", f"{hits['n']:,}", *cells)
-        table.caption = (
-            "profile hits: no hit in the search, a homolog found by the profile fallback"
-        )
+        notes.insert(0, "profile hits: no hit in the search, found by the profile fallback")
+    table.caption = "; ".join(notes)
     return table
 
 
