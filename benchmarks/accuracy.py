@@ -16,7 +16,8 @@ the CLI:
    both CNNs evaluated on val as well (level 1 without a homolog, issue 12);
 7. on the strict split, issue 12's ablation (``ABLATION``): CNN arms with and without the
    training regularisers, trained two at a time on one thread each, each pair with a plain
-   arm of its own, evaluated on test and val.
+   arm of its own, evaluated on test and val; then ensembles of them (``ENSEMBLES``), scored
+   in this process.
 
 This takes hours on 2 cores. Every step writes under ``bench-output/accuracy/`` and records its
 time in ``times.json`` when it succeeds; a step already recorded is skipped, so an interrupted
@@ -100,7 +101,8 @@ ABLATION = (
         "arm-cw": ("+ class weights (1/frequency)", ("--class-weights",)),
     },
 )  # fmt: skip
-#: Seed ensembles of the ablation's class arms: the mean of their calibrated probabilities.
+#: Ensembles of the ablation's class arms (of seeds; of all arms): the mean of their
+#: calibrated probabilities.
 ENSEMBLES = {
     "ens-seeds": ("mean of the three plain seeds",
                   ("arm-plain", "arm-plain-seed1", "arm-plain-seed2")),
@@ -265,6 +267,8 @@ def _ensemble_metrics(d: Path, members: tuple[str, ...], split: str) -> dict:
     store = ecstream.open_store(d / "store")
     ids, seqs, labels, left = [], [], [], store.single_class_records(split)
     for chunk in store.records(split):  # the single-class records come first
+        if not left:
+            break
         take = min(left, len(chunk))
         ids += chunk.ids[:take]
         seqs += chunk.seqs[:take]
@@ -664,7 +668,7 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         "*Trained*: records seen in training (epochs, the cap may cut the last; the epoch of "
         "the lowest val loss, whose weights were kept). Time: training, wall clock and CPU. "
         "*Balanced*: the mean of each class's recall on the test proteins without a hit (of the "
-        "rows with one class), 1/(classes) for any constant guess.",
+        "rows with one class), at most 1/(classes) for any constant guess.",
         "",
         "| run | arm | val | val, no hit (n) | test | test, no hit (n) | balanced | trained "
         "| training time |",
@@ -714,7 +718,7 @@ def _ensembles(d: Path, times: dict, split: str) -> list[str]:
         lines.append(
             f"| `{name}` | {label} ({', '.join(f'`{m}`' for m in members)}) | "
             f"{' | '.join(cells)} | {_balanced(d / f'eval-{name}')} | "
-            f"{_minutes(times[f'{split}/ensemble {name}'])} |"
+            f"{_seconds(times.get(f'{split}/ensemble {name}'))} |"
         )
     largest = [
         _json(d / f"eval{which}-{made[0]}" / "metrics.json")["identity_bands"]["no_hit"]
@@ -723,7 +727,7 @@ def _ensembles(d: Path, times: dict, split: str) -> list[str]:
     lines.append(
         f"| largest class | the band's most common class, always | | "
         f"{_share(largest[0]['majority'])} | | {_share(largest[1]['majority'])} | "
-        f"{1 / largest[1]['classes']:.3f} | |"
+        f"{_share(1 / c if (c := largest[1]['classes']) else None)} | |"
     )
     return [*lines, ""]
 
@@ -778,6 +782,10 @@ def _throughput(splits: list[str]) -> list[str]:
 
 def _add(*steps: dict) -> dict:
     return {k: sum(t[k] for t in steps) for k in ("wall", "cpu")}
+
+
+def _seconds(t: dict | None) -> str:
+    return "–" if t is None else f"{t['wall']:.0f} s ({t['cpu']:.0f} CPU-s)"
 
 
 def _minutes(t: dict) -> str:

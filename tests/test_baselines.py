@@ -60,10 +60,20 @@ def test_every_run_kind_answers_the_python_api(runs):
     assert all(p.shape == (6, 7) for p in probs.values())
     assert (probs[knn][:5].argmax(1) == labels[:5]).all() and np.isnan(probs[knn][5]).all()
     assert not np.isnan(probs[hybrid]).any()  # no hit: the CNN answers
-    hybrid16 = load_model(hybrid, precision="bf16")  # its CNN scores in bfloat16
+    hybrid16 = ecstream.load_model(hybrid, precision="bf16")  # its CNN scores in bfloat16
     assert hybrid16.precision == hybrid16.cnn.precision == "bf16"
-    with pytest.raises(ValueError, match="knn run has no forward pass"):
-        load_model(knn, precision="bf16")
+
+
+def test_a_knn_run_refuses_bf16_in_one_line_and_writes_nothing(runs, tmp_path, capsys):
+    from ecstream.cli import main
+
+    store, _, knn, *_ = runs
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(knn), str(store.path), "--out", str(out), "--precision", "bf16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--precision: a knn run has no forward pass" in err.replace("\n", " ")
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_a_failed_knn_run_leaves_nothing_and_its_out_can_be_reused(runs, tmp_path, monkeypatch):

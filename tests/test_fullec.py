@@ -19,6 +19,7 @@ from ecstream.calibrate import (
     precision_thresholds,
 )
 from ecstream.ecmetrics import LevelScores
+from ecstream.evaluate import evaluate
 from ecstream.hierarchy import (
     Call,
     calibrated,
@@ -357,13 +358,18 @@ def test_bf16_scoring_is_used_when_asked_and_stays_close_to_float32(ec_run, smal
     exact, fast = load_model(ec_run), load_model(ec_run, precision="bf16")
     logits32, logits16 = exact.all_logits(seqs), fast.all_logits(seqs)
     assert not np.array_equal(logits32, logits16)  # bfloat16 products really ran
-    assert np.abs(logits32 - logits16).max() < 0.1  # rounding: bfloat16 keeps 8 bits of mantissa
-    agree = exact.score([], seqs).probs.argmax(1) == fast.score([], seqs).probs.argmax(1)
-    assert agree.mean() >= 0.95
+    # bfloat16 keeps 8 bits of mantissa: a logit moves by < 1% of its size, plus a little
+    assert (np.abs(logits32 - logits16) <= 0.01 * np.abs(logits32) + 0.05).all()
+    probs32, probs16 = exact.score([], seqs).probs, fast.score([], seqs).probs
+    top2 = np.sort(probs32, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02  # near ties may flip
+    assert (probs32.argmax(1) == probs16.argmax(1))[clear].all() and clear.sum() > len(seqs) / 2
     fasta = tmp_path / "q.fasta"
     fasta.write_text("".join(f">p{i}\n{s.decode()}\n" for i, s in enumerate(seqs)))
     predict_file(fast, fasta, tmp_path / "p.tsv")
-    assert json.loads(sidecar(tmp_path / "p.tsv").read_text())["precision"] == "bf16"
+    assert json.loads(sidecar(tmp_path / "p.tsv").read_text())["scoring_precision"] == "bf16"
+    result = evaluate(ec_run, small_store.path, tmp_path / "eval", bands=False, precision="bf16")
+    assert result["scoring_precision"] == "bf16"
     with pytest.raises(ValueError, match="--precision must be one of 32, bf16"):
         load_model(ec_run, precision="16")
 

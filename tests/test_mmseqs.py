@@ -110,6 +110,29 @@ def test_band_accuracy_matches_a_hand_computed_example():
     assert bands["<0.3"] == empty
 
 
+def test_the_bands_table_shows_balanced_accuracy_and_reads_older_results():
+    from rich.console import Console
+
+    from ecstream.report import bands_table
+
+    identity = np.array([0.95, 0.95, 0.95, np.nan])
+    bands = band_accuracy(np.array([0, 1, 1, 2]), np.array([0, 1, 0, 2]), identity)
+    table = bands_table({"identity_bands": bands, "levels": []})
+    headers = [column.header for column in table.columns]
+    assert headers == ["identity", "proteins", "class accuracy", "balanced", "largest class"]
+    console = Console(record=True, width=200)
+    console.print(table)
+
+    def cells(text: str) -> list[str]:  # the last >=0.9 row, without the table's borders
+        row = [line for line in text.splitlines() if ">=0.9" in line][-1]
+        return row.replace("│", " ").split()[1:]
+
+    assert cells(console.export_text(clear=False)) == ["3", "0.667", "0.750", "0.667"]
+    older = {band: {"n": b["n"], "accuracy": b["accuracy"]} for band, b in bands.items()}
+    console.print(bands_table({"identity_bands": older, "levels": []}))
+    assert cells(console.export_text()) == ["3", "0.667", "–", "–"]
+
+
 @given(st.lists(st.integers(0, 6), min_size=1, max_size=60), st.integers(0, 6))
 def test_a_constant_guess_is_balanced_chance_and_the_largest_class_is_its_best(truth, guess):
     y_true = np.array(truth)

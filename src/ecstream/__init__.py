@@ -16,14 +16,15 @@ from .store import Store, StoreError, open_store
 from .version import __version__
 
 
-def load_model(run, device: str | None = None):
-    """A trained run (CNN, kNN or hybrid) for prediction: ``load_model(RUN).predict(seqs)``.
+def load_model(run, device: str | None = None, precision: str = "32"):
+    """A trained run (CNN, kNN or hybrid) for prediction: ``load_model(RUN).predict(seqs)``;
+    ``precision="bf16"`` scores a CNN with bfloat16 matrix products (``predict --precision``).
 
     Imported on use, so ``import ecstream`` does not load PyTorch.
     """
     from .predictors import load_model as load
 
-    return load(run, device)
+    return load(run, device, precision)
 
 
 __all__ = [

@@ -606,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _precision_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision", choices=SCORING_PRECISIONS, default=SCORING_PRECISIONS[0],
-        help="number format of a CNN's forward pass: 32 (default; the same outputs on any "
-        "machine) or bf16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; probabilities "
-        "differ from 32's in the second or third digit)",
+        help="number format of a CNN's forward pass: 32 (default, float32: as the run was "
+        "trained and calibrated) or bf16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
+        "probabilities differ from 32's in the second or third digit)",
     )  # fmt: skip
 
 

@@ -28,11 +28,11 @@ SCORING_PRIMITIVE_CACHE = 8
 #: over any length), ``windows`` (overlapping windows of the training length, logits averaged)
 #: or ``truncated`` (its first residues); BENCHMARKS.md compares them.
 LONG_SEQUENCES = "whole"
-#: Number formats a CNN can score in: ``32`` (float32, the default: the same outputs on any
-#: machine) or ``bf16`` (bfloat16 matrix products, float32 sums and outputs): faster where the
-#: hardware has bfloat16 units (GPUs; CPUs with AVX512-BF16 or AMX), emulated and slower
-#: elsewhere, and its probabilities differ from float32's in the second or third digit
-#: (BENCHMARKS.md, prediction section, measures both).
+#: Number formats a CNN can score in: ``32`` (float32, the default: as the run was trained and
+#: calibrated) or ``bf16`` (bfloat16 matrix products, so bfloat16 logits; the residual sums and
+#: normalisation stay float32): faster where the hardware has bfloat16 units (GPUs; CPUs with
+#: AVX512-BF16 or AMX), emulated and slower elsewhere, and its probabilities differ from
+#: float32's in the second or third digit (BENCHMARKS.md, prediction section, measures both).
 SCORING_PRECISIONS = ("32", "bf16")
 #: Classes listed in a prediction's ``top_k`` column.
 TOP_K = 3

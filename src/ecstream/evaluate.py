@@ -191,11 +191,12 @@ def evaluate(
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
     default it is on when MMseqs2 is installed. Records the run was trained on are counted
     first: above :data:`MAX_SEEN` of them the evaluation is refused unless ``allow_seen``.
-    ``out`` may be neither the run nor the store, nor inside them; it is claimed for the whole
-    evaluation, so a second evaluation into it fails at once. A file that ends early or cannot
-    be decoded is refused unless ``allow_partial``; then the records before the break are
-    evaluated and the result's ``partial`` says where it stopped. ``precision`` is that of a
-    CNN's forward pass (``32`` or ``bf16``), to measure what bfloat16 scoring costs.
+    ``out`` may be neither the run nor the store, nor inside them; once the run is loaded, it is
+    claimed for the whole evaluation, so a second evaluation into it fails before scoring. A
+    file that ends early or cannot be decoded is refused unless ``allow_partial``; then the
+    records before the break are evaluated and the result's ``partial`` says where it stopped.
+    ``precision`` is that of a CNN's forward pass (``32`` or ``bf16``), to measure what
+    bfloat16 scoring costs.
     """
     _check_out(out, run, source)
     model = load_model(run, precision=precision)
@@ -287,7 +288,7 @@ def _evaluate(
     result = {
         "run": str(Path(run).resolve()),
         "kind": model.kind,
-        "precision": model.precision,
+        "scoring_precision": model.precision,
         "source": where,
         **metrics(y_true, y_pred, model.policy),
         "seen": seen,

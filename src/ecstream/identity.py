@@ -53,7 +53,7 @@ def band_accuracy(y_true: np.ndarray, y_pred: np.ndarray, identity: np.ndarray) 
 
     A band of proteins without homologs is often a few large families of one class, so its
     accuracy rewards leaning towards that class: ``majority`` is what always guessing it
-    scores, and balanced accuracy is 1/(classes present) for any constant guess.
+    scores, and balanced accuracy is at most 1/(classes present) for any constant guess.
     """
     names = identity_bands(identity)
     out = {}

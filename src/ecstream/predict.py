@@ -253,7 +253,7 @@ def _provenance(model: Predictor, thresholds: list, min_confidence: float | None
         if min_confidence is not None
         else ("the run's calibration" if model.thresholds is not None else "uncalibrated default"),
         "levels": model.vocab.depth,
-        "precision": model.precision,
+        "scoring_precision": model.precision,
     }
 
 

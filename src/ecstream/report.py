@@ -133,7 +133,8 @@ def metrics_table(result: dict) -> Table:
 
 def bands_table(result: dict) -> Table | None:
     """Accuracy per band of identity to the training split, when the evaluation has it: class
-    accuracy, and the top prediction's at every EC level the run predicts."""
+    accuracy with its balanced accuracy and the band's largest class, and the top prediction's
+    accuracy at every EC level the run predicts."""
     bands = result.get("identity_bands")
     if not bands:
         return None
