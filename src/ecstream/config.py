@@ -34,6 +34,17 @@ LONG_SEQUENCES = "whole"
 #: AVX512-BF16 or AMX), emulated and slower elsewhere, and its probabilities differ from
 #: float32's in the second or third digit (BENCHMARKS.md, prediction section, measures both).
 SCORING_PRECISIONS = ("32", "bf16")
+
+
+def scoring_precision(value: str) -> str:
+    """``value`` if it is one of :data:`SCORING_PRECISIONS`, else a clear error."""
+    if value not in SCORING_PRECISIONS:
+        raise ValueError(
+            f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {value!r}"
+        )
+    return value
+
+
 #: Classes listed in a prediction's ``top_k`` column.
 TOP_K = 3
 #: The threshold of every level for runs made before runs were calibrated on validation.

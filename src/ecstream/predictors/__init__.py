@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..config import SCORING_PRECISIONS
+from ..config import scoring_precision
 from ..runs import RunError, read_config
 from .base import Predictor, Scores
 from .cnn import CNNPredictor
@@ -26,12 +26,8 @@ def load_model(
     kind = config["kind"]
     if kind not in KINDS:
         raise RunError(f"{run}: unknown run kind {kind!r}; this ecstream knows {', '.join(KINDS)}")
-    if precision not in SCORING_PRECISIONS:
-        raise ValueError(
-            f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {precision!r}"
-        )
     if kind == "knn":
-        if precision != "32":
+        if scoring_precision(precision) != "32":
             raise ValueError(f"--precision: a {kind} run has no forward pass (it searches)")
         return KNNPredictor(run, config)
     return KINDS[kind](run, config, device, precision=precision)

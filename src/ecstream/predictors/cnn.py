@@ -10,7 +10,7 @@ import torch
 
 from .. import alphabet
 from ..batches import padded_width
-from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS, SCORING_PRECISIONS
+from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS, scoring_precision
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
@@ -51,11 +51,8 @@ class CNNPredictor(Predictor):
         calibrated: bool = True,
         precision: str = "32",
     ):
-        if precision not in SCORING_PRECISIONS:
-            raise ValueError(
-                f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {precision!r}"
-            )
-        self.run, self.config, self.precision = Path(run), config, precision
+        self.run, self.config = Path(run), config
+        self.precision = scoring_precision(precision)
         self.policy = LabelPolicy.from_dict(config["labels"])
         self.vocab = (
             ECVocabulary.from_dict(config["vocabulary"])
