@@ -24,9 +24,10 @@ def _report(**figures: object) -> None:
 
 
 def ecstream_epoch(
-    store: str, in_memory: bool, bucket: bool, batch_size: int, max_length: int
+    store: str, in_memory: bool, bucket: bool, batch_size: int, max_length: int, block: int = 0
 ) -> None:
-    """One epoch of the training split, as a training loop would stream it."""
+    """One epoch of the training split, as a training loop would stream it (``block``: the
+    opt-in locality-aware shuffle, ``train --shuffle-block``)."""
     import ecstream
 
     after_import = rss_anon_bytes()
@@ -39,6 +40,7 @@ def ecstream_epoch(
         epoch=0,
         in_memory=in_memory,
         bucket=bucket,
+        block=block,
     )
     start, cpu = time.perf_counter(), time.process_time()
     samples = 0

@@ -4,9 +4,12 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import head_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ecstream
 from ecstream.build import build_store
@@ -247,3 +250,33 @@ def test_a_store_built_by_ecstream_0_1_0_still_opens_and_matches_a_rebuild(data_
         assert old.fingerprint(split) == new.fingerprint(split)
         a = [b.x.tobytes() for b in old.batches(split, seed=3)]
         assert a == [b.x.tobytes() for b in new.batches(split, seed=3)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 2_000), distinct=st.integers(1, 60), seed=st.integers(0, 2**32 - 1))
+def test_the_overlap_check_counts_the_same_when_it_sorts_in_parts(
+    n, distinct, seed, tmp_path_factory
+):
+    """A bucket larger than PART_ENTRIES is spread over part files (flat memory at any size):
+    the counts are those of sorting it whole."""
+    from ecstream import overlap
+
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**64, distinct, dtype=np.uint64)  # few hashes: many repeats
+    hashes, splits = rng.choice(pool, n), rng.integers(0, 3, n).astype(np.uint8)
+    labels, rows = rng.integers(0, 7, n).astype(np.int16), np.arange(n, dtype=np.int64)
+
+    def report(part_entries: int) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(overlap, "PART_ENTRIES", part_entries)
+            check = overlap.OverlapCheck(tmp_path_factory.mktemp("overlap"))
+            for kind in ("sequence", "id"):
+                check.add(kind, hashes, splits, labels, rows)
+            return check.finish()
+
+    whole, parts = report(1 << 30), report(4)
+    for kind in ("sequence", "id"):
+        counts = {k: v for k, v in whole[kind].items() if k != "examples"}
+        assert counts == {k: v for k, v in parts[kind].items() if k != "examples"}
+        for key, found in parts[kind]["examples"].items():
+            assert len(found) == len(whole[kind]["examples"][key])

@@ -2,17 +2,23 @@
 
 During a build every kept record adds one small entry (a 64-bit hash of its sequence, or of its
 id, with its split, label and row) to one of 64 bucket files chosen by the hash's top bits. At the
-end each bucket is sorted on its own, so memory holds 1/64 of the entries at a time.
+end each bucket is sorted on its own, in parts of at most about :data:`PART_ENTRIES` entries
+(a large bucket is first spread over part files by further bits of the hash), so memory holds
+the same few MB whatever the number of entries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 ENTRY = np.dtype([("h", "<u8"), ("split", "u1"), ("label", "<i2"), ("row", "<i8")])
 BUCKET_BITS = 6
+#: Entries sorted at a time when the check finishes: sorting a structured array takes about
+#: 200 bytes an entry at its peak, so about 13 MB (BENCHMARKS.md, scale section).
+PART_ENTRIES = 1 << 16
 EXAMPLES = 5
 
 
@@ -35,13 +41,7 @@ class OverlapCheck:
             labels,
             rows,
         )
-        bucket = (entries["h"] >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
-        order = np.argsort(bucket, kind="stable")
-        entries, bucket = entries[order], bucket[order]
-        edges = np.searchsorted(bucket, np.arange((1 << BUCKET_BITS) + 1))
-        for b, fh in enumerate(self._files[kind]):
-            if edges[b + 1] > edges[b]:
-                entries[edges[b] : edges[b + 1]].tofile(fh)
+        _spread(entries, self._files[kind], 0, BUCKET_BITS)
 
     def finish(self) -> dict:
         """Counts (and example (split, row) pairs) of repeats, conflicts and cross-split overlap."""
@@ -56,11 +56,49 @@ class OverlapCheck:
             examples: dict[str, list] = {"conflicting_labels": [], "across_splits": []}
             for fh in files:
                 fh.close()
-                entries = np.fromfile(fh.name, dtype=ENTRY)
-                if len(entries):
+                for entries in _parts(Path(fh.name)):
                     _count(entries, totals, examples)
             report[kind] = {**totals, "examples": examples}
         return report
+
+
+def _spread(entries: np.ndarray, files: list, skip: int, bits: int) -> None:
+    """Append each entry to ``files[k]``, k the ``bits`` bits of its hash after the top ``skip``."""
+    key = (entries["h"] >> np.uint64(64 - skip - bits)) & np.uint64((1 << bits) - 1)
+    order = np.argsort(key, kind="stable")
+    entries, key = entries[order], key[order].astype(np.int64)
+    edges = np.searchsorted(key, np.arange((1 << bits) + 1))
+    for k, fh in enumerate(files):
+        if edges[k + 1] > edges[k]:
+            entries[edges[k] : edges[k + 1]].tofile(fh)
+
+
+def _parts(path: Path) -> Iterator[np.ndarray]:
+    """A bucket file's entries in parts of about :data:`PART_ENTRIES` (equal hashes in one part),
+    the file removed afterwards. A large bucket is spread over part files by the next bits of
+    the hash in one pass, so the check's memory stays flat however large the input."""
+    n = path.stat().st_size // ENTRY.itemsize
+    if n <= PART_ENTRIES:
+        if n:
+            yield np.fromfile(path, dtype=ENTRY)
+        path.unlink()
+        return
+    bits = int(np.ceil(np.log2(n / PART_ENTRIES)))
+    names = [path.with_name(f"{path.stem}-{k:03d}.bin") for k in range(1 << bits)]
+    files = [open(name, "wb") for name in names]  # noqa: SIM115 (closed below)
+    try:
+        entries = np.memmap(path, dtype=ENTRY, mode="r")
+        for start in range(0, n, PART_ENTRIES):
+            _spread(np.array(entries[start : start + PART_ENTRIES]), files, BUCKET_BITS, bits)
+        del entries
+    finally:
+        for fh in files:
+            fh.close()
+    path.unlink()
+    for name in names:
+        if name.stat().st_size:
+            yield np.fromfile(name, dtype=ENTRY)
+        name.unlink()
 
 
 def _groups(entries: np.ndarray, second: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
