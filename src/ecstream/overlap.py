@@ -2,7 +2,7 @@
 
 During a build every kept record adds one small entry (a 64-bit hash of its sequence, or of its
 id, with its split, label and row) to one of 64 bucket files chosen by the hash's top bits. At the
-end each bucket is sorted on its own, in parts of at most about :data:`PART_ENTRIES` entries
+end each bucket is sorted on its own, in parts of about :data:`PART_ENTRIES` entries
 (a large bucket is first spread over part files by further bits of the hash), so memory holds
 the same few MB whatever the number of entries.
 """
@@ -16,8 +16,9 @@ import numpy as np
 
 ENTRY = np.dtype([("h", "<u8"), ("split", "u1"), ("label", "<i2"), ("row", "<i8")])
 BUCKET_BITS = 6
-#: Entries sorted at a time when the check finishes: sorting a structured array takes about
-#: 200 bytes an entry at its peak, so about 13 MB (BENCHMARKS.md, scale section).
+#: Entries sorted at a time when the check finishes: sorting a structured array by several
+#: fields takes many times its size at its peak, so a part is kept to a few MB whatever the
+#: input (the scale section of BENCHMARKS.md has the build's peak memory at 1×, 10× and 100×).
 PART_ENTRIES = 1 << 16
 EXAMPLES = 5
 
