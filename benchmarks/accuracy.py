@@ -259,27 +259,18 @@ def _ensemble_metrics(d: Path, members: tuple[str, ...], split: str) -> dict:
     import numpy as np
 
     import ecstream
-    from ecstream.cache import scratch
+    from ecstream.evaluate import _first, _identity_to_train
     from ecstream.identity import band_accuracy
-    from ecstream.mmseqs.search import best_hits
-    from ecstream.predictors.homolog import training_targets
 
     store = ecstream.open_store(d / "store")
-    ids, seqs, labels, left = [], [], [], store.single_class_records(split)
-    for chunk in store.records(split):  # the single-class records come first
-        if not left:
-            break
-        take = min(left, len(chunk))
-        ids += chunk.ids[:take]
-        seqs += chunk.seqs[:take]
-        labels.append(chunk.labels[:take])
-        left -= take
-    y_true = np.concatenate(labels)
+    # the single-class records come first, as a class run's evaluation reads them
+    chunks = list(_first(store.records(split), store.single_class_records(split)))
+    ids = [i for chunk in chunks for i in chunk.ids]
+    seqs = [s for chunk in chunks for s in chunk.seqs]
+    y_true = np.concatenate([chunk.labels for chunk in chunks])
     probs = [ecstream.load_model(d / m).score(ids, seqs).probs for m in members]
     y_pred = np.mean(probs, axis=0).argmax(axis=1)
-    target = training_targets(d / members[0])
-    with scratch("bands") as work:
-        identity = best_hits(zip(ids, seqs, strict=True), target, work).max_fident
+    identity = _identity_to_train(d / members[0], lambda: iter(chunks))
     return {
         "accuracy": float((y_pred == y_true).mean()),
         "members": list(members),

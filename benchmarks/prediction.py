@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from common import (
     ECSTREAM,
@@ -41,16 +42,24 @@ PRECISIONS = ("32", "bf16")
 _SPEED = re.compile(r"([\d,]+) sequences/s")
 
 
+class Predicted(NamedTuple):
+    """One ``ecstream predict``: sequences/s as it printed them, peak anonymous MB, wall s."""
+
+    speed: float
+    peak_mb: float
+    wall_s: float
+
+
 def _predict(
     run: Path, fasta: Path, out: Path, *flags: str, env: dict[str, str] | None = None
-) -> tuple[float, float, float]:
-    """(sequences/s as printed, peak anonymous MB, wall seconds) of one ``ecstream predict``."""
+) -> Predicted:
+    """Run one ``ecstream predict`` on both cores and measure it."""
     _, err, peak, _, wall = run_sampled(
         [*ECSTREAM, "predict", str(run), str(fasta), "--out", str(out), *flags],
         env={**TWO_CORES, **(env or {})},
     )
     speed = float(_SPEED.findall(err.replace("\n", " "))[-1].replace(",", ""))
-    return speed, peak / MB, wall
+    return Predicted(speed, peak / MB, wall)
 
 
 def _test_fasta() -> tuple[Path, int]:
@@ -174,19 +183,19 @@ def run() -> str:
         for name in speeds:
             run, _, precision = name.partition(" ")
             flags = ("--precision", precision) if precision else ()
-            speeds[name].append(_predict(RUNS / run, fasta, WORK / f"{run}.tsv", *flags)[0])
+            speeds[name].append(_predict(RUNS / run, fasta, WORK / f"{run}.tsv", *flags).speed)
     med = {name: median(v) for name, v in speeds.items()}
     scorer = _scorer_against_forward(fasta)
-    memory = {}  # (sequences, precision) -> (peak MB, wall s, sequences/s)
+    memory: dict[tuple[int, str], Predicted] = {}  # by (sequences, precision)
     for n in FASTA_SIZES:
         big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
         for precision in PRECISIONS:
             out = WORK / f"ec-{n}.tsv"
-            speed, peak, wall = _predict(RUNS / "small-ec", big, out, "--precision", precision)
-            memory[n, precision] = (peak, wall, speed)
+            memory[n, precision] = _predict(RUNS / "small-ec", big, out, "--precision", precision)
             out.unlink(missing_ok=True)
     change = {
-        p: memory[FASTA_SIZES[1], p][0] / memory[FASTA_SIZES[0], p][0] - 1 for p in PRECISIONS
+        p: memory[FASTA_SIZES[1], p].peak_mb / memory[FASTA_SIZES[0], p].peak_mb - 1
+        for p in PRECISIONS
     }
     ok = {p: abs(c) <= MAX_MEMORY_CHANGE for p, c in change.items()}
 
@@ -194,7 +203,7 @@ def run() -> str:
         return "yes" if value else "**no**"
 
     def memory_row(n: int) -> str:
-        cells = " / ".join(f"{memory[n, p][0]:.0f}" for p in PRECISIONS)
+        cells = " / ".join(f"{memory[n, p].peak_mb:.0f}" for p in PRECISIONS)
         target = "| | |"
         if n > FASTA_SIZES[0]:
             target = f"| flat (±10%) | {met(ok['32'])} / {met(ok['bf16'])} |"
@@ -226,8 +235,9 @@ def run() -> str:
         f"{', '.join(f'{v:,.0f}' for v in speeds['small'])}: bf16 is "
         f"{med['small-ec bf16'] / med['small-ec']:.2f}× of float32, and full EC "
         f"{med['small-ec'] / med['small']:.2f}× of the classes. The {big:,} sequences took "
-        f"{memory[big, '32'][1]:.0f} s with start-up ({memory[big, '32'][2]:,.0f} sequences/s "
-        f"scoring), {memory[big, 'bf16'][1]:.0f} s in bf16 ({memory[big, 'bf16'][2]:,.0f}/s); "
+        f"{memory[big, '32'].wall_s:.0f} s with start-up ({memory[big, '32'].speed:,.0f} "
+        f"sequences/s scoring), {memory[big, 'bf16'].wall_s:.0f} s in bf16 "
+        f"({memory[big, 'bf16'].speed:,.0f}/s); "
         f"memory changed by {100 * change['32']:+.1f}% (bf16: {100 * change['bf16']:+.1f}%) from "
         f"{FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the run's "
         "thresholds, and the TSV writing, all included. Each chunk of 8,192 records is scored "

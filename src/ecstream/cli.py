@@ -607,8 +607,8 @@ def _precision_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision", choices=SCORING_PRECISIONS, default=SCORING_PRECISIONS[0],
         help="number format of a CNN's forward pass: 32 (default, float32: as the run was "
-        "trained and calibrated) or bf16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
-        "probabilities differ from 32's in the second or third digit)",
+        "trained and calibrated) or bf16 (for GPUs and CPUs with AVX512-BF16 or AMX; "
+        "probabilities differ slightly from 32's: BENCHMARKS.md measures speed and metrics)",
     )  # fmt: skip
 
 

@@ -30,9 +30,9 @@ SCORING_PRIMITIVE_CACHE = 8
 LONG_SEQUENCES = "whole"
 #: Number formats a CNN can score in: ``32`` (float32, the default: as the run was trained and
 #: calibrated) or ``bf16`` (bfloat16 matrix products, so bfloat16 logits; the residual sums and
-#: normalisation stay float32): faster where the hardware has bfloat16 units (GPUs; CPUs with
-#: AVX512-BF16 or AMX), emulated and slower elsewhere, and its probabilities differ from
-#: float32's in the second or third digit (BENCHMARKS.md, prediction section, measures both).
+#: normalisation stay float32): meant for hardware with bfloat16 units (GPUs; CPUs with
+#: AVX512-BF16 or AMX), and its probabilities differ slightly from float32's (BENCHMARKS.md,
+#: prediction section, measures speed and metrics of both on an AVX512-BF16 CPU).
 SCORING_PRECISIONS = ("32", "bf16")
 
 

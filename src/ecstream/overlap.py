@@ -18,7 +18,7 @@ ENTRY = np.dtype([("h", "<u8"), ("split", "u1"), ("label", "<i2"), ("row", "<i8"
 BUCKET_BITS = 6
 #: Entries sorted at a time when the check finishes: sorting a structured array by several
 #: fields takes many times its size at its peak, so a part is kept to a few MB whatever the
-#: input (the scale section of BENCHMARKS.md has the build's peak memory at 1×, 10× and 100×).
+#: input (``benchmarks/overlap_probe.py`` measures the peak as the check finishes).
 PART_ENTRIES = 1 << 16
 EXAMPLES = 5
 

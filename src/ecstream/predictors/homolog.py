@@ -221,7 +221,6 @@ class HybridPredictor(Predictor):
         self.run, self.config = Path(run), config
         cnn_config = read_config(config["cnn_run"])
         self.cnn = CNNPredictor(config["cnn_run"], cnn_config, device, precision=precision)
-        self.precision = precision
         self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
         self.vocab = self.knn.vocab
@@ -244,6 +243,11 @@ class HybridPredictor(Predictor):
 
     def handled(self, length: int) -> str:
         return self.cnn.handled(length)  # the search takes whole sequences; the CNN says how
+
+    @property
+    def precision(self) -> str:
+        """Number format of the CNN's forward pass."""
+        return self.cnn.precision
 
     @property
     def batch_size(self) -> int:
