@@ -100,6 +100,12 @@ ABLATION = (
         # the loss's counterpart of class-balanced sampling, which the exact order plan lacks
         "arm-cw": ("+ class weights (1/frequency)", ("--class-weights",)),
     },
+    {
+        # long proteins are the ones a family can be told apart by: a window hides most of it
+        "arm-crop": ("+ random crop to 256 residues", ("--crop", "256")),
+        "arm-deep": ("`deep`: five dilated blocks, a receptive field of ~380 residues",
+                     ("--model", "deep")),
+    },
 )  # fmt: skip
 #: Ensembles of the ablation's class arms (of seeds; of all arms): the mean of their
 #: calibrated probabilities.

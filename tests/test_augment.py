@@ -1,5 +1,6 @@
-"""Residue substitution (ecstream.augment): drawn from BLOSUM62, keyed by the step, the same
-residues of the same records whatever share of the global batch a process holds."""
+"""Training augmentations (ecstream.augment): residue substitution, drawn from BLOSUM62, and
+random cropping, both keyed by the step: the same residues (windows) of the same records whatever
+share of the global batch a process holds."""
 
 import math
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecstream import alphabet
-from ecstream.augment import substitute, substitution_cdf
+from ecstream.augment import crop, substitute, substitution_cdf
 
 TOKEN = {letter: k for k, letter in enumerate(alphabet.STANDARD, start=1)}
 
@@ -90,3 +91,63 @@ def test_a_batch_wider_than_the_runs_widest_is_refused():
     """The draws are made at the run's widest width: a wider batch would take other draws."""
     with pytest.raises(ValueError, match="wider than the run's widest"):
         substitute(torch.ones((2, 40), dtype=torch.uint8), 0.1, key=0, width=30)
+
+
+def _rows(lengths: list[int], width: int) -> torch.Tensor:
+    """Rows of residue tokens (1-21, cycling), padded at the end."""
+    out = torch.zeros((len(lengths), width), dtype=torch.uint8)
+    for r, n in enumerate(lengths):
+        out[r, :n] = torch.arange(n) % 21 + 1
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    width=st.integers(1, 40),
+    length=st.integers(1, 40),
+    key=st.integers(0, 2**40),
+)
+def test_a_crop_is_a_window_of_the_row_moved_to_its_beginning(data, width, length, key):
+    lengths = data.draw(st.lists(st.integers(0, width), min_size=1, max_size=8))
+    tokens = _rows(lengths, width)
+    out = crop(tokens, length, key)
+    assert out.shape == tokens.shape and out.dtype == tokens.dtype
+    assert torch.equal(out, crop(tokens, length, key))  # keyed: repeatable
+    for row, before, n in zip(out, tokens, lengths, strict=True):
+        kept = min(n, length)
+        residues = row[:kept]
+        assert int((row != 0).sum()) == kept  # the rest is padding
+        if n <= length:
+            assert torch.equal(row, before)  # a short row is left as it is
+        else:
+            starts = [s for s in range(n - kept + 1) if torch.equal(before[s : s + kept], residues)]
+            assert starts, "the kept residues are not a window of the row"
+
+
+def test_a_crops_start_is_drawn_over_every_window():
+    """A row of 10 residues cut to 3: all 8 starts are drawn, with about equal frequency."""
+    tokens = _rows([10] * 4000, 10)
+    starts = crop(tokens, 3, key=5)[:, 0].long() - 1  # residue k is token k + 1
+    counts = torch.bincount(starts, minlength=8)
+    assert len(counts) == 8 and counts.min() > 400  # 500 each expected; 5 s.d. is about 100
+    assert not torch.equal(crop(tokens, 3, key=6), crop(tokens, 3, key=5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(total=st.integers(1, 40), data=st.data(), key=st.integers(0, 2**40))
+def test_a_share_of_the_global_batch_gets_the_crops_of_the_whole(total, data, key):
+    lengths = data.draw(st.lists(st.integers(0, 30), min_size=total, max_size=total))
+    tokens = _rows(lengths, 30)
+    whole = crop(tokens, 7, key)
+    first = data.draw(st.integers(0, total - 1))
+    rows = data.draw(st.integers(1, total - first))
+    share = crop(tokens[first : first + rows].clone(), 7, key, share=(first, total))
+    assert torch.equal(share, whole[first : first + rows])
+
+
+def test_a_negative_crop_is_refused():
+    from ecstream.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--crop must be a number of residues"):
+        TrainConfig(crop=-1)

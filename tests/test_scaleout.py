@@ -109,10 +109,10 @@ def test_one_process_of_64_and_two_of_32_train_the_same_weights(small_store, tmp
     # (their dropout masks must still be the rows of the global batch's mask)
     n = small_store.single_class_records("train")
     size = next(b for b in range(64, 32, -2) if n % b % 2 and n % b > 2)
-    # residue substitution too: each process substitutes the residues of its share that one
-    # process substitutes in the whole global batch
+    # residue substitution and cropping too: each process substitutes (crops) the residues
+    # (rows) of its share that one process substitutes (crops) in the whole global batch
     common = ("--batch-size", str(size), "--global-batch", "--precision", "64-true",
-              "--substitution", "0.1")  # fmt: skip
+              "--substitution", "0.1", "--crop", "150")  # fmt: skip
     runs = {}
     for devices in ("1", "2"):
         runs[devices] = tmp_path / f"d{devices}"

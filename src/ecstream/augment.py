@@ -1,4 +1,5 @@
-"""Residue substitution for training: a regulariser against memorising families.
+"""Training augmentations, regularisers against memorising families: residue substitution and
+random cropping.
 
 A share of the residues of each training batch is replaced by another amino acid, drawn the
 way homologous proteins differ: from BLOSUM62, whose scores are log-odds in half-bits, so a
@@ -9,7 +10,8 @@ likely substitutions.) Padding and unknown residues are never touched or drawn.
 The draws come from a generator keyed by the training step (apart from dropout's) and cover
 the whole global batch at the widest possible width, each process taking the rows of its share
 and the columns of its batch: a run resumed mid-epoch substitutes the same residues of the same
-records, and with ``--global-batch`` so does a run on any number of processes.
+records, and with ``--global-batch`` so does a run on any number of processes. Cropping keeps a window of
+a long protein's residues, its start drawn the same way (one draw per row of the global batch).
 """
 
 from __future__ import annotations
@@ -73,3 +75,29 @@ def substitute(
     out = cpu.clone()
     out[hit] = drawn
     return out.to(device=tokens.device, dtype=tokens.dtype)
+
+
+def crop(
+    tokens: torch.Tensor, length: int, key: int, share: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """``tokens`` [B, L], padded at the end as training batches are, with each row of more than
+    ``length`` residues cut to a window of ``length`` of them, its start uniform over the
+    possible ones, moved to the row's beginning; shorter rows are unchanged.
+
+    ``share`` is as for :func:`substitute`.
+    """
+    if length <= 0:
+        return tokens
+    first, total = share or (0, len(tokens))
+    generator = torch.Generator().manual_seed(xxhash.xxh64_intdigest(b"crop:%d" % key) >> 1)
+    draws = torch.rand(total, generator=generator, dtype=torch.float64)[first : first + len(tokens)]
+    cpu = tokens.cpu()
+    n = (cpu != alphabet.PAD).sum(1)
+    kept = n.clamp(max=length)
+    start = (draws * (n - kept + 1)).long().clamp(max=n - kept)
+    columns = torch.arange(cpu.shape[1])
+    source = (columns + start[:, None]).clamp(max=cpu.shape[1] - 1)
+    out = torch.where(
+        columns < kept[:, None], cpu.gather(1, source), torch.zeros((), dtype=cpu.dtype)
+    )
+    return out.to(device=tokens.device)

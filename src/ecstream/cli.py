@@ -204,6 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         label_smoothing=args.label_smoothing,
         substitution=args.substitution,
+        crop=args.crop,
         max_time=args.max_time,
         progress=not args.quiet,
     )
@@ -426,8 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument(
-        "--model", default="small", choices=("small", "large", "knn", "hybrid"),
-        help="small (CNN for CPUs), large (CNN for GPUs), knn (nearest MMseqs2 homolog) or "
+        "--model", default="small", choices=("small", "deep", "large", "knn", "hybrid"),
+        help="small (CNN for CPUs), deep (small with five dilated blocks: a receptive field of "
+        "most of a protein, about twice small's work per residue), large (CNN for GPUs), knn (nearest MMseqs2 homolog) or "
         "hybrid (homolog above an identity threshold, else CNN; needs --cnn and --knn)",
     )  # fmt: skip
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
@@ -505,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace RATE of the training residues by a BLOSUM62 substitute, the same ones "
         "on resume (and, with --global-batch, on any number of processes) (default "
         "%(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--crop", type=int, default=t.crop, metavar="LENGTH",
+        help="train on a random window of LENGTH residues of each longer protein, drawn like "
+        "--substitution (default %(default)s: off)",
     )  # fmt: skip
     p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")

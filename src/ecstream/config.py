@@ -84,6 +84,7 @@ class TrainConfig:
     dropout: float | None = None  # before the head; None: the preset's
     label_smoothing: float = 0.0  # share of each level's target spread over all its classes
     substitution: float = 0.0  # share of residues replaced from BLOSUM62 (ecstream.augment)
+    crop: int = 0  # longer proteins train on a random window of this many residues (0: off)
     max_time: str | None = None  # DD:HH:MM:SS, e.g. for a demo with a time budget
     progress: bool = True
 
@@ -97,6 +98,8 @@ class TrainConfig:
             if value is not None and not 0 <= value < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be at least 0 and below 1, got {value}")
+        if self.crop < 0:
+            raise ValueError(f"--crop must be a number of residues (0: off), got {self.crop}")
         if self.target == "ec" and self.class_weights:
             raise ValueError("--class-weights applies to --target class runs only")
 

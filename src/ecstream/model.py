@@ -58,6 +58,9 @@ class ModelConfig:
 PRESETS = {
     # trains at a useful speed on 2 CPU cores
     "small": ModelConfig(),
+    # `small` with five dilated blocks: a receptive field of ~380 residues, most of a protein
+    # (ProteInfer's argument for transfer beyond families); about twice small's work
+    "deep": ModelConfig(dilations=(1, 2, 4, 8, 16)),
     # for GPUs: wide, no downsampling, five dilated residual blocks (receptive field ~ 70)
     "large": ModelConfig(
         embed=64,

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from .adapters.torch import loader
 from .atomic import atomic_open, claim, read_json, write_bytes, write_json
-from .augment import substitute
+from .augment import crop, substitute
 from .batches import Batches
 from .config import TrainConfig
 from .hashing import LineDigest, hash64
@@ -71,6 +71,7 @@ class ECModule(L.LightningModule):
         global_batch: bool = False,
         label_smoothing: float = 0.0,
         substitution: float = 0.0,
+        crop: int = 0,
         max_length: int = TrainConfig.max_length,
     ):
         super().__init__()
@@ -78,6 +79,7 @@ class ECModule(L.LightningModule):
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         # training only: validation loss (early stopping, the best checkpoint) stays plain
         self.label_smoothing, self.substitution = label_smoothing, substitution
+        self.crop = crop
         self.max_length = max_length  # the widest batch: substitution draws at this width
         self.vocab = vocab
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -123,17 +125,19 @@ class ECModule(L.LightningModule):
         return block.gather(1, top).squeeze(1).float()
 
     def _step_key(self) -> int:
-        """What keys the random draws of a training step (dropout, substitution)."""
+        """What keys the random draws of a training step (dropout, substitution, crop)."""
         return self.seed * 1_000_003 + self.global_step
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        # substituted on the host, before the batch goes to the device: no round trip
-        if self.trainer.training and self.substitution:
-            x = substitute(
-                batch.x, self.substitution, self._step_key(), self.max_length, batch.share
-            )
-            batch = batch._replace(x=x)
-        return batch
+        # augmented on the host, before the batch goes to the device: no round trip
+        if not self.trainer.training:
+            return batch
+        x = batch.x
+        if self.crop:  # first: the residues it keeps are those substitution may then replace
+            x = crop(x, self.crop, self._step_key(), batch.share)
+        if self.substitution:
+            x = substitute(x, self.substitution, self._step_key(), self.max_length, batch.share)
+        return batch._replace(x=x) if x is not batch.x else batch
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self.global_batch:
@@ -544,7 +548,7 @@ def _fit(
     module = ECModule(
         model_config, config.lr, config.weight_decay, weights, config.seed, vocab,
         global_batch=config.global_batch, label_smoothing=config.label_smoothing,
-        substitution=config.substitution, max_length=config.max_length,
+        substitution=config.substitution, crop=config.crop, max_length=config.max_length,
     )  # fmt: skip
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
@@ -660,7 +664,7 @@ def _launched_rank() -> int:
 
 
 #: Training settings added after runs were first made, with the value those runs had.
-ADDED_SETTINGS = {"dropout": None, "label_smoothing": 0.0, "substitution": 0.0}
+ADDED_SETTINGS = {"dropout": None, "label_smoothing": 0.0, "substitution": 0.0, "crop": 0}
 
 
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
