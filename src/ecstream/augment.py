@@ -10,8 +10,9 @@ likely substitutions.) Padding and unknown residues are never touched or drawn.
 The draws come from a generator keyed by the training step (apart from dropout's) and cover
 the whole global batch at the widest possible width, each process taking the rows of its share
 and the columns of its batch: a run resumed mid-epoch substitutes the same residues of the same
-records, and with ``--global-batch`` so does a run on any number of processes. Cropping keeps a window of
-a long protein's residues, its start drawn the same way (one draw per row of the global batch).
+records, and with ``--global-batch`` so does a run on any number of processes. Cropping keeps a
+window of a long protein's residues, its start drawn the same way (one draw per row of the
+global batch).
 """
 
 from __future__ import annotations

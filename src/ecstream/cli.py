@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default="small", choices=("small", "deep", "large", "knn", "hybrid"),
         help="small (CNN for CPUs), deep (small with five dilated blocks: a receptive field of "
-        "most of a protein, about twice small's work per residue), large (CNN for GPUs), knn (nearest MMseqs2 homolog) or "
+        "most of a protein, about twice small's work per residue), large (CNN for GPUs), knn "
+        "(nearest MMseqs2 homolog) or "
         "hybrid (homolog above an identity threshold, else CNN; needs --cnn and --knn)",
     )  # fmt: skip
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
