@@ -79,7 +79,8 @@ FALLBACK_SPLITS = ("cluster 0.3", "strict 0.3")
 MIN_FALLBACK_GAIN = 0.03  # on the strict split's whole test set, level 1
 MIN_REMOTE_NO_HIT = 0.50  # the chosen CNN, level 1, strict test proteins without a hit
 #: Issue 12's ablation on the strict split: CNN arms trained two at a time, one thread each,
-#: under the same cap, each pair with a plain arm of its own (a baseline in the same run).
+#: under the same cap, each pair with a plain arm of its own (a baseline in the same run), but
+#: the last, which has the three plain seeds before it.
 ABLATION = (
     {
         "arm-plain": ("`small` as it is (seven classes)", ()),
@@ -661,7 +662,9 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
         "val was used for early stopping and calibration (`evaluate --allow-seen`). Every CNN "
         "had the same cap of training time (first paragraph); the first two trained alone on "
         "both cores, the arms (`arm-…`, issue 12's ablation, `benchmarks/accuracy.py` "
-        "`ABLATION`) two at a time on one thread each, each pair with a plain arm of its own. "
+        "`ABLATION`) two at a time on one thread each, each pair with a plain arm of its own "
+        "(`arm-ec-plain` for the `--target ec` pair) but the last (`arm-crop`, `arm-deep`), "
+        "whose baseline is the three plain seeds before it. "
         "*Trained*: records seen in training (epochs, the cap may cut the last; the epoch of "
         "the lowest val loss, whose weights were kept). Time: training, wall clock and CPU. "
         "*Balanced*: the mean of each class's recall on the test proteins without a hit (of the "

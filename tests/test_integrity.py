@@ -6,6 +6,7 @@ Every fault is made on a copy of a real store built from a slice of the real dat
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -533,3 +534,34 @@ def test_fuzz_damaged_shards_give_an_error_or_the_same_data(tiny, tmp_path, targ
 @given(how=corruption)
 def test_fuzz_damaged_manifests_give_an_error_or_the_same_data(tiny, tmp_path, how):
     _check_case(tiny, tmp_path, "manifest.json", how)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(st.text(min_size=1, max_size=8), st.binary(max_size=40), st.integers(0, 6)),
+        max_size=60,
+    ),
+    cuts=st.lists(st.integers(0, 60), max_size=4),
+    piece=st.integers(1, 20),
+)
+def test_a_split_fingerprint_is_the_hash_of_its_records_however_they_are_fed(records, cuts, piece):
+    """The fingerprint is SHA-256 over "id TAB sequence TAB label" lines, whatever batches the
+    writer hands over and however the digest slices them inside (``DIGEST_SLICE``)."""
+    import hashlib
+
+    from ecstream import hashing
+
+    expected = hashlib.sha256(
+        b"".join(i.encode() + b"\t" + s + b"\t" + str(y).encode() + b"\n" for i, s, y in records)
+    ).hexdigest()
+    bounds = [0, *sorted(min(c, len(records)) for c in cuts), len(records)]
+    saved, hashing.DIGEST_SLICE = hashing.DIGEST_SLICE, piece
+    try:
+        digest = hashing.RecordDigest()
+        for a, b in itertools.pairwise(bounds):
+            part = records[a:b]
+            digest.update([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
+    finally:
+        hashing.DIGEST_SLICE = saved
+    assert digest.hexdigest() == expected

@@ -14,6 +14,7 @@ costs about as much as reading it (BENCHMARKS.md, faults section).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ import xxhash
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+DIGEST_SLICE = 1024  # records hashed per update: a few hundred KB
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -86,12 +88,14 @@ class RecordDigest:
         self._digest = hashlib.sha256()
 
     def update(self, ids: list[str], seqs: list[bytes], labels: Iterable[int]) -> None:
-        self._digest.update(
-            b"".join(
-                i.encode() + b"\t" + s + b"\t" + str(int(y)).encode() + b"\n"
-                for i, s, y in zip(ids, seqs, labels, strict=True)
-            )
+        lines = (
+            i.encode() + b"\t" + s + b"\t" + str(int(y)).encode() + b"\n"
+            for i, s, y in zip(ids, seqs, labels, strict=True)
         )
+        # hashed a slice at a time: one join of a whole batch of records would be a large
+        # block, which glibc then keeps as heap (see ecstream.allocator), for the same digest
+        while piece := b"".join(itertools.islice(lines, DIGEST_SLICE)):
+            self._digest.update(piece)
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()

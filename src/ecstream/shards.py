@@ -666,18 +666,31 @@ class SplitData:
         keep = np.minimum(lengths, width)
         if truncating == "pre":
             starts = starts + lengths - keep
-        view, zeros = memoryview(region.u8), memoryview(bytes(width))
+        view, pads = memoryview(region.u8), _zero_runs(width)
         parts: list = []
         add = parts.append
+        ends = (starts + keep).tolist()
         if padding == "post":
-            for a, k in zip(starts.tolist(), keep.tolist(), strict=True):
-                add(view[a : a + k])
-                add(zeros[: width - k])
+            for a, b, g in zip(starts.tolist(), ends, (width - keep).tolist(), strict=True):
+                add(view[a:b])
+                add(pads[g])
         else:
-            for a, k in zip(starts.tolist(), keep.tolist(), strict=True):
-                add(zeros[: width - k])
-                add(view[a : a + k])
+            for a, b, g in zip(starts.tolist(), ends, (width - keep).tolist(), strict=True):
+                add(pads[g])
+                add(view[a:b])
         return bytearray().join(parts), width, labels, lengths
+
+
+_ZERO_RUNS: list[memoryview] = []
+
+
+def _zero_runs(width: int) -> list[memoryview]:
+    """Runs of zero bytes, run ``n`` of length ``n``, for every ``n`` up to ``width`` at least:
+    a row's padding by index, not by slicing (the row loop is the stream's own cost)."""
+    if len(_ZERO_RUNS) <= width:
+        zeros = memoryview(bytes(2 * width))
+        _ZERO_RUNS[:] = [zeros[:n] for n in range(2 * width + 1)]
+    return _ZERO_RUNS
 
 
 def read_batches(
