@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from functools import partial
 
 import numpy as np
 
@@ -21,6 +20,8 @@ from .shards import SplitData
 STATE_FORMAT = "ecstream-batches/v2"
 #: Steps whose shards a remote split fetches ahead of the one being read.
 LOOKAHEAD = 64
+#: Steps whose records a local stream read in order looks up together (numpy's cost is per call).
+SPAN_STEPS = 32
 #: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
 STATE_FORMAT_V1 = "ecstream-batches/v1"
 
@@ -116,6 +117,8 @@ class Batches:
         or to ``start``: records of that epoch all ranks consumed already."""
         self.epoch, self.step, self._ahead = epoch, 0, 0
         self.plan = self._plan(epoch, start, self.world_size, self.rank)
+        # the plan, the first step, where each step begins (and the last ends), rows, spans
+        self._looked_up: tuple = (None, 0, [0], ())
 
     def _prefetch(self, step: int) -> None:
         """Have a remote split fetch the shards of the next steps, in the order they are needed
@@ -171,12 +174,34 @@ class Batches:
             step += len(self)
         if self.data.source is not None and step >= self._ahead and not self.data.complete:
             self._prefetch(step)
-        rows = self.plan.rows(step)
+        rows, (starts, lengths, labels) = self._lookup(step)
         s = self.settings
-        width = partial(batch_width, settings=s) if s.bucket else s.max_length
-        letters, width, labels, lengths = self.data.gather(rows, width, s.padding, s.truncating)
+        width = batch_width(lengths, s)
+        letters = self.data.assemble(starts, lengths, width, s.padding, s.truncating)
         x = alphabet.encode(letters).reshape(len(rows), width)
         return Batch(x, labels, lengths, rows, self.data)
+
+    def _lookup(self, step: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """The rows of ``step`` and where they are (:meth:`SplitData.spans`). Read in order from
+        a local store, the next :data:`SPAN_STEPS` steps are looked up in one call and kept;
+        random access (loader workers) and remote splits (whose shards come and go) look up
+        one step."""
+        plan, first, bounds, arrays = self._looked_up
+        k = step - first
+        if plan is not self.plan or not 0 <= k < len(bounds):
+            k = -1  # not this plan's, nor one of its next steps
+        elif k == len(bounds) - 1:  # the next step after those looked up: read on in order
+            k = -1 if self.data.source is not None or not arrays else -2
+        if k >= 0:
+            a, b = bounds[k], bounds[k + 1]
+            rows, *spans = (x[a:b] for x in arrays)
+            return rows, tuple(spans)
+        last = step + 1 if k == -1 else min(step + SPAN_STEPS, len(self))
+        parts = [self.plan.rows(j) for j in range(step, last)]
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        bounds = [0, *np.cumsum([len(p) for p in parts]).tolist()]
+        self._looked_up = (self.plan, step, bounds, (rows, *self.data.spans(rows)))
+        return self._lookup(step)
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield the batches from ``step`` on; a completed epoch rewinds to its beginning."""

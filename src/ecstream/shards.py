@@ -644,29 +644,33 @@ class SplitData:
             dtype=str,
         )
 
-    def gather(
+    def spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the residues of rows begin in the region, their full lengths and their labels
+        (each int64): the numpy half of :meth:`gather`, whose cost is per call, not per row."""
+        chunk, j = self._locate(rows)
+        chunks, region = self.chunks, self._region
+        starts, end = self._spans(chunk, j, chunks.seq_offsets, chunks.seq_data)
+        labels = region.i16[chunks.labels[chunk] // 2 + j].astype(np.int64)
+        return starts, (end - starts).astype(np.int64), labels
+
+    def assemble(
         self,
-        rows: np.ndarray,
-        width: int | Callable[[np.ndarray], int],
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        width: int,
         padding: str = "post",
         truncating: str = "post",
-    ) -> tuple[bytearray, int, np.ndarray, np.ndarray]:
-        """Residue letters of rows as one ``bytearray`` of ``B × W`` (0 = padding), W, labels and
-        full lengths. ``width`` is W, or a function of the full lengths that returns it.
+    ) -> bytearray:
+        """The residue letters at ``starts`` (from :meth:`spans`, the region still mapped) as one
+        ``bytearray`` of ``B × width``, 0 = padding.
 
         The rows are joined from memoryview slices of the region and zero runs: one copy, in
         C, with no per-residue work in Python.
         """
-        chunk, j = self._locate(rows)
-        chunks, region = self.chunks, self._region
-        starts, end = self._spans(chunk, j, chunks.seq_offsets, chunks.seq_data)
-        lengths = (end - starts).astype(np.int64)
-        labels = region.i16[chunks.labels[chunk] // 2 + j].astype(np.int64)
-        width = width if isinstance(width, int) else width(lengths)
         keep = np.minimum(lengths, width)
         if truncating == "pre":
             starts = starts + lengths - keep
-        view, pads = memoryview(region.u8), _zero_runs(width)
+        view, pads = memoryview(self._region.u8), _zero_runs(width)
         parts: list = []
         add = parts.append
         ends = (starts + keep).tolist()
@@ -678,7 +682,20 @@ class SplitData:
             for a, b, g in zip(starts.tolist(), ends, (width - keep).tolist(), strict=True):
                 add(pads[g])
                 add(view[a:b])
-        return bytearray().join(parts), width, labels, lengths
+        return bytearray().join(parts)
+
+    def gather(
+        self,
+        rows: np.ndarray,
+        width: int | Callable[[np.ndarray], int],
+        padding: str = "post",
+        truncating: str = "post",
+    ) -> tuple[bytearray, int, np.ndarray, np.ndarray]:
+        """Residue letters of rows as one ``bytearray`` of ``B × W`` (0 = padding), W, labels and
+        full lengths. ``width`` is W, or a function of the full lengths that returns it."""
+        starts, lengths, labels = self.spans(rows)
+        width = width if isinstance(width, int) else width(lengths)
+        return self.assemble(starts, lengths, width, padding, truncating), width, labels, lengths
 
 
 _ZERO_RUNS: list[memoryview] = []
