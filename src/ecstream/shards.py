@@ -43,7 +43,10 @@ SCHEMA = pa.schema(
         ("ec", pa.string()),
     ]
 )
-BATCH_ROWS = 16384  # records per Arrow record batch inside a shard
+#: Records per Arrow record batch inside a shard. A build holds one batch being filled per split
+#: writer (six of them) as Python objects: small batches keep that, and the build's peak memory,
+#: a few MB whatever the size of the input (BENCHMARKS.md, scale).
+BATCH_ROWS = 4096
 SHARD_ROWS = 1 << 20  # records per shard file
 
 
