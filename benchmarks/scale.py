@@ -45,6 +45,32 @@ GPU_NOTE = (
     "the last measurement is the GPU section below (2.8% at batch 256, before these changes)."
 )
 
+STREAM_NOTE = (
+    "The stream's own cost per batch (2026-11-29): numpy's per-call cost of locating a batch's "
+    "64 records is now paid once for 32 steps read in order (`SplitData.spans`, "
+    "`Batches._lookup`), and the row loop takes each padding run by index instead of slicing "
+    "one; in one process the 1× epoch is 11–18% faster (medians of 5 passes, the two versions "
+    "taking turns, three times: 1.03–1.04 M against 1.14–1.17 M seq/s). What is left per batch "
+    "is the row loop (joining "
+    "64 slices and their padding), the translation of 42 KB of letters to tokens, and the "
+    "order plan."
+)
+BUILD_NOTE = (
+    "Why the build's peak grew with the input (2026-11-29: 170 / 185 / 205 MB at 1× / 10× / "
+    "100× in the 04:46 run; 152 / 178 / 195 MB at 06:13, with a batch's fingerprint hashed "
+    "1,024 records at a time instead of as one joined block of several MB, whose release made "
+    "glibc raise its mmap threshold and keep later blocks' freed heap): a probe of the build in "
+    "one process (`RssAnon`, glibc's `mallinfo2` and `/proc/self/smaps`, sampled) found "
+    "anonymous memory rising and falling by about 30 MB as the six split writers (train, val, "
+    "test, and their rows spanning several classes) each filled a record batch, as Python "
+    "objects, and flushed it: the peak was the moment several were full at once, likelier the "
+    "longer the build. Record batches of 4,096 records instead of 16,384 (`shards.BATCH_ROWS`) "
+    "keep those buffers small (the figures above). pyarrow's allocator (mimalloc) keeping "
+    "freed pages is a fixed part of every build's peak: the system allocator instead "
+    "(`ARROW_DEFAULT_MEMORY_POOL=system`) lowered it by 36 MB at 1× and 10× alike, so it is "
+    "not what grew, and it is left as it is."
+)
+
 
 def _input(scale: int) -> Path:
     if scale == 1:
@@ -174,6 +200,10 @@ def report(builds, epochs, blocked, sizes, seconds: float) -> str:
         "few numpy operations whatever the number of shards. What is left of the gap is memory "
         "latency: a shuffled record of a 6 GB split is a cache and TLB miss, of a 60 MB one "
         "often not.",
+        "",
+        STREAM_NOTE,
+        "",
+        BUILD_NOTE,
         "",
         GPU_NOTE,
     ]

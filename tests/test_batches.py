@@ -59,6 +59,32 @@ def test_ram_and_mmap_give_byte_identical_batches(small_store, **kw):
     assert all(_same(a, b) for a, b in zip(ram, mapped, strict=True))
 
 
+@pytest.mark.parametrize("bucket", [False, True])
+def test_read_in_order_random_access_and_a_copy_give_the_same_batches(small_store, bucket):
+    """Batches read in order (looked up 32 steps at a time) equal those read one step at a
+    time in reverse and those of a pickled copy taken mid-epoch; what a batch hands out is its
+    own (changing it changes no later read)."""
+    import pickle
+
+    kw = {"batch_size": 7, "max_length": 300, "seed": 5, "bucket": bucket}
+    in_order = list(small_store.batches("train", **kw))
+    assert len(in_order) > 40  # more than one lookahead of steps
+    alone = small_store.batches("train", **kw)
+    for step in reversed(range(len(alone))):
+        assert _same(alone[step], in_order[step])
+    read = small_store.batches("train", **kw)
+    first = [read[s] for s in range(10)]
+    first[3].y[:] = -1
+    first[3].lengths[:] = 0
+    assert _same(read[3], in_order[3]) and np.array_equal(read[3].lengths, in_order[3].lengths)
+    copy = pickle.loads(pickle.dumps(read))  # as a spawned loader worker receives it
+    for step in range(10, 45):
+        assert _same(copy[step], in_order[step])
+    assert all(_same(a, b) for a, b in zip(first[:3], in_order[:3], strict=True))
+    with pytest.raises(IndexError, match="out of range"):
+        read[len(read)]
+
+
 @pytest.mark.parametrize("padding", ["post", "pre"])
 @pytest.mark.parametrize("truncating", ["post", "pre"])
 def test_tokens_are_the_sequence_padded_and_truncated_as_asked(

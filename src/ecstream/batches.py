@@ -172,6 +172,8 @@ class Batches:
     def __getitem__(self, step: int) -> Batch:
         if step < 0:
             step += len(self)
+        if not 0 <= step < len(self):
+            raise IndexError(f"step {step} out of range for an epoch of {len(self)} steps")
         if self.data.source is not None and step >= self._ahead and not self.data.complete:
             self._prefetch(step)
         rows, (starts, lengths, labels) = self._lookup(step)
@@ -182,26 +184,31 @@ class Batches:
         return Batch(x, labels, lengths, rows, self.data)
 
     def _lookup(self, step: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """The rows of ``step`` and where they are (:meth:`SplitData.spans`). Read in order from
-        a local store, the next :data:`SPAN_STEPS` steps are looked up in one call and kept;
-        random access (loader workers) and remote splits (whose shards come and go) look up
-        one step."""
+        """The rows of ``step`` and where they are (:meth:`SplitData.spans`), arrays of the
+        caller's own. Read in order from a local store, the next :data:`SPAN_STEPS` steps are
+        looked up in one call and kept; random access (loader workers) looks up one step, and
+        a remote split (whose shards come and go) keeps nothing."""
         plan, first, bounds, arrays = self._looked_up
         k = step - first
-        if plan is not self.plan or not 0 <= k < len(bounds):
-            k = -1  # not this plan's, nor one of its next steps
-        elif k == len(bounds) - 1:  # the next step after those looked up: read on in order
-            k = -1 if self.data.source is not None or not arrays else -2
-        if k >= 0:
+        if plan is self.plan and 0 <= k < len(bounds) - 1:
             a, b = bounds[k], bounds[k + 1]
-            rows, *spans = (x[a:b] for x in arrays)
+            rows, *spans = (x[a:b].copy() for x in arrays)
             return rows, tuple(spans)
-        last = step + 1 if k == -1 else min(step + SPAN_STEPS, len(self))
+        ahead = self.data.source is None and plan is self.plan and k == len(bounds) - 1
+        last = min(step + SPAN_STEPS, len(self)) if ahead else step + 1
         parts = [self.plan.rows(j) for j in range(step, last)]
         rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        bounds = [0, *np.cumsum([len(p) for p in parts]).tolist()]
-        self._looked_up = (self.plan, step, bounds, (rows, *self.data.spans(rows)))
-        return self._lookup(step)
+        spans = self.data.spans(rows)
+        if self.data.source is None:
+            bounds = [0, *np.cumsum([len(p) for p in parts]).tolist()]
+            self._looked_up = (self.plan, step, bounds, (rows, *spans))
+        n = len(parts[0])
+        return rows[:n].copy(), tuple(x[:n].copy() for x in spans)
+
+    def __getstate__(self) -> dict:
+        # a copy or another process starts without the looked-up steps: the spans point into
+        # this process's mapping of the split, which the other maps (or fetches) anew
+        return {**self.__dict__, "_looked_up": (None, 0, [0], ())}
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield the batches from ``step`` on; a completed epoch rewinds to its beginning."""

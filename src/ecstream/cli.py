@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         "%(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--crop", type=int, default=t.crop, metavar="LENGTH",
+        "--crop", type=_not_negative, default=t.crop, metavar="LENGTH",
         help="train on a random window of LENGTH residues of each longer protein, drawn like "
         "--substitution (default %(default)s: off)",
     )  # fmt: skip

@@ -44,8 +44,8 @@ SCHEMA = pa.schema(
     ]
 )
 #: Records per Arrow record batch inside a shard. A build holds one batch being filled per split
-#: writer (six of them) as Python objects: small batches keep that, and the build's peak memory,
-#: a few MB whatever the size of the input (BENCHMARKS.md, scale).
+#: writer (six of them) as Python objects: small batches keep each to a few MB, and the build's
+#: peak flat in the size of its input (BENCHMARKS.md, scale).
 BATCH_ROWS = 4096
 SHARD_ROWS = 1 << 20  # records per shard file
 
@@ -673,7 +673,7 @@ class SplitData:
         keep = np.minimum(lengths, width)
         if truncating == "pre":
             starts = starts + lengths - keep
-        view, pads = memoryview(self._region.u8), _zero_runs(width)
+        view, pads = memoryview(self.region.u8), _zero_runs(width)
         parts: list = []
         add = parts.append
         ends = (starts + keep).tolist()
@@ -706,10 +706,11 @@ _ZERO_RUNS: list[memoryview] = []
 
 def _zero_runs(width: int) -> list[memoryview]:
     """Runs of zero bytes, run ``n`` of length ``n``, for every ``n`` up to ``width`` at least:
-    a row's padding by index, not by slicing (the row loop is the stream's own cost)."""
+    a row's padding by index, not by slicing (the row loop is the stream's own cost). The list
+    only grows (to the widest batch yet), so a thread holding it can always index it."""
     if len(_ZERO_RUNS) <= width:
-        zeros = memoryview(bytes(2 * width))
-        _ZERO_RUNS[:] = [zeros[:n] for n in range(2 * width + 1)]
+        zeros = memoryview(bytes(width))
+        _ZERO_RUNS[:] = [zeros[:n] for n in range(width + 1)]
     return _ZERO_RUNS
 
 
