@@ -56,7 +56,7 @@ def test_both_presets_learn_a_step(model):
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown model 'huge'.*small, large"):
+    with pytest.raises(ValueError, match=r"unknown model 'huge'.*small, deep, large"):
         preset("huge", (7,))
 
 
