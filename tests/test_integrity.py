@@ -556,12 +556,10 @@ def test_a_split_fingerprint_is_the_hash_of_its_records_however_they_are_fed(rec
         b"".join(i.encode() + b"\t" + s + b"\t" + str(y).encode() + b"\n" for i, s, y in records)
     ).hexdigest()
     bounds = [0, *sorted(min(c, len(records)) for c in cuts), len(records)]
-    saved, hashing.DIGEST_SLICE = hashing.DIGEST_SLICE, piece
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashing, "DIGEST_SLICE", piece)
         digest = hashing.RecordDigest()
         for a, b in itertools.pairwise(bounds):
             part = records[a:b]
             digest.update([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
-    finally:
-        hashing.DIGEST_SLICE = saved
     assert digest.hexdigest() == expected

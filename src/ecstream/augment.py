@@ -46,6 +46,12 @@ def substitution_cdf() -> torch.Tensor:
     return cdf
 
 
+def _generator(name: bytes, key: int) -> torch.Generator:
+    """A generator of the augmentation ``name`` at step ``key``: a stream of its own (seeded with
+    the step alone, it would repeat dropout's draws)."""
+    return torch.Generator().manual_seed(xxhash.xxh64_intdigest(b"%s:%d" % (name, key)) >> 1)
+
+
 def substitute(
     tokens: torch.Tensor,
     rate: float,
@@ -64,8 +70,7 @@ def substitute(
     rows, cols = tokens.shape
     if cols > width:
         raise ValueError(f"a batch {cols} wide: wider than the run's widest ({width})")
-    # a stream of its own: seeded with the step alone it would repeat dropout's draws
-    generator = torch.Generator().manual_seed(xxhash.xxh64_intdigest(b"substitute:%d" % key) >> 1)
+    generator = _generator(b"substitute", key)
     whole = torch.rand((2, total, width), generator=generator)
     draws = whole[:, first : first + rows, :cols]
     cpu = tokens.cpu().long()
@@ -90,7 +95,7 @@ def crop(
     if length <= 0:
         return tokens
     first, total = share or (0, len(tokens))
-    generator = torch.Generator().manual_seed(xxhash.xxh64_intdigest(b"crop:%d" % key) >> 1)
+    generator = _generator(b"crop", key)
     draws = torch.rand(total, generator=generator, dtype=torch.float64)[first : first + len(tokens)]
     cpu = tokens.cpu()
     n = (cpu != alphabet.PAD).sum(1)

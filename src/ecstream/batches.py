@@ -22,6 +22,9 @@ STATE_FORMAT = "ecstream-batches/v2"
 LOOKAHEAD = 64
 #: Steps whose records a local stream read in order looks up together (numpy's cost is per call).
 SPAN_STEPS = 32
+#: What :meth:`Batches._lookup` keeps: the first step, where each step's records begin (and the
+#: last's end), and the rows with their spans (:meth:`SplitData.spans`) of those steps.
+_NOTHING_LOOKED_UP: tuple = (0, [0], ())
 #: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
 STATE_FORMAT_V1 = "ecstream-batches/v1"
 
@@ -117,8 +120,7 @@ class Batches:
         or to ``start``: records of that epoch all ranks consumed already."""
         self.epoch, self.step, self._ahead = epoch, 0, 0
         self.plan = self._plan(epoch, start, self.world_size, self.rank)
-        # the plan, the first step, where each step begins (and the last ends), rows, spans
-        self._looked_up: tuple = (None, 0, [0], ())
+        self._looked_up = _NOTHING_LOOKED_UP  # reset with the plan that made it
 
     def _prefetch(self, step: int) -> None:
         """Have a remote split fetch the shards of the next steps, in the order they are needed
@@ -188,27 +190,27 @@ class Batches:
         caller's own. Read in order from a local store, the next :data:`SPAN_STEPS` steps are
         looked up in one call and kept; random access (loader workers) looks up one step, and
         a remote split (whose shards come and go) keeps nothing."""
-        plan, first, bounds, arrays = self._looked_up
+        first, bounds, arrays = self._looked_up
         k = step - first
-        if plan is self.plan and 0 <= k < len(bounds) - 1:
+        if 0 <= k < len(bounds) - 1:
             a, b = bounds[k], bounds[k + 1]
             rows, *spans = (x[a:b].copy() for x in arrays)
             return rows, tuple(spans)
-        ahead = self.data.source is None and plan is self.plan and k == len(bounds) - 1
+        ahead = self.data.source is None and arrays and k == len(bounds) - 1
         last = min(step + SPAN_STEPS, len(self)) if ahead else step + 1
         parts = [self.plan.rows(j) for j in range(step, last)]
         rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
         spans = self.data.spans(rows)
         if self.data.source is None:
             bounds = [0, *np.cumsum([len(p) for p in parts]).tolist()]
-            self._looked_up = (self.plan, step, bounds, (rows, *spans))
+            self._looked_up = (step, bounds, (rows, *spans))
         n = len(parts[0])
         return rows[:n].copy(), tuple(x[:n].copy() for x in spans)
 
     def __getstate__(self) -> dict:
         # a copy or another process starts without the looked-up steps: the spans point into
         # this process's mapping of the split, which the other maps (or fetches) anew
-        return {**self.__dict__, "_looked_up": (None, 0, [0], ())}
+        return {**self.__dict__, "_looked_up": _NOTHING_LOOKED_UP}
 
     def __iter__(self) -> Iterator[Batch]:
         """Yield the batches from ``step`` on; a completed epoch rewinds to its beginning."""

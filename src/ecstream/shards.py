@@ -22,7 +22,7 @@ import ctypes
 import mmap
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -649,7 +649,9 @@ class SplitData:
 
     def spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where the residues of rows begin in the region, their full lengths and their labels
-        (each int64): the numpy half of :meth:`gather`, whose cost is per call, not per row."""
+        (each int64): the numpy half of a batch, whose cost is per call, not per row (so
+        :class:`~ecstream.batches.Batches` looks up several steps at once); :meth:`assemble`
+        is the other half."""
         chunk, j = self._locate(rows)
         chunks, region = self.chunks, self._region
         starts, end = self._spans(chunk, j, chunks.seq_offsets, chunks.seq_data)
@@ -686,19 +688,6 @@ class SplitData:
                 add(pads[g])
                 add(view[a:b])
         return bytearray().join(parts)
-
-    def gather(
-        self,
-        rows: np.ndarray,
-        width: int | Callable[[np.ndarray], int],
-        padding: str = "post",
-        truncating: str = "post",
-    ) -> tuple[bytearray, int, np.ndarray, np.ndarray]:
-        """Residue letters of rows as one ``bytearray`` of ``B × W`` (0 = padding), W, labels and
-        full lengths. ``width`` is W, or a function of the full lengths that returns it."""
-        starts, lengths, labels = self.spans(rows)
-        width = width if isinstance(width, int) else width(lengths)
-        return self.assemble(starts, lengths, width, padding, truncating), width, labels, lengths
 
 
 _ZERO_RUNS: list[memoryview] = []
