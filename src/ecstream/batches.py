@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,9 +23,6 @@ STATE_FORMAT = "ecstream-batches/v2"
 LOOKAHEAD = 64
 #: Steps whose records a local stream read in order looks up together (numpy's cost is per call).
 SPAN_STEPS = 32
-#: What :meth:`Batches._lookup` keeps: the first step, where each step's records begin (and the
-#: last's end), and the rows with their spans (:meth:`SplitData.spans`) of those steps.
-_NOTHING_LOOKED_UP: tuple = (0, [0], ())
 #: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
 STATE_FORMAT_V1 = "ecstream-batches/v1"
 
@@ -72,17 +70,33 @@ def _batch(x, y, lengths, ids) -> Batch:
     return batch
 
 
-def padded_width(longest: int, max_length: int) -> int:
-    """Width for a batch whose longest sequence has ``longest`` residues: capped at
-    ``max_length``, rounded up to a multiple of 8, never above ``max_length``."""
-    return min(max_length, -(-min(max(longest, 1), max_length) // 8) * 8)
+def padded_width(longest, max_length: int):
+    """Width for a batch whose longest sequence has ``longest`` residues (an int, or an array of
+    them for several batches): capped at ``max_length``, rounded up to a multiple of 8, never
+    above ``max_length``."""
+    return np.minimum(max_length, -(-np.minimum(np.maximum(longest, 1), max_length) // 8) * 8)
 
 
-def batch_width(lengths: np.ndarray, settings: BatchSettings) -> int:
-    """Batch width: ``max_length``, or with bucketing :func:`padded_width` of the longest."""
-    if not settings.bucket:
-        return settings.max_length
-    return padded_width(int(lengths.max(initial=1)), settings.max_length)
+class _Steps(NamedTuple):
+    """Steps looked up together (:meth:`Batches._lookup`): the first, where each step's records
+    begin among them (and the last's end), their rows, full lengths and labels, and what
+    :meth:`SplitData.assemble` joins: each row's kept residues ``[begin, end)`` in the region
+    and its padding ``gap``, as lists (a list slice is cheaper per step than numpy's calls);
+    and each step's width."""
+
+    first: int
+    bounds: list[int]
+    rows: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    begin: list[int]
+    end: list[int]
+    gap: list[int]
+    widths: list[int]
+
+
+_NO_INTS = np.zeros(0, dtype=np.int64)
+_NOTHING_LOOKED_UP = _Steps(0, [0], _NO_INTS, _NO_INTS, _NO_INTS, [], [], [], [])
 
 
 class Batches:
@@ -178,34 +192,48 @@ class Batches:
             raise IndexError(f"step {step} out of range for an epoch of {len(self)} steps")
         if self.data.source is not None and step >= self._ahead and not self.data.complete:
             self._prefetch(step)
-        rows, (starts, lengths, labels) = self._lookup(step)
-        s = self.settings
-        width = batch_width(lengths, s)
-        letters = self.data.assemble(starts, lengths, width, s.padding, s.truncating)
-        x = alphabet.encode(letters).reshape(len(rows), width)
-        return Batch(x, labels, lengths, rows, self.data)
+        got, k = self._lookup(step)
+        a, b = got.bounds[k], got.bounds[k + 1]
+        padding = self.settings.padding
+        letters = self.data.assemble(got.begin[a:b], got.end[a:b], got.gap[a:b], padding)
+        x = alphabet.encode(letters).reshape(b - a, got.widths[k])
+        # the arrays are the batch's own: changing them changes no later read
+        lengths, labels = got.lengths[a:b].copy(), got.labels[a:b].copy()
+        return Batch(x, labels, lengths, got.rows[a:b].copy(), self.data)
 
-    def _lookup(self, step: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """The rows of ``step`` and where they are (:meth:`SplitData.spans`), arrays of the
-        caller's own. Read in order from a local store, the next :data:`SPAN_STEPS` steps are
-        looked up in one call and kept; random access (loader workers) looks up one step, and
-        a remote split (whose shards come and go) keeps nothing."""
-        first, bounds, arrays = self._looked_up
-        k = step - first
-        if 0 <= k < len(bounds) - 1:
-            a, b = bounds[k], bounds[k + 1]
-            rows, *spans = (x[a:b].copy() for x in arrays)
-            return rows, tuple(spans)
-        ahead = self.data.source is None and arrays and k == len(bounds) - 1
-        last = min(step + SPAN_STEPS, len(self)) if ahead else step + 1
-        parts = [self.plan.rows(j) for j in range(step, last)]
-        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        spans = self.data.spans(rows)
+    def _lookup(self, step: int) -> tuple[_Steps, int]:
+        """The looked-up steps that hold ``step``, and its index among them. Read in order from
+        a local store, the next :data:`SPAN_STEPS` steps are looked up in one call and kept;
+        random access (loader workers) looks up one step, and a remote split (whose shards come
+        and go) keeps nothing."""
+        got = self._looked_up
+        k = step - got.first
+        if 0 <= k < len(got.bounds) - 1:
+            return got, k
+        ahead = self.data.source is None and len(got.bounds) > 1 and k == len(got.bounds) - 1
+        got = self._look_up(step, min(step + SPAN_STEPS, len(self)) if ahead else step + 1)
         if self.data.source is None:
-            bounds = [0, *np.cumsum([len(p) for p in parts]).tolist()]
-            self._looked_up = (step, bounds, (rows, *spans))
-        n = len(parts[0])
-        return rows[:n].copy(), tuple(x[:n].copy() for x in spans)
+            self._looked_up = got
+        return got, 0
+
+    def _look_up(self, step: int, end: int) -> _Steps:
+        """Steps ``[step, end)``: their rows, where those are (:meth:`SplitData.spans`), and
+        how each is cut to its batch's width (``truncating``) and padded."""
+        s = self.settings
+        rows, bounds = self.plan.rows_of_steps(step, end)
+        starts, lengths, labels = self.data.spans(rows)
+        if s.bucket:
+            widths = padded_width(np.maximum.reduceat(lengths, bounds[:-1]), s.max_length)
+            width = np.repeat(widths, np.diff(bounds))
+        else:
+            widths, width = np.full(end - step, s.max_length), s.max_length
+        keep = np.minimum(lengths, width)
+        if s.truncating == "pre":
+            starts = starts + lengths - keep
+        return _Steps(
+            step, bounds, rows, lengths, labels,
+            starts.tolist(), (starts + keep).tolist(), (width - keep).tolist(), widths.tolist(),
+        )  # fmt: skip
 
     def __getstate__(self) -> dict:
         # a copy or another process starts without the looked-up steps: the spans point into

@@ -65,8 +65,8 @@ def level_probabilities(
 def consistent(probs: Sequence[np.ndarray], vocab: ECVocabulary) -> list[np.ndarray]:
     """Cap every class's probability by its parent's, level by level from the top."""
     out = [np.asarray(probs[0])]
-    for level in range(1, len(probs)):
-        out.append(np.minimum(probs[level], out[-1][:, vocab.parents[level]]))
+    for level in range(1, len(probs)):  # np.take: numpy's faster path for a column gather
+        out.append(np.minimum(probs[level], np.take(out[-1], vocab.parents[level], axis=1)))
     return out
 
 
@@ -126,7 +126,7 @@ def stated(
         t = thresholds[level]
         s = np.zeros(p.shape, dtype=bool) if t is None else p >= t
         if level:
-            s &= out[-1][:, vocab.parents[level]]
+            s &= np.take(out[-1], vocab.parents[level], axis=1)
         out.append(s)
     return out
 

@@ -152,7 +152,10 @@ class Scorer(nn.Module):
     tap k, the bias in the centre tap): a position's stem output is the sum of ``stem_kernel``
     rows instead of ``stem_kernel × embed × channels`` multiply-adds (two fifths of the small
     preset's). The rest uses that activations after a ReLU are ≥ 0 and padding is 0: max
-    pooling needs no mask, and a block's input is already masked. Same logits as
+    pooling needs no mask, and a block's input is already masked. Activations stay
+    ``[B, L, C]`` (channels last), as the table makes them: the convolutions run as 2-D ones
+    in that layout, which oneDNN computes faster than ``[B, C, L]`` (BENCHMARKS.md,
+    prediction), and no transpose is needed. Same logits as
     :meth:`ECClassifier.forward` up to float rounding, for sequences of at least one residue.
     The table is a snapshot of the weights when the scorer is made: make a new one after
     changing them (prediction loads them once).
@@ -170,6 +173,9 @@ class Scorer(nn.Module):
             outside = table.new_zeros(1, c.channels)
             self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), outside]))
         self.register_buffer("taps", torch.arange(c.stem_kernel) * c.vocab)
+        for i, block in enumerate(model.blocks):  # [C, C, 1, K] in the layout of the activations
+            weight = block.conv.weight.detach().unsqueeze(2)
+            self.register_buffer(f"conv{i}", weight.contiguous(memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -188,14 +194,21 @@ class Scorer(nn.Module):
         if c.pool > 1:
             h = h.view(rows, pooled_width, c.pool, c.channels).amax(2)
             keep = keep.view(rows, pooled_width, c.pool).any(2)
-        h = h.transpose(1, 2).contiguous()  # [B, C, L'] for the convolutions
-        mask = keep.unsqueeze(1).to(h.dtype)
-        for block in m.blocks:
-            if block.norm is None:  # h is masked already, and ReLU keeps padding at 0
-                z = F.relu(h)
-            else:  # a LayerNorm of padding is its bias: mask again
-                z = F.relu(block.norm(h.transpose(1, 2)).transpose(1, 2)) * mask
-            h = h.add_(block.conv(z)).mul_(mask)
+        mask = keep.unsqueeze(2).to(h.dtype)  # [B, L', 1]
+        for i, block in enumerate(m.blocks):
+            # h is masked already, and ReLU keeps padding at 0; a LayerNorm of padding is its
+            # bias: mask again
+            z = F.relu(h) if block.norm is None else F.relu(block.norm(h)) * mask
+            h = h.add_(_conv_channels_last(z, getattr(self, f"conv{i}"), block.conv)).mul_(mask)
         h = F.relu_(h)  # ≥ 0 with padding 0: a plain max and sum are the masked ones
-        pooled = torch.cat([h.amax(-1), h.sum(-1) / mask.sum(-1).clamp_min(1.0)], dim=1)
+        pooled = torch.cat([h.amax(1), h.sum(1) / mask.sum(1).clamp_min(1.0)], dim=1)
         return m.head(m.norm(pooled))
+
+
+def _conv_channels_last(z: torch.Tensor, weight: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` of ``z`` [B, L, C] with ``weight`` (its own, [C, C, 1, K] channels last), as a
+    2-D convolution of the same memory viewed as [B, C, 1, L] channels last: [B, L, C]."""
+    rows, width, channels = z.shape
+    x = z.unsqueeze(1).permute(0, 3, 1, 2)  # no copy: these strides are channels last
+    y = F.conv2d(x, weight, conv.bias, padding="same", dilation=(1, conv.dilation[0]))
+    return y.permute(0, 2, 3, 1).reshape(rows, width, channels)  # a view when y is channels last

@@ -298,13 +298,36 @@ class EpochPlan:
         j = step * self.world_size + self.rank
         return self._stream(self.start + self._offset(j), self.start + self._offset(j + 1))
 
+    def rows_of_steps(self, step: int, end: int) -> tuple[np.ndarray, list[int]]:
+        """The records of this rank's steps ``[step, end)`` joined, and where each step's
+        begin and end among them (``end - step + 1`` bounds): what :meth:`rows` gives step by
+        step, in one call where the steps are one stretch of the stream (a single rank)."""
+        if not 0 <= step < end <= self.steps:
+            raise IndexError(f"steps [{step}, {end}) out of range for an epoch of {self.steps}")
+        if self.world_size > 1:  # a rank's steps are pieces of the stream far apart
+            parts = [self.rows(k) for k in range(step, end)]
+            bounds = np.cumsum([0, *map(len, parts)]).tolist()
+            return (parts[0] if len(parts) == 1 else np.concatenate(parts)), bounds
+        offsets = [self._offset(k) for k in range(step, end + 1)]
+        rows = self._stream(self.start + offsets[0], self.start + offsets[-1])
+        return rows, [o - offsets[0] for o in offsets]
+
     def _stream(self, first: int, end: int) -> np.ndarray:
-        """Records at positions ``[first, end)`` of the epoch's stream (its base batches)."""
-        b = self.settings.batch_size
+        """Records at positions ``[first, end)`` of the epoch's stream (its base batches),
+        taken a window at a time where the window's batches keep their order."""
+        b, per = self.settings.batch_size, self.settings.window_batches
+        reordered = self.settings.bucket and self.settings.shuffle  # see _window_rows
         parts = []
-        for g in range(first // b, -(-end // b)):
-            rows = self._base_rows(g)
-            parts.append(rows[max(first - g * b, 0) : end - g * b])
+        at = first
+        while at < end:
+            g = at // b
+            if reordered:
+                rows, lo = self._base_rows(g), g * b
+            else:
+                w = g // per
+                rows, lo = self._window_rows(w)[0], w * per * b
+            parts.append(rows[at - lo : end - lo])
+            at = lo + len(rows)
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

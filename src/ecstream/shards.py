@@ -659,32 +659,24 @@ class SplitData:
         return starts, (end - starts).astype(np.int64), labels
 
     def assemble(
-        self,
-        starts: np.ndarray,
-        lengths: np.ndarray,
-        width: int,
-        padding: str = "post",
-        truncating: str = "post",
+        self, begin: list[int], end: list[int], gap: list[int], padding: str = "post"
     ) -> bytearray:
-        """The residue letters at ``starts`` (from :meth:`spans`, the region still mapped) as one
-        ``bytearray`` of ``B × width``, 0 = padding.
+        """The residue letters of rows, ``[begin, end)`` in the region (from :meth:`spans`, the
+        region still mapped), each followed (``padding="post"``) or preceded (``"pre"``) by
+        ``gap`` zero bytes, as one ``bytearray``: 0 = padding.
 
         The rows are joined from memoryview slices of the region and zero runs: one copy, in
-        C, with no per-residue work in Python.
+        C, with no per-residue work in Python (a plain loop: faster here than ``map``/``chain``).
         """
-        keep = np.minimum(lengths, width)
-        if truncating == "pre":
-            starts = starts + lengths - keep
-        view, pads = memoryview(self.region.u8), _zero_runs(width)
+        view, pads = memoryview(self.region.u8), _zero_runs(max(gap, default=0))
         parts: list = []
         add = parts.append
-        ends = (starts + keep).tolist()
         if padding == "post":
-            for a, b, g in zip(starts.tolist(), ends, (width - keep).tolist(), strict=True):
+            for a, b, g in zip(begin, end, gap, strict=True):
                 add(view[a:b])
                 add(pads[g])
         else:
-            for a, b, g in zip(starts.tolist(), ends, (width - keep).tolist(), strict=True):
+            for a, b, g in zip(begin, end, gap, strict=True):
                 add(pads[g])
                 add(view[a:b])
         return bytearray().join(parts)
