@@ -59,13 +59,18 @@ def test_ram_and_mmap_give_byte_identical_batches(small_store, **kw):
     assert all(_same(a, b) for a, b in zip(ram, mapped, strict=True))
 
 
-@pytest.mark.parametrize("bucket", [False, True])
-def test_read_in_order_random_access_and_a_copy_give_the_same_batches(small_store, bucket):
-    """Batches read in order (looked up 32 steps at a time) equal those read one step at a
-    time in reverse and those of a pickled copy taken mid-epoch; what a batch hands out is its
-    own (changing it changes no later read)."""
+@pytest.mark.parametrize(("bucket", "span_rows"), [(False, 8192), (True, 8192), (True, 15)])
+def test_read_in_order_random_access_and_a_copy_give_the_same_batches(
+    small_store, bucket, span_rows, monkeypatch
+):
+    """Batches read in order (looked up 32 steps at a time, or as many as ``SPAN_ROWS`` records
+    allow: 2 here) equal those read one step at a time in reverse and those of a pickled copy
+    taken mid-epoch; what a batch hands out is its own (changing it changes no later read)."""
     import pickle
 
+    import ecstream.batches
+
+    monkeypatch.setattr(ecstream.batches, "SPAN_ROWS", span_rows)
     kw = {"batch_size": 7, "max_length": 300, "seed": 5, "bucket": bucket}
     in_order = list(small_store.batches("train", **kw))
     assert len(in_order) > 40  # more than one lookahead of steps

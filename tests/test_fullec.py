@@ -360,10 +360,14 @@ def test_bf16_scoring_is_used_when_asked_and_stays_close_to_float32(ec_run, smal
     assert not np.array_equal(logits32, logits16)  # bfloat16 products really ran
     # bfloat16 keeps 8 bits of mantissa: a logit moves by < 1% of its size, plus a little
     assert (np.abs(logits32 - logits16) <= 0.01 * np.abs(logits32) + 0.05).all()
-    probs32, probs16 = exact.score([], seqs).probs, fast.score([], seqs).probs
-    top2 = np.sort(probs32, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 0.02  # near ties may flip
-    assert (probs32.argmax(1) == probs16.argmax(1))[clear].all() and clear.sum() > len(seqs) / 2
+    # the class: a row whose two best level-1 logits lie further apart than both can move
+    # keeps its answer (nearer ones may flip; how near depends on how the run was trained).
+    # Not the calibrated probabilities: their maps are steps, whose ties a tiny move can break.
+    first32, first16 = logits32[:, :7], logits16[:, :7]
+    top2 = np.sort(first32, axis=1)[:, -2:]
+    moves = 0.01 * np.abs(top2) + 0.05
+    clear = top2[:, 1] - top2[:, 0] > moves.sum(axis=1)
+    assert (first32.argmax(1) == first16.argmax(1))[clear].all() and clear.sum() > len(seqs) / 2
     fasta = tmp_path / "q.fasta"
     fasta.write_text("".join(f">p{i}\n{s.decode()}\n" for i, s in enumerate(seqs)))
     predict_file(fast, fasta, tmp_path / "p.tsv")

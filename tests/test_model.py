@@ -97,3 +97,69 @@ def test_the_scorer_gives_the_networks_logits(trained_looking, lengths, extra, s
     with torch.inference_mode():
         expected, got = model(x), scorer(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    width=st.integers(1, 40),
+    channels=st.sampled_from([(3, 5), (8, 8)]),
+    kernel=st.integers(1, 9),
+    dilation=st.integers(1, 4),
+    pool=st.integers(2, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_channels_last_layers_are_pytorchs_conv1d_and_max_pool1d(
+    rows, width, channels, kernel, dilation, pool, seed
+):
+    """The network keeps activations [B, L, C] and runs its convolutions as 2-D ones: outputs
+    and gradients (of input, weight and bias) are those of ``nn.Conv1d`` on [B, C, L], and its
+    pooling is ``max_pool1d`` with ``ceil_mode``, whatever the kernel (even ones pad unevenly),
+    dilation and width (shorter than the kernel, not a multiple of the pool)."""
+    from ecstream.model import conv_channels_last, max_pool_positions
+
+    torch.manual_seed(seed)
+    c_in, c_out = channels
+    conv = torch.nn.Conv1d(c_in, c_out, kernel, dilation=dilation, padding="same").double()
+    h = torch.randn(rows, width, c_in, dtype=torch.float64, requires_grad=True)
+    got = conv_channels_last(h, conv)
+    expected = conv(h.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(got, expected)
+    g = torch.randn_like(got)
+    mine = torch.autograd.grad(got, [h, conv.weight, conv.bias], g)
+    theirs = torch.autograd.grad(expected, [h, conv.weight, conv.bias], g)
+    assert all(torch.allclose(a, b) for a, b in zip(mine, theirs, strict=True))
+    pooled = max_pool_positions(h, pool)
+    reference = torch.nn.functional.max_pool1d(h.transpose(1, 2), pool, ceil_mode=True)
+    assert torch.equal(pooled, reference.transpose(1, 2))
+
+
+def _forward_channels_first(model, tokens):
+    """The network as ecstream computed it before its activations went channels last:
+    [B, C, L], PyTorch's Conv1d and max_pool1d (old checkpoints must give the same logits)."""
+    f = torch.nn.functional
+    mask = (tokens != alphabet.PAD).unsqueeze(1).double()
+    h = model.embed(tokens.long()).transpose(1, 2)
+    h = f.relu(model.stem(h)) * mask
+    if model.config.pool > 1:
+        h = f.max_pool1d(h, model.config.pool, ceil_mode=True)
+        mask = f.max_pool1d(mask, model.config.pool, ceil_mode=True)
+    for block in model.blocks:
+        z = block.norm(h.transpose(1, 2)).transpose(1, 2) if block.norm is not None else h
+        h = (h + block.conv(f.relu(z) * mask)) * mask
+    h = f.relu(h)
+    mean = (h * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+    top = h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(-1)
+    return model.head(model.norm(torch.cat([top, mean], dim=1)))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_network_computes_what_it_did_channels_first(name):
+    torch.manual_seed(2)
+    model = ECClassifier(preset(name, (7, 30))).double().eval()
+    seqs = ["MKVLAAGIVGLLLAAQPAMAXW", "MSTNPKPQRKTKRNTNRRPQDVKFPGG", "M"]
+    x = _tokens(seqs, 40)
+    got = model(x)
+    expected = _forward_channels_first(model, x)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), (got - expected).abs().max()

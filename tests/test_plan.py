@@ -264,6 +264,8 @@ PINNED_ORDERS = [
     ({"batch_size": 64, "bucket": True}, "75512490378f9dfc"),
     ({"batch_size": 64, "bucket": True, "shuffle": False}, "86e433670f3ddc82"),
     ({"batch_size": 50, "block": 100, "blocks": 3}, "214ef407e53aa61c"),
+    ({"batch_size": 50, "block": 100, "blocks": 3, "bucket": True}, "e8f88e4e1f0868da"),
+    ({"batch_size": 64, "drop_last": True, "world_size": 2, "bucket": True}, "d33b8f90f8b14d37"),
     ({"batch_size": 64, "world_size": 3, "start": 1234}, "1033705406996199"),
     (
         {"batch_size": 48, "world_size": 4, "global_batch": True, "bucket": True, "start": 77},

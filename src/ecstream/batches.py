@@ -21,8 +21,10 @@ from .shards import SplitData
 STATE_FORMAT = "ecstream-batches/v2"
 #: Steps whose shards a remote split fetches ahead of the one being read.
 LOOKAHEAD = 64
-#: Steps whose records a local stream read in order looks up together (numpy's cost is per call).
+#: Steps whose records a local stream read in order looks up together (numpy's cost is per
+#: call), and at most how many records they may hold (their Python lists cost ~100 bytes each).
 SPAN_STEPS = 32
+SPAN_ROWS = 8192
 #: States of ecstream before elastic resume: a rank's step, valid for its own world size only.
 STATE_FORMAT_V1 = "ecstream-batches/v1"
 
@@ -73,8 +75,9 @@ def _batch(x, y, lengths, ids) -> Batch:
 def padded_width(longest, max_length: int):
     """Width for a batch whose longest sequence has ``longest`` residues (an int, or an array of
     them for several batches): capped at ``max_length``, rounded up to a multiple of 8, never
-    above ``max_length``."""
-    return np.minimum(max_length, -(-np.minimum(np.maximum(longest, 1), max_length) // 8) * 8)
+    above ``max_length``; an int for an int."""
+    width = np.minimum(max_length, -(-np.minimum(np.maximum(longest, 1), max_length) // 8) * 8)
+    return int(width) if np.ndim(width) == 0 else width
 
 
 class _Steps(NamedTuple):
@@ -211,7 +214,8 @@ class Batches:
         if 0 <= k < len(got.bounds) - 1:
             return got, k
         ahead = self.data.source is None and len(got.bounds) > 1 and k == len(got.bounds) - 1
-        got = self._look_up(step, min(step + SPAN_STEPS, len(self)) if ahead else step + 1)
+        steps = max(1, min(SPAN_STEPS, SPAN_ROWS // self.settings.batch_size)) if ahead else 1
+        got = self._look_up(step, min(step + steps, len(self)))
         if self.data.source is None:
             self._looked_up = got
         return got, 0
@@ -222,7 +226,7 @@ class Batches:
         s = self.settings
         rows, bounds = self.plan.rows_of_steps(step, end)
         starts, lengths, labels = self.data.spans(rows)
-        if s.bucket:
+        if s.bucket:  # the plan makes no empty step, which reduceat would get wrong
             widths = padded_width(np.maximum.reduceat(lengths, bounds[:-1]), s.max_length)
             width = np.repeat(widths, np.diff(bounds))
         else:

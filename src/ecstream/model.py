@@ -11,6 +11,10 @@ Both presets share one shape, in the spirit of ProteInfer's dilated residual CNN
 
 Padding positions are zeroed after every layer and ignored by the pooling, so a sequence gets
 the same output whatever the width of its batch (fixed or bucketed padding) when padding is post.
+Activations are ``[B, L, C]`` (channels last, as the embedding makes them), and each Conv1d
+runs as a 2-D convolution of that memory: on CPU, oneDNN computes a training step faster so
+than on ``[B, C, L]``, and no transposes are needed (BENCHMARKS.md, layout). The prediction
+:class:`Scorer` stays ``[B, C, L]`` (the same section says why).
 """
 
 from __future__ import annotations
@@ -91,8 +95,9 @@ class ResidualBlock(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation, padding="same")
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        z = self.norm(h.transpose(1, 2)).transpose(1, 2) if self.norm is not None else h
-        return (h + self.conv(F.relu(z) * mask)) * mask
+        """``h`` [B, L, C], ``mask`` [B, L, 1] → [B, L, C]."""
+        z = self.norm(h) if self.norm is not None else h
+        return (h + conv_channels_last(F.relu(z) * mask, self.conv)) * mask
 
 
 class ECClassifier(nn.Module):
@@ -112,23 +117,53 @@ class ECClassifier(nn.Module):
         self.head = nn.Linear(2 * c.channels, c.num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        mask = (tokens != alphabet.PAD).unsqueeze(1).to(self.head.weight.dtype)  # [B, 1, L]
-        h = self.embed(tokens.long()).transpose(1, 2)  # [B, E, L]
-        h = F.relu(self.stem(h)) * mask
+        mask = (tokens != alphabet.PAD).unsqueeze(2).to(self.head.weight.dtype)  # [B, L, 1]
+        h = self.embed(tokens.long())  # [B, L, E]
+        h = F.relu(conv_channels_last(h, self.stem)) * mask
         if self.config.pool > 1:
-            h = F.max_pool1d(h, self.config.pool, ceil_mode=True)
-            mask = F.max_pool1d(mask, self.config.pool, ceil_mode=True)
+            pool = self.config.pool
+            h, mask = max_pool_positions(h, pool), max_pool_positions(mask, pool)
         for block in self.blocks:
             h = block(h, mask)
         pooled = masked_pool(F.relu(h), mask)
         return self.head(self.dropout(self.norm(pooled)))
 
 
+def _as_2d(h: torch.Tensor) -> torch.Tensor:
+    """[B, L, C] viewed, without a copy, as [B, C, 1, L] in channels-last strides."""
+    return h.unsqueeze(1).permute(0, 3, 1, 2)
+
+
+def _from_2d(y: torch.Tensor) -> torch.Tensor:
+    """[B, C, 1, L] back to [B, L, C]: a view when ``y`` is channels last (oneDNN's output for a
+    channels-last input), a copy otherwise."""
+    rows, channels, _, width = y.shape
+    return y.permute(0, 2, 3, 1).reshape(rows, width, channels)
+
+
+def conv_channels_last(
+    h: torch.Tensor, conv: nn.Conv1d, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``conv`` of ``h`` [B, L, C] as a 2-D convolution in channels-last layout: [B, L, C'].
+    ``weight``: the conv's weight as [C', C, 1, K] (a scorer's snapshot); by default the conv's
+    own, so that gradients reach it."""
+    weight = conv.weight.unsqueeze(2) if weight is None else weight
+    y = F.conv2d(_as_2d(h), weight, conv.bias, padding="same", dilation=(1, conv.dilation[0]))
+    return _from_2d(y)
+
+
+def max_pool_positions(h: torch.Tensor, pool: int) -> torch.Tensor:
+    """Max-pooling of ``h`` [B, L, C] over positions, stride ``pool``, the last window partial
+    (``ceil_mode``, as ``max_pool1d``): [B, ceil(L / pool), C]."""
+    return _from_2d(F.max_pool2d(_as_2d(h), (1, pool), ceil_mode=True))
+
+
 def masked_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max and mean over the positions where ``mask`` is 1, concatenated: [B, 2C]."""
-    count = mask.sum(-1).clamp_min(1.0)
-    mean = (h * mask).sum(-1) / count
-    top = h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(-1)
+    """Max and mean over the positions (``h`` [B, L, C]) where ``mask`` [B, L, 1] is 1,
+    concatenated: [B, 2C]."""
+    count = mask.sum(1).clamp_min(1.0)
+    mean = (h * mask).sum(1) / count
+    top = h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(1)
     return torch.cat([top, mean], dim=1)
 
 
@@ -152,10 +187,9 @@ class Scorer(nn.Module):
     tap k, the bias in the centre tap): a position's stem output is the sum of ``stem_kernel``
     rows instead of ``stem_kernel × embed × channels`` multiply-adds (two fifths of the small
     preset's). The rest uses that activations after a ReLU are ≥ 0 and padding is 0: max
-    pooling needs no mask, and a block's input is already masked. Activations stay
-    ``[B, L, C]`` (channels last), as the table makes them: the convolutions run as 2-D ones
-    in that layout, which oneDNN computes faster than ``[B, C, L]`` (BENCHMARKS.md,
-    prediction), and no transpose is needed. Same logits as
+    pooling needs no mask, and a block's input is already masked. Unlike the network, it keeps
+    activations ``[B, C, L]``: channels last scored faster but its peak memory grew with the
+    number of proteins (BENCHMARKS.md, layout). Same logits as
     :meth:`ECClassifier.forward` up to float rounding, for sequences of at least one residue.
     The table is a snapshot of the weights when the scorer is made: make a new one after
     changing them (prediction loads them once).
@@ -173,9 +207,6 @@ class Scorer(nn.Module):
             outside = table.new_zeros(1, c.channels)
             self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), outside]))
         self.register_buffer("taps", torch.arange(c.stem_kernel) * c.vocab)
-        for i, block in enumerate(model.blocks):  # [C, C, 1, K] in the layout of the activations
-            weight = block.conv.weight.detach().unsqueeze(2)
-            self.register_buffer(f"conv{i}", weight.contiguous(memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -194,21 +225,14 @@ class Scorer(nn.Module):
         if c.pool > 1:
             h = h.view(rows, pooled_width, c.pool, c.channels).amax(2)
             keep = keep.view(rows, pooled_width, c.pool).any(2)
-        mask = keep.unsqueeze(2).to(h.dtype)  # [B, L', 1]
-        for i, block in enumerate(m.blocks):
-            # h is masked already, and ReLU keeps padding at 0; a LayerNorm of padding is its
-            # bias: mask again
-            z = F.relu(h) if block.norm is None else F.relu(block.norm(h)) * mask
-            h = h.add_(_conv_channels_last(z, getattr(self, f"conv{i}"), block.conv)).mul_(mask)
+        h = h.transpose(1, 2).contiguous()  # [B, C, L'] for the convolutions
+        mask = keep.unsqueeze(1).to(h.dtype)
+        for block in m.blocks:
+            if block.norm is None:  # h is masked already, and ReLU keeps padding at 0
+                z = F.relu(h)
+            else:  # a LayerNorm of padding is its bias: mask again
+                z = F.relu(block.norm(h.transpose(1, 2)).transpose(1, 2)) * mask
+            h = h.add_(block.conv(z)).mul_(mask)
         h = F.relu_(h)  # ≥ 0 with padding 0: a plain max and sum are the masked ones
-        pooled = torch.cat([h.amax(1), h.sum(1) / mask.sum(1).clamp_min(1.0)], dim=1)
+        pooled = torch.cat([h.amax(-1), h.sum(-1) / mask.sum(-1).clamp_min(1.0)], dim=1)
         return m.head(m.norm(pooled))
-
-
-def _conv_channels_last(z: torch.Tensor, weight: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """``conv`` of ``z`` [B, L, C] with ``weight`` (its own, [C, C, 1, K] channels last), as a
-    2-D convolution of the same memory viewed as [B, C, 1, L] channels last: [B, L, C]."""
-    rows, width, channels = z.shape
-    x = z.unsqueeze(1).permute(0, 3, 1, 2)  # no copy: these strides are channels last
-    y = F.conv2d(x, weight, conv.bias, padding="same", dilation=(1, conv.dilation[0]))
-    return y.permute(0, 2, 3, 1).reshape(rows, width, channels)  # a view when y is channels last

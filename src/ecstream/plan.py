@@ -360,7 +360,9 @@ class EpochPlan:
                 if self.settings.shuffle:
                     order[:full] = np.random.default_rng([self.seed_key, w]).permutation(full)
             self._window = (w, rows, order)
-        return self._window[1], self._window[2]
+            return rows, order
+        _, rows, order = self._window  # read once: another thread may replace it meanwhile
+        return rows, order
 
 
 def _even(count: int, parts: int) -> np.ndarray:

@@ -687,12 +687,14 @@ _ZERO_RUNS: list[memoryview] = []
 
 def _zero_runs(width: int) -> list[memoryview]:
     """Runs of zero bytes, run ``n`` of length ``n``, for every ``n`` up to ``width`` at least:
-    a row's padding by index, not by slicing (the row loop is the stream's own cost). The list
-    only grows (to the widest batch yet), so a thread holding it can always index it."""
-    if len(_ZERO_RUNS) <= width:
+    a row's padding by index, not by slicing (the row loop is the stream's own cost). A wider
+    batch gets a new list (never a list changed in place: a thread may be indexing the old)."""
+    global _ZERO_RUNS
+    runs = _ZERO_RUNS
+    if len(runs) <= width:
         zeros = memoryview(bytes(width))
-        _ZERO_RUNS[:] = [zeros[:n] for n in range(width + 1)]
-    return _ZERO_RUNS
+        runs = _ZERO_RUNS = [zeros[:n] for n in range(width + 1)]
+    return runs
 
 
 def read_batches(
