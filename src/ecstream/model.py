@@ -12,7 +12,7 @@ Both presets share one shape, in the spirit of ProteInfer's dilated residual CNN
 Padding positions are zeroed after every layer and ignored by the pooling, so a sequence gets
 the same output whatever the width of its batch (fixed or bucketed padding) when padding is post.
 Activations are ``[B, L, C]`` (channels last, as the embedding makes them), and each Conv1d
-runs as a 2-D convolution of that memory: on CPU, oneDNN computes a training step faster so
+runs as a 2-D convolution of that memory: on CPU, oneDNN computes a training step faster
 than on ``[B, C, L]``, and no transposes are needed (BENCHMARKS.md, layout). The prediction
 :class:`Scorer` stays ``[B, C, L]`` (the same section says why).
 """
@@ -141,13 +141,10 @@ def _from_2d(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(rows, width, channels)
 
 
-def conv_channels_last(
-    h: torch.Tensor, conv: nn.Conv1d, weight: torch.Tensor | None = None
-) -> torch.Tensor:
+def conv_channels_last(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """``conv`` of ``h`` [B, L, C] as a 2-D convolution in channels-last layout: [B, L, C'].
-    ``weight``: the conv's weight as [C', C, 1, K] (a scorer's snapshot); by default the conv's
-    own, so that gradients reach it."""
-    weight = conv.weight.unsqueeze(2) if weight is None else weight
+    Its weight is viewed as [C', C, 1, K], so gradients reach it."""
+    weight = conv.weight.unsqueeze(2)
     y = F.conv2d(_as_2d(h), weight, conv.bias, padding="same", dilation=(1, conv.dilation[0]))
     return _from_2d(y)
 
