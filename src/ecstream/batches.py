@@ -215,12 +215,12 @@ class Batches:
             return got, k
         ahead = self.data.source is None and len(got.bounds) > 1 and k == len(got.bounds) - 1
         steps = max(1, min(SPAN_STEPS, SPAN_ROWS // self.settings.batch_size)) if ahead else 1
-        got = self._look_up(step, min(step + steps, len(self)))
+        got = self._steps(step, min(step + steps, len(self)))
         if self.data.source is None:
             self._looked_up = got
         return got, 0
 
-    def _look_up(self, step: int, end: int) -> _Steps:
+    def _steps(self, step: int, end: int) -> _Steps:
         """Steps ``[step, end)``: their rows, where those are (:meth:`SplitData.spans`), and
         how each is cut to its batch's width (``truncating``) and padded."""
         s = self.settings

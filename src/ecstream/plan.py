@@ -307,7 +307,7 @@ class EpochPlan:
         if self.world_size > 1:  # a rank's steps are pieces of the stream far apart
             parts = [self.rows(k) for k in range(step, end)]
             bounds = np.cumsum([0, *map(len, parts)]).tolist()
-            return (parts[0] if len(parts) == 1 else np.concatenate(parts)), bounds
+            return np.concatenate(parts), bounds
         offsets = [self._offset(k) for k in range(step, end + 1)]
         rows = self._stream(self.start + offsets[0], self.start + offsets[-1])
         return rows, [o - offsets[0] for o in offsets]
