@@ -207,6 +207,17 @@ class Scorer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(tokens))
+
+    @torch.inference_mode()
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of pooled features (:meth:`features`, of any number of sequences: the head's
+        matrix product is far more efficient on hundreds of rows than on one batch's few)."""
+        return self.model.head(self.model.norm(features))
+
+    @torch.inference_mode()
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each sequence's pooled features ``[B, 2C]``: its max and mean over positions."""
         c, m = self.model.config, self.model
         rows, width = tokens.shape
         pooled_width = -(-width // c.pool)
@@ -231,5 +242,4 @@ class Scorer(nn.Module):
                 z = F.relu(block.norm(h.transpose(1, 2)).transpose(1, 2)) * mask
             h = h.add_(block.conv(z)).mul_(mask)
         h = F.relu_(h)  # ≥ 0 with padding 0: a plain max and sum are the masked ones
-        pooled = torch.cat([h.amax(-1), h.sum(-1) / mask.sum(-1).clamp_min(1.0)], dim=1)
-        return m.head(m.norm(pooled))
+        return torch.cat([h.amax(-1), h.sum(-1) / mask.sum(-1).clamp_min(1.0)], dim=1)

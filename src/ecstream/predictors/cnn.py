@@ -85,10 +85,20 @@ class CNNPredictor(Predictor):
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Logits for a uint8 token batch ``[B, L]``."""
-        x = torch.from_numpy(tokens).to(self.device)
-        bf16 = self.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return self.scorer(x).float().cpu().numpy()
+        return self._classify(self._features(tokens))
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
+
+    def _features(self, tokens: np.ndarray) -> torch.Tensor:
+        with self._autocast():
+            return self.scorer.features(torch.from_numpy(tokens).to(self.device)).float()
+
+    def _classify(self, features: torch.Tensor) -> np.ndarray:
+        with self._autocast():
+            return self.scorer.classify(features).float().cpu().numpy()
 
     def handled(self, length: int) -> str:
         if length <= self.max_length or self.long == "whole":
@@ -113,7 +123,8 @@ class CNNPredictor(Predictor):
 
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(seqs), self.model.config.num_classes), dtype=np.float32)
+        # the batches' pooled features, classified together (one efficient matrix product)
+        features = torch.empty((len(seqs), 2 * self.model.config.channels), device=self.device)
         budget = self.batch_size * self.max_length  # residues per forward pass
         start = 0
         while start < len(seqs):
@@ -124,9 +135,9 @@ class CNNPredictor(Predictor):
             tokens = alphabet.encode(
                 letters_matrix([seqs[i] for i in idx], width(int(lengths[idx[-1]])))
             )
-            out[idx] = self.logits(tokens)
+            features[torch.from_numpy(idx).to(self.device)] = self._features(tokens)
             start += len(idx)
-        return out
+        return self._classify(features)
 
     def _windowed(self, seqs: list[bytes]) -> np.ndarray:
         pieces, owner = [], []
