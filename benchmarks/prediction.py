@@ -4,13 +4,15 @@ Uses the runs of the accuracy section's random split (``bench-output/accuracy/ra
 ``small`` (seven classes) and ``small-ec`` (full EC numbers). Run that section first.
 
 1. Speed: ``ecstream predict`` of the random split's test proteins (FASTA), the class run, the
-   full-EC run and the full-EC run with ``--precision bf16`` taking turns, three times each;
+   full-EC run and (on a CPU with bfloat16 units) the full-EC run with ``--precision bf16``
+   taking turns, three times each;
    sequences/s as predict prints it (scoring time, start-up excluded); medians. What bf16
    changes in the test metrics (``ecstream evaluate --precision``). Then, in one process, the
    logits of the same proteins from the network's own forward and from
    :class:`ecstream.model.Scorer`, taking turns.
 2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated), in
-   both precisions; peak anonymous memory (``RssAnon``) of the whole command.
+   both precisions (float32 only on a CPU that emulates bfloat16: there 1,000 proteins in each
+   instead); peak anonymous memory (``RssAnon``) of the whole command.
 3. Long proteins: the test proteins longer than the training length (660), scored whole, in
    overlapping windows and truncated, by the full-EC run; top accuracy at levels 1 and 4.
 """
@@ -172,13 +174,43 @@ def _bf16_cost() -> list[str]:
     ]
 
 
+def _precisions() -> tuple[str, ...]:
+    """The precisions measured: bf16 only where this CPU has bfloat16 units (emulated, a run of
+    1,000,000 proteins would take hours; :func:`_emulated_bf16` says how slow instead)."""
+    import torch
+
+    from ecstream.predictors.cnn import native_bf16
+
+    return PRECISIONS if native_bf16(torch.device("cpu")) else ("32",)
+
+
+def _emulated_bf16(fasta: Path, n: int = 1000) -> str:
+    """One ``predict`` of the first ``n`` test proteins in each precision, on a CPU without
+    bfloat16 units: what ``--precision bf16`` costs there."""
+    lines = fasta.read_text().splitlines(keepends=True)[: 2 * n]
+    few = WORK / f"test-{n}.fasta"
+    few.write_text("".join(lines))
+    got = {
+        p: _predict(RUNS / "small-ec", few, WORK / "few.tsv", "--precision", p) for p in PRECISIONS
+    }
+    return (
+        "`--precision bf16` was not measured at full size: this CPU has no bfloat16 units "
+        "(no AVX512-BF16 or AMX; PyTorch emulates them, and `predict` warns). On the first "
+        f"{n:,} test proteins, once each: float32 {got['32'].speed:,.0f} sequences/s, bf16 "
+        f"{got['bf16'].speed:,.0f} ({got['bf16'].speed / got['32'].speed:.2f}×)."
+    )
+
+
 def run() -> str:
     from ecstream.config import SCORE_ROWS
 
     WORK.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    precisions = _precisions()
+    bf16 = "bf16" in precisions
     fasta, n_test = _test_fasta()
-    speeds: dict[str, list[float]] = {"small": [], "small-ec": [], "small-ec bf16": []}
+    arms = ["small", "small-ec", *(["small-ec bf16"] if bf16 else [])]
+    speeds: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(REPEATS):
         for name in speeds:
             run, _, precision = name.partition(" ")
@@ -189,29 +221,58 @@ def run() -> str:
     memory: dict[tuple[int, str], Predicted] = {}  # by (sequences, precision)
     for n in FASTA_SIZES:
         big = _fasta(OUTPUT / f"predict-{n}.fasta", n)
-        for precision in PRECISIONS:
+        for precision in precisions:
             out = WORK / f"ec-{n}.tsv"
             memory[n, precision] = _predict(RUNS / "small-ec", big, out, "--precision", precision)
             out.unlink(missing_ok=True)
     change = {
         p: memory[FASTA_SIZES[1], p].peak_mb / memory[FASTA_SIZES[0], p].peak_mb - 1
-        for p in PRECISIONS
+        for p in precisions
     }
     ok = {p: abs(c) <= MAX_MEMORY_CHANGE for p, c in change.items()}
 
     def met(value: bool) -> str:
         return "yes" if value else "**no**"
 
+    def runs(name: str) -> str:
+        return ", ".join(f"{v:,.0f}" for v in speeds[name])
+
+    named = " / ".join(precisions)
+
     def memory_row(n: int) -> str:
-        cells = " / ".join(f"{memory[n, p].peak_mb:.0f}" for p in PRECISIONS)
+        cells = " / ".join(f"{memory[n, p].peak_mb:.0f}" for p in precisions)
         target = "| | |"
         if n > FASTA_SIZES[0]:
-            target = f"| flat (±10%) | {met(ok['32'])} / {met(ok['bf16'])} |"
-        return (
-            f"| full EC: peak anonymous memory, {n:,} sequences (32 / bf16) | {cells} MB {target}"
-        )
+            target = f"| flat (±10%) | {' / '.join(met(ok[p]) for p in precisions)} |"
+        return f"| full EC: peak anonymous memory, {n:,} sequences ({named}) | {cells} MB {target}"
 
     big = FASTA_SIZES[1]
+    m32 = memory[big, "32"]
+    if bf16:
+        b16 = memory[big, "bf16"]
+        bf16_row = [
+            f"| full EC, `--precision bf16`, taking turns with it "
+            f"| {med['small-ec bf16']:,.0f} | ≥ {MIN_SPEED:,} "
+            f"| {met(med['small-ec bf16'] >= MIN_SPEED)} |"
+        ]
+        bf16_runs = (
+            f"full EC in bf16 {runs('small-ec bf16')}; classes {runs('small')}: bf16 is "
+            f"{med['small-ec bf16'] / med['small-ec']:.2f}× of float32, and "
+        )
+        bf16_big = (
+            f", {b16.wall_s:.0f} s in bf16 ({b16.speed:,.0f}/s); memory changed by "
+            f"{100 * change['32']:+.1f}% (bf16: {100 * change['bf16']:+.1f}%)"
+        )
+        bf16_note = (
+            "bf16: bfloat16 matrix products (PyTorch's autocast), which this CPU runs natively "
+            "(AVX512-BF16 or AMX)."
+        )
+        bf16_tables = ["", *_bf16_cost()]
+    else:
+        bf16_row, bf16_tables = [], []
+        bf16_runs = f"classes {runs('small')}: "
+        bf16_big = f"; memory changed by {100 * change['32']:+.1f}%"
+        bf16_note = _emulated_bf16(fasta)
     lines = [
         "## Prediction with full EC numbers",
         "",
@@ -223,29 +284,19 @@ def run() -> str:
         "|---|---:|---:|:---:|",
         f"| full EC: sequences/s on {n_test:,} test proteins (median of {REPEATS}) "
         f"| {med['small-ec']:,.0f} | ≥ {MIN_SPEED:,} | {met(med['small-ec'] >= MIN_SPEED)} |",
-        f"| full EC, `--precision bf16`, taking turns with it "
-        f"| {med['small-ec bf16']:,.0f} | ≥ {MIN_SPEED:,} "
-        f"| {met(med['small-ec bf16'] >= MIN_SPEED)} |",
+        *bf16_row,
         f"| seven classes, same proteins, taking turns | {med['small']:,.0f} | | |",
         memory_row(FASTA_SIZES[0]),
         memory_row(big),
         "",
-        f"All runs (sequences/s): full EC {', '.join(f'{v:,.0f}' for v in speeds['small-ec'])}; "
-        f"full EC in bf16 {', '.join(f'{v:,.0f}' for v in speeds['small-ec bf16'])}; classes "
-        f"{', '.join(f'{v:,.0f}' for v in speeds['small'])}: bf16 is "
-        f"{med['small-ec bf16'] / med['small-ec']:.2f}× of float32, and full EC "
+        f"All runs (sequences/s): full EC {runs('small-ec')}; {bf16_runs}full EC "
         f"{med['small-ec'] / med['small']:.2f}× of the classes. The {big:,} sequences took "
-        f"{memory[big, '32'].wall_s:.0f} s with start-up ({memory[big, '32'].speed:,.0f} "
-        f"sequences/s scoring), {memory[big, 'bf16'].wall_s:.0f} s in bf16 "
-        f"({memory[big, 'bf16'].speed:,.0f}/s); "
-        f"memory changed by {100 * change['32']:+.1f}% (bf16: {100 * change['bf16']:+.1f}%) from "
-        f"{FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the run's "
-        "thresholds, and the TSV writing, all included. Each chunk of 8,192 records is scored "
-        f"in parts of {SCORE_ROWS:,}, the C heap's free pages returned after each part "
-        "(`ecstream.allocator`). bf16: bfloat16 matrix products (PyTorch's autocast), which "
-        "this CPU runs natively (AVX512-BF16); a CPU without them emulates them, slower.",
-        "",
-        *_bf16_cost(),
+        f"{m32.wall_s:.0f} s with start-up ({m32.speed:,.0f} sequences/s scoring){bf16_big} "
+        f"from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the "
+        "run's thresholds, and the TSV writing, all included. Each chunk of 8,192 records is "
+        f"scored in parts of {SCORE_ROWS:,}, the C heap's free pages returned after each part "
+        f"(`ecstream.allocator`). {bf16_note}",
+        *bf16_tables,
         "",
         scorer,
         "",

@@ -378,6 +378,23 @@ def test_bf16_scoring_is_used_when_asked_and_stays_close_to_float32(ec_run, smal
         load_model(ec_run, precision="16")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bfloat16_units_is_warned_about(ec_run, monkeypatch, native):
+    import warnings
+
+    from ecstream.predictors import cnn
+
+    monkeypatch.setattr(cnn, "native_bf16", lambda device: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(ec_run, precision="bf16")
+        load_model(ec_run)  # float32 never warns
+    emulated = [w for w in caught if issubclass(w.category, cnn.EmulatedBF16Warning)]
+    assert len(emulated) == (0 if native else 1)
+    if emulated:  # one line naming the run, saying what to do
+        assert emulated[0].filename == str(ec_run) and "float32" in str(emulated[0].message)
+
+
 def test_a_class_run_fills_the_ec_columns_at_depth_one(cnn_run, tmp_path):
     fasta = tmp_path / "q.fasta"
     fasta.write_text(">a\nMKVLAAGIVGLLLAAQPAMAKKLLLAAAGGHHH\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,18 @@ from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
 from ..runs import RunError, read_calibration
 from .base import Predictor, Scores
+
+
+class EmulatedBF16Warning(UserWarning):
+    """``precision="bf16"`` on a CPU without bfloat16 units: PyTorch emulates them, far slower."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products in hardware: a CPU with AVX512-BF16
+    or AMX (what oneDNN uses); a GPU is taken to (autocast's own choice there)."""
+    if device.type != "cpu":
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def windows(length: int, width: int) -> list[tuple[int, int]]:
@@ -67,6 +80,14 @@ class CNNPredictor(Predictor):
             raise RunError(f"{run}: no model.pt (training did not finish an epoch)")
         payload = torch.load(weights, map_location="cpu", weights_only=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.precision == "bf16" and not native_bf16(self.device):
+            message = (
+                "--precision bf16 on a CPU without bfloat16 units (AVX512-BF16 or AMX): PyTorch "
+                "emulates them, many times slower than float32; "
+                "score in float32 (the default) instead"
+            )
+            # filename and line 0: one line on the terminal, naming the run, no source line
+            warnings.warn_explicit(message, EmulatedBF16Warning, str(self.run), 0)
         self.batch_size = PREDICT_BATCH_SIZE.get(self.device.type, PREDICT_BATCH_SIZE["cpu"])
         self.model = ECClassifier(ModelConfig.from_dict(payload["model"]))
         self.model.load_state_dict(payload["state_dict"])
