@@ -90,7 +90,14 @@ def _scorer_against_forward(fasta: Path) -> str:
     model = ecstream.load_model(RUNS / "small-ec")
     with fasta.open() as fh:
         seqs = [line.strip().encode() for line in fh if not line.startswith(">")]
-    ways = {"forward": torch.inference_mode()(model.model), "scorer": model.scorer}
+
+    class Network:  # the network's own layers, in the two steps prediction calls
+        features = staticmethod(torch.inference_mode()(model.model.features))
+        classify = staticmethod(
+            torch.inference_mode()(lambda f: model.model.head(model.model.norm(f)))
+        )
+
+    ways = {"forward": Network(), "scorer": model.scorer}
     speeds: dict[str, list[float]] = {name: [] for name in ways}
     logits = {}
     for _ in range(REPEATS):

@@ -117,6 +117,10 @@ class ECClassifier(nn.Module):
         self.head = nn.Linear(2 * c.channels, c.num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.norm(self.features(tokens))))
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each sequence's pooled features ``[B, 2C]`` (masked max ⊕ mean), before the head."""
         mask = (tokens != alphabet.PAD).unsqueeze(2).to(self.head.weight.dtype)  # [B, L, 1]
         h = self.embed(tokens.long())  # [B, L, E]
         h = F.relu(conv_channels_last(h, self.stem)) * mask
@@ -125,8 +129,7 @@ class ECClassifier(nn.Module):
             h, mask = max_pool_positions(h, pool), max_pool_positions(mask, pool)
         for block in self.blocks:
             h = block(h, mask)
-        pooled = masked_pool(F.relu(h), mask)
-        return self.head(self.dropout(self.norm(pooled)))
+        return masked_pool(F.relu(h), mask)
 
 
 def _as_2d(h: torch.Tensor) -> torch.Tensor:
