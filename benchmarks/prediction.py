@@ -7,9 +7,9 @@ Uses the runs of the accuracy section's random split (``bench-output/accuracy/ra
    full-EC run and (on a CPU with bfloat16 units) the full-EC run with ``--precision bf16``
    taking turns, three times each;
    sequences/s as predict prints it (scoring time, start-up excluded); medians. What bf16
-   changes in the test metrics (``ecstream evaluate --precision``). Then, in one process, the
-   logits of the same proteins from the network's own forward and from
-   :class:`ecstream.model.Scorer`, taking turns.
+   changes in the test metrics (``ecstream evaluate --precision``), where it was measured.
+   Then, in one process, the logits of the same proteins from the network's own forward and
+   from :class:`ecstream.model.Scorer`, taking turns.
 2. Memory: the full-EC run on 100,000 and 1,000,000 sequences (the shared data repeated), in
    both precisions (float32 only on a CPU that emulates bfloat16: there 1,000 proteins in each
    instead); peak anonymous memory (``RssAnon``) of the whole command.

@@ -28,7 +28,9 @@ def native_bf16(device: torch.device) -> bool:
     or AMX (what oneDNN uses); a GPU is taken to (autocast's own choice there)."""
     if device.type != "cpu":
         return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # private in torch 2.13; a torch without them is taken to know best (no warning)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: True)() for name in checks)
 
 
 def windows(length: int, width: int) -> list[tuple[int, int]]:
@@ -144,8 +146,9 @@ class CNNPredictor(Predictor):
 
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         order = np.argsort(lengths, kind="stable")
-        # the batches' pooled features, classified together (one efficient matrix product)
-        features = torch.empty((len(seqs), 2 * self.model.config.channels), device=self.device)
+        # the batches' pooled features, classified together (efficient matrix products)
+        columns = 2 * self.model.config.channels
+        features = torch.empty((len(seqs), columns), dtype=torch.float32, device=self.device)
         budget = self.batch_size * self.max_length  # residues per forward pass
         start = 0
         while start < len(seqs):
@@ -158,7 +161,11 @@ class CNNPredictor(Predictor):
             )
             features[torch.from_numpy(idx).to(self.device)] = self._features(tokens)
             start += len(idx)
-        return self._classify(features)
+        # SCORE_ROWS at a time: a whole validation split's logits never sit on a GPU at once
+        out = np.empty((len(seqs), self.model.config.num_classes), dtype=np.float32)
+        for a in range(0, len(seqs), SCORE_ROWS):
+            out[a : a + SCORE_ROWS] = self._classify(features[a : a + SCORE_ROWS])
+        return out
 
     def _windowed(self, seqs: list[bytes]) -> np.ndarray:
         pieces, owner = [], []
