@@ -57,6 +57,15 @@ def limit_threads() -> None:
 
 
 # --- machine -------------------------------------------------------------------------------
+#: /proc/cpuinfo flags of the vector units that set this machine's speed, as reports name them
+_UNITS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("amx_bf16", "AMX"),
+)
+
+
 def _cpu_model() -> str:
     """The CPU's name, and the vector units that set its speed here (a virtual machine's
     name can hide which generation it is: "AMD EPYC" was AVX-512 one day, AVX2 the next)."""
@@ -66,14 +75,6 @@ def _cpu_model() -> str:
     flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE) or ["", ""])[1].split())
     units = [u for f, u in _UNITS if f in flags] or ["no AVX2"]
     return f"{name} ({', '.join(units)})"
-
-
-_UNITS = (
-    ("avx2", "AVX2"),
-    ("avx512f", "AVX-512"),
-    ("avx512_bf16", "AVX512-BF16"),
-    ("amx_bf16", "AMX"),
-)
 
 
 def _ram_gib() -> float:

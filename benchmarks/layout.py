@@ -35,7 +35,7 @@ SCORER_NOTE = (
 BATCH, WIDTH, THREADS = 64, 660, 2
 
 
-def _channels_first(model, tokens):
+def channels_first_forward(model, tokens):
     """The network on [B, C, L] with PyTorch's 1-D layers (ecstream before 2026-11-29)."""
     import torch
     from torch.nn import functional as F
@@ -108,15 +108,15 @@ def run() -> str:
     arms = {
         "block convolution, inference": (conv_first, conv_last, 20),
         "network, training step": (
-            step(lambda t: _channels_first(model, t)), step(model), 3,
+            step(lambda t: channels_first_forward(model, t)), step(model), 3,
         ),
         "network, inference forward": (
-            infer(lambda t: _channels_first(model, t)), infer(model), 5,
+            infer(lambda t: channels_first_forward(model, t)), infer(model), 5,
         ),
     }  # fmt: skip
     model.eval()
     with torch.inference_mode():
-        diff = (model(tokens) - _channels_first(model, tokens)).abs().max().item()
+        diff = (model(tokens) - channels_first_forward(model, tokens)).abs().max().item()
     model.train()
     model.dropout.p = 0.0  # the same function both ways, dropout or not
     times = {name: ([], []) for name in arms}

@@ -1,7 +1,9 @@
 """The networks: embedding on the device, padding that changes nothing, both presets train, and
 the prediction scorer computes the same function."""
 
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,10 @@ from hypothesis import strategies as st
 
 from ecstream import alphabet
 from ecstream.model import PRESETS, ECClassifier, Scorer, preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+# the network as ecstream computed it channels first: the benchmark's baseline, shared
+from layout import channels_first_forward
 
 
 @pytest.fixture(params=list(PRESETS))
@@ -135,25 +141,6 @@ def test_channels_last_layers_are_pytorchs_conv1d_and_max_pool1d(
     assert torch.equal(pooled, reference.transpose(1, 2))
 
 
-def _forward_channels_first(model, tokens):
-    """The network as ecstream computed it before its activations went channels last:
-    [B, C, L], PyTorch's Conv1d and max_pool1d (old checkpoints must give the same logits)."""
-    f = torch.nn.functional
-    mask = (tokens != alphabet.PAD).unsqueeze(1).double()
-    h = model.embed(tokens.long()).transpose(1, 2)
-    h = f.relu(model.stem(h)) * mask
-    if model.config.pool > 1:
-        h = f.max_pool1d(h, model.config.pool, ceil_mode=True)
-        mask = f.max_pool1d(mask, model.config.pool, ceil_mode=True)
-    for block in model.blocks:
-        z = block.norm(h.transpose(1, 2)).transpose(1, 2) if block.norm is not None else h
-        h = (h + block.conv(f.relu(z) * mask)) * mask
-    h = f.relu(h)
-    mean = (h * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
-    top = h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(-1)
-    return model.head(model.norm(torch.cat([top, mean], dim=1)))
-
-
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_the_network_computes_what_it_did_channels_first(name):
     torch.manual_seed(2)
@@ -161,5 +148,5 @@ def test_the_network_computes_what_it_did_channels_first(name):
     seqs = ["MKVLAAGIVGLLLAAQPAMAXW", "MSTNPKPQRKTKRNTNRRPQDVKFPGG", "M"]
     x = _tokens(seqs, 40)
     got = model(x)
-    expected = _forward_channels_first(model, x)
+    expected = channels_first_forward(model, x)  # old checkpoints must give the same logits
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), (got - expected).abs().max()
