@@ -111,7 +111,8 @@ def _scorer_against_forward(fasta: Path) -> str:
     return (
         f"Logits alone, in one process, {model.batch_size} a pass: the network's own forward "
         f"{med['forward']:,.0f} sequences/s, the `Scorer` (embedding folded into the stem's "
-        f"table) {med['scorer']:,.0f} ({med['scorer'] / med['forward']:.2f}×); largest "
+        f"table, the blocks' convolutions as matrix products of one flat sequence) "
+        f"{med['scorer']:,.0f} ({med['scorer'] / med['forward']:.2f}×); largest "
         f"difference of a logit {gap:.1e} (float rounding)."
     )
 

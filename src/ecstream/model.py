@@ -14,7 +14,7 @@ the same output whatever the width of its batch (fixed or bucketed padding) when
 Activations are ``[B, L, C]`` (channels last, as the embedding makes them), and each Conv1d
 runs as a 2-D convolution of that memory: on CPU, oneDNN computes a training step faster
 than on ``[B, C, L]``, and no transposes are needed (BENCHMARKS.md, layout). The prediction
-:class:`Scorer` stays ``[B, C, L]`` (the same section says why).
+:class:`Scorer` computes the same function its own way (its docstring says how and why).
 """
 
 from __future__ import annotations
@@ -186,16 +186,23 @@ class Scorer(nn.Module):
     folded into one table of ``stem_kernel × vocab`` rows (the stem's response to residue v at
     tap k, the bias in the centre tap): a position's stem output is the sum of ``stem_kernel``
     rows instead of ``stem_kernel × embed × channels`` multiply-adds (two fifths of the small
-    preset's). The rest uses that activations after a ReLU are ≥ 0 and padding is 0: max
-    pooling needs no mask, and a block's input is already masked. Unlike the network, it keeps
-    activations ``[B, C, L]``: channels last scored faster but its peak memory grew with the
-    number of proteins (BENCHMARKS.md, layout). Same logits as
-    :meth:`ECClassifier.forward` up to float rounding, for sequences of at least one residue.
-    The table is a snapshot of the weights when the scorer is made: make a new one after
-    changing them (prediction loads them once).
+    preset's). A padding position sums a row of -1e30, so after max pooling a ReLU zeroes it
+    and no mask is multiplied in at full length.
+
+    The blocks see the batch as one flat sequence ``[rows × (L' + gap), C]``: each sequence's
+    positions followed by ``gap`` zero positions, as far as a block's convolution reaches.
+    Their convolution of the flat sequence is then every sequence's own, and it is ``kernel``
+    matrix products of contiguous slices (one per tap), added up. No transposes, and no
+    convolution primitive made for each new batch shape: whole proteins give nearly every
+    pass a new one, and oneDNN's convolutions were slower than these products on them
+    (BENCHMARKS.md, prediction). Same logits as :meth:`ECClassifier.forward` up to float
+    rounding, for sequences of at least one residue. The table and weights are a snapshot
+    of the model's when the scorer is made: make a new one after changing them (prediction
+    loads them once).
     """
 
     OUTSIDE = -1  # a token position outside the sequence: the convolution's zero padding
+    NEG = -1e30  # the stem's output at a padding position (finite: no inf - inf)
 
     def __init__(self, model: ECClassifier):
         super().__init__()
@@ -204,9 +211,17 @@ class Scorer(nn.Module):
         with torch.no_grad():
             table = torch.einsum("cek,ve->kvc", model.stem.weight, model.embed.weight).clone()
             table[self.left] += model.stem.bias
-            outside = table.new_zeros(1, c.channels)
-            self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), outside]))
+            ends = table.new_tensor([[0.0], [self.NEG]]).expand(2, c.channels)  # outside, pad
+            self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), ends]))
+            # each block's weight as [kernel, C_in, C_out]: tap k's matrix is weights[b, k]
+            weights = [block.conv.weight.permute(2, 1, 0) for block in model.blocks]
+            self.register_buffer("weights", torch.stack(weights).contiguous())
+            self.register_buffer("biases", torch.stack([b.conv.bias for b in model.blocks]))
         self.register_buffer("taps", torch.arange(c.stem_kernel) * c.vocab)
+        # positions a block reads left and right of a position (PyTorch's "same" padding puts
+        # the odd one right): the gap is the furthest right
+        self.reach = [d * (c.kernel - 1) // 2 for d in c.dilations]
+        self.gap = max((-(-d * (c.kernel - 1) // 2) for d in c.dilations), default=0)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -221,28 +236,49 @@ class Scorer(nn.Module):
     @torch.inference_mode()
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Each sequence's pooled features ``[B, 2C]``: its max and mean over positions."""
-        c, m = self.model.config, self.model
+        c, gap = self.model.config, self.gap
         rows, width = tokens.shape
-        pooled_width = -(-width // c.pool)
-        extra = pooled_width * c.pool - width  # positions the ceil-mode pooling reads past L
+        pooled = -(-width // c.pool)
+        extra = pooled * c.pool - width  # positions the ceil-mode pooling reads past L
         t = F.pad(
             tokens.long(), (self.left, c.stem_kernel - 1 - self.left + extra), value=self.OUTSIDE
         )
         at = t.unfold(1, c.stem_kernel, 1)  # [B, L + extra, K]: each position's window
-        index = torch.where(at == self.OUTSIDE, len(self.table) - 1, at + self.taps)
-        h = F.embedding_bag(index.reshape(-1, c.stem_kernel), self.table, mode="sum")
+        index = torch.where(at == self.OUTSIDE, len(self.table) - 2, at + self.taps)
         keep = F.pad(tokens != alphabet.PAD, (0, extra))
-        h = F.relu_(h.view(rows, -1, c.channels)).mul_(keep.unsqueeze(2))
-        if c.pool > 1:
-            h = h.view(rows, pooled_width, c.pool, c.channels).amax(2)
-            keep = keep.view(rows, pooled_width, c.pool).any(2)
-        h = h.transpose(1, 2).contiguous()  # [B, C, L'] for the convolutions
-        mask = keep.unsqueeze(1).to(h.dtype)
-        for block in m.blocks:
+        index[..., self.left].masked_fill_(~keep, len(self.table) - 1)
+        h = F.embedding_bag(index.reshape(-1, c.stem_kernel), self.table, mode="sum")
+        h = h.view(rows, pooled, c.pool, c.channels).amax(2)
+        keep = keep.view(rows, pooled, c.pool).any(2)
+        span, n = pooled + gap, rows * (pooled + gap)
+        flat = h.new_zeros(n + 2 * gap, c.channels)  # gap zeros before, after and between
+        torch.clamp_min(h, 0.0, out=flat[gap : gap + n].view(rows, span, -1)[:, :pooled])
+        h = flat[gap : gap + n]  # [n, C]: the sequences, each with its gap
+        mask = F.pad(keep, (0, gap)).reshape(n, 1).to(h.dtype)
+        # the matrix products in the autocast dtype where one is on (bf16 prediction), cast
+        # here: autocast leaves in-place products (addmm_) alone
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            self._blocks(h, mask, dtype)
+        h = F.relu_(h).view(rows, span, c.channels)  # ≥ 0 with padding 0: plain max and sum
+        count = keep.sum(1, keepdim=True).clamp_min(1).to(h.dtype)
+        return torch.cat([h.amax(1), h.sum(1) / count], dim=1)
+
+    def _blocks(self, h: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> None:
+        """The residual blocks on the flat sequence ``h`` [n, C] (a view of a frame with
+        ``gap`` zeros before and after), in place; matrix products in ``dtype``."""
+        c, gap, n = self.model.config, self.gap, len(h)
+        weights, biases = self.weights.to(dtype), self.biases.to(dtype)
+        z = h.new_zeros(n + 2 * gap, c.channels, dtype=dtype)  # the blocks' input, same frame
+        for b, (block, dilation) in enumerate(zip(self.model.blocks, c.dilations, strict=True)):
             if block.norm is None:  # h is masked already, and ReLU keeps padding at 0
-                z = F.relu(h)
+                z[gap : gap + n].copy_(h).clamp_min_(0.0)
             else:  # a LayerNorm of padding is its bias: mask again
-                z = F.relu(block.norm(h.transpose(1, 2)).transpose(1, 2)) * mask
-            h = h.add_(block.conv(z)).mul_(mask)
-        h = F.relu_(h)  # ≥ 0 with padding 0: a plain max and sum are the masked ones
-        return torch.cat([h.amax(-1), h.sum(-1) / mask.sum(-1).clamp_min(1.0)], dim=1)
+                z[gap : gap + n].copy_(F.relu(block.norm(h))).mul_(mask)
+            first = gap - self.reach[b]  # where tap 0 of the first position reads
+            y = torch.addmm(biases[b], z[first : first + n], weights[b, 0])
+            for k in range(1, c.kernel):
+                a = first + k * dilation
+                y.addmm_(z[a : a + n], weights[b, k])
+            h.add_(y).mul_(mask)
