@@ -17,20 +17,20 @@ from common import machine_info, machine_markdown, median
 
 ROUNDS = 9
 SCORER_NOTE = (
-    "The prediction scorer (`ecstream.model.Scorer`) stays channels first. Channels last made it "
-    "faster (an A/B of `ecstream predict` on 8,192 proteins, taking turns three times, a one-off "
-    "script: float32 1,373 → 1,565 sequences/s, bf16 1,759 → 1,980), but its peak anonymous "
-    "memory then grew with the number of proteins, in two runs of `benchmarks/run.py "
-    "prediction` on 2026-11-29: 07:43 (commit 6d37d48), float32 1,610 sequences/s, bf16 "
-    "2,065, peak 382 MB at 100,000 proteins against "
-    "452 MB at 1,000,000 (+18.4%; bf16 +25.3%); 08:44, large blocks mapped afresh (glibc's "
-    "`M_MMAP_THRESHOLD` at 4 MiB), 1,496 and 1,764, 328 against 461 MB (+40.5%; bf16 +19.5%). "
-    "Sampled every millisecond while scoring 60,000 proteins (a one-off script), its peak was "
-    "398 MB against 247 MB channels first, with the same memory after each part; oneDNN "
-    "(`ONEDNN_VERBOSE=1`) ran its convolutions as `brg_conv_fwd` channels last and as "
-    "`jit:avx512_core` with reorders channels first. "
-    "Prediction meets a new batch shape with nearly every pass, training the same few again "
-    "and again; the cause was not pinned down, and flat memory counts for more than speed."
+    "The prediction scorer (`ecstream.model.Scorer`) did not take these convolutions. Channels "
+    "last made it faster (an A/B of `ecstream predict` on 8,192 proteins, taking turns three "
+    "times, a one-off script: float32 1,373 → 1,565 sequences/s, bf16 1,759 → 1,980), but its peak"
+    " anonymous memory then grew with the number of proteins, in two runs of `benchmarks/run.py "
+    "prediction` on 2026-11-29: 07:43 (commit 6d37d48), float32 1,610 sequences/s, bf16 2,065, "
+    "peak 382 MB at 100,000 proteins against 452 MB at 1,000,000 (+18.4%; bf16 +25.3%); 08:44, "
+    "large blocks mapped afresh (glibc's `M_MMAP_THRESHOLD` at 4 MiB), 1,496 and 1,764, 328 "
+    "against 461 MB (+40.5%; bf16 +19.5%). Sampled every millisecond while scoring 60,000 proteins"
+    " (a one-off script), its peak was 398 MB against 247 MB channels first, with the same memory "
+    "after each part; oneDNN (`ONEDNN_VERBOSE=1`) ran its convolutions as `brg_conv_fwd` channels "
+    "last and as `jit:avx512_core` with reorders channels first. Prediction meets a new batch "
+    "shape with nearly every pass, training the same few again and again; the cause was not pinned"
+    " down, and flat memory counts for more than speed. Since 2026-11-29 13:00 the scorer runs the"
+    " blocks as matrix products of one flat sequence instead (the prediction section)."
 )
 BATCH, WIDTH, THREADS = 64, 660, 2
 
