@@ -21,6 +21,7 @@ SECTIONS = {
     "accuracy": "accuracy",
     "prediction": "prediction",
     "prediction-cache": "prediction_cache",
+    "scorer-blocks": "scorer_blocks",
     "layout": "layout",
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",

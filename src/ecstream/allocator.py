@@ -12,6 +12,9 @@ PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by def
 with memory of its own. Training meets a few shapes again and again; prediction scores whole
 proteins in length-sorted passes, so nearly every pass has a new (batch, width) shape and the
 cache fills with primitives used once, each holding memory (BENCHMARKS.md has the figures).
+The scorer now runs its blocks as matrix products, not convolutions; the cache stays small
+because PyTorch hands bfloat16 matrix products to oneDNN on CPUs with bfloat16 units, and
+those are primitives per shape too.
 """
 
 from __future__ import annotations
