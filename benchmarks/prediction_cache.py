@@ -5,6 +5,8 @@ PyTorch's CPU convolutions are oneDNN primitives, cached per input shape; ``pred
 where oneDNN keeps 1,024. The full-EC run of the accuracy section's random split predicts
 100,000 sequences (the shared data) with each setting, taking turns, twice each; sequences/s as
 predict prints it and the peak anonymous memory of the command. Run the accuracy section first.
+Since 2026-11-29 13:00 the scorer's blocks are matrix products, which in float32 are no oneDNN
+primitives, so this comparison now shows the cache's effect on the rest of ``predict`` only.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def run() -> str:
             "Command: `.venv/bin/python benchmarks/run.py prediction-cache` (after the accuracy "
             f"section). The full-EC run predicts {SEQUENCES:,} sequences with each cache size, "
             f"taking turns, {REPEATS} times each; both cores. Memory is the peak `RssAnon` of the "
-            "command.",
+            "command. Runs before 2026-11-29 13:00 scored the blocks with oneDNN convolutions; "
+            "since then they are matrix products, in float32 not oneDNN's.",
             "",
             machine_markdown(info),
             "| primitives cached | sequences/s (median) | runs | peak memory (median) "

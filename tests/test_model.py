@@ -66,16 +66,26 @@ def test_unknown_preset_is_a_clear_error():
         preset("huge", (7,))
 
 
-@pytest.fixture(scope="module", params=[*PRESETS, "even stem, pool 2"])
+#: beside the presets, shapes whose padding the scorer must get right: an even stem kernel
+#: and even block kernels pad unevenly ("same" puts the odd one right), a kernel of 1 needs no
+#: gap, and a network may have no pooling or no blocks
+ODD_SHAPES = {
+    "even stem, pool 2": {"stem_kernel": 4, "pool": 2},
+    "even kernel, dilations 1 and 3": {"kernel": 4, "dilations": (1, 3)},
+    "kernel 1, pool 1": {"kernel": 1, "pool": 1},
+    "no blocks": {"dilations": ()},
+}
+
+
+@pytest.fixture(scope="module", params=[*PRESETS, *ODD_SHAPES])
 def trained_looking(request):
-    """A preset (or a net with an even stem kernel, whose "same" padding is uneven, and a pool
-    of 2) with every weight random (biases and norms too, as after training), and the
-    embedding's padding row zero, as training keeps it."""
+    """A preset (or one of :data:`ODD_SHAPES`) with every weight random (biases and norms
+    too, as after training), and the embedding's padding row zero, as training keeps it."""
     torch.manual_seed(1)
     if request.param in PRESETS:
         config = preset(request.param, (7, 40))
     else:
-        config = replace(preset("small", (7, 40)), stem_kernel=4, pool=2)
+        config = replace(preset("small", (7, 40)), **ODD_SHAPES[request.param])
     model = ECClassifier(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -103,6 +113,27 @@ def test_the_scorer_gives_the_networks_logits(trained_looking, lengths, extra, s
     with torch.inference_mode():
         expected, got = model(x), scorer(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
+
+
+def test_the_scorer_in_bf16_runs_its_products_in_bf16_and_stays_close(trained_looking):
+    """Under autocast the scorer casts the blocks' matrix products itself (autocast leaves
+    in-place products alone): bfloat16 really runs, every preset's features stay float32,
+    and the logits move by about bfloat16's precision, not more."""
+    model, scorer = trained_looking
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(1, alphabet.VOCAB_SIZE, (4, 90), generator=g, dtype=torch.uint8)
+    x[1, 50:] = alphabet.PAD
+    with torch.inference_mode():
+        exact = scorer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = scorer.features(x)
+        fast = scorer.classify(features)
+    assert features.dtype == torch.float32
+    if not model.blocks:  # nothing before the head is a matrix product: nothing changes
+        assert torch.equal(fast, exact)
+        return
+    assert not torch.equal(fast, exact)
+    assert ((fast - exact).abs() <= 0.01 * exact.abs() + 0.02).all(), (fast - exact).abs().max()
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note

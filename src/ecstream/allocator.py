@@ -1,5 +1,5 @@
 """Memory that does not grow with the data: free heap pages given back after each part, and
-oneDNN's cache of convolution primitives kept small when scoring.
+oneDNN's cache of primitives kept small when scoring.
 
 glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so the
 arrays of several MiB that every part of a prediction needs then come from the heap, which
@@ -12,9 +12,9 @@ PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by def
 with memory of its own. Training meets a few shapes again and again; prediction scores whole
 proteins in length-sorted passes, so nearly every pass has a new (batch, width) shape and the
 cache fills with primitives used once, each holding memory (BENCHMARKS.md has the figures).
-The scorer now runs its blocks as matrix products, not convolutions; the cache stays small
-because PyTorch hands bfloat16 matrix products to oneDNN on CPUs with bfloat16 units, and
-those are primitives per shape too.
+The scorer now runs its blocks as matrix products, not convolutions. The cache stays small
+for bfloat16 scoring: PyTorch hands bfloat16 matrix products to oneDNN on CPUs with AVX-512,
+and those are primitives made per shape too (from PyTorch's source; not measured here).
 """
 
 from __future__ import annotations

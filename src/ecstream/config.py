@@ -20,9 +20,10 @@ PREDICT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 #: of a run is that of the model, not of a part's passing spike (BENCHMARKS.md, prediction
 #: section). A homolog search takes a whole chunk: each search has a start-up cost.
 SCORE_ROWS = 512
-#: Shapes that oneDNN's cache of convolution primitives keeps in ``predict`` and ``evaluate``
-#: (its default: 1,024). Scoring meets a new shape with nearly every pass, and each cached
-#: primitive holds memory (BENCHMARKS.md, prediction sections; see ecstream.allocator).
+#: Shapes that oneDNN's cache of primitives keeps in ``predict`` and ``evaluate`` (its
+#: default: 1,024). Scoring meets a new shape with nearly every pass, and each cached primitive
+#: holds memory (BENCHMARKS.md, prediction sections; see ecstream.allocator). Since the
+#: scorer's blocks became matrix products, only bfloat16 scoring makes primitives.
 SCORING_PRIMITIVE_CACHE = 8
 #: How a CNN scores a protein longer than its training length: ``whole`` (the network pools
 #: over any length), ``windows`` (overlapping windows of the training length, logits averaged)

@@ -192,13 +192,13 @@ class Scorer(nn.Module):
     The blocks see the batch as one flat sequence ``[rows × (L' + gap), C]``: each sequence's
     positions followed by ``gap`` zero positions, as far as a block's convolution reaches.
     Their convolution of the flat sequence is then every sequence's own, and it is ``kernel``
-    matrix products of contiguous slices (one per tap), added up. No transposes, and no
-    convolution primitive made for each new batch shape: whole proteins give nearly every
-    pass a new one, and oneDNN's convolutions were slower than these products on them
-    (BENCHMARKS.md, prediction). Same logits as :meth:`ECClassifier.forward` up to float
-    rounding, for sequences of at least one residue. The table and weights are a snapshot
-    of the model's when the scorer is made: make a new one after changing them (prediction
-    loads them once).
+    matrix products of contiguous slices (one per tap), added up: no transposes, and in
+    float32 no oneDNN primitive made for each new batch shape (whole proteins give nearly
+    every pass a new one). On CPU these products were faster than oneDNN's convolutions
+    (BENCHMARKS.md, "the scorer's blocks"). Same logits as :meth:`ECClassifier.forward` up to
+    float rounding, for sequences of at least one residue. The table and weights are a
+    snapshot of the model's when the scorer is made: make a new one after changing them
+    (prediction loads them once).
     """
 
     OUTSIDE = -1  # a token position outside the sequence: the convolution's zero padding
@@ -214,9 +214,14 @@ class Scorer(nn.Module):
             ends = table.new_tensor([[0.0], [self.NEG]]).expand(2, c.channels)  # outside, pad
             self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), ends]))
             # each block's weight as [kernel, C_in, C_out]: tap k's matrix is weights[b, k]
+            size = (len(model.blocks), c.kernel, c.channels, c.channels)
             weights = [block.conv.weight.permute(2, 1, 0) for block in model.blocks]
-            self.register_buffer("weights", torch.stack(weights).contiguous())
-            self.register_buffer("biases", torch.stack([b.conv.bias for b in model.blocks]))
+            biases = [block.conv.bias for block in model.blocks]
+            self.register_buffer("weights", table.new_empty(size))
+            self.register_buffer("biases", table.new_empty(size[0], c.channels))
+            if model.blocks:
+                self.weights.copy_(torch.stack(weights))
+                self.biases.copy_(torch.stack(biases))
         self.register_buffer("taps", torch.arange(c.stem_kernel) * c.vocab)
         # positions a block reads left and right of a position (PyTorch's "same" padding puts
         # the odd one right): the gap is the furthest right
@@ -248,12 +253,13 @@ class Scorer(nn.Module):
         keep = F.pad(tokens != alphabet.PAD, (0, extra))
         index[..., self.left].masked_fill_(~keep, len(self.table) - 1)
         h = F.embedding_bag(index.reshape(-1, c.stem_kernel), self.table, mode="sum")
-        h = h.view(rows, pooled, c.pool, c.channels).amax(2)
-        keep = keep.view(rows, pooled, c.pool).any(2)
+        h = h.view(rows, pooled, c.pool, c.channels)
+        if c.pool > 1:
+            h, keep = h.amax(2), keep.view(rows, pooled, c.pool).any(2)
         span, n = pooled + gap, rows * (pooled + gap)
-        flat = h.new_zeros(n + 2 * gap, c.channels)  # gap zeros before, after and between
-        torch.clamp_min(h, 0.0, out=flat[gap : gap + n].view(rows, span, -1)[:, :pooled])
-        h = flat[gap : gap + n]  # [n, C]: the sequences, each with its gap
+        flat = h.new_zeros(n, c.channels)  # [n, C]: the sequences, each followed by its gap
+        torch.clamp_min(h.view(rows, pooled, -1), 0.0, out=flat.view(rows, span, -1)[:, :pooled])
+        h = flat
         mask = F.pad(keep, (0, gap)).reshape(n, 1).to(h.dtype)
         # the matrix products in the autocast dtype where one is on (bf16 prediction), cast
         # here: autocast leaves in-place products (addmm_) alone
@@ -266,11 +272,14 @@ class Scorer(nn.Module):
         return torch.cat([h.amax(1), h.sum(1) / count], dim=1)
 
     def _blocks(self, h: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> None:
-        """The residual blocks on the flat sequence ``h`` [n, C] (a view of a frame with
-        ``gap`` zeros before and after), in place; matrix products in ``dtype``."""
+        """The residual blocks on the flat sequence ``h`` [n, C] (each sequence followed by
+        its gap, 0 where ``mask`` [n, 1] is), in place; matrix products in ``dtype``."""
         c, gap, n = self.model.config, self.gap, len(h)
         weights, biases = self.weights.to(dtype), self.biases.to(dtype)
-        z = h.new_zeros(n + 2 * gap, c.channels, dtype=dtype)  # the blocks' input, same frame
+        # the blocks' input, with gap zeros before the first sequence and after the last; the
+        # gaps between them are h's, 0 after every block
+        z = h.new_empty(n + 2 * gap, c.channels, dtype=dtype)
+        z[:gap], z[gap + n :] = 0.0, 0.0
         for b, (block, dilation) in enumerate(zip(self.model.blocks, c.dilations, strict=True)):
             if block.norm is None:  # h is masked already, and ReLU keeps padding at 0
                 z[gap : gap + n].copy_(h).clamp_min_(0.0)
