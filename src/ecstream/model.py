@@ -192,13 +192,12 @@ class Scorer(nn.Module):
     The blocks see the batch as one flat sequence ``[rows × (L' + gap), C]``: each sequence's
     positions followed by ``gap`` zero positions, as far as a block's convolution reaches.
     Their convolution of the flat sequence is then every sequence's own, and it is ``kernel``
-    matrix products of contiguous slices (one per tap), added up: no transposes, and in
-    float32 no oneDNN primitive made for each new batch shape (whole proteins give nearly
-    every pass a new one). On CPU these products were faster than oneDNN's convolutions
-    (BENCHMARKS.md, "the scorer's blocks"). Same logits as :meth:`ECClassifier.forward` up to
-    float rounding, for sequences of at least one residue. The table and weights are a
-    snapshot of the model's when the scorer is made: make a new one after changing them
-    (prediction loads them once).
+    matrix products of contiguous slices (one per tap), added up, with no transposes. On
+    CPU these products were faster than oneDNN's convolutions of the same blocks, also with
+    the gap counted (BENCHMARKS.md, "the scorer's blocks"). Same logits as
+    :meth:`ECClassifier.forward` up to float rounding, for sequences of at least one residue.
+    The table and weights are a snapshot of the model's when the scorer is made: make a new
+    one after changing them (prediction loads them once).
     """
 
     OUTSIDE = -1  # a token position outside the sequence: the convolution's zero padding
