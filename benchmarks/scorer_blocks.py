@@ -149,8 +149,9 @@ def run() -> str:
     from ecstream.config import SCORING_PRIMITIVE_CACHE
 
     env = {**os.environ, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(SCORING_PRIMITIVE_CACHE)}
+    # its errors reach the terminal; only the markdown is read back
     done = subprocess.run(
-        [sys.executable, __file__], env=env, check=True, capture_output=True, text=True
+        [sys.executable, __file__], env=env, check=True, stdout=subprocess.PIPE, text=True
     )
     return done.stdout
 

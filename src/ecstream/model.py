@@ -213,14 +213,11 @@ class Scorer(nn.Module):
             ends = table.new_tensor([[0.0], [self.NEG]]).expand(2, c.channels)  # outside, pad
             self.register_buffer("table", torch.cat([table.reshape(-1, c.channels), ends]))
             # each block's weight as [kernel, C_in, C_out]: tap k's matrix is weights[b, k]
-            size = (len(model.blocks), c.kernel, c.channels, c.channels)
-            weights = [block.conv.weight.permute(2, 1, 0) for block in model.blocks]
-            biases = [block.conv.bias for block in model.blocks]
-            self.register_buffer("weights", table.new_empty(size))
-            self.register_buffer("biases", table.new_empty(size[0], c.channels))
-            if model.blocks:
-                self.weights.copy_(torch.stack(weights))
-                self.biases.copy_(torch.stack(biases))
+            weights = [b.conv.weight.permute(2, 1, 0) for b in model.blocks]
+            biases = [b.conv.bias for b in model.blocks]
+            empty = table.new_empty(0, c.kernel, c.channels, c.channels)  # a net without blocks
+            self.register_buffer("weights", torch.stack(weights) if weights else empty)
+            self.register_buffer("biases", torch.stack(biases) if biases else empty[:, 0, 0])
         self.register_buffer("taps", torch.arange(c.stem_kernel) * c.vocab)
         # positions a block reads left and right of a position (PyTorch's "same" padding puts
         # the odd one right): the gap is the furthest right
