@@ -197,3 +197,81 @@ def test_long_proteins_are_scored_whole_in_windows_or_truncated(cnn_run):
     model.long = "truncated"
     assert np.allclose(scores["windows"], model.all_logits(pieces).mean(0), atol=1e-5)
     assert not np.allclose(scores["whole"], scores["truncated"], atol=1e-4)
+
+
+@pytest.fixture
+def torch_threads():
+    """PyTorch's intra-op threads, set by the test and restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _fasta_of_real_rows(data_path, path, n: int):
+    """``n`` real records as FASTA, every 50th made unreadable (an error row inside a part)."""
+    rows = [line.rstrip("\n").split("\t") for line in head_lines(data_path, n + 1)[1:]]
+    path.write_text(
+        "".join(f">{r[0]}\n{r[2] if k % 50 else r[2][:5] + '-'}\n" for k, r in enumerate(rows))
+    )
+    return [r[0] for r in rows]
+
+
+def test_predict_scores_parts_in_threads_as_one_after_the_other(
+    cnn_run, data_path, tmp_path, monkeypatch, torch_threads
+):
+    import threading
+
+    import torch
+
+    ids = _fasta_of_real_rows(data_path, tmp_path / "in.fasta", 700)
+    model = load_model(cnn_run)
+    model.score_rows = 64  # 11 parts
+    scored_in, score = [], model.score
+
+    def spy(*args):
+        scored_in.append(threading.current_thread().name)
+        return score(*args)
+
+    monkeypatch.setattr(model, "score", spy)
+    torch_threads(2)  # two parts at once, each on one thread
+    both = predict_file(model, tmp_path / "in.fasta", tmp_path / "parallel.tsv")
+    assert torch.get_num_threads() == 2  # restored
+    assert len(scored_in) == 11 and len(set(scored_in)) == 2
+    assert all(name.startswith("ecstream-score") for name in scored_in)
+    scored_in.clear()
+    torch_threads(1)  # one part after the other, in this thread: the same single-thread sums
+    one = predict_file(model, tmp_path / "in.fasta", tmp_path / "serial.tsv")
+    assert set(scored_in) == {threading.current_thread().name}
+    assert both == {**one, "seconds": both["seconds"], "per_second": both["per_second"]}
+    parallel = (tmp_path / "parallel.tsv").read_text()
+    assert parallel == (tmp_path / "serial.tsv").read_text()
+    rows = [line.split("\t") for line in parallel.splitlines()[1:]]
+    assert [r[0] for r in rows] == ids and both["errors"] == 14
+    assert all(r[-1] for k, r in enumerate(rows) if k % 50 == 0)  # the errors, in their place
+
+
+def test_an_error_while_parts_are_scored_in_threads_leaves_no_output(
+    cnn_run, data_path, tmp_path, monkeypatch, torch_threads
+):
+    import torch
+
+    _fasta_of_real_rows(data_path, tmp_path / "in.fasta", 400)
+    model = load_model(cnn_run)
+    model.score_rows = 32
+    calls, score = [], model.score
+
+    def fails_on_the_fourth(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("scoring failed")
+        return score(*args)
+
+    monkeypatch.setattr(model, "score", fails_on_the_fourth)
+    torch_threads(2)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        predict_file(model, tmp_path / "in.fasta", tmp_path / "out.tsv")
+    assert torch.get_num_threads() == 2
+    assert len(calls) <= 6  # no part started beyond the two scored ahead of the failed one
+    assert not (tmp_path / "out.tsv").exists() and not list(tmp_path.glob(".*"))

@@ -26,6 +26,7 @@ from ecstream.hierarchy import (
     decode,
     level_probabilities,
     stated,
+    top_indices,
     top_numbers,
 )
 from ecstream.labels import ECVocabulary, stated_levels
@@ -161,6 +162,16 @@ def test_top_numbers_are_the_most_probable_deepest_classes_in_order(rows, k, see
         expected = np.argsort(-deepest[r])[: min(k, vocab.sizes[-1])]
         assert [key for key, _ in top] == [vocab.classes[3][c] for c in expected]
         assert [p for _, p in top] == [float(deepest[r, c]) for c in expected]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_top_indices_break_ties_by_column_as_a_stable_sort(rows, width, k, seed):
+    # few distinct values (many zeros, as after a confidence map): ties across the cut are common
+    rng = np.random.default_rng(seed)
+    scores = rng.choice(np.array([0, 0, 0, 0.25, 0.5, 1], np.float32), size=(rows, width))
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert top_indices(scores, k).tolist() == expected.tolist()
 
 
 def test_an_uncertain_protein_gets_a_partial_number_and_several_when_several_clear(vocab):

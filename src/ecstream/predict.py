@@ -12,7 +12,9 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,11 +136,10 @@ def predict_file(
     with _output(out) as fh:
         writer = TsvWriter(fh)
         writer.row(header)
-        for chunk in itertools.chain([first] if first else [], chunks):
-            step = model.score_rows or len(chunk) or 1
-            for rows in (chunk[a : a + step] for a in range(0, len(chunk), step)):
-                _write_part(model, rows, writer, top_k, thresholds, counts)
-                release_free_memory()  # the part's arrays: see ecstream.allocator
+        every = itertools.chain([first] if first else [], chunks)
+        for rows, lines in _scored_parts(model, _parts(model, every), top_k, thresholds):
+            _write_part(rows, lines, writer, counts)
+            release_free_memory()  # the part's arrays: see ecstream.allocator
             if progress:
                 progress(counts["records"])
     if str(out) != STDOUT:
@@ -155,29 +156,55 @@ def predict_file(
     }
 
 
-def _write_part(
-    model: Predictor, rows: list, writer: TsvWriter, top_k: int, thresholds: list, counts: dict
-) -> None:
-    """Clean, score, decode and write one part of a chunk, in input order."""
-    ids, seqs, keep, errors = [], [], [], {}
+def _parts(model: Predictor, chunks: Iterable[list]) -> Iterator[list]:
+    """The input's rows in parts of ``model.score_rows`` (a chunk whole when it has none)."""
+    for chunk in chunks:
+        step = model.score_rows or len(chunk) or 1
+        yield from (chunk[a : a + step] for a in range(0, len(chunk), step))
+
+
+def _scored_parts(
+    model: Predictor, parts: Iterator[list], top_k: int, thresholds: list
+) -> Iterator[tuple[list, _Lines]]:
+    """Each part with its scored lines, in input order. Where the model scores several parts
+    at once (:meth:`~ecstream.predictors.base.Predictor.parallel_parts`), as many are scored
+    in threads ahead of the one being written, so that reading, decoding and writing, which
+    use one core, overlap with scoring."""
+    with model.parallel_parts() as workers:
+        if workers <= 1:
+            for rows in parts:
+                yield rows, _Lines.of(model, rows, top_k, thresholds)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="ecstream-score") as pool:
+            pending: deque[tuple[list, Future[_Lines]]] = deque()
+
+            def submit(rows: list) -> None:
+                pending.append((rows, pool.submit(_Lines.of, model, rows, top_k, thresholds)))
+
+            try:
+                for rows in itertools.islice(parts, workers):
+                    submit(rows)
+                while pending:
+                    rows, lines = pending.popleft()
+                    for more in itertools.islice(parts, 1):
+                        submit(more)
+                    yield rows, lines.result()
+            finally:  # an error or an early stop: start no more parts
+                for _, lines in pending:
+                    lines.cancel()
+
+
+def _write_part(rows: list, lines: _Lines, writer: TsvWriter, counts: dict) -> None:
+    """Write one scored part, in input order (a record that could not be cleaned: its error)."""
+    at = {k: j for j, k in enumerate(lines.keep)}
     for k, (_, rid, _, seq, _) in enumerate(rows):
-        try:
-            seqs.append(clean_sequence(seq).encode())
-        except SequenceError as error:
-            errors[k] = str(error)
-            continue
-        keep.append(k)
-        ids.append(rid)
-    lines = _Lines(model, ids, seqs, top_k, thresholds)
-    at = {k: j for j, k in enumerate(keep)}
-    for k, (_, rid, _, seq, _) in enumerate(rows):
-        if k in errors:
-            writer.row(lines.error(rid, len(seq.strip()), errors[k]))
+        if k in lines.errors:
+            writer.row(lines.error(rid, len(seq.strip()), lines.errors[k]))
         else:
             writer.row(lines.row(at[k]))
     counts["records"] += len(rows)
-    counts["scored"] += len(keep)
-    counts["errors"] += len(errors)
+    counts["scored"] += len(lines.keep)
+    counts["errors"] += len(lines.errors)
 
 
 @dataclass(frozen=True)
@@ -258,10 +285,13 @@ def _provenance(model: Predictor, thresholds: list, min_confidence: float | None
 
 
 class _Lines:
-    """The output rows of one chunk of scored sequences."""
+    """The output rows of one part of scored sequences."""
 
-    def __init__(self, model: Predictor, ids, seqs, top_k: int, thresholds: list) -> None:
+    def __init__(
+        self, model: Predictor, ids, seqs, top_k: int, thresholds: list, keep=(), errors=None
+    ) -> None:
         self.model, self.ids, self.seqs, self.top_k = model, ids, seqs, top_k
+        self.keep, self.errors = keep, errors or {}  # rows of the part scored; the others' errors
         classes = model.policy.classes
         self.blank = [""] * (len(classes) + 4 + 4)  # class … top_k, ec_number … ec_top_k
         if seqs:
@@ -274,6 +304,20 @@ class _Lines:
             self.best = np.argmax(probs, axis=1).tolist()
             self.ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k].tolist()
             self.p = probs.tolist()
+
+    @classmethod
+    def of(cls, model: Predictor, rows: list, top_k: int, thresholds: list) -> _Lines:
+        """Clean and score a part's records (one that cannot be cleaned keeps its error)."""
+        ids, seqs, keep, errors = [], [], [], {}
+        for k, (_, rid, _, seq, _) in enumerate(rows):
+            try:
+                seqs.append(clean_sequence(seq).encode())
+            except SequenceError as error:
+                errors[k] = str(error)
+                continue
+            keep.append(k)
+            ids.append(rid)
+        return cls(model, ids, seqs, top_k, thresholds, keep, errors)
 
     def error(self, rid: str, length: int, message: str) -> list[str]:
         extra = [""] * len(self.model.extra_columns)

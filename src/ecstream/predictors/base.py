@@ -9,6 +9,7 @@ nothing else.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,11 @@ class Predictor:
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         """Probabilities for sequences (upper-case letters), with any extra output columns."""
         raise NotImplementedError
+
+    def parallel_parts(self) -> contextlib.AbstractContextManager[int]:
+        """While entered: how many parts of an input :func:`~ecstream.predict.predict_file` may
+        score at once, in threads (1: one after the other)."""
+        return contextlib.nullcontext(1)
 
     def handled(self, length: int) -> str:
         """How a sequence of ``length`` residues is scored: ``whole`` or ``truncated to N``."""

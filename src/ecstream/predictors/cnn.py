@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,23 @@ class CNNPredictor(Predictor):
 
     def model_files(self) -> list[Path]:
         return [self.run / "model.pt", *super().model_files()]
+
+    @contextlib.contextmanager
+    def parallel_parts(self) -> Iterator[int]:
+        """On CPU, as many parts at once as PyTorch has threads, each scored on one thread
+        (restored on exit): a part's softmax, decoding and rows run on one core, so with one
+        part at a time the other cores waited for them (BENCHMARKS.md, prediction section).
+        torch.set_num_threads is process-wide: other threads' PyTorch work meanwhile runs on
+        one thread too. On a GPU, one part at a time."""
+        threads = torch.get_num_threads()
+        if self.device.type != "cpu" or threads <= 1:
+            yield 1
+            return
+        torch.set_num_threads(1)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(threads)
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Logits for a uint8 token batch ``[B, L]``."""
