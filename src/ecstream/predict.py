@@ -288,10 +288,10 @@ class _Lines:
     """The output rows of one part of scored sequences."""
 
     def __init__(
-        self, model: Predictor, ids, seqs, top_k: int, thresholds: list, keep=(), errors=None
+        self, model: Predictor, ids, seqs, top_k: int, thresholds: list, keep, errors
     ) -> None:
         self.model, self.ids, self.seqs, self.top_k = model, ids, seqs, top_k
-        self.keep, self.errors = keep, errors or {}  # rows of the part scored; the others' errors
+        self.keep, self.errors = keep, errors  # the part's rows scored; the others' errors
         classes = model.policy.classes
         self.blank = [""] * (len(classes) + 4 + 4)  # class … top_k, ec_number … ec_top_k
         if seqs:
