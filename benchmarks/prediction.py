@@ -37,7 +37,7 @@ from training import _fasta
 
 WORK = OUTPUT / "prediction"
 RUNS = OUTPUT / "accuracy" / "random"
-REPEATS = 3
+REPEATS = 5
 FASTA_SIZES = (100_000, 1_000_000)
 MIN_SPEED, MAX_MEMORY_CHANGE = 1500, 0.10
 PRECISIONS = ("32", "bf16")
