@@ -1,6 +1,7 @@
 """Evaluation and prediction with a trained run: honest metrics, every record answered."""
 
 import gzip
+import itertools
 import json
 import shutil
 
@@ -218,16 +219,18 @@ def _fasta_of_real_rows(data_path, path, n: int):
     return [r[0] for r in rows]
 
 
+@pytest.mark.parametrize("long", ["whole", "windows"])
 def test_predict_scores_parts_in_threads_as_one_after_the_other(
-    cnn_run, data_path, tmp_path, monkeypatch, torch_threads
+    long, cnn_run, data_path, tmp_path, monkeypatch, torch_threads
 ):
     import threading
 
     import torch
 
     ids = _fasta_of_real_rows(data_path, tmp_path / "in.fasta", 700)
-    model = load_model(cnn_run)
+    model = load_model(cnn_run, device="cpu")
     model.score_rows = 64  # 11 parts
+    model.long = long  # windows: each part's long proteins in pieces, in its own thread
     scored_in, score = [], model.score
 
     def spy(*args):
@@ -258,13 +261,14 @@ def test_an_error_while_parts_are_scored_in_threads_leaves_no_output(
     import torch
 
     _fasta_of_real_rows(data_path, tmp_path / "in.fasta", 400)
-    model = load_model(cnn_run)
+    model = load_model(cnn_run, device="cpu")
     model.score_rows = 32
-    calls, score = [], model.score
+    calls, score = itertools.count(1), model.score
+    started = []
 
     def fails_on_the_fourth(*args):
-        calls.append(1)
-        if len(calls) == 4:
+        started.append(call := next(calls))  # next() of a count is atomic: one number each
+        if call == 4:
             raise RuntimeError("scoring failed")
         return score(*args)
 
@@ -273,5 +277,20 @@ def test_an_error_while_parts_are_scored_in_threads_leaves_no_output(
     with pytest.raises(RuntimeError, match="scoring failed"):
         predict_file(model, tmp_path / "in.fasta", tmp_path / "out.tsv")
     assert torch.get_num_threads() == 2
-    assert len(calls) <= 6  # no part started beyond the two scored ahead of the failed one
+    assert len(started) <= 6  # no part started beyond the two scored ahead of the failed one
     assert not (tmp_path / "out.tsv").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_parts_at_once_are_capped_and_share_the_threads(cnn_run, torch_threads):
+    import torch
+
+    from ecstream.config import SCORING_WORKERS
+
+    model = load_model(cnn_run, device="cpu")
+    torch_threads(2 * SCORING_WORKERS)
+    with model.parallel_parts() as workers:
+        assert workers == SCORING_WORKERS and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 * SCORING_WORKERS
+    torch_threads(1)
+    with model.parallel_parts() as workers:
+        assert workers == 1 and torch.get_num_threads() == 1

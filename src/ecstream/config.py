@@ -20,6 +20,10 @@ PREDICT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 #: of a run is that of the model, not of a part's passing spike (BENCHMARKS.md, prediction
 #: section). A homolog search takes a whole chunk: each search has a start-up cost.
 SCORE_ROWS = 512
+#: Parts a CNN's ``predict`` scores at once on CPU, at most: one per PyTorch thread up to this
+#: many, each with an equal share of the threads. Every part in flight holds its arrays, so the
+#: cap bounds memory on a many-core machine (measured with 2 only: BENCHMARKS.md, prediction).
+SCORING_WORKERS = 4
 #: Shapes that oneDNN's cache of primitives keeps in ``predict`` and ``evaluate`` (its
 #: default: 1,024). Scoring meets a new shape with nearly every pass, and each cached primitive
 #: holds memory (BENCHMARKS.md, prediction sections; see ecstream.allocator). Since the

@@ -183,9 +183,9 @@ def top_numbers(deepest: np.ndarray, vocab: ECVocabulary, k: int) -> list[list[t
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row of ``scores`` [N, C], the columns of the ``min(k, C)`` largest values, ordered by
-    value (descending), then column: ``np.argsort(-scores, kind="stable")[:, :k]``, without
-    sorting thousands of columns a row.
+    """Per row of ``scores`` [N, C] (finite), the columns of the ``min(k, C)`` largest values
+    (k ≥ 1), ordered by value (descending), then column: ``np.argsort(-scores,
+    kind="stable")[:, :k]``, without sorting thousands of columns a row.
 
     ``torch.topk`` selects ``k + 1`` (a partial selection, several times faster than numpy's
     ``argpartition`` on a full-EC row); its order among equal values is unspecified, so the
@@ -214,7 +214,7 @@ def _completed(rows: np.ndarray, cut: np.ndarray, k: int) -> np.ndarray:
     above = rows > cut[:, None]
     at = rows == cut[:, None]
     need = k - above.sum(axis=1)
-    chosen = above | (at & (np.cumsum(at, axis=1) <= need[:, None]))
+    chosen = above | (at & (np.cumsum(at, axis=1, dtype=np.int32) <= need[:, None]))
     columns = np.flatnonzero(chosen) % rows.shape[1]
     columns = columns.reshape(len(rows), k)  # np.flatnonzero is row-major: ascending columns
     values = np.take_along_axis(rows, columns, axis=1)

@@ -139,7 +139,8 @@ def predict_file(
         every = itertools.chain([first] if first else [], chunks)
         for rows, lines in _scored_parts(model, _parts(model, every), top_k, thresholds):
             _write_part(rows, lines, writer, counts)
-            release_free_memory()  # the part's arrays: see ecstream.allocator
+            del rows, lines  # the written part's arrays go back now: see ecstream.allocator
+            release_free_memory()
             if progress:
                 progress(counts["records"])
     if str(out) != STDOUT:
@@ -184,14 +185,19 @@ def _scored_parts(
             try:
                 for rows in itertools.islice(parts, workers):
                     submit(rows)
-                while pending:
-                    rows, lines = pending.popleft()
-                    for more in itertools.islice(parts, 1):
-                        submit(more)
-                    yield rows, lines.result()
+                while True:
+                    for rows in itertools.islice(parts, 1):  # one more, as one is taken
+                        submit(rows)
+                    if not pending:
+                        return
+                    yield _result(pending.popleft())  # held here by nothing once written
             finally:  # an error or an early stop: start no more parts
-                for _, lines in pending:
-                    lines.cancel()
+                pool.shutdown(cancel_futures=True)
+
+
+def _result(entry: tuple[list, Future[_Lines]]) -> tuple[list, _Lines]:
+    rows, lines = entry
+    return rows, lines.result()
 
 
 def _write_part(rows: list, lines: _Lines, writer: TsvWriter, counts: dict) -> None:

@@ -13,7 +13,13 @@ import torch
 
 from .. import alphabet
 from ..batches import padded_width
-from ..config import LONG_SEQUENCES, PREDICT_BATCH_SIZE, SCORE_ROWS, scoring_precision
+from ..config import (
+    LONG_SEQUENCES,
+    PREDICT_BATCH_SIZE,
+    SCORE_ROWS,
+    SCORING_WORKERS,
+    scoring_precision,
+)
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
@@ -110,18 +116,19 @@ class CNNPredictor(Predictor):
 
     @contextlib.contextmanager
     def parallel_parts(self) -> Iterator[int]:
-        """On CPU, as many parts at once as PyTorch has threads, each scored on one thread
-        (restored on exit): a part's softmax, decoding and rows run on one core, so with one
-        part at a time the other cores waited for them (BENCHMARKS.md, prediction section).
-        torch.set_num_threads is process-wide: other threads' PyTorch work meanwhile runs on
-        one thread too. On a GPU, one part at a time."""
+        """On CPU, one part at once per PyTorch thread (at most :data:`SCORING_WORKERS`), the
+        threads shared out among them (restored on exit): a part's softmax, decoding and rows
+        run on one core, so with one part at a time the other cores waited for them
+        (BENCHMARKS.md, prediction section). torch.set_num_threads is process-wide: other
+        threads' PyTorch work meanwhile gets the same share. On a GPU, one part at a time."""
         threads = torch.get_num_threads()
-        if self.device.type != "cpu" or threads <= 1:
+        workers = min(threads, SCORING_WORKERS)
+        if self.device.type != "cpu" or workers <= 1:
             yield 1
             return
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads // workers)
         try:
-            yield threads
+            yield workers
         finally:
             torch.set_num_threads(threads)
 
@@ -158,7 +165,11 @@ class CNNPredictor(Predictor):
         """
         if self.long == "windows":
             return self._windowed(seqs)
-        whole = self.long == "whole"
+        return self._logits(seqs, whole=self.long == "whole")
+
+    def _logits(self, seqs: list[bytes], whole: bool) -> np.ndarray:
+        """:meth:`all_logits`, long sequences scored ``whole`` or else truncated (a mode passed,
+        not set on the predictor: threads score parts at once)."""
 
         def width(longest: int) -> int:  # a multiple of 8, capped at max_length unless whole
             return -(-max(longest, 1) // 8) * 8 if whole else padded_width(longest, self.max_length)
@@ -192,11 +203,7 @@ class CNNPredictor(Predictor):
             for a, b in windows(len(s), self.max_length):
                 pieces.append(s[a:b])
                 owner.append(k)
-        self.long = "truncated"  # every piece fits: score them as they are
-        try:
-            logits = self.all_logits(pieces)
-        finally:
-            self.long = "windows"
+        logits = self._logits(pieces, whole=False)  # every piece fits: score them as they are
         owner_ = np.asarray(owner, dtype=np.int64)
         sums = np.zeros((len(seqs), logits.shape[1]), dtype=np.float64)
         np.add.at(sums, owner_, logits)
