@@ -302,8 +302,9 @@ def run() -> str:
         f"{m32.wall_s:.0f} s with start-up ({m32.speed:,.0f} sequences/s scoring){bf16_big} "
         f"from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the "
         "run's thresholds, and the TSV writing, all included. Each chunk of 8,192 records is "
-        f"scored in parts of {SCORE_ROWS:,}, one at once per PyTorch thread (here 2), in threads "
-        "(`CNNPredictor.parallel_parts`), the C heap's free pages returned after each part "
+        f"scored in parts of {SCORE_ROWS:,}, two at once (one per PyTorch thread), each in a "
+        "thread of its own (`CNNPredictor.parallel_parts`), the C heap's free pages returned "
+        "after each part "
         f"(`ecstream.allocator`). {bf16_note}",
         *bf16_tables,
         "",
