@@ -106,6 +106,10 @@ def predict_file(
     written to a file) unless ``allow_partial``: then the records before the break are
     predicted and ``partial`` says where it stopped. Returns counts and the speed.
 
+    A CNN run on CPU scores several slices of ``config.SCORE_ROWS`` records at once, in
+    threads (``Predictor.parallel_parts``), PyTorch's thread count shared out among them for
+    the duration, process-wide; the output is that of one slice after the other.
+
     ``shard=(i, n)`` scores part ``i`` (from 0) of ``n``: the records ``[i·N/n, (i+1)·N/n)`` of
     the ``N`` in the input, counted by a first pass (cheap next to scoring; it works for gzip,
     not for stdin). Each part has the header, so the parts concatenated in order, with the
