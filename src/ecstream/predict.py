@@ -200,6 +200,7 @@ def _scored_parts(
 
 
 def _result(entry: tuple[list, Future[_Lines]]) -> tuple[list, _Lines]:
+    """A part and its lines, once its thread has scored them (its error raised here)."""
     rows, lines = entry
     return rows, lines.result()
 
