@@ -190,7 +190,8 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     ``torch.topk`` selects ``k + 1`` (a partial selection, several times faster than numpy's
     ``argpartition`` on a full-EC row); its order among equal values is unspecified, so the
     selection is sorted again, and a row whose ``k``-th and ``k + 1``-th values are equal (a
-    tie across the cut: after a confidence map, rows of zeros) is completed by column order.
+    tie across the cut; a class capped at its parent's probability ties with its siblings:
+    about 1% of the test proteins' rows) is sorted whole.
     """
     import torch  # here: the numpy-only users of this module need not load it
 
@@ -204,18 +205,5 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     values = np.take_along_axis(values, order, axis=1)
     best = np.take_along_axis(columns, order, axis=1)[:, :k]
     if take > k and len(tied := np.flatnonzero(values[:, k - 1] == values[:, k])):
-        best[tied] = _completed(scores[tied], values[tied, k - 1], k)
+        best[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
     return best
-
-
-def _completed(rows: np.ndarray, cut: np.ndarray, k: int) -> np.ndarray:
-    """:func:`top_indices` of rows whose ``k``-th value ``cut`` is tied beyond ``k``: every
-    column above the cut, then the first columns at it, ordered by value, then column."""
-    above = rows > cut[:, None]
-    at = rows == cut[:, None]
-    need = k - above.sum(axis=1)
-    chosen = above | (at & (np.cumsum(at, axis=1, dtype=np.int32) <= need[:, None]))
-    columns = np.flatnonzero(chosen) % rows.shape[1]
-    columns = columns.reshape(len(rows), k)  # np.flatnonzero is row-major: ascending columns
-    values = np.take_along_axis(rows, columns, axis=1)
-    return np.take_along_axis(columns, np.lexsort((columns, -values)), axis=1)
