@@ -209,6 +209,13 @@ def _emulated_bf16(fasta: Path, n: int = 1000) -> str:
     )
 
 
+def _parts_at_once() -> int:
+    """Parts ``CNNPredictor.parallel_parts`` scores at once with this benchmark's threads."""
+    from ecstream.config import SCORING_WORKERS
+
+    return min(int(TWO_CORES["OMP_NUM_THREADS"]), SCORING_WORKERS)
+
+
 def run() -> str:
     from ecstream.config import SCORE_ROWS
 
@@ -302,10 +309,9 @@ def run() -> str:
         f"{m32.wall_s:.0f} s with start-up ({m32.speed:,.0f} sequences/s scoring){bf16_big} "
         f"from {FASTA_SIZES[0]:,}. Scoring is whole proteins (no length cap), decoding at the "
         "run's thresholds, and the TSV writing, all included. Each chunk of 8,192 records is "
-        f"scored in parts of {SCORE_ROWS:,}, two at once (one per PyTorch thread), each in a "
-        "thread of its own (`CNNPredictor.parallel_parts`), the C heap's free pages returned "
-        "after each part "
-        f"(`ecstream.allocator`). {bf16_note}",
+        f"scored in parts of {SCORE_ROWS:,}, {_parts_at_once()} at once, each in a thread of "
+        "its own with a share of PyTorch's threads (`CNNPredictor.parallel_parts`), the C "
+        f"heap's free pages returned after each part (`ecstream.allocator`). {bf16_note}",
         *bf16_tables,
         "",
         scorer,
