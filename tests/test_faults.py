@@ -324,8 +324,10 @@ def test_an_interrupted_directory_swap_is_recovered(data_path, tmp_path):
 
 def test_ctrl_c_in_training_says_how_to_continue(small_store, tmp_path):
     run = tmp_path / "run"
-    process = _cli("train", str(small_store.path), "--out", str(run), "--epochs", "50",
-                   "--patience", "50", "--batch-size", "32", "--limit-train-batches", "4",
+    # epochs enough to outlast the 20 s wait below: a run of 50 once ended first (its first
+    # Ctrl-C lost, rarely, under load), so the second Ctrl-C was never sent
+    process = _cli("train", str(small_store.path), "--out", str(run), "--epochs", "2000",
+                   "--patience", "2000", "--batch-size", "32", "--limit-train-batches", "4",
                    "--accelerator", "cpu", "--quiet")  # fmt: skip
     _wait_for(lambda: (run / "checkpoints" / "last.ckpt").is_file())
     process.send_signal(signal.SIGINT)

@@ -32,6 +32,7 @@ from ecstream.hierarchy import (
 from ecstream.labels import ECVocabulary, stated_levels
 from ecstream.predict import predict_file, sidecar
 from ecstream.predictors import load_model
+from ecstream.runs import RunError
 from ecstream.train import TrainConfig, level_loss, train
 
 TEXTS = ["1.1.1.1", "1.1.1.2", "1.2.3.4", "2.7.7.7", "2.7.7.7; 3.1.11.1", "3.1.-.-", "6.3.4.6"]
@@ -430,6 +431,63 @@ def test_evaluate_reports_levels_and_keeps_the_level_one_keys(
     assert (tmp_path / "ec" / "precision_coverage.png").is_file()
     classes = evaluate_levels(cnn_run, small_store, tmp_path / "cls")
     assert [level["level"] for level in classes["levels"]] == [1]
+
+
+def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_whole(
+    ec_run, cnn_run, small_store, tmp_path
+):
+    from ecstream.atomic import OutputRefusedError
+
+    records = next(small_store.records("test"))
+    seq = records.seqs[0].decode()
+    labelled = tmp_path / "several.tsv"
+    labelled.write_text(f"Entry\tEC number\tSequence\nm1\t1.1.1.1; 2.7.7.7\t{seq}\n")
+    out = tmp_path / "ev"
+    result = evaluate(ec_run, labelled, out, bands=False, allow_seen=True)
+    assert result["n"] == 0 and result["several_classes"] == 1  # no class table, no crash
+    assert [level["records"] for level in result["levels"]] == [1, 1, 1, 1]
+    assert (out / "learning_curves.png").is_file()
+
+    # evaluated again by a run without a training history: the earlier folder goes whole,
+    # its learning curves with it (they were the other run's)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ec_run.iterdir():
+        if f.is_file() and f.name != "metrics.csv":
+            (bare / f.name).write_bytes(f.read_bytes())
+    evaluate(bare, labelled, out, bands=False, allow_seen=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "confusion.png", "metrics.json", "precision_coverage.png",
+    ]  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["run"] == str(bare.resolve())
+
+    # a folder holding anything else is not an evaluation's to replace
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputRefusedError, match="not an evaluation's"):
+        evaluate(ec_run, labelled, out, bands=False, allow_seen=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in ec_run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    weights = (ec_run / "model.pt").read_bytes()
+    damaged = {
+        "cut": weights[: len(weights) // 2],
+        "empty": b"",
+        "noise": bytes(range(256)) * 64,
+    }
+    for what, data in damaged.items():
+        (copy / "model.pt").write_bytes(data)
+        with pytest.raises(RunError, match=r"model\.pt: damaged, or not an ecstream model") as e:
+            load_model(copy)
+        assert "\n" not in str(e.value) and "weights_only" not in str(e.value), what
+    (copy / "model.pt").write_bytes((cnn_run / "model.pt").read_bytes())  # a class run's
+    with pytest.raises(RunError, match=r"classes per level, but its run has .* another run's"):
+        load_model(copy)
 
 
 def evaluate_levels(run, store, out):

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecstream import alphabet, cli
-from ecstream.atomic import OutputIsInputError
+from ecstream.atomic import OutputIsInputError, OutputRefusedError, atomic_dir
 from ecstream.build import BuildConfig, build_store
 from ecstream.cli import main
 from ecstream.evaluate import evaluate
@@ -309,6 +310,47 @@ def test_an_output_never_replaces_an_input(cnn_run, small_store, data_path, tmp_
     assert small_store.verify() == [] and not (small_store.path / "metrics.json").exists()
 
 
+def test_an_output_never_replaces_a_link_a_pipe_or_an_input_named_like_the_sidecar(
+    cnn_run, data_path, tmp_path, capsys
+):
+    fasta = tmp_path / "q.faa"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    target = tmp_path / "kept.tsv"
+    target.write_text("old\n")
+    link = tmp_path / "link.tsv"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out, why in ((link, "is a symbolic link"), (fifo, "is a device, pipe or socket")):
+        assert main(["predict", str(cnn_run), str(fasta), "--out", str(out)]) == 2
+        assert why in _one_line(capsys.readouterr().err)
+    assert link.is_symlink() and target.read_text() == "old\n"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and not Path(f"{fifo}.json").exists()
+
+    # the sidecar OUT.json is an output too: it may not replace the input
+    named = tmp_path / "x.tsv.json"
+    named.write_text(">a\nMKVLAAGIVG\n")
+    assert main(["predict", str(cnn_run), str(named), "--out", str(tmp_path / "x.tsv")]) == 2
+    assert "would replace the input" in _one_line(capsys.readouterr().err)
+    assert named.read_text() == ">a\nMKVLAAGIVG\n" and not (tmp_path / "x.tsv").exists()
+
+    # directories too: a store's --out that is a link is refused, the linked folder kept
+    table = tmp_path / "in.tsv"
+    table.write_text("".join(head_lines(data_path, 200)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("x")
+    store_link = tmp_path / "store"
+    store_link.symlink_to(elsewhere)
+    assert main(["build", str(table), "--out", str(store_link), "--force"]) == 2
+    assert "refusing to replace it" in _one_line(capsys.readouterr().err)
+    assert store_link.is_symlink() and (elsewhere / "keep").read_text() == "x"
+    # every writer's check, under build's own
+    with pytest.raises(OutputRefusedError, match="is a symbolic link"), atomic_dir(store_link):
+        pass
+    assert store_link.is_symlink() and (elsewhere / "keep").read_text() == "x"
+
+
 # --------------------------------------------------------------------------- 5. pipelines
 
 
@@ -408,6 +450,29 @@ def test_non_positive_max_records_is_refused(value, tmp_path, capsys):
     with pytest.raises(StoreError, match="--max-records"):
         build_store(tmp_path / "never-read.tsv", tmp_path / "s", max_records=int(value))
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [
+        ("--lr", "nan", "must be a finite number above 0"),
+        ("--lr", "-1", "must be a finite number above 0"),
+        ("--lr", "inf", "must be a finite number above 0"),
+        ("--lr", "abc", "must be a number, got 'abc'"),
+        ("--max-time", "abc", "must be DD:HH:MM:SS"),
+        ("--max-time", "00:08:00", "must be DD:HH:MM:SS"),
+        ("--max-time", "00:00:00:00", "must be longer than zero"),
+        ("--limit-train-batches", "1.5", "a fraction must be in (0, 1]"),
+    ],
+)
+def test_training_settings_are_checked_before_a_run_directory_exists(
+    option, value, why, small_store, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(small_store.path), "--out", str(run), option, value])
+    assert exit_info.value.code == 2 and why in _one_line(capsys.readouterr().err)
+    assert not run.exists()
 
 
 # --------------------------------------------------------------------------- 7. rich markup

@@ -97,6 +97,32 @@ def test_refuses_to_overwrite_a_run_or_resume_with_other_settings(small_store, t
         train(small_store.path, tmp_path / "empty", TrainConfig(**FAST), resume=True)
 
 
+def test_a_run_that_diverged_is_not_saved_and_its_weights_are_refused(
+    small_store, cnn_run, tmp_path
+):
+    from ecstream.predictors import load_model
+    from ecstream.train import TrainingDiverged
+
+    run = tmp_path / "run"
+    config = TrainConfig(**{**FAST, "limit_train_batches": 3, "lr": 1e30})
+    with pytest.raises(TrainingDiverged, match="diverged: val_loss was not a finite number"):
+        train(small_store.path, run, config)
+    assert not (run / "model.pt").exists()  # nothing a predictor could load
+    assert [row["val_loss"] for row in read_metrics(run)] == ["nan"]
+
+    # a model.pt with weights that are not finite (such a run, saved by older code) is refused
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in cnn_run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    payload = torch.load(copy / "model.pt", weights_only=True)
+    payload["state_dict"]["head.bias"][0] = float("nan")
+    torch.save(payload, copy / "model.pt")
+    with pytest.raises(RunError, match=r"model\.pt: weights that are not finite"):
+        load_model(copy)
+
+
 def test_two_ranks_on_cpu_share_each_epoch(small_store, tmp_path):
     """Lightning DDP (gloo, 2 CPU processes) through the CLI: one run, one metrics row per epoch."""
     import os

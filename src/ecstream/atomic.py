@@ -44,6 +44,11 @@ class OutputIsInputError(ValueError):
     """An output path that would replace one of the command's inputs."""
 
 
+class OutputRefusedError(ValueError):
+    """An output path that must not be written: a symbolic link, a device, a pipe or a socket,
+    or a folder that holds more than the output it would be replaced by."""
+
+
 class JSONFileError(ValueError):
     """A JSON file that cannot be read; the message names the file and the position."""
 
@@ -88,6 +93,7 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
     and stale temporaries of ``path`` are removed (nobody else can be writing them now).
     """
     path = Path(path)
+    check_plain_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
     while True:
@@ -119,6 +125,22 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+def check_plain_output(path: Path) -> None:
+    """Refuse an output that is a link, a device, a pipe or a socket: the final rename would
+    replace that entry itself with a plain file (as root, even ``/dev/null``), and whatever it
+    leads to would never see the output."""
+    if path.is_symlink():
+        raise OutputRefusedError(
+            f"{path} is a symbolic link; an output is written as a new file renamed into place, "
+            "which would replace the link itself: give the path it points to"
+        )
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise OutputRefusedError(
+            f"{path} is a device, pipe or socket, not a file; give a file path "
+            "(predict writes to standard output with --out -)"
+        )
 
 
 def check_not_input(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
@@ -219,22 +241,29 @@ def atomic_dir(path: str | os.PathLike[str], replace: bool = False) -> Iterator[
     an existing directory is swapped for the new one (:func:`swap_dir`); whether it may be
     replaced is the caller's decision. ``path`` is claimed meanwhile.
     """
+    with claim(path), claimed_dir(path, replace) as tmp:
+        yield tmp
+
+
+@contextmanager
+def claimed_dir(path: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
+    """:func:`atomic_dir` for a caller that holds the claim on ``path`` already (one that
+    claims its output before long work, so that a second writer fails before it starts)."""
     path = Path(path)
-    with claim(path):
-        tmp = temporary_sibling(path)
-        tmp.mkdir()
-        try:
-            yield tmp
-            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-                path.rmdir()
-            if replace:
-                swap_dir(tmp, path)
-            else:
-                os.rename(tmp, path)
-        except BaseException as error:
-            _remove(tmp)
-            _name_output(error, tmp, path)
-            raise
+    tmp = temporary_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+        if replace:
+            swap_dir(tmp, path)
+        else:
+            os.rename(tmp, path)
+    except BaseException as error:
+        _remove(tmp)
+        _name_output(error, tmp, path)
+        raise
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -34,24 +35,60 @@ def _progress(label: str) -> tuple[Callable[[int | str], None], Callable[[], Non
     return update, status.stop
 
 
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    """``int(text)`` or ``float(text)``, failing as argparse shows a wrong value."""
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
     """An argparse type: an integer of at least 1."""
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _not_negative(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (a learning rate)."""
+    value = _number(text, float)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _duration(text: str) -> str:
+    """An argparse type: ``DD:HH:MM:SS`` (Lightning's ``max_time``), longer than zero."""
+    parts = text.split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be DD:HH:MM:SS, such as 00:02:30:00, got {text}")
+    days, hours, minutes, seconds = (int(p) for p in parts)
+    if not days * 86400 + hours * 3600 + minutes * 60 + seconds:
+        raise argparse.ArgumentTypeError(f"must be longer than zero, got {text}")
+    return text
+
+
+def _minutes(text: str) -> float:
+    """An argparse type: the demo's training budget, at least one minute (an epoch's start)."""
+    value = _number(text, float)
+    if not 1 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be at least 1 minute, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
-    value = float(text)
+    value = _number(text, float)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -70,15 +107,14 @@ def _part(text: str) -> tuple[int, int]:
 
 def _batch_limit(text: str) -> int | float:
     """Lightning's ``limit_train_batches``: a count (``10``) or a fraction (``0.25``, ``1.0``)."""
-    try:
+    if text.strip().lstrip("+-").isdigit():
         return _positive(text)
-    except ValueError:
-        value = float(text)
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(
-                f"a fraction must be in (0, 1], got {text}; a count has no decimal point"
-            ) from None
-        return value
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"a fraction must be in (0, 1], got {text}; a count has no decimal point"
+        )
+    return value
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -460,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=_positive, default=t.max_length,
         help="truncate longer sequences (default %(default)s)",
     )  # fmt: skip
-    p.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
+    p.add_argument("--lr", type=_positive_number, default=t.lr, help="AdamW learning rate")
     p.add_argument(
         "--bucket", action=argparse.BooleanOptionalAction, default=t.bucket,
         help="length-bucketed batches (default) or fixed padding to --max-length",
@@ -514,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on a random window of LENGTH residues of each longer protein, drawn like "
         "--substitution (default %(default)s: off)",
     )  # fmt: skip
-    p.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS of training")
+    p.add_argument(
+        "--max-time", type=_duration, default=None, help="stop after DD:HH:MM:SS of training"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(
         "--checkpoint-every", type=_positive, default=None, metavar="STEPS",
@@ -527,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="metrics and plots of a run on a store split or a labelled file",
-        description="Write metrics.json, confusion.png and learning_curves.png into --out.",
+        description="Write metrics.json, confusion.png, precision_coverage.png and (for a CNN "
+        "run) learning_curves.png as the folder --out, whole; an earlier evaluation there is "
+        "replaced.",
     )
     p.add_argument("run")
     p.add_argument("source", help="a store directory, or a labelled TSV/CSV/Parquet file")
@@ -606,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="UniProt TSV (default: ../shared/data, ECSTREAM_DATA)"
     )
     p.add_argument("--out", default="demo-output", help="directory for everything the demo makes")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    p.add_argument("--minutes", type=_minutes, default=6.0, help="training time budget (≥ 1)")
     p.set_defaults(func=cmd_demo)
     return parser
 

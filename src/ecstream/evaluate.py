@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
 )
 
 from . import plots
-from .atomic import OutputIsInputError, claim, write_json
+from .atomic import OutputIsInputError, OutputRefusedError, claim, claimed_dir, write_json
 from .cache import scratch
 from .ecmetrics import LevelScores
 from .errors import describe as describe_error
@@ -78,15 +78,14 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
     k = c + 1 if none else c
     t = torch.from_numpy(y_true)
     p = torch.from_numpy(np.where(y_pred < 0, c, y_pred))
-    per = {
-        name: fn(p, t, num_classes=k, average="none")[:c].tolist()
-        for name, fn in (
-            ("precision", multiclass_precision),
-            ("recall", multiclass_recall),
-            ("f1", multiclass_f1_score),
-        )
-    }
-    matrix = multiclass_confusion_matrix(p, t, num_classes=k)
+    kinds = (("precision", multiclass_precision), ("recall", multiclass_recall),
+             ("f1", multiclass_f1_score))  # fmt: skip
+    if len(y_true):
+        per = {name: fn(p, t, num_classes=k, average="none")[:c].tolist() for name, fn in kinds}
+        matrix = multiclass_confusion_matrix(p, t, num_classes=k)
+    else:  # e.g. a full-EC run on a file whose every record spans several classes
+        per = {name: [0.0] * c for name, _ in kinds}
+        matrix = torch.zeros((k, k), dtype=torch.long)
     confusion = matrix[:c].tolist()
     # macro-F1 as torchmetrics' "macro" (and training's val_macro_f1): over the classes that
     # occur as truth or as prediction; a class absent from both has no F1 to average
@@ -128,6 +127,7 @@ class Tally:
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.searched = False
+        self.several = 0  # records in several classes: in the levels' metrics, not the class's
 
     def add(self, chunk: Records, identity: np.ndarray | None) -> None:
         self.hashes.append(hash64(chunk.seqs))
@@ -135,6 +135,7 @@ class Tally:
         if scores.identity is not None:
             identity, self.searched = scores.identity, True
         single = np.array([len(level_keys(e, 1)) == 1 for e in chunk.ecs], dtype=bool)
+        self.several += int((~single).sum())
         self.truth.append(chunk.labels[single])
         no_class = np.isnan(scores.probs).all(axis=1)
         best = np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1))
@@ -186,7 +187,9 @@ def evaluate(
     allow_partial: bool = False,
     precision: str = "32",
 ) -> dict:
-    """Score a store split or a labelled file with a run; write metrics.json and the plots.
+    """Score a store split or a labelled file with a run; write metrics.json and the plots as
+    the folder ``out``, whole (an earlier evaluation there is replaced; a folder holding other
+    files is refused).
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
     default it is on when MMseqs2 is installed. Records the run was trained on are counted
@@ -293,6 +296,7 @@ def _evaluate(
         **metrics(y_true, y_pred, model.policy),
         "seen": seen,
         "set_aside": skips.to_dict(),
+        "several_classes": tally.several,
         "levels": tally.level_results(),
     }
     if info.stopped is not None:
@@ -301,13 +305,13 @@ def _evaluate(
         result["identity_bands"] = band_accuracy(y_true, y_pred, identities)
     elif bands:
         result["identity_bands_skipped"] = skipped or "no identities"
-    out.mkdir(parents=True, exist_ok=True)
-    plots.confusion(result, out / "confusion.png")
-    plots.precision_coverage(result["levels"], out / "precision_coverage.png")
-    history = read_metrics(run)
-    if history:
-        plots.learning_curves(history, out / "learning_curves.png")
-    write_json(out / "metrics.json", result)
+    with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays
+        plots.confusion(result, folder / "confusion.png")
+        plots.precision_coverage(result["levels"], folder / "precision_coverage.png")
+        history = read_metrics(run)
+        if history:
+            plots.learning_curves(history, folder / "learning_curves.png")
+        write_json(folder / "metrics.json", result)
     return result
 
 
@@ -321,17 +325,37 @@ def _first(chunks: Iterator[Records], limit: int) -> Iterator[Records]:
         left -= len(chunk)
 
 
+#: What an evaluation's folder holds; an earlier evaluation's folder is replaced whole.
+EVALUATION_FILES = (
+    "metrics.json",
+    "confusion.png",
+    "precision_coverage.png",
+    "learning_curves.png",
+)
+
+
 def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> None:
-    """Refuse an output directory that is the run or the store, or lies inside one of them."""
-    target = Path(out).resolve()
-    for given in (run, source):
-        if not isinstance(given, str | os.PathLike) or str(given) == "-":
+    """Refuse an output directory that is the run or the store, or lies inside one of them, and
+    one that is not an earlier evaluation's folder (it is replaced whole: nothing else may be
+    lost with it)."""
+    given = Path(out)
+    target = given.resolve()
+    for source_path in (run, source):
+        if not isinstance(source_path, str | os.PathLike) or str(source_path) == "-":
             continue
-        place = Path(given).resolve()
+        place = Path(source_path).resolve()
         if target == place or (place.is_dir() and place in target.parents):
             raise OutputIsInputError(
-                f"the output {target} would write into the input {given}; choose another --out"
+                f"the output {target} would write into the input {source_path}; "
+                "choose another --out"
             )
+    if given.exists() and not given.is_dir():
+        raise OutputRefusedError(f"{out} is a file; --out is the folder of an evaluation")
+    if given.is_dir() and any(p.name not in EVALUATION_FILES for p in given.iterdir()):
+        raise OutputRefusedError(
+            f"{out} holds files that are not an evaluation's; choose another --out (an "
+            "earlier evaluation there would be replaced whole)"
+        )
 
 
 class SeenRecordsError(RunError):

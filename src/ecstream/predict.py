@@ -24,7 +24,7 @@ import numpy as np
 
 from .allocator import release_free_memory
 from .alphabet import SequenceError, clean_sequence
-from .atomic import atomic_open, check_not_input, write_json
+from .atomic import atomic_open, check_not_input, check_plain_output, write_json
 from .config import TOP_K
 from .hierarchy import decode, partial, top_numbers
 from .predictors.base import Predictor
@@ -117,7 +117,9 @@ def predict_file(
     of its own stretch of the input, so the parts' counts add up to one machine's.
     """
     if str(out) != STDOUT:
-        check_not_input(out, [source, model.run])
+        for written in (out, sidecar(out)):  # both refused before anything is scored
+            check_not_input(written, [source, model.run])
+            check_plain_output(Path(written))
     classes = model.policy.classes
     header = [
         "id", "ec_class", "class_name", "probability", *(f"p_{k}" for k in classes), "top_k",

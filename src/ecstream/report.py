@@ -124,10 +124,14 @@ def metrics_table(result: dict) -> Table:
             key, c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
             f"{c['support']:,}",
         )  # fmt: skip
-    aside = sum(v["count"] for v in result.get("set_aside", {}).values())
-    if aside:
+    notes = []
+    if sum(v["count"] for v in result.get("set_aside", {}).values()):
         reasons = ", ".join(f"{k} {v['count']:,}" for k, v in result["set_aside"].items())
-        table.caption = f"set aside: {reasons}"
+        notes.append(f"set aside: {reasons}")
+    if several := result.get("several_classes"):  # evaluations before 2026-11-29 lack it
+        notes.append(f"{several:,} with numbers in several classes: per-level metrics only")
+    if notes:
+        table.caption = " · ".join(notes)
     return table
 
 

@@ -522,6 +522,7 @@ def train(
         stack.enter_context(_quiet_lightning())
         trainer, best = _fit(store, run, config, model_config, vocab, resume, last, callbacks)
         if trainer.global_rank == 0:
+            _check_learned(run, config)
             _export(run, best.best_model_path or str(last), model_config)
             calibrate_cnn(run, store)
     history = read_metrics(run)
@@ -603,6 +604,27 @@ class TrainingInterrupted(RunError):
     """Training stopped by the user (Ctrl-C); the message says how to continue."""
 
 
+class TrainingDiverged(RunError):
+    """No epoch ended with a finite validation loss: there are no weights worth saving."""
+
+
+def _check_learned(run: Path, config: TrainConfig) -> None:
+    """Refuse to make a model of a run with no epoch to show for it: none ended (a
+    ``--max-time`` shorter than an epoch), or every one ended with a loss that is not a finite
+    number (Lightning's early stopping ends such a run quietly; its weights are NaN)."""
+    losses = [float(row["val_loss"]) for row in read_metrics(run)]
+    if not losses:
+        raise RunError(
+            f"training of {run} ended before its first epoch did (--max-time?): no model to save"
+        )
+    if not any(math.isfinite(loss) for loss in losses):
+        raise TrainingDiverged(
+            f"training of {run} diverged: val_loss was not a finite number after any of its "
+            f"{len(losses)} epoch(s), so no model was saved; train again with a lower --lr "
+            f"(this run's: {config.lr:g})"
+        )
+
+
 @contextlib.contextmanager
 def _quiet_lightning():
     """Hide Lightning's notices that are not the user's to act on, for this call only."""
@@ -617,6 +639,8 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
         # the module substitutes residues there; the datamodule has no such hook of its own
         warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer`.*")
+        # a loss that is not finite ends in TrainingDiverged, which says it once and clearly
+        warnings.filterwarnings("ignore", message=r"Encountered `nan` values in tensor")
         try:
             yield
         finally:

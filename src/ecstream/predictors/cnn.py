@@ -59,6 +59,34 @@ def letters_matrix(seqs: list[bytes], width: int) -> np.ndarray:
     return letters
 
 
+def read_weights(path: Path, heads: tuple[int, ...]) -> ECClassifier:
+    """A run's ``model.pt`` as a network, checked against the run's classes per level
+    (``heads``) and for weights that are not finite (a training that diverged). A file that is
+    damaged, or another run's, is a :class:`RunError` naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        config, state = ModelConfig.from_dict(payload["model"]), payload["state_dict"]
+        model = ECClassifier(config)
+        model.load_state_dict(state)  # every tensor present, of its shape
+    except Exception as error:  # torch's zip reader, unpickler and loader raise many kinds
+        # not torch's own text: for a file that is not a plain state dict it suggests loading
+        # it unsafely; --debug shows it
+        raise RunError(
+            f"{path}: damaged, or not an ecstream model ({type(error).__name__})"
+        ) from error
+    if tuple(config.heads) != heads:
+        raise RunError(
+            f"{path}: a model of {list(config.heads)} classes per level, but its run has "
+            f"{list(heads)}: the file is another run's"
+        )
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise RunError(
+            f"{path}: weights that are not finite numbers (a training that diverged); "
+            "train again with a lower --lr"
+        )
+    return model
+
+
 class CNNPredictor(Predictor):
     """Scores sequences with a run's best weights (``RUN/model.pt``), calibrated on validation
     (``RUN/calibration.json``) unless ``calibrated=False``, in float32 or, with
@@ -88,7 +116,9 @@ class CNNPredictor(Predictor):
         weights = self.run / "model.pt"
         if not weights.is_file():
             raise RunError(f"{run}: no model.pt (training did not finish an epoch)")
-        payload = torch.load(weights, map_location="cpu", weights_only=True)
+        # a class run's head has its policy's classes; a full-EC run's, every level's
+        heads = tuple(self.vocab.sizes) if "vocabulary" in config else (len(self.policy.classes),)
+        self.model = read_weights(weights, heads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.precision == "bf16" and not native_bf16(self.device):
             message = (
@@ -99,8 +129,6 @@ class CNNPredictor(Predictor):
             # filename and line 0: one line on the terminal, naming the run, no source line
             warnings.warn_explicit(message, EmulatedBF16Warning, str(self.run), 0)
         self.batch_size = PREDICT_BATCH_SIZE.get(self.device.type, PREDICT_BATCH_SIZE["cpu"])
-        self.model = ECClassifier(ModelConfig.from_dict(payload["model"]))
-        self.model.load_state_dict(payload["state_dict"])
         self.model.eval()
         self.scorer = Scorer(self.model).to(self.device).eval()
         calibration = read_calibration(run) if calibrated else None
