@@ -490,6 +490,33 @@ def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, t
         load_model(copy)
 
 
+def test_a_run_missing_its_calibration_or_with_a_damaged_seen_record_says_so(
+    ec_run, small_store, tmp_path, capsys
+):
+    from ecstream.cli import main
+    from ecstream.evaluate import SeenRecordsError
+    from ecstream.predictors.cnn import CalibrationMissingWarning
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in ec_run.iterdir():
+        if f.is_file() and f.name != "calibration.json":
+            (copy / f.name).write_bytes(f.read_bytes())
+    with pytest.warns(CalibrationMissingWarning, match="no calibration.json"):
+        model = load_model(copy)
+    assert model.level_thresholds() == [0.5] * 4
+
+    (copy / "seen.npz").write_bytes((ec_run / "seen.npz").read_bytes()[:100])  # cut short
+    with pytest.raises(SeenRecordsError, match=r"seen\.npz: damaged"):
+        evaluate(copy, small_store.path, tmp_path / "ev", bands=False)
+    result = evaluate(copy, small_store.path, tmp_path / "ev", bands=False, allow_seen=True)
+    assert result["seen"]["checked"] is False and "damaged" in result["seen"]["why"]
+
+    with pytest.raises(SystemExit) as exit_info:  # 0 would list every number of the run
+        main(["predict", str(ec_run), "x.faa", "--out", "o.tsv", "--min-confidence", "0"])
+    assert exit_info.value.code == 2 and "must be above 0" in capsys.readouterr().err
+
+
 def evaluate_levels(run, store, out):
     from ecstream.evaluate import evaluate
 

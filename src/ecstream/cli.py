@@ -86,11 +86,11 @@ def _minutes(text: str) -> float:
     return value
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
+def _confidence(text: str) -> float:
+    """An argparse type: a threshold in (0, 1] (at 0 every EC number of the run clears it)."""
     value = _number(text, float)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
     return value
 
 
@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="classes listed in top_k, and EC numbers in ec_top_k (default %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--min-confidence", type=_fraction, default=None,
+        "--min-confidence", type=_confidence, default=None,
         help="one threshold for every level (default: the run's, chosen for 90%% precision "
         "on validation)",
     )  # fmt: skip

@@ -35,7 +35,7 @@ from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, pairs
-from .runs import RunError, read_metrics, read_seen
+from .runs import SEEN, RunError, read_metrics, read_seen
 from .skips import Skips
 from .sources import Columns, SourceInfo, describe, is_stream, read_rows
 from .splits import validate
@@ -365,13 +365,17 @@ class SeenRecordsError(RunError):
 def seen_by_run(run: str | os.PathLike, hashes: np.ndarray) -> dict:
     """How many records (by 64-bit sequence hash) the run learnt from (training split) or was
     tuned on (validation). A run made before runs recorded their sequences cannot be checked:
-    ``checked`` is then false, with the reason."""
-    known = read_seen(run)
+    ``checked`` is then false, with the reason; so it is for a damaged record (``damaged``)."""
+    try:
+        known = read_seen(run)
+    except RunError as error:  # refused by _guard unless the user allows seen records
+        return {"checked": False, "damaged": True, "why": str(error)}
     if known is None:
         return {
             "checked": False,
-            "why": f"{run} was made before runs recorded their training sequences: whether "
-            "it has seen these records cannot be checked (retrain it to check)",
+            "why": f"{run} has no {SEEN} (runs made before 2026-11-28 did not record their "
+            "training sequences, or the file was removed): whether it has seen these records "
+            "cannot be checked (retrain it to check)",
         }
     n = len(hashes)
     in_train = int(np.isin(hashes, known["train"]).sum())
@@ -387,6 +391,8 @@ def seen_by_run(run: str | os.PathLike, hashes: np.ndarray) -> dict:
 
 
 def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:
+    if seen.get("damaged") and not allow_seen:
+        raise SeenRecordsError(seen["why"])
     if seen["checked"] and seen["share_in_train"] > MAX_SEEN and not allow_seen:
         raise SeenRecordsError(
             f"{seen['in_train']:,} of {seen['records']:,} records to evaluate "

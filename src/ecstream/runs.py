@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +142,14 @@ def read_seen(run: str | os.PathLike) -> dict[str, np.ndarray] | None:
     path = Path(run) / SEEN
     if not path.is_file():
         return None
-    with np.load(path) as saved:
-        return {name: saved[name] for name in saved.files}
+    try:
+        with np.load(path) as saved:
+            return {name: saved[name] for name in saved.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # cut short or overwritten
+        raise RunError(
+            f"{path}: damaged ({type(error).__name__}); it cannot say which "
+            "records the run has seen (--allow-seen evaluates anyway)"
+        ) from error
 
 
 def read_calibration(run: str | os.PathLike) -> dict | None:

@@ -18,17 +18,22 @@ from ..config import (
     PREDICT_BATCH_SIZE,
     SCORE_ROWS,
     SCORING_WORKERS,
+    UNCALIBRATED_THRESHOLD,
     scoring_precision,
 )
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
-from ..runs import RunError, read_calibration
+from ..runs import CALIBRATION, RunError, read_calibration
 from .base import Predictor, Scores
 
 
 class EmulatedBF16Warning(UserWarning):
     """``precision="bf16"`` on a CPU without bfloat16 units: PyTorch emulates them, far slower."""
+
+
+class CalibrationMissingWarning(UserWarning):
+    """A full-EC run without its ``calibration.json``: scored uncalibrated, default thresholds."""
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -132,6 +137,13 @@ class CNNPredictor(Predictor):
         self.model.eval()
         self.scorer = Scorer(self.model).to(self.device).eval()
         calibration = read_calibration(run) if calibrated else None
+        if calibrated and calibration is None and "vocabulary" in config:
+            # every full-EC run is calibrated as it is made: the file was removed
+            warnings.warn_explicit(
+                f"no {CALIBRATION}: probabilities uncalibrated, thresholds the default "
+                f"{UNCALIBRATED_THRESHOLD} at every level (train the run again to calibrate it)",
+                CalibrationMissingWarning, str(self.run), 0,
+            )  # fmt: skip
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
         self.thresholds = calibration["thresholds"] if calibration else None
         # runs calibrated before confidence maps existed have temperatures only
