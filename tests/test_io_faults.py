@@ -351,6 +351,25 @@ def test_an_output_never_replaces_a_link_a_pipe_or_an_input_named_like_the_sidec
     assert store_link.is_symlink() and (elsewhere / "keep").read_text() == "x"
 
 
+def test_a_damaged_parquet_file_is_named(cnn_run, data_path, tmp_path, capsys):
+    table = pd.read_csv(data_path, sep="\t", nrows=50)
+    whole = tmp_path / "whole.parquet"
+    table.to_parquet(whole)
+    damaged = {
+        "cut.parquet": whole.read_bytes()[: whole.stat().st_size // 2],
+        "noise.parquet": b"PAR1" + bytes(range(256)) * 8,
+        "empty.parquet": b"",
+    }
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        for command in (["predict", str(cnn_run)], ["build"]):
+            out = tmp_path / f"out-{command[0]}"
+            assert main([*command, str(tmp_path / name), "--out", str(out)]) == 2
+            err = _one_line(capsys.readouterr().err)
+            assert err.startswith(f"error: {tmp_path / name}: damaged, or not a Parquet file")
+            assert not out.exists()
+
+
 # --------------------------------------------------------------------------- 5. pipelines
 
 

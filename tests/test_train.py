@@ -123,6 +123,17 @@ def test_a_run_that_diverged_is_not_saved_and_its_weights_are_refused(
         load_model(copy)
 
 
+@pytest.mark.parametrize(("setting", "value"), [("accelerator", "bogus"), ("precision", "bogus")])
+def test_settings_lightning_refuses_are_one_error_and_the_run_can_start_again(
+    setting, value, small_store, tmp_path
+):
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match=f"--{setting} {value}"):
+        train(small_store.path, run, TrainConfig(**{**FAST, setting: value}))
+    assert not (run / "model.pt").exists()
+    assert train(small_store.path, run, TrainConfig(**FAST)).epochs == 1  # leftovers cleared
+
+
 def test_two_ranks_on_cpu_share_each_epoch(small_store, tmp_path):
     """Lightning DDP (gloo, 2 CPU processes) through the CLI: one run, one metrics row per epoch."""
     import os

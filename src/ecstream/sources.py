@@ -496,25 +496,38 @@ def _parquet_files(source: Any) -> list[tuple[str, Any]]:
 
 
 def _read_parquet(source: Any, columns: Columns, chunk_rows: int) -> Iterator[list[Row]]:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     for name, part in _parquet_files(source):
-        # a file we open is ours to close: ParquetFile closes only what it opened itself
-        opened = part() if callable(part) else contextlib.nullcontext(part)
-        # pre_buffer (pyarrow's default) reads ahead the ranges of every row group at once:
-        # memory would grow with the file, and a remote file would arrive in one request
-        with opened as f, pq.ParquetFile(f, pre_buffer=False) as pf:
-            names = pf.schema_arrow.names
-            positions = _positions(names, columns, name)
-            wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
-            row = 0
-            for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
-                values = [
-                    batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
-                    for k in positions
-                ]
-                yield _rows(row, *values)
-                row += batch.num_rows
+        try:
+            yield from _read_parquet_file(name, part, columns, chunk_rows)
+        except pa.ArrowException as error:  # pyarrow's message names no file
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise InputError(f"{name}: damaged, or not a Parquet file ({text})") from error
+
+
+def _read_parquet_file(
+    name: str, part: Any, columns: Columns, chunk_rows: int
+) -> Iterator[list[Row]]:
+    """One Parquet file's rows, a batch at a time."""
+    import pyarrow.parquet as pq
+
+    # a file we open is ours to close: ParquetFile closes only what it opened itself
+    opened = part() if callable(part) else contextlib.nullcontext(part)
+    # pre_buffer (pyarrow's default) reads ahead the ranges of every row group at once:
+    # memory would grow with the file, and a remote file would arrive in one request
+    with opened as f, pq.ParquetFile(f, pre_buffer=False) as pf:
+        names = pf.schema_arrow.names
+        positions = _positions(names, columns, name)
+        wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
+        row = 0
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
+            values = [
+                batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
+                for k in positions
+            ]
+            yield _rows(row, *values)
+            row += batch.num_rows
 
 
 def _read_dataframe(df: pd.DataFrame, columns: Columns, chunk_rows: int) -> Iterator[list[Row]]:

@@ -29,6 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchmetrics
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.nn import functional as F
@@ -557,30 +558,37 @@ def _fit(
     best = ModelCheckpoint(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True
     )
-    trainer = L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        precision=config.resolved_precision(),
-        max_epochs=config.epochs,
-        max_time=config.max_time,
-        limit_train_batches=config.limit_train_batches,
-        callbacks=[
-            EarlyStopping("val_loss", patience=config.patience),
-            best,
-            EpochLog(run / "metrics.csv"),
-            *([StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []),
-            *([SamplesProgressBar(samples)] if config.progress else []),
-            *(callbacks or []),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        deterministic=on_cpu,
-        use_distributed_sampler=False,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    steps = [StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []
+    try:
+        trainer = L.Trainer(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            precision=config.resolved_precision(),
+            max_epochs=config.epochs,
+            max_time=config.max_time,
+            limit_train_batches=config.limit_train_batches,
+            callbacks=[
+                EarlyStopping("val_loss", patience=config.patience),
+                best,
+                EpochLog(run / "metrics.csv"),
+                *steps,
+                *([SamplesProgressBar(samples)] if config.progress else []),
+                *(callbacks or []),
+            ],
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            deterministic=on_cpu,
+            use_distributed_sampler=False,
+            enable_progress_bar=config.progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks
+        raise RunError(
+            f"--accelerator {config.accelerator}, --devices {config.devices}, --num-nodes "
+            f"{config.num_nodes}, --precision {config.precision}: {str(error).splitlines()[0]}"
+        ) from error
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
     try:
