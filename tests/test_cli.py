@@ -112,3 +112,18 @@ def test_predict_keeps_onednn_primitive_cache_small_unless_told(
     fasta.write_text(">a\nMKVLAAGIVG\n")
     assert main(["predict", str(cnn_run), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 0
     assert os.environ[name] == (given or str(SCORING_PRIMITIVE_CACHE))
+
+
+def test_predict_warns_when_no_record_could_be_scored(cnn_run, data_path, tmp_path, capsys):
+    from conftest import head_lines
+
+    table = tmp_path / "t.tsv"
+    table.write_text("".join(head_lines(data_path, 20)))
+    out = tmp_path / "o.tsv"
+    # the EC numbers read as sequences: digits and dots are no residues
+    assert main(["predict", str(cnn_run), str(table), "--out", str(out),
+                 "--sequence-column", "EC number"]) == 0  # fmt: skip
+    said = " ".join(capsys.readouterr().err.split())  # the summary goes to stderr
+    assert "(0 scored, 19 with an error)" in said and "no record could be scored" in said
+    assert main(["predict", str(cnn_run), str(table), "--out", str(out)]) == 0
+    assert "no record could be scored" not in capsys.readouterr().err

@@ -517,6 +517,31 @@ def test_a_run_missing_its_calibration_or_with_a_damaged_seen_record_says_so(
     assert exit_info.value.code == 2 and "must be above 0" in capsys.readouterr().err
 
 
+def test_a_hand_edited_run_config_is_named_in_one_line(ec_run, tmp_path):
+    config = json.loads((ec_run / "config.json").read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in ec_run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    edits = {
+        "lacks the entry 'labels'": {k: v for k, v in config.items() if k != "labels"},
+        "an entry of the wrong kind": {**config, "train": None},
+        "not an ecstream run config": [config],
+    }
+    for why, edited in edits.items():
+        (copy / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(RunError, match=why):
+            load_model(copy)
+    hybrid = tmp_path / "hybrid"  # a hybrid whose CNN run has moved says which run it lacks
+    hybrid.mkdir()
+    moved = str(tmp_path / "moved")
+    hybrid_config = {**config, "kind": "hybrid", "cnn_run": moved, "knn_run": moved}
+    (hybrid / "config.json").write_text(json.dumps(hybrid_config))
+    with pytest.raises(RunError, match=r"a hybrid of runs that cannot be read: .*moved"):
+        load_model(hybrid)
+
+
 def evaluate_levels(run, store, out):
     from ecstream.evaluate import evaluate
 

@@ -357,8 +357,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     console.print(
         f"{summary['records']:,} records → [bold]{where}[/] ({summary['scored']:,} scored, "
         f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
-        f"[bold]{summary['per_second']:,.0f} sequences/s[/]"
+        f"[bold]{_rate(summary['per_second'])} sequences/s[/]"
     )
+    if summary["records"] and not summary["scored"]:  # e.g. --sequence-column of another field
+        console.print(
+            "[yellow]warning: no record could be scored; see the error column (is "
+            f"--sequence-column {escape(args.sequence_column)!r} the sequences?)[/]"
+        )
     if summary["unreadable_lines"]:
         console.print(
             "[yellow]lines that could not be read as records (no row in the output):[/]\n"
@@ -367,6 +372,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if partial := summary["partial"]:
         _warn_partial(partial, "records")
     return 0
+
+
+def _rate(per_second: float) -> str:
+    """A speed to read: whole numbers with separators, two digits below 10 (a slow search)."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"
 
 
 def cmd_leakage(args: argparse.Namespace) -> int:

@@ -285,8 +285,9 @@ def _evaluate(
         seen = seen_by_run(run, hashes)
         _guard(run, seen, allow_seen)
     if done == 0:
+        why = "; ".join(skips.lines())
         raise RunError(
-            f"{describe(source)}: no labelled record to evaluate ({'; '.join(skips.lines())})"
+            f"{describe(source)}: no labelled record to evaluate" + (f" ({why})" if why else "")
         )
     result = {
         "run": str(Path(run).resolve()),

@@ -91,7 +91,7 @@ def read_config(run: str | os.PathLike) -> dict:
             f"{run}: not an ecstream run (no config.json); train one with 'ecstream train'"
         )
     config = read_json(path)
-    if config.get("format") != RUN_FORMAT:
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not an ecstream run config")
     if config.get("run_version") != RUN_VERSION:
         raise RunError(

@@ -26,11 +26,20 @@ def load_model(
     kind = config["kind"]
     if kind not in KINDS:
         raise RunError(f"{run}: unknown run kind {kind!r}; this ecstream knows {', '.join(KINDS)}")
-    if kind == "knn":
-        if scoring_precision(precision) != "32":
-            raise ValueError(f"--precision: a {kind} run has no forward pass (it searches)")
-        return KNNPredictor(run, config)
-    return KINDS[kind](run, config, device, precision=precision)
+    if kind == "knn" and scoring_precision(precision) != "32":
+        raise ValueError(f"--precision: a {kind} run has no forward pass (it searches)")
+    try:
+        if kind == "knn":
+            return KNNPredictor(run, config)
+        return KINDS[kind](run, config, device, precision=precision)
+    except KeyError as error:  # a run's JSON damaged or edited by hand
+        raise RunError(
+            f"{run}: its config.json or calibration.json lacks the entry {error.args[0]!r}"
+        ) from error
+    except (TypeError, AttributeError) as error:
+        raise RunError(
+            f"{run}: its config.json or calibration.json has an entry of the wrong kind ({error})"
+        ) from error
 
 
 __all__ = [

@@ -219,9 +219,12 @@ class HybridPredictor(Predictor):
         self, run: str | os.PathLike, config: dict, device: str | None = None, precision: str = "32"
     ):
         self.run, self.config = Path(run), config
-        cnn_config = read_config(config["cnn_run"])
-        self.cnn = CNNPredictor(config["cnn_run"], cnn_config, device, precision=precision)
-        self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
+        try:  # the two runs it was made of are read from where they were then
+            cnn_config = read_config(config["cnn_run"])
+            self.cnn = CNNPredictor(config["cnn_run"], cnn_config, device, precision=precision)
+            self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
+        except RunError as error:
+            raise RunError(f"{run}: a hybrid of runs that cannot be read: {error}") from error
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
         self.vocab = self.knn.vocab
         # identity thresholds per level; a hybrid of ecstream 0.1.0 had one, for level 1
