@@ -482,6 +482,7 @@ def test_non_positive_max_records_is_refused(value, tmp_path, capsys):
         ("--max-time", "00:08:00", "must be DD:HH:MM:SS"),
         ("--max-time", "00:00:00:00", "must be longer than zero"),
         ("--limit-train-batches", "1.5", "a fraction must be in (0, 1]"),
+        ("--out", "", "--out must not be empty"),  # the last --out given wins
     ],
 )
 def test_training_settings_are_checked_before_a_run_directory_exists(

@@ -694,7 +694,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debugging(argv)
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    parser = build_parser()
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    if getattr(args, "out", None) == "":  # Path("") is the current directory
+        parser.error("--out must not be empty")
     try:
         return args.func(args)
     except KeyboardInterrupt:
