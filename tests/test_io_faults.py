@@ -370,6 +370,17 @@ def test_a_damaged_parquet_file_is_named(cnn_run, data_path, tmp_path, capsys):
             assert not out.exists()
 
 
+def test_a_header_repeated_by_joined_files_is_counted_not_scored(cnn_run, data_path, tmp_path):
+    part = "".join(head_lines(data_path, 4))  # the header and three proteins
+    joined = tmp_path / "joined.tsv"
+    joined.write_text(part + part)  # cat a.tsv b.tsv
+    summary = predict_file(load_model(cnn_run), joined, tmp_path / "o.tsv")
+    ids = [row.split("\t")[0] for row in (tmp_path / "o.tsv").read_text().splitlines()[1:]]
+    assert summary["records"] == 6 and "Entry" not in ids
+    assert summary["unreadable"]["repeated_header"]["count"] == 1
+    assert any(f"{joined}:5" in line for line in summary["unreadable_lines"])
+
+
 # --------------------------------------------------------------------------- 5. pipelines
 
 

@@ -42,6 +42,7 @@ Row = tuple[int, str, "str | None", str, "str | None"]
 
 CHUNK_ROWS = 8192
 WRONG_COLUMN_COUNT = "wrong_column_count"
+REPEATED_HEADER = "repeated_header"  # files joined end to end (cat a.tsv b.tsv)
 TRUNCATED_INPUT = "truncated_or_corrupt_input"
 STDIN = "-"  # the name of standard input, as in most Unix tools
 TEXT_FORMATS = ("fasta", "tsv", "csv")
@@ -430,6 +431,9 @@ def _delimited_rows(text: _TextInput, fmt: str, columns: Columns, skips: Skips) 
     i, e, s, p = _positions(header, columns, f"{text.name}:{header_line}")
     width = len(header)
     for line, fields in records:
+        if fields == header:  # not a protein named "Entry" with sequence "Sequence"
+            skips.add(REPEATED_HEADER, f"{text.name}:{line}", "the header row again", line=line)
+            continue
         if len(fields) != width:
             if fields in ([], [""]):
                 continue  # blank line
