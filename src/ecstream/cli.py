@@ -6,7 +6,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -685,6 +687,13 @@ def _column_flags(p: argparse.ArgumentParser, ec: bool) -> None:
     p.add_argument("--sequence-column", default=Columns.sequence)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) ends the command as an error would: the
+    output being written is removed and its claim released, instead of being left for the next
+    writer to clean up, as after ``kill -9``."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure is one line on stderr unless ``--debug`` is given."""
     from rich.markup import escape
@@ -698,6 +707,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--debug"])
     if getattr(args, "out", None) == "":  # Path("") is the current directory
         parser.error("--out must not be empty")
+    previous = None  # Lightning handles SIGTERM in training itself; a handler needs the main thread
+    if (
+        args.func not in (cmd_train, cmd_demo)
+        and threading.current_thread() is threading.main_thread()
+    ):
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -710,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         console.print(f"[bold red]error:[/] {escape(describe(exc))}")
         return 2
+    finally:
+        if previous is not None:  # main() called in a process that goes on (tests, notebooks)
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
