@@ -9,9 +9,11 @@ accuracy section, ``bench-output/accuracy/random``). Prints per level:
 - each group's top accuracy, and how many of its proteins keep a prediction at the hybrid's
   Fmax threshold.
 
-Fmax is computed here as ``ecstream.ecmetrics`` computes it (protein-centric, thresholds
-0.01…1.00). A probe, not a section of BENCHMARKS.md: the hand-written paragraph after the
-accuracy section quotes it. Its searches are cached like every search.
+Fmax is ``ecstream.ecmetrics``'s (protein-centric, thresholds 0.01…1.00), computed here by
+comparing each score with each threshold; ecmetrics counts in bins of 0.01, so a score lying
+exactly on a threshold may fall on the other side there. A probe, not a section of
+BENCHMARKS.md: the hand-written paragraph after the accuracy section quotes it. Its searches
+are cached like every search.
 """
 
 from __future__ import annotations

@@ -358,6 +358,10 @@ def test_ctrl_c_in_training_says_how_to_continue(small_store, tmp_path):
         # Ctrl-C was lost and the run trained to its end; a user presses it again
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
+    finally:  # never left training for its 2,000 epochs
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == 2
     assert "interrupted" in err and f"--out {run} --resume" in err and "Traceback" not in err
     assert not (run / "model.pt").exists()  # an interrupted run is not presented as finished

@@ -461,6 +461,16 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
     ]  # fmt: skip
     assert json.loads((out / "metrics.json").read_text())["run"] == str(bare.resolve())
 
+    # through a link to the folder: the folder is replaced, the link stays; the hidden lock
+    # and temporary a killed writer of older versions left inside do not stop it
+    (out / ".metrics.json.lock").write_text("")
+    (out / ".confusion.png.tmp-1-abc").write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    evaluate(ec_run, labelled, link, bands=False, allow_seen=True)
+    assert link.is_symlink() and not any(p.name.startswith(".") for p in out.iterdir())
+    assert json.loads((out / "metrics.json").read_text())["run"] == str(ec_run.resolve())
+
     # a folder holding anything else is not an evaluation's to replace
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OutputRefusedError, match="not an evaluation's"):
@@ -526,7 +536,7 @@ def test_a_hand_edited_run_config_is_named_in_one_line(ec_run, tmp_path):
             (copy / f.name).write_bytes(f.read_bytes())
     edits = {
         "lacks the entry 'labels'": {k: v for k, v in config.items() if k != "labels"},
-        "an entry of the wrong kind": {**config, "train": None},
+        "entry 'train' is not an object": {**config, "train": None},
         "not an ecstream run config": [config],
     }
     for why, edited in edits.items():

@@ -109,6 +109,11 @@ def test_a_run_that_diverged_is_not_saved_and_its_weights_are_refused(
         train(small_store.path, run, config)
     assert not (run / "model.pt").exists()  # nothing a predictor could load
     assert [row["val_loss"] for row in read_metrics(run)] == ["nan"]
+    # the same --out, and through a link to it: a run folder is written into, never renamed
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert train(small_store.path, link, TrainConfig(**FAST)).epochs == 1
+    assert link.is_symlink() and (run / "model.pt").is_file()
 
     # a model.pt with weights that are not finite (such a run, saved by older code) is refused
     copy = tmp_path / "copy"

@@ -93,7 +93,7 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
     and stale temporaries of ``path`` are removed (nobody else can be writing them now).
     """
     path = Path(path)
-    check_plain_output(path)
+    _refuse_special(path)  # a link is checked where a rename would replace it
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
     while True:
@@ -128,14 +128,20 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def check_plain_output(path: Path) -> None:
-    """Refuse an output that is a link, a device, a pipe or a socket: the final rename would
-    replace that entry itself with a plain file (as root, even ``/dev/null``), and whatever it
-    leads to would never see the output."""
+    """Refuse an output to be renamed into place that is a link, a device, a pipe or a socket:
+    the rename would replace that entry itself with a plain file or folder (as root, even
+    ``/dev/null``), and whatever it leads to would never see the output."""
     if path.is_symlink():
         raise OutputRefusedError(
-            f"{path} is a symbolic link; an output is written as a new file renamed into place, "
-            "which would replace the link itself: give the path it points to"
+            f"{path} is a symbolic link; an output is written under a new name and renamed "
+            "into place, which would replace the link itself: give the path it points to"
         )
+    _refuse_special(path)
+
+
+def _refuse_special(path: Path) -> None:
+    """Refuse a device, a pipe or a socket (also behind a link): nothing ecstream writes is
+    streamed into one but stdout (``--out -``)."""
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise OutputRefusedError(
             f"{path} is a device, pipe or socket, not a file; give a file path "
@@ -182,6 +188,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     For writers that take a path (``torch.save``, ``savefig``). ``path`` is claimed meanwhile.
     """
     path = Path(path)
+    check_plain_output(path)
     with claim(path):
         tmp = temporary_sibling(path)
         try:
@@ -250,6 +257,7 @@ def claimed_dir(path: str | os.PathLike[str], replace: bool = False) -> Iterator
     """:func:`atomic_dir` for a caller that holds the claim on ``path`` already (one that
     claims its output before long work, so that a second writer fails before it starts)."""
     path = Path(path)
+    check_plain_output(path)
     tmp = temporary_sibling(path)
     tmp.mkdir()
     try:

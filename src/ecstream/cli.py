@@ -362,10 +362,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"[bold]{_rate(summary['per_second'])} sequences/s[/]"
     )
     if summary["records"] and not summary["scored"]:  # e.g. --sequence-column of another field
-        console.print(
-            "[yellow]warning: no record could be scored; see the error column (is "
-            f"--sequence-column {escape(args.sequence_column)!r} the sequences?)[/]"
+        hint = (
+            ""
+            if summary["format"] == "fasta"
+            else f" (is --sequence-column {escape(args.sequence_column)!r} the sequences?)"
         )
+        console.print(f"[yellow]warning: no record could be scored; see the error column{hint}[/]")
     if summary["unreadable_lines"]:
         console.print(
             "[yellow]lines that could not be read as records (no row in the output):[/]\n"

@@ -22,7 +22,14 @@ from torchmetrics.functional.classification import (
 )
 
 from . import plots
-from .atomic import OutputIsInputError, OutputRefusedError, claim, claimed_dir, write_json
+from .atomic import (
+    TEMP_MARK,
+    OutputIsInputError,
+    OutputRefusedError,
+    claim,
+    claimed_dir,
+    write_json,
+)
 from .cache import scratch
 from .ecmetrics import LevelScores
 from .errors import describe as describe_error
@@ -201,6 +208,8 @@ def evaluate(
     ``precision`` is that of a CNN's forward pass (``32`` or ``bf16``), to measure what
     bfloat16 scoring costs.
     """
+    if Path(out).is_symlink():  # the folder it leads to is the evaluation's; the link stays
+        out = os.path.realpath(out)
     _check_out(out, run, source)
     model = load_model(run, precision=precision)
     with claim(out):
@@ -306,6 +315,7 @@ def _evaluate(
         result["identity_bands"] = band_accuracy(y_true, y_pred, identities)
     elif bands:
         result["identity_bands_skipped"] = skipped or "no identities"
+    _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays
         plots.confusion(result, folder / "confusion.png")
         plots.precision_coverage(result["levels"], folder / "precision_coverage.png")
@@ -352,11 +362,23 @@ def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> N
             )
     if given.exists() and not given.is_dir():
         raise OutputRefusedError(f"{out} is a file; --out is the folder of an evaluation")
-    if given.is_dir() and any(p.name not in EVALUATION_FILES for p in given.iterdir()):
-        raise OutputRefusedError(
-            f"{out} holds files that are not an evaluation's; choose another --out (an "
-            "earlier evaluation there would be replaced whole)"
+    _check_replaceable(given)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse a folder to replace that holds more than an evaluation: anything but its files
+    and the hidden locks and temporaries of earlier ecstream writers."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        ours = p.name in EVALUATION_FILES or (
+            p.name.startswith(".") and (p.name.endswith(".lock") or TEMP_MARK in p.name)
         )
+        if not ours:
+            raise OutputRefusedError(
+                f"{out} holds {p.name!r}, which is not an evaluation's; choose another --out "
+                "(an earlier evaluation there would be replaced whole)"
+            )
 
 
 class SeenRecordsError(RunError):

@@ -99,6 +99,9 @@ def read_config(run: str | os.PathLike) -> dict:
             f"{config.get('versions', {}).get('ecstream', '?')}); this ecstream {__version__} "
             f"reads format {RUN_VERSION}: retrain it, or use the ecstream version that made it"
         )
+    for key in ("labels", "train", "store", "vocabulary"):  # read as objects by every kind
+        if key in config and not isinstance(config[key], dict):
+            raise RunError(f"{path}: its entry {key!r} is not an object (edited by hand?)")
     if config.get("alphabet") != alphabet.spec():
         raise RunError(
             f"{run}: trained with alphabet {config.get('alphabet', {}).get('name')!r}, "
@@ -144,8 +147,11 @@ def read_seen(run: str | os.PathLike) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path) as saved:
-            return {name: saved[name] for name in saved.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:  # cut short or overwritten
+            seen = {name: saved[name] for name in saved.files}
+        if not {"train", "val"} <= set(seen):
+            raise KeyError("train" if "train" not in seen else "val")
+        return seen
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:  # cut, emptied
         raise RunError(
             f"{path}: damaged ({type(error).__name__}); it cannot say which "
             "records the run has seen (--allow-seen evaluates anyway)"

@@ -559,6 +559,14 @@ def _fit(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True
     )
     steps = [StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []
+    hooks = [
+        EarlyStopping("val_loss", patience=config.patience),
+        best,
+        EpochLog(run / "metrics.csv"),
+        *steps,
+        *([SamplesProgressBar(samples)] if config.progress else []),
+        *(callbacks or []),
+    ]
     try:
         trainer = L.Trainer(
             accelerator=config.accelerator,
@@ -568,14 +576,7 @@ def _fit(
             max_epochs=config.epochs,
             max_time=config.max_time,
             limit_train_batches=config.limit_train_batches,
-            callbacks=[
-                EarlyStopping("val_loss", patience=config.patience),
-                best,
-                EpochLog(run / "metrics.csv"),
-                *steps,
-                *([SamplesProgressBar(samples)] if config.progress else []),
-                *(callbacks or []),
-            ],
+            callbacks=hooks,
             plugins=[AtomicCheckpointIO()],
             logger=False,
             deterministic=on_cpu,
@@ -585,9 +586,10 @@ def _fit(
             num_sanity_val_steps=0,
         )
     except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks
+        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunError(
             f"--accelerator {config.accelerator}, --devices {config.devices}, --num-nodes "
-            f"{config.num_nodes}, --precision {config.precision}: {str(error).splitlines()[0]}"
+            f"{config.num_nodes}, --precision {config.precision}: {said}"
         ) from error
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
@@ -626,10 +628,12 @@ def _check_learned(run: Path, config: TrainConfig) -> None:
             f"training of {run} ended before its first epoch did (--max-time?): no model to save"
         )
     if not any(math.isfinite(loss) for loss in losses):
+        # its checkpoints hold NaN weights: without them the same --out can be trained again
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
         raise TrainingDiverged(
             f"training of {run} diverged: val_loss was not a finite number after any of its "
-            f"{len(losses)} epoch(s), so no model was saved; train again with a lower --lr "
-            f"(this run's: {config.lr:g})"
+            f"{len(losses)} epoch(s), so no model was saved; train again (the same --out will "
+            f"do) with a lower --lr (this run's: {config.lr:g})"
         )
 
 

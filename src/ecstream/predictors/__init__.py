@@ -10,7 +10,7 @@ import os
 
 from ..config import scoring_precision
 from ..runs import RunError, read_config
-from .base import Predictor, Scores
+from .base import Predictor, Scores, entries_of
 from .cnn import CNNPredictor
 from .homolog import HybridPredictor, KNNPredictor
 
@@ -28,18 +28,10 @@ def load_model(
         raise RunError(f"{run}: unknown run kind {kind!r}; this ecstream knows {', '.join(KINDS)}")
     if kind == "knn" and scoring_precision(precision) != "32":
         raise ValueError(f"--precision: a {kind} run has no forward pass (it searches)")
-    try:
+    with entries_of(run):
         if kind == "knn":
             return KNNPredictor(run, config)
         return KINDS[kind](run, config, device, precision=precision)
-    except KeyError as error:  # a run's JSON damaged or edited by hand
-        raise RunError(
-            f"{run}: its config.json or calibration.json lacks the entry {error.args[0]!r}"
-        ) from error
-    except (TypeError, AttributeError) as error:
-        raise RunError(
-            f"{run}: its config.json or calibration.json has an entry of the wrong kind ({error})"
-        ) from error
 
 
 __all__ = [

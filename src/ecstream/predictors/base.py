@@ -10,7 +10,8 @@ nothing else.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..config import UNCALIBRATED_THRESHOLD
 from ..hashing import file_sha256
 from ..hierarchy import Call, decode
 from ..labels import ECVocabulary, LabelPolicy
-from ..runs import CALIBRATION
+from ..runs import CALIBRATION, RunError
 
 
 @dataclass
@@ -41,6 +42,19 @@ class Scores:
     identity: np.ndarray | None = None
     uncalibrated: list[np.ndarray] | None = None  # ``levels`` before calibration, when asked
     profile: np.ndarray | None = None  # bool: the homolog came from the profile fallback
+
+
+@contextlib.contextmanager
+def entries_of(run: str | os.PathLike) -> Iterator[None]:
+    """Read ``run``'s config and calibration in the block: an entry missing (a file damaged or
+    edited by hand) is a :class:`RunError` naming the run, not a bare ``KeyError``."""
+    try:
+        yield
+    except KeyError as error:
+        key = error.args[0] if error.args else "?"
+        raise RunError(
+            f"{run}: its config.json or calibration.json lacks the entry {key!r}"
+        ) from error
 
 
 class Predictor:

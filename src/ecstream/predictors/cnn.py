@@ -73,6 +73,8 @@ def read_weights(path: Path, heads: tuple[int, ...]) -> ECClassifier:
         config, state = ModelConfig.from_dict(payload["model"]), payload["state_dict"]
         model = ECClassifier(config)
         model.load_state_dict(state)  # every tensor present, of its shape
+    except (OSError, MemoryError):  # the disk or the machine, not the file: said as such
+        raise
     except Exception as error:  # torch's zip reader, unpickler and loader raise many kinds
         # not torch's own text: for a file that is not a plain state dict it suggests loading
         # it unsafely; --debug shows it
@@ -140,8 +142,9 @@ class CNNPredictor(Predictor):
         if calibrated and calibration is None and "vocabulary" in config:
             # every full-EC run is calibrated as it is made: the file was removed
             warnings.warn_explicit(
-                f"no {CALIBRATION}: probabilities uncalibrated, thresholds the default "
-                f"{UNCALIBRATED_THRESHOLD} at every level (train the run again to calibrate it)",
+                f"no {CALIBRATION}: probabilities uncalibrated, and thresholds the default "
+                f"{UNCALIBRATED_THRESHOLD} at every level unless --min-confidence sets one "
+                "(train the run again to calibrate it)",
                 CalibrationMissingWarning, str(self.run), 0,
             )  # fmt: skip
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth

@@ -35,7 +35,7 @@ from ..mmseqs.search import (
 )
 from ..runs import RunError, read_calibration, read_config
 from ..store import Store, StoreError
-from .base import Predictor, Scores
+from .base import Predictor, Scores, entries_of
 from .cnn import CNNPredictor
 
 TARGETS = "targets"  # the TargetDB of the training split inside a run directory
@@ -220,9 +220,11 @@ class HybridPredictor(Predictor):
     ):
         self.run, self.config = Path(run), config
         try:  # the two runs it was made of are read from where they were then
-            cnn_config = read_config(config["cnn_run"])
-            self.cnn = CNNPredictor(config["cnn_run"], cnn_config, device, precision=precision)
-            self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
+            cnn_run = config["cnn_run"]
+            with entries_of(cnn_run):
+                self.cnn = CNNPredictor(cnn_run, read_config(cnn_run), device, precision=precision)
+            with entries_of(config["knn_run"]):
+                self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
         except RunError as error:
             raise RunError(f"{run}: a hybrid of runs that cannot be read: {error}") from error
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
