@@ -171,7 +171,7 @@ def test_the_cache_stays_within_its_bound(stores, fresh_cache, monkeypatch):
     kw = {"batch_size": 40, "shuffle": False}
     for a, b in zip(local.batches("train", **kw), remote.batches("train", **kw), strict=True):
         assert _same(a, b)
-        cached = sum(p.stat().st_size for p in (fresh_cache / "shards").glob("*.arrow"))
+        cached = sum(_size(p) for p in (fresh_cache / "shards").glob("*.arrow"))
         assert cached <= 2 * max(sizes)
 
 
