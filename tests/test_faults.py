@@ -140,9 +140,9 @@ def test_kill_9_during_training_then_resume(small_store, tmp_path):
     assert _hidden(run) == [] and _hidden(run / "checkpoints") == []
 
 
-def test_sigterm_during_predict_keeps_the_old_output_and_leaves_nothing(
-    cnn_run, small_store, tmp_path
-):
+def _predict_midway(cnn_run, small_store, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """``ecstream predict`` of 40 copies of the training split, caught while it writes its
+    temporary over an earlier ``p.tsv`` ("previous predictions")."""
     fasta = tmp_path / "in.fasta"
     with open(fasta, "w") as fh:
         for _ in range(40):
@@ -153,6 +153,13 @@ def test_sigterm_during_predict_keeps_the_old_output_and_leaves_nothing(
     process = _cli("predict", str(cnn_run), str(fasta), "--out", str(out))
     _wait_for(lambda: any(p.name.startswith(".p.tsv.tmp-") for p in tmp_path.iterdir()))
     time.sleep(1.0)
+    return process, out
+
+
+def test_sigterm_during_predict_keeps_the_old_output_and_leaves_nothing(
+    cnn_run, small_store, tmp_path
+):
+    process, out = _predict_midway(cnn_run, small_store, tmp_path)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err
@@ -161,16 +168,7 @@ def test_sigterm_during_predict_keeps_the_old_output_and_leaves_nothing(
 
 
 def test_kill_9_during_predict_keeps_the_old_output(cnn_run, small_store, tmp_path):
-    fasta = tmp_path / "in.fasta"
-    with open(fasta, "w") as fh:
-        for _ in range(40):
-            for chunk in small_store.records("train"):
-                fh.writelines(f">{i}\n{s.decode()}\n" for i, s in chunk.pairs())
-    out = tmp_path / "p.tsv"
-    out.write_text("previous predictions\n")
-    process = _cli("predict", str(cnn_run), str(fasta), "--out", str(out))
-    _wait_for(lambda: any(p.name.startswith(".p.tsv.tmp-") for p in tmp_path.iterdir()))
-    time.sleep(1.0)
+    process, out = _predict_midway(cnn_run, small_store, tmp_path)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert out.read_text() == "previous predictions\n"
