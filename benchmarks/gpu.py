@@ -14,9 +14,15 @@ of :data:`STEPS` training batches (plus the whole validation split) with ``ecstr
 The data-wait share is ``wait / (wait + step)``; sequences/s is the sequences of those steps over
 the same time. Synchronising every step costs a little speed, so these figures are conservative.
 
+Rows marked *compiled* train with ``train --compile``; :func:`ceiling` times the network's step
+alone (no data, no Lightning) plain and compiled, which says how much of a step the loop and
+the data take.
+
 The device run can also be split from the report (the GPU machine of a session may not be the
 one that writes BENCHMARKS.md): ``python benchmarks/gpu.py measure DATA OUT.json`` on the GPU,
-then ``python benchmarks/gpu.py render OUT.json`` writes the section.
+then ``python benchmarks/gpu.py render OUT.json`` writes the section. On a machine with its own
+python3 and torch, ecstream need not be installed: ``PYTHONPATH=$PWD/src:$PWD/benchmarks python3
+benchmarks/gpu.py measure DATA OUT.json``.
 
 ``python benchmarks/gpu.py export STORE OUT.tsv.gz`` writes a store's records with a ``split``
 column: a GPU machine without MMseqs2 rebuilds the same splits from it (``ecstream build OUT.tsv.gz
@@ -39,22 +45,36 @@ from lightning.pytorch.callbacks import Callback
 
 STEPS = 1000
 WARMUP = 50
-# name → TrainConfig fields; every run: batch 64, max_length 660, bucketed, seed 0
+# name → TrainConfig fields; every run: max_length 660, bucketed, seed 0, batch 64 unless said
 CONFIGS = {
-    "large, bf16, 4 workers": {"model": "large", "precision": "bf16-mixed", "num_workers": 4},
-    "large, fp32, 4 workers": {"model": "large", "precision": "32-true", "num_workers": 4},
-    "large, bf16, no workers": {"model": "large", "precision": "bf16-mixed", "num_workers": 0},
     "large, bf16, 4 workers, batch 256": {
         "model": "large",
         "precision": "bf16-mixed",
         "num_workers": 4,
         "batch_size": 256,
     },
-    "small, bf16, 4 workers": {"model": "small", "precision": "bf16-mixed", "num_workers": 4},
+    "large, bf16, 4 workers, batch 256, compiled": {
+        "model": "large",
+        "precision": "bf16-mixed",
+        "num_workers": 4,
+        "batch_size": 256,
+        "compile": True,
+    },
+    "large, bf16, 8 workers, batch 1024, compiled": {
+        "model": "large",
+        "precision": "bf16-mixed",
+        "num_workers": 8,
+        "batch_size": 1024,
+        "compile": True,
+    },
+    "large, bf16, 4 workers": {"model": "large", "precision": "bf16-mixed", "num_workers": 4},
+    "large, fp32, 4 workers": {"model": "large", "precision": "32-true", "num_workers": 4},
 }
+#: the network's step alone (no data, no Lightning): (batch, width, compiled)
+CEILING = [(256, 352, False), (256, 352, True), (1024, 352, True)]
 MAIN = "large, bf16, 4 workers"
 MAX_WAIT_SHARE = 0.05
-BIG = "large, bf16, 4 workers, batch 256"
+BIG = "large, bf16, 4 workers, batch 256, compiled"
 MAX_WAIT_SHARE_BIG = 0.02  # issue 11: at batch 256
 MIN_MFU = 0.25  # issue 11: `large` in bf16
 #: dense bf16 peak FLOP/s by card name (datasheets); $ECSTREAM_PEAK_FLOPS for others
@@ -96,6 +116,45 @@ def _peak(card: str) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in card), None)
 
 
+def ceiling(batch: int, width: int, compiled: bool, steps: int = 20, device: str = "cuda") -> dict:
+    """A training step of ``large`` (bf16 autocast, AdamW) on random tokens of one width, with
+    no data loading and no Lightning: what the network alone reaches on this card."""
+    from torch.nn import functional as F
+
+    from ecstream.model import ECClassifier, compile_network, flops_per_residue, preset
+
+    torch.manual_seed(0)
+    config = preset("large", (7,))
+    model = ECClassifier(config).to(device)
+    if compiled:
+        compile_network(model)  # as `train --compile` does
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(1, 21, (batch, width), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 7, (batch,), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step() -> None:
+        with torch.autocast(device, torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    started = time.perf_counter()
+    for _ in range(3):  # compiles here
+        step()
+    sync()
+    warm_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - started) / steps
+    flops = 3 * flops_per_residue(config) * batch * width / seconds
+    return {"batch": batch, "width": width, "compiled": compiled, "ms_per_step": 1000 * seconds,
+            "model_flops_per_s": flops, "warm_s": warm_s}  # fmt: skip
+
+
 def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
     """Train every configuration on a fresh store of ``data``; write and return the figures."""
     from ecstream import build_store
@@ -122,6 +181,8 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
         results["build_s"] = time.perf_counter() - started
         results["train_records"] = store.num_records("train")
         for name, fields in CONFIGS.items():
+            if name == "large, bf16, 4 workers":  # the network alone, before the B=64 rows
+                _ceilings(results, out)
             print(f"== {name}", flush=True)
             timer = StepTimer()
             config = TrainConfig(
@@ -129,6 +190,7 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
                 **fields,
             )  # fmt: skip
             torch.cuda.reset_peak_memory_stats()
+            _reset()  # each compiled run compiles its own graphs, counted below
             started = time.perf_counter()
             try:
                 history = train(store.path, Path(tmp) / name.replace(" ", ""), config,
@@ -154,10 +216,50 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
                 "val_acc": float(history[-1]["val_acc"]),
                 "wall_s": time.perf_counter() - started,
                 "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
+                "graphs": _graphs(),
             }
             print(f"   {json.dumps(results['runs'][name])}", flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")  # each run's figures kept
     return results
+
+
+def _reset() -> None:
+    """Forget compiled graphs and their count (``reset`` alone keeps the count)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def _graphs() -> int:
+    """Graphs torch.compile made since :func:`_reset` (a recompile per batch width shows)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _cell(error: str) -> str:
+    """An error's first line, short, as a Markdown table cell."""
+    first = (error.strip().splitlines() or ["failed"])[0]
+    return first[:120].replace("|", "\\|")
+
+
+def _ceilings(results: dict, out: Path) -> None:
+    """Each of :data:`CEILING`, its failure recorded rather than raised."""
+    peak = results["peak_bf16_flops"]
+    results["ceiling"] = []
+    for batch, width, compiled in CEILING:
+        _reset()
+        try:
+            row = ceiling(batch, width, compiled)
+            row["mfu"] = row["model_flops_per_s"] / peak if peak else None
+            row["graphs"] = _graphs()
+        except Exception as error:
+            row = {"batch": batch, "width": width, "compiled": compiled,
+                   "error": f"{type(error).__name__}: {error}"}  # fmt: skip
+        print(f"   ceiling {json.dumps(row)}", flush=True)
+        results["ceiling"].append(row)
+        out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def render(results: dict) -> str:
@@ -185,7 +287,7 @@ def render(results: dict) -> str:
     ]
     for name, r in results["runs"].items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {name} | failed: {_cell(r['error'])} | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "–"
         lines.append(
@@ -205,20 +307,53 @@ def render(results: dict) -> str:
         )
         + "`$ECSTREAM_PEAK_FLOPS` sets it for other cards).",
     ]
+    if ceilings := results.get("ceiling"):
+        lines += [
+            "",
+            "The network alone (`ceiling`: a training step of `large`, bf16 autocast and AdamW, "
+            "on random tokens of one width, no data loading, no Lightning; 20 timed steps after 3 "
+            "that compile):",
+            "",
+            "| batch × width | compiled | ms/step | MFU | first 3 steps (s) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for c in ceilings:
+            shape = f"{c['batch']} × {c['width']}"
+            compiled = "yes" if c["compiled"] else "no"
+            if "error" in c:
+                lines.append(f"| {shape} | {compiled} | failed: {_cell(c['error'])} | | |")
+                continue
+            mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") is not None else "–"
+            lines.append(
+                f"| {shape} | {compiled} | {c['ms_per_step']:.1f} | {mfu} | {c['warm_s']:.0f} |"
+            )
+    plain = runs.get("large, bf16, 4 workers, batch 256", {})
     big = runs.get(BIG, {})
-    if "wait_share" in big:
+    waited = big if "wait_share" in big else plain  # the compiled run may have failed
+    if "wait_share" in waited:
+        which = BIG if waited is big else "large, bf16, 4 workers, batch 256"
+        large = {n: r for n, r in runs.items() if n.startswith("large, bf16") and r.get("mfu")}
+        best = max(large, key=lambda n: large[n]["mfu"]) if large else None
         lines.append("")
         lines.append(
-            f"Targets of issue 11 ({BIG}): data wait < {100 * MAX_WAIT_SHARE_BIG:.0f}%: "
-            f"{100 * big['wait_share']:.2f}% "
-            f"({'met' if big['wait_share'] < MAX_WAIT_SHARE_BIG else '**NOT met**'}); "
+            f"Targets of issue 11: data wait < {100 * MAX_WAIT_SHARE_BIG:.0f}% ({which}): "
+            f"{100 * waited['wait_share']:.2f}% "
+            f"({'met' if waited['wait_share'] < MAX_WAIT_SHARE_BIG else '**NOT met**'}); "
             + (
-                f"MFU ≥ {100 * MIN_MFU:.0f}%: {100 * big['mfu']:.1f}% "
-                f"({'met' if big['mfu'] >= MIN_MFU else '**NOT met**'})."
-                if big.get("mfu") is not None
+                f"MFU of `large` in bf16 ≥ {100 * MIN_MFU:.0f}% (best row: {best}): "
+                f"{100 * large[best]['mfu']:.1f}% "
+                f"({'met' if large[best]['mfu'] >= MIN_MFU else '**NOT met**'})."
+                if best
                 else "MFU: no peak known for this card."
             )
         )
+    if "seq_per_s" in plain and "seq_per_s" in big:
+        lines += [
+            "",
+            "Sequences/s at batch 256, compiled vs plain: "
+            f"{big['seq_per_s'] / plain['seq_per_s']:.2f}× (graphs compiled: "
+            f"{big.get('graphs', '–')}; one run each).",
+        ]
     main = runs.get(MAIN, {})
     if "wait_share" in main:
         met = main["wait_share"] < MAX_WAIT_SHARE
@@ -229,15 +364,11 @@ def render(results: dict) -> str:
             f"{'met' if met else '**NOT met**'}.",
         ]
         fp32 = runs.get("large, fp32, 4 workers", {})
-        if "seq_per_s" in fp32 and "seq_per_s" in big:
+        if "seq_per_s" in fp32:
             lines += [
                 "",
                 f"Sequences/s, bf16 vs fp32 (large, 4 workers, B=64): "
-                f"{main['seq_per_s'] / fp32['seq_per_s']:.2f}×; B=256 vs B=64 (large, bf16): "
-                f"{big['seq_per_s'] / main['seq_per_s']:.2f}×. One run each. Where bf16 does not "
-                "beat fp32 at B=64, the step is bound by per-step overhead (kernel launches, the "
-                "optimizer, Lightning's loop), not by arithmetic: on a GPU, train with a larger "
-                "`--batch-size`.",
+                f"{main['seq_per_s'] / fp32['seq_per_s']:.2f}×. One run each.",
             ]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ SECTIONS = {
     "prediction-cache": "prediction_cache",
     "scorer-blocks": "scorer_blocks",
     "layout": "layout",
+    "compiled": "compiled",
     "gpu": "gpu",
     "input-fuzz": "input_fuzz",
     "faults": "faults",

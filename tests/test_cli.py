@@ -114,7 +114,24 @@ def test_predict_keeps_onednn_primitive_cache_small_unless_told(
     assert os.environ[name] == (given or str(SCORING_PRIMITIVE_CACHE))
 
 
-def test_predict_warns_when_no_record_could_be_scored(cnn_run, data_path, tmp_path, capsys):
+def test_evaluate_refuses_a_split_of_a_file(cnn_run, data_path, tmp_path, capsys):
+    """A file has no splits: --split with one is an error, not a setting silently ignored."""
+    from conftest import head_lines
+
+    table = tmp_path / "t.tsv"
+    table.write_text("".join(head_lines(data_path, 20)))
+    out = tmp_path / "e"
+    assert main(["evaluate", str(cnn_run), str(table), "--out", str(out), "--split", "val",
+                 "--no-bands"]) == 2  # fmt: skip
+    said = " ".join(capsys.readouterr().err.split())
+    assert "--split val:" in said and "is a file, not a store" in said and not out.exists()
+    assert main(["evaluate", str(cnn_run), str(table), "--out", str(out), "--no-bands",
+                 "--allow-seen"]) == 0  # fmt: skip
+    assert (out / "metrics.json").is_file()
+
+
+def test_predict_fails_when_no_record_could_be_scored(cnn_run, data_path, tmp_path, capsys):
+    """The rows are written, each with its error, and the exit status is 1."""
     from conftest import head_lines
 
     table = tmp_path / "t.tsv"
@@ -122,8 +139,15 @@ def test_predict_warns_when_no_record_could_be_scored(cnn_run, data_path, tmp_pa
     out = tmp_path / "o.tsv"
     # the EC numbers read as sequences: digits and dots are no residues
     assert main(["predict", str(cnn_run), str(table), "--out", str(out),
-                 "--sequence-column", "EC number"]) == 0  # fmt: skip
+                 "--sequence-column", "EC number"]) == 1  # fmt: skip
     said = " ".join(capsys.readouterr().err.split())  # the summary goes to stderr
-    assert "(0 scored, 19 with an error)" in said and "no record could be scored" in said
+    assert "(0 scored, 19 with an error)" in said and "error: no record could be scored" in said
+    assert len(out.read_text().splitlines()) == 1 + 19
+    # a FASTA has no columns: naming one is said, not silently ignored
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    assert main(["predict", str(cnn_run), str(fasta), "--out", str(out), "--id-column", "x"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "warning: a FASTA has no columns, so --id-column went unused" in said
     assert main(["predict", str(cnn_run), str(table), "--out", str(out)]) == 0
     assert "no record could be scored" not in capsys.readouterr().err

@@ -181,3 +181,44 @@ def test_the_network_computes_what_it_did_channels_first(name):
     got = model(x)
     expected = channels_first_forward(model, x)  # old checkpoints must give the same logits
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), (got - expected).abs().max()
+
+
+def test_a_compiled_network_compiles_once_for_every_batch_width():
+    """``train --compile``: after a width that divides by the pool and one that does not, no
+    other width compiles anything new (bucketed batches come in hundreds of widths), and the
+    compiled network computes what the plain one does, gradients included."""
+    from torch._dynamo.utils import counters
+
+    from ecstream.model import compile_network
+
+    torch.manual_seed(0)
+    plain = ECClassifier(preset("small", (7,)))
+    compiled = ECClassifier(preset("small", (7,)))
+    compiled.load_state_dict(plain.state_dict())
+    compile_network(compiled)
+    torch._dynamo.reset()
+    counters.clear()
+
+    def both(width: int) -> None:
+        torch.manual_seed(width)
+        x = torch.randint(1, 21, (6, width), dtype=torch.uint8)
+        x[1:, width // 2 :] = alphabet.PAD
+        a, b = plain(x), compiled(x)
+        (a.square().sum() + b.square().sum()).backward()
+        assert torch.allclose(a, b, atol=1e-5)
+        pairs = zip(plain.parameters(), compiled.parameters(), strict=True)
+        assert all(torch.allclose(p.grad, q.grad, atol=1e-4) for p, q in pairs)
+        plain.zero_grad()
+        compiled.zero_grad()
+
+    try:
+        plain.eval()  # no dropout: the two would draw differently
+        compiled.eval()
+        both(99)
+        both(100)
+        graphs = counters["stats"]["unique_graphs"]
+        for width in (37, 150, 211, 302, 405, 660):
+            both(width)
+        assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()

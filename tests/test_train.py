@@ -228,3 +228,33 @@ def test_regularisers_reach_training_only_and_a_run_records_them(
     (plain / "config.json").write_text(json.dumps(saved))
     train(small_store.path, plain, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
     assert [int(r["epoch"]) for r in read_metrics(plain)] == [0, 1]
+
+
+def test_a_compiled_run_saves_plain_weights_and_resumes_compiled(small_store, tmp_path):
+    """``--compile`` keeps the parameters' names in checkpoints and ``model.pt`` (no
+    ``_orig_mod``), so predict reads them; a resume must compile too (compiled dropout draws
+    other masks, so switching would not reach an uninterrupted run's weights), while a run
+    made before the option existed resumes as a plain one."""
+    from torch._dynamo.utils import counters
+
+    from ecstream.model import ECClassifier, preset
+    from ecstream.predictors.cnn import read_weights
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        run = train(small_store.path, tmp_path / "c", TrainConfig(**FAST, compile=True)).run
+        assert counters["stats"]["unique_graphs"] > 0
+    finally:
+        torch._dynamo.reset()
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
+    plain = ECClassifier(preset("small", (7,))).state_dict()
+    assert _weights(run).keys() == plain.keys()
+    assert read_weights(run / "model.pt", (7,)) is not None
+    with pytest.raises(RunError, match="train settings differ"):
+        train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["train"]["compile"]  # as an older ecstream wrote it: plain
+    (run / "config.json").write_text(json.dumps(saved))
+    train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]

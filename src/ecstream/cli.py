@@ -237,6 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         shuffle_block=args.shuffle_block,
         precision=args.precision,
         num_workers=args.num_workers,
+        compile=args.compile,
         limit_train_batches=args.limit_train_batches,
         class_weights=args.class_weights,
         dropout=args.dropout,
@@ -361,13 +362,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{summary['errors']:,} with an error) in {summary['seconds']:.1f} s: "
         f"[bold]{_rate(summary['per_second'])} sequences/s[/]"
     )
-    if summary["records"] and not summary["scored"]:  # e.g. --sequence-column of another field
+    given = [
+        f"--{flag}" for flag, value, default in (
+            ("id-column", args.id_column, Columns.id),
+            ("sequence-column", args.sequence_column, Columns.sequence),
+        ) if value != default
+    ]  # fmt: skip
+    if summary["format"] == "fasta" and given:
+        console.print(
+            f"[yellow]warning: a FASTA has no columns, so {' and '.join(given)} went unused (a "
+            "record's id is the first word of its header)[/]"
+        )
+    # e.g. --sequence-column of another field: the rows are written (their error column says
+    # why), but a pipeline must not take an output without one prediction for a success
+    failed = bool(summary["records"] and not summary["scored"])
+    if failed:
         hint = (
             ""
             if summary["format"] == "fasta"
             else f" (is --sequence-column {escape(args.sequence_column)!r} the sequences?)"
         )
-        console.print(f"[yellow]warning: no record could be scored; see the error column{hint}[/]")
+        console.print(f"[red]error: no record could be scored; see the error column{hint}[/]")
     if summary["unreadable_lines"]:
         console.print(
             "[yellow]lines that could not be read as records (no row in the output):[/]\n"
@@ -375,7 +390,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if partial := summary["partial"]:
         _warn_partial(partial, "records")
-    return 0
+    return 1 if failed else 0
 
 
 def _rate(per_second: float) -> str:
@@ -537,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--precision", default=t.precision, help="auto (bf16-mixed on GPU), 32-true, …")
     p.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the network for training (meant for GPUs; no faster on the CPU "
+        "measured, BENCHMARKS.md); compiling takes tens of seconds at the start",
+    )  # fmt: skip
+    p.add_argument(
         "--num-workers", type=_not_negative, default=t.num_workers,
         help="DataLoader worker processes",
     )  # fmt: skip
@@ -585,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run")
     p.add_argument("source", help="a store directory, or a labelled TSV/CSV/Parquet file")
-    p.add_argument("--split", default="test", help="store split to evaluate (default test)")
+    p.add_argument("--split", help="store split to evaluate (default test; not for a file)")
     p.add_argument("--out", required=True, help="directory for metrics.json and the plots")
     p.add_argument(
         "--bands", action=argparse.BooleanOptionalAction, default=None,

@@ -82,6 +82,9 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (pre-emption)
     shuffle_block: int = 0  # opt-in locality-aware shuffle: records per block (0: whole split)
     precision: str = "auto"
+    # torch.compile the network for training (model.compile_network): fuses the elementwise
+    # work between convolutions, for GPUs, where a step of `large` is far from the card's peak
+    compile: bool = False
     num_workers: int = 0
     limit_train_batches: float | int | None = None
     class_weights: bool = False

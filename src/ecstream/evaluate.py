@@ -185,7 +185,7 @@ def evaluate(
     source: Any,
     out: str | os.PathLike,
     *,
-    split: str = "test",
+    split: str | None = None,
     columns: Columns = DEFAULT_COLUMNS,
     fmt: str | None = None,
     bands: bool | None = None,
@@ -194,9 +194,10 @@ def evaluate(
     allow_partial: bool = False,
     precision: str = "32",
 ) -> dict:
-    """Score a store split or a labelled file with a run; write metrics.json and the plots as
-    the folder ``out``, whole (an earlier evaluation there is replaced; a folder holding other
-    files is refused).
+    """Score a store split (``split``, by default ``test``) or a labelled file with a run; write
+    metrics.json and the plots as the folder ``out``, whole (an earlier evaluation there is
+    replaced; a folder holding other files is refused). A file has no splits: ``split`` with a
+    file is refused rather than ignored.
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
     default it is on when MMseqs2 is installed. Records the run was trained on are counted
@@ -211,11 +212,16 @@ def evaluate(
     if Path(out).is_symlink():  # the folder it leads to is the evaluation's; the link stays
         out = os.path.realpath(out)
     _check_out(out, run, source)
+    if split is not None and not is_store(source):
+        raise ValueError(
+            f"--split {split}: {describe(source)} is a file, not a store; a file is evaluated "
+            "whole (leave --split out, or give the store)"
+        )
     model = load_model(run, precision=precision)
     with claim(out):
         return _evaluate(
-            model, source, Path(out), split, columns, fmt, bands, allow_seen, allow_partial,
-            progress,
+            model, source, Path(out), split or "test", columns, fmt, bands, allow_seen,
+            allow_partial, progress,
         )  # fmt: skip
 
 

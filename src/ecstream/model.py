@@ -97,7 +97,7 @@ class ResidualBlock(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``h`` [B, L, C], ``mask`` [B, L, 1] → [B, L, C]."""
         z = self.norm(h) if self.norm is not None else h
-        return (h + conv_channels_last(F.relu(z) * mask, self.conv)) * mask
+        return (h + _conv(F.relu(z) * mask, self.conv)) * mask
 
 
 class ECClassifier(nn.Module):
@@ -123,7 +123,7 @@ class ECClassifier(nn.Module):
         """Each sequence's pooled features ``[B, 2C]`` (masked max ⊕ mean), before the head."""
         mask = (tokens != alphabet.PAD).unsqueeze(2).to(self.head.weight.dtype)  # [B, L, 1]
         h = self.embed(tokens.long())  # [B, L, E]
-        h = F.relu(conv_channels_last(h, self.stem)) * mask
+        h = F.relu(_conv(h, self.stem)) * mask
         if self.config.pool > 1:
             pool = self.config.pool
             h, mask = max_pool_positions(h, pool), max_pool_positions(mask, pool)
@@ -150,6 +150,28 @@ def conv_channels_last(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     weight = conv.weight.unsqueeze(2)
     y = F.conv2d(_as_2d(h), weight, conv.bias, padding="same", dilation=(1, conv.dilation[0]))
     return _from_2d(y)
+
+
+#: what the layers call for a convolution; :func:`compile_network` swaps in the same function
+#: behind a graph break (eager results are the same either way)
+_conv = conv_channels_last
+
+
+def compile_network(model: ECClassifier) -> ECClassifier:
+    """``model`` compiled in place (``train --compile``), its parameter names unchanged.
+
+    The convolutions are left out of the graphs: inductor would call the same cuDNN/oneDNN
+    kernel, but its lowering of their backward fixes the batch width, so every bucket's width
+    would compile anew. Between them (the elementwise work it fuses) the graphs are dynamic: a
+    new width compiles nothing, a batch of one row does, and a pooled preset compiles widths
+    that divide by the pool apart from those that do not. Done here, not when the module is
+    imported, because that import of ``torch._dynamo`` costs prediction seconds of start-up.
+    """
+    global _conv
+    if _conv is conv_channels_last:
+        _conv = torch.compiler.disable(conv_channels_last)
+    model.compile(dynamic=True)
+    return model
 
 
 def max_pool_positions(h: torch.Tensor, pool: int) -> torch.Tensor:

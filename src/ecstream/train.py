@@ -41,7 +41,7 @@ from .batches import Batches
 from .config import TrainConfig
 from .hashing import LineDigest, hash64
 from .labels import ECVocabulary
-from .model import ECClassifier, ModelConfig, preset
+from .model import ECClassifier, ModelConfig, compile_network, preset
 from .runs import (
     RUN_FORMAT,
     SEEN,
@@ -74,6 +74,7 @@ class ECModule(L.LightningModule):
         substitution: float = 0.0,
         crop: int = 0,
         max_length: int = TrainConfig.max_length,
+        compile: bool = False,
     ):
         super().__init__()
         self.model = ECClassifier(model_config)
@@ -95,6 +96,8 @@ class ECModule(L.LightningModule):
         self.global_batch = global_batch
         if global_batch:  # the same sample gets the same mask on any number of processes
             self.model.dropout = GlobalDropout(model_config.dropout)
+        if compile:  # in place: parameter names, checkpoints and model.pt stay as they are
+            compile_network(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -204,6 +207,8 @@ class GlobalDropout(torch.nn.Module):
         self.p, self.key = p, 0
         self.share: tuple[int, int] | None = None
 
+    # outside `--compile`'s graphs: a graph would be specialised to each step's key
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
@@ -551,6 +556,7 @@ def _fit(
         model_config, config.lr, config.weight_decay, weights, config.seed, vocab,
         global_batch=config.global_batch, label_smoothing=config.label_smoothing,
         substitution=config.substitution, crop=config.crop, max_length=config.max_length,
+        compile=config.compile,
     )  # fmt: skip
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
@@ -700,7 +706,9 @@ def _launched_rank() -> int:
 
 
 #: Training settings added after runs were first made, with the value those runs had.
-ADDED_SETTINGS = {"dropout": None, "label_smoothing": 0.0, "substitution": 0.0, "crop": 0}
+ADDED_SETTINGS = {
+    "dropout": None, "label_smoothing": 0.0, "substitution": 0.0, "crop": 0, "compile": False,
+}  # fmt: skip
 
 
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
@@ -714,7 +722,8 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
         theirs = saved.get(key)
         ours = run_config.get(key)  # "vocabulary" exists only for --target ec
         if key == "train":  # more epochs or another progress setting may be asked on resume
-            # an epoch boundary is a resume point for any number of processes (elastic)
+            # an epoch boundary is a resume point for any number of processes (elastic);
+            # --compile is not free: compiled dropout draws other masks than plain dropout
             free = (
                 "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
                 "accelerator", "checkpoint_every",
