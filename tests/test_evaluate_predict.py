@@ -294,3 +294,32 @@ def test_parts_at_once_are_capped_and_share_the_threads(cnn_run, torch_threads):
     torch_threads(1)
     with model.parallel_parts() as workers:
         assert workers == 1 and torch.get_num_threads() == 1
+
+
+def test_no_output_is_written_inside_a_run_or_a_store(cnn_run, small_store, tmp_path):
+    """predict into a run's model.pt or a store's manifest, evaluate or train into a store's
+    folder: refused before anything is written, and the run and the store still load."""
+    from ecstream.atomic import OutputIsInputError
+    from ecstream.train import TrainConfig, train
+
+    run, store = tmp_path / "run", tmp_path / "store"
+    shutil.copytree(cnn_run, run)
+    shutil.copytree(small_store.path, store)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    model = load_model(run)
+    for out in (run / "model.pt", run / "config.json", store / "manifest.json", store / "p.tsv"):
+        before = out.read_bytes() if out.exists() else None
+        with pytest.raises(OutputIsInputError, match="would write into the input|inside the store"):
+            predict_file(model, fasta, out)
+        assert (out.read_bytes() if out.exists() else None) == before
+    with pytest.raises(OutputIsInputError, match="would write into the input"):
+        evaluate(run, store, store / "evaluation", bands=False)
+    with pytest.raises(OutputIsInputError, match="inside the store"):
+        train(store, store / "run", TrainConfig(epochs=1, progress=False))
+    assert main(["predict", str(run), str(fasta), "--out", str(store / "test" / "x.tsv")]) == 2
+    load_model(run).predict(["MKVLAAGIVG"])
+    ecstream.open_store(store).check()  # raises if a shard or the manifest were damaged
+    assert sorted(p.name for p in store.iterdir()) == sorted(
+        p.name for p in small_store.path.iterdir()
+    )

@@ -15,6 +15,7 @@ import numpy as np
 from . import alphabet
 from .atomic import atomic_dir, atomic_open, read_json
 from .hashing import hash64
+from .store import check_outside_stores
 from .version import __version__
 
 RUN_FORMAT = "ecstream-run"
@@ -77,6 +78,7 @@ def new_run(out: str | os.PathLike) -> Iterator[Path]:
     used again.
     """
     out = Path(out)
+    check_outside_stores(out)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} already holds a run; choose another --out")
     with atomic_dir(out) as work:
