@@ -183,6 +183,24 @@ def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(small_store, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_end_of_an_epoch_replaces_the_mid_epoch_checkpoint(small_store, tmp_path):
+    """With --checkpoint-every, the checkpoint at an epoch's end is ``last.ckpt`` too (Lightning
+    would have named it ``last-v1.ckpt`` beside the step checkpoint): a crash early in the next
+    epoch resumes from there, losing none of the finished epoch."""
+    config = TrainConfig(**FAST, epochs=2, limit_train_batches=10)
+    whole = train(small_store.path, tmp_path / "whole", config)
+    cut = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(small_store.path, cut, config, callbacks=[_Crash(1, 1)])  # before step 3
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    state = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (0, 10)
+    resumed = train(small_store.path, cut, config, resume=True)
+    assert [r["samples"] for r in read_metrics(cut)] == [r["samples"] for r in whole.history]
+    a, b = _weights(whole.run), _weights(resumed.run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_run_checkpointed_on_one_process_continues_on_two(data_path, tmp_path):
     """Elastic: checkpointed mid-epoch by 1 process, resumed by 2 (gloo), which see exactly the
     records of that epoch not yet seen (their count; the plan tests check which)."""

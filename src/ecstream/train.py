@@ -563,8 +563,11 @@ def _fit(
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
     best = ModelCheckpoint(
-        dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True
-    )
+        dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True,
+        # last.ckpt is replaced, not versioned: StepCheckpoint writes it too, and Lightning
+        # would put the epoch's end beside it as last-v1.ckpt, which --resume never reads
+        enable_version_counter=False,
+    )  # fmt: skip
     steps = [StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []
     hooks = [
         EarlyStopping("val_loss", patience=config.patience),
