@@ -160,6 +160,28 @@ def test_state_of_another_stream_is_refused(small_store):
         small_store.batches("val", seed=1).load_state_dict(state)
 
 
+def test_a_refused_state_or_epoch_leaves_the_stream_where_it_was(small_store):
+    """A state that does not fit (a step outside its epoch, a damaged or foreign object) and an
+    impossible epoch start are refused with the stream unchanged: its state and its batches."""
+    b = small_store.batches("train", batch_size=64, seed=1, epoch=3)
+    expected = [x.ids for x in small_store.batches("train", batch_size=64, seed=1, epoch=3)]
+    other = small_store.batches("train", batch_size=64, seed=1, epoch=7).state_dict()
+    before = b.state_dict()
+    refused = [
+        {**other, "step": 999},
+        {k: v for k, v in other.items() if k != "split"},
+        [("format", other["format"])],
+    ]
+    for state in refused:
+        with pytest.raises(ValueError):
+            b.load_state_dict(state)
+        assert b.state_dict() == before
+    with pytest.raises(ValueError):
+        b.set_epoch(5, -1)
+    assert b.state_dict() == before
+    assert all(np.array_equal(x.ids, y) for x, y in zip(b, expected, strict=True))
+
+
 def test_epochs_reorder_but_keep_the_records(small_store):
     b = small_store.batches("val", batch_size=32)
     first = np.concatenate([x.ids for x in b])

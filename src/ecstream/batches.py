@@ -135,8 +135,8 @@ class Batches:
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Switch to another epoch (a different order when shuffling) and rewind to its start,
         or to ``start``: records of that epoch all ranks consumed already."""
-        self.epoch, self.step, self._ahead = epoch, 0, 0
-        self.plan = self._plan(epoch, start, self.world_size, self.rank)
+        plan = self._plan(epoch, start, self.world_size, self.rank)  # may refuse ``start``
+        self.epoch, self.step, self._ahead, self.plan = epoch, 0, 0, plan
         self._looked_up = _NOTHING_LOOKED_UP  # reset with the plan that made it
 
     def _prefetch(self, step: int) -> None:
@@ -285,8 +285,20 @@ class Batches:
         refuses a state of another split or other settings.
 
         With the world size of the state, the stream continues at its step; with another one,
-        at the records consumed: this rank's share of exactly the records not yet seen.
+        at the records consumed: this rank's share of exactly the records not yet seen. A state
+        refused leaves the stream where it was.
         """
+        before = (self.epoch, self.step, self._ahead, self.plan, self._looked_up)
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, AttributeError) as error:
+            self.epoch, self.step, self._ahead, self.plan, self._looked_up = before
+            raise ValueError(f"not a batch stream state, or a damaged one ({error!r})") from None
+        except ValueError:
+            self.epoch, self.step, self._ahead, self.plan, self._looked_up = before
+            raise
+
+    def _load_state(self, state: dict) -> None:
         if state.get("format") not in (STATE_FORMAT, STATE_FORMAT_V1):
             raise ValueError(f"not a batch stream state: {state.get('format')!r}")
         mine = self.state_dict()
