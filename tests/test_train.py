@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -258,3 +259,27 @@ def test_a_compiled_run_saves_plain_weights_and_resumes_compiled(small_store, tm
     (run / "config.json").write_text(json.dumps(saved))
     train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
     assert [int(r["epoch"]) for r in read_metrics(run)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("epochs", -1), ("epochs", 0), ("epochs", 2.5), ("patience", -1), ("batch_size", 0),
+        ("seed", -1), ("seed", None), ("limit_train_batches", 0), ("limit_train_batches", -1),
+        ("limit_train_batches", 1.5), ("lr", 0.0), ("lr", float("nan")), ("max_time", "bogus"),
+    ],
+)  # fmt: skip
+def test_settings_that_cannot_train_are_refused_naming_them(setting, value):
+    """Checked when the config is made (the Python API's path too), not left to Lightning,
+    which trained on with epochs -1, stopped at an assertion with 2.5 and blamed --max-time
+    for a limit of 0 batches."""
+    flag = "--" + setting.replace("_", "-")
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**{setting: value})
+    assert TrainConfig(epochs=np.int64(2)).epochs == 2  # numpy's whole numbers are whole
+
+
+def test_drop_last_with_a_batch_larger_than_the_split_is_refused(small_store, tmp_path):
+    config = TrainConfig(**{**FAST, "batch_size": 5000}, drop_last=True)
+    with pytest.raises(RunError, match="--drop-last with --batch-size 5000 leaves no training"):
+        train(small_store.path, tmp_path / "r", config)

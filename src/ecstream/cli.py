@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from .build import BuildConfig
-from .config import PREDICT_BATCH_SIZE, SCORING_PRECISIONS, TARGETS, TOP_K, TrainConfig
+from .config import (
+    PREDICT_BATCH_SIZE,
+    SCORING_PRECISIONS,
+    TARGETS,
+    TOP_K,
+    TrainConfig,
+    check_duration,
+)
 from .sources import TEXT_FORMATS, Columns
 from .version import __version__
 
@@ -71,13 +78,10 @@ def _positive_number(text: str) -> float:
 
 def _duration(text: str) -> str:
     """An argparse type: ``DD:HH:MM:SS`` (Lightning's ``max_time``), longer than zero."""
-    parts = text.split(":")
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"must be DD:HH:MM:SS, such as 00:02:30:00, got {text}")
-    days, hours, minutes, seconds = (int(p) for p in parts)
-    if not days * 86400 + hours * 3600 + minutes * 60 + seconds:
-        raise argparse.ArgumentTypeError(f"must be longer than zero, got {text}")
-    return text
+    try:
+        return check_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--max-time ")) from None
 
 
 def _minutes(text: str) -> float:

@@ -7,6 +7,8 @@ stays fast.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from .plan import BatchSettings
@@ -97,6 +99,26 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # checked here, before a run folder exists: Lightning would run on (epochs -1), stop at
+        # an assertion (epochs 2.5) or blame another option, and numpy would name no option
+        for name, least in (("epochs", 1), ("patience", 0), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a whole number, at least {least}; got {value!r}")
+            setattr(self, name, int(value))
+        limit = self.limit_train_batches
+        if limit is not None and not (
+            (_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
+        ):
+            raise ValueError(
+                "--limit-train-batches must be a number of batches (at least 1) or a fraction in "
+                f"(0, 1], got {limit!r}"
+            )
+        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < math.inf):
+            raise ValueError(f"--lr must be a finite number above 0, got {self.lr!r}")
+        if self.max_time is not None:
+            check_duration(self.max_time)
         if self.target not in TARGETS:
             raise ValueError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.multi_class not in ("skip", "first"):
@@ -119,3 +141,19 @@ class TrainConfig:
 
         gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
         return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _is_int(value: object) -> bool:
+    """A whole number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_duration(text: str) -> str:
+    """``text`` if it is ``DD:HH:MM:SS`` (Lightning's ``max_time``) longer than zero."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"--max-time must be DD:HH:MM:SS, such as 00:02:30:00, got {text!r}")
+    days, hours, minutes, seconds = (int(p) for p in parts)
+    if not days * 86400 + hours * 3600 + minutes * 60 + seconds:
+        raise ValueError(f"--max-time must be longer than zero, got {text!r}")
+    return text

@@ -562,6 +562,11 @@ def _fit(
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
+    if config.drop_last and samples < config.batch_size:
+        raise RunError(
+            f"--drop-last with --batch-size {config.batch_size} leaves no training step: the "
+            f"training split has {samples:,} records to train on"
+        )
     best = ModelCheckpoint(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True,
         # last.ckpt is replaced, not versioned: StepCheckpoint writes it too, and Lightning
@@ -598,8 +603,9 @@ def _fit(
     except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks
         said = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunError(
-            f"--accelerator {config.accelerator}, --devices {config.devices}, --num-nodes "
-            f"{config.num_nodes}, --precision {config.precision}: {said}"
+            f"Lightning refused these settings: {said} (--accelerator {config.accelerator}, "
+            f"--devices {config.devices}, --num-nodes {config.num_nodes}, --precision "
+            f"{config.precision})"
         ) from error
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
@@ -635,7 +641,8 @@ def _check_learned(run: Path, config: TrainConfig) -> None:
     losses = [float(row["val_loss"]) for row in read_metrics(run)]
     if not losses:
         raise RunError(
-            f"training of {run} ended before its first epoch did (--max-time?): no model to save"
+            f"training of {run} ended before its first epoch did: no model to save (a "
+            "--max-time shorter than an epoch?)"
         )
     if not any(math.isfinite(loss) for loss in losses):
         # its checkpoints hold NaN weights: without them the same --out can be trained again
