@@ -470,6 +470,22 @@ def test_a_shell_pipeline_whose_reader_stops_early_ends_quietly(cnn_run, queries
 # --------------------------------------------------------------------------- 6. --max-records
 
 
+def test_build_options_from_numpy_are_stored_and_wrong_types_named(data_path, tmp_path):
+    """Python API: numpy's numbers build (they once failed at the manifest, after the whole
+    build); a fraction given as text is refused naming the option, before any input is read."""
+    import numpy as np
+
+    store = build_store(data_path, tmp_path / "s", max_records=np.int64(50), seed=np.int32(1),
+                        val=np.float32(0.25))  # fmt: skip
+    assert store.manifest["build"]["max_records"] == 50
+    assert sum(store.num_records(s) for s in store.splits) == 50
+    for options, flag in (({"val": "0.1"}, "--val"), ({"seed": 1.5}, "--seed"),
+                          ({"sample": "1"}, "--sample")):  # fmt: skip
+        with pytest.raises(StoreError, match=flag):
+            build_store(tmp_path / "never-read.tsv", tmp_path / "t", **options)
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("value", ["-5", "0"])
 def test_non_positive_max_records_is_refused(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -7,6 +7,7 @@ written into a temporary directory beside ``out`` that is renamed into place at 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -84,7 +85,19 @@ class BuildConfig:
     method: SplitMethod = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Check every option before any input is read; parse the split method once."""
+        """Check every option before any input is read; parse the split method once. Numbers
+        are stored as Python's (numpy's would not write to the manifest)."""
+        for name in ("val", "test", "identity", "coverage", "sample"):
+            value = getattr(self, name)
+            if value is None and name == "sample":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                flag = "--" + name
+                raise StoreError(f"{flag} must be a number, got {value!r}")
+            setattr(self, name, float(value))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise StoreError(f"--seed must be a whole number, got {self.seed!r}")
+        self.seed = int(self.seed)
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise StoreError(
                 "--val and --test must be fractions adding up to under 1, "
@@ -103,6 +116,8 @@ class BuildConfig:
             or self.max_records < 1
         ):  # a negative count would slice rows from the end of each chunk
             raise StoreError(f"--max-records must be at least 1, got {self.max_records!r}")
+        if self.max_records is not None:
+            self.max_records = int(self.max_records)
         try:
             self.method = SplitMethod.parse(self.split)
         except SplitMethodError as error:
