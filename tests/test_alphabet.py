@@ -71,3 +71,10 @@ def test_clean_upper_cases_and_drops_one_stop_codon():
 def test_decode_inverts_encode_for_standard_letters(text):
     letters = "".join(c for c in text.upper() if c in STANDARD)
     assert alphabet.decode(encode(letters)) == letters
+
+
+def test_encode_writes_into_out_for_bytes_as_for_text():
+    for data in ("ACDX", b"ACDX", bytearray(b"ACDX")):
+        out = np.zeros(4, np.uint8)
+        assert encode(data, out=out) is out
+        assert out.tolist() == [1, 2, 3, 21]

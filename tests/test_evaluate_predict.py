@@ -109,6 +109,11 @@ def test_python_api_predicts_probabilities(cnn_run):
     assert probs.shape == (2, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="sequence 1"):
         model.predict(["MKV", "MK V"])
+    # bytes, as a store's records hold them, are the same sequences; other objects are named
+    assert np.array_equal(model.predict([b"MKVLAAGIVGLLLAAQPAMA", b"mkkllpt"]), probs)
+    for bad in (None, 1, np.array([1, 2, 3], np.uint8)):
+        with pytest.raises(TypeError, match="sequence 1: a sequence is text"):
+            model.predict(["MKV", bad])
 
 
 def test_a_run_of_another_version_or_alphabet_is_refused(cnn_run, tmp_path):

@@ -133,6 +133,9 @@ def encode(data: str | bytes | bytearray | np.ndarray, out: np.ndarray | None = 
         tokens = data.translate(_TABLE_BYTES)
         if _INVALID_BYTE in tokens:
             _refuse(np.frombuffer(data, dtype=np.uint8))
+        if out is not None:  # written into, as for text
+            out[...] = np.frombuffer(tokens, dtype=np.uint8)
+            return out
         return np.frombuffer(tokens, dtype=np.uint8)
     letters = _letters(data)
     tokens = np.take(TABLE, letters, out=out)

@@ -220,8 +220,8 @@ def evaluate(
     model = load_model(run, precision=precision)
     with claim(out):
         return _evaluate(
-            model, source, Path(out), split or "test", columns, fmt, bands, allow_seen,
-            allow_partial, progress,
+            model, source, Path(out), "test" if split is None else split, columns, fmt, bands,
+            allow_seen, allow_partial, progress,
         )  # fmt: skip
 
 

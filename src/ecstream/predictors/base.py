@@ -120,6 +120,12 @@ class Predictor:
             raise TypeError("give a list of sequences; for one sequence write predict([seq])")
         seqs = []
         for i, text in enumerate(sequences):
+            if isinstance(text, bytes | bytearray):  # as a store's records give them
+                text = text.decode("ascii", "replace")
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"sequence {i}: a sequence is text (str or bytes), got {type(text).__name__}"
+                )
             try:
                 seqs.append(clean_sequence(text).encode())
             except SequenceError as error:
