@@ -105,6 +105,24 @@ def test_loader_resumes_mid_epoch(small_store):
     assert_same(list(data), plain)
 
 
+def test_a_loop_through_the_loader_saves_its_state_by_the_steps_it_took(small_store):
+    """The loader's workers iterate copies, so the Batches object stays at the epoch's start;
+    ``state_dict(step)`` is the state after the batches the loop took, and resumes there."""
+    args = dict(batch_size=128, max_length=400, shuffle=True, seed=3, epoch=2)
+    plain = list(small_store.batches("train", **args))
+    b = small_store.batches("train", **args)
+    for taken, _ in enumerate(loader(b, num_workers=2, pin_memory=False), start=1):
+        if taken == 4:
+            break
+    assert b.step == 0  # what the hunt found: the object does not see the loop
+    state = b.state_dict(taken)
+    resumed = small_store.batches("train", **args)
+    resumed.load_state_dict(state)
+    assert_same(list(resumed), plain[4:])
+    with pytest.raises(ValueError, match="outside this epoch"):
+        b.state_dict(len(b) + 1)
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_set_epoch_changes_the_order_when_shuffling(small_store, num_workers):
     args = dict(batch_size=32, max_length=200, seed=11)

@@ -258,14 +258,24 @@ class Batches:
             self.set_epoch(self.epoch)
         self.step = 0
 
-    def state_dict(self) -> dict:
+    def state_dict(self, step: int | None = None) -> dict:
         """Where the stream stands (under 1 KB), the same on every rank: load it into Batches
         opened with the same arguments (any rank, any world size) to resume.
 
         ``consumed`` (records of the epoch's stream that all ranks have seen) is what an
         elastic resume needs; ``start``, ``step`` and ``world_size`` let a resume on the same
         number of ranks continue the identical batches, the last re-cut ones included.
+
+        ``step``: the state after that many steps of this epoch rather than where this object
+        stands. A loop through a DataLoader needs it: the loader's workers iterate copies of
+        this object, which therefore stays at the epoch's start; count the batches taken.
         """
+        if step is None:
+            step = self.step
+        elif isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise TypeError(f"step must be a whole number, got {step!r}")
+        elif not 0 <= step <= len(self):
+            raise ValueError(f"step {step} is outside this epoch's {len(self)} steps")
         return {
             "format": STATE_FORMAT,
             "split": self.split,
@@ -274,9 +284,9 @@ class Batches:
             "epoch": self.epoch,
             "records": self.records,
             "settings": self.settings.to_dict(),
-            "consumed": self.consumed,
+            "consumed": self.consumed_at(step),
             "start": self.start,
-            "step": self.step,
+            "step": int(step),
             "world_size": self.world_size,
         }
 

@@ -278,7 +278,7 @@ class StoreData(L.LightningDataModule):
         step = done - (b.epoch_steps - len(b))  # Lightning counts the whole epoch's steps
         if not 0 <= step <= len(b):
             return {}
-        stream = {**b.state_dict(), "step": step, "consumed": b.consumed_at(step)}
+        stream = b.state_dict(step)
         return {"stream": {**stream, "epoch": trainer.current_epoch}, "steps": done}
 
     def load_state_dict(self, state: dict) -> None:
