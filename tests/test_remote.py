@@ -257,6 +257,21 @@ def test_damaged_bytes_on_the_server_are_never_served(stores, s3_server, fresh_c
             fh.write(good)
 
 
+def test_a_build_to_a_file_uri_gives_the_batches_of_a_local_one(
+    small_store, data_path, tmp_path, fresh_cache
+):
+    """Any pyarrow URI is a store's place: file:// too (its folders did not exist, so its first
+    shard failed as 'not found')."""
+    uri = (tmp_path / "o").as_uri()
+    remote = build.build_store(data_path, uri, max_records=3000)  # small_store's records
+    assert is_remote(remote.path)
+    assert remote.fingerprint("train") == small_store.fingerprint("train")
+    args = dict(batch_size=64, shuffle=True, seed=1)
+    pairs = zip(ecstream.open_store(uri).batches("train", **args),
+                small_store.batches("train", **args), strict=True)  # fmt: skip
+    assert all(_same(a, b) for a, b in pairs)
+
+
 def test_a_remote_build_refuses_to_replace_without_force(stores, data_path, monkeypatch):
     """… before it builds anything (a build may take hours)."""
     _, remote = stores

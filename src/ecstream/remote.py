@@ -539,6 +539,9 @@ def publish(local: Path, uri: str, manifest: str, force: bool) -> None:
     if manifest in names:
         _retrying(f"{uri}/{manifest}", lambda: handler.delete_file(f"{root}/{manifest}"), settings)
     ours = sorted(str(p.relative_to(local)) for p in local.rglob("*.arrow"))
+    if isinstance(handler, fs.LocalFileSystem):  # a file:// URI: folders exist before files
+        for folder in sorted({f"{root}/{name}".rsplit("/", 1)[0] for name in ours} | {root}):
+            handler.create_dir(folder, recursive=True)
     for name in [*ours, manifest]:
         _retrying(
             f"{uri}/{name}",
