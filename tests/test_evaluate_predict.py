@@ -329,3 +329,31 @@ def test_no_output_is_written_inside_a_run_or_a_store(cnn_run, small_store, tmp_
     assert sorted(p.name for p in store.iterdir()) == sorted(
         p.name for p in small_store.path.iterdir()
     )
+
+
+def test_prediction_arguments_of_the_python_api_are_checked_naming_them(cnn_run, tmp_path):
+    """Refused before any output exists, naming the argument (the API hunt met numpy's and
+    torch's messages instead, and a NaN threshold that silently called nothing)."""
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVG\n")
+    out = tmp_path / "p.tsv"
+    model = load_model(cnn_run, precision=32)  # the number 32 is the precision "32"
+    refused = [
+        ({"top_k": 0}, ValueError, "--top-k"),
+        ({"top_k": 2.5}, ValueError, "--top-k"),
+        ({"shard": (0, 0)}, ValueError, "part I"),
+        ({"shard": (0.5, 2)}, ValueError, "part I"),
+        ({"min_confidence": 0}, ValueError, "--min-confidence"),
+        ({"min_confidence": float("nan")}, ValueError, "--min-confidence"),
+        ({"min_confidence": "0.5"}, ValueError, "--min-confidence"),
+    ]
+    for options, error, said in refused:
+        with pytest.raises(error, match=said):
+            predict_file(model, fasta, out, **options)
+        assert not out.exists()
+    with pytest.raises(TypeError, match="give a loaded model"):
+        predict_file(str(cnn_run), fasta, out)
+    with pytest.raises(ValueError, match="--min-confidence"):
+        model.predict_ec(["MKVLAAGIVG"], min_confidence=5)
+    predict_file(model, fasta, out, top_k=np.int64(2), min_confidence=np.float32(0.5))
+    assert out.is_file()

@@ -44,7 +44,10 @@ SCORING_PRECISIONS = ("32", "bf16")
 
 
 def scoring_precision(value: str) -> str:
-    """``value`` if it is one of :data:`SCORING_PRECISIONS`, else a clear error."""
+    """``value`` (``32`` may be given as a number) if it is one of :data:`SCORING_PRECISIONS`,
+    else a clear error."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if value not in SCORING_PRECISIONS:
         raise ValueError(
             f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {value!r}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
+import numbers
 import os
 import sys
 import time
@@ -117,6 +118,10 @@ def predict_file(
     repeated headers dropped, are the output of one machine; each counts the unreadable lines
     of its own stretch of the input, so the parts' counts add up to one machine's.
     """
+    if not isinstance(model, Predictor):
+        raise TypeError(f"give a loaded model (ecstream.load_model(run)), got {model!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"--top-k must be a whole number of at least 1, got {top_k!r}")
     if str(out) != STDOUT:
         for written in (out, sidecar(out)):  # both refused before anything is scored
             check_not_input(written, [source, model.run])
@@ -239,6 +244,8 @@ def part_bounds(
 ) -> Part:
     """Part ``shard = (i, n)`` of ``source``, found by a counting pass."""
     i, n = shard
+    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in shard) or n < 1:
+        raise ValueError(f"--shard {i}/{n}: two whole numbers, part I (from 0) of N parts")
     if not 0 <= i < n:
         raise ValueError(f"--shard {i}/{n}: the part must be in 0 … {n - 1}")
     if is_stream(source):

@@ -10,6 +10,7 @@ nothing else.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,7 +99,13 @@ class Predictor:
         """The thresholds a decoding uses: one for all levels if given, else the run's own
         (runs made before calibration existed use :data:`UNCALIBRATED_THRESHOLD`)."""
         if min_confidence is not None:
-            return [min_confidence] * self.vocab.depth
+            if isinstance(min_confidence, bool) or not (
+                isinstance(min_confidence, numbers.Real) and 0 < min_confidence <= 1
+            ):  # at 0 every EC number of the run would clear it; NaN would clear none
+                raise ValueError(
+                    f"--min-confidence must be above 0 and at most 1, got {min_confidence!r}"
+                )
+            return [float(min_confidence)] * self.vocab.depth
         if self.thresholds is None:
             return [UNCALIBRATED_THRESHOLD] * self.vocab.depth
         return list(self.thresholds)
