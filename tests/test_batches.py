@@ -265,3 +265,15 @@ def test_many_shards_give_the_batches_of_one(small_store, data_path, tmp_path, m
             ours = list(many.batches(split, batch_size=70, **kw))
             theirs = list(small_store.batches(split, batch_size=70, **kw))
             assert all(_same(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_batch_arguments_of_the_wrong_type_are_named(small_store):
+    """Python API: a float where a whole number belongs is refused when the batches are made,
+    naming it (it failed inside numpy or Arrow at the first batch, or never); numpy's whole
+    numbers are whole."""
+    for name, value in (("batch_size", 2.5), ("max_length", 2.5), ("block", 1.5),
+                        ("world_size", 2.0), ("rank", 1.0), ("seed", 0.5)):  # fmt: skip
+        with pytest.raises(TypeError, match=f"{name} must be a whole number"):
+            small_store.batches("train", **{name: value})
+    b = small_store.batches("train", batch_size=np.int64(32), seed=np.int32(1))
+    assert json.loads(json.dumps(b.state_dict()))["settings"]["batch_size"] == 32

@@ -9,6 +9,7 @@ another number of ranks (see :mod:`ecstream.plan`, "Resume").
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -121,7 +122,12 @@ class Batches:
         records: int | None = None,
     ):
         self.data, self.settings = data, settings
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        for name, value in (("seed", seed), ("epoch", epoch), ("rank", rank),
+                            ("world_size", world_size)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        epoch = int(epoch)
         if records is not None and not 0 <= records <= data.n:
             raise ValueError(f"records must be in [0, {data.n}], got {records}")
         self.records = data.n if records is None else records

@@ -36,6 +36,7 @@ ranks, and give exactly the records not yet seen, each once (:meth:`EpochPlan.co
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -130,6 +131,11 @@ class BatchSettings:
     blocks: int = 16  # … and how many blocks are shuffled together
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "window", "block", "blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy's too: states are JSON
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_length < 1:
