@@ -343,7 +343,7 @@ def test_prediction_arguments_of_the_python_api_are_checked_naming_them(cnn_run,
         ({"top_k": 2.5}, ValueError, "--top-k"),
         ({"shard": (0, 0)}, ValueError, "part I"),
         ({"shard": (0.5, 2)}, ValueError, "part I"),
-        ({"min_confidence": 0}, ValueError, "--min-confidence"),
+        ({"min_confidence": -0.1}, ValueError, "--min-confidence"),
         ({"min_confidence": float("nan")}, ValueError, "--min-confidence"),
         ({"min_confidence": "0.5"}, ValueError, "--min-confidence"),
     ]

@@ -100,11 +100,9 @@ class Predictor:
         (runs made before calibration existed use :data:`UNCALIBRATED_THRESHOLD`)."""
         if min_confidence is not None:
             if isinstance(min_confidence, bool) or not (
-                isinstance(min_confidence, numbers.Real) and 0 < min_confidence <= 1
-            ):  # at 0 every EC number of the run would clear it; NaN would clear none
-                raise ValueError(
-                    f"--min-confidence must be above 0 and at most 1, got {min_confidence!r}"
-                )
+                isinstance(min_confidence, numbers.Real) and 0 <= min_confidence <= 1
+            ):  # NaN would clear none (0 states every level: the CLI refuses it, not the API)
+                raise ValueError(f"--min-confidence must be in [0, 1], got {min_confidence!r}")
             return [float(min_confidence)] * self.vocab.depth
         if self.thresholds is None:
             return [UNCALIBRATED_THRESHOLD] * self.vocab.depth
