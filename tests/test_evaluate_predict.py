@@ -301,34 +301,50 @@ def test_parts_at_once_are_capped_and_share_the_threads(cnn_run, torch_threads):
         assert workers == 1 and torch.get_num_threads() == 1
 
 
-def test_no_output_is_written_inside_a_run_or_a_store(cnn_run, small_store, tmp_path):
-    """predict into a run's model.pt or a store's manifest, evaluate or train into a store's
-    folder: refused before anything is written, and the run and the store still load."""
+def test_no_output_is_written_inside_a_run_or_a_store(cnn_run, small_store, data_path, tmp_path):
+    """predict into a run's model.pt (its own or another run's) or a store's manifest; evaluate,
+    train or build into a store's folder: refused before anything is written, and the runs and
+    the store still load. A run already kept in a store resumes there."""
+    from conftest import head_lines
+
     from ecstream.atomic import OutputIsInputError
     from ecstream.train import TrainConfig, train
 
-    run, store = tmp_path / "run", tmp_path / "store"
+    run, other, store = tmp_path / "run", tmp_path / "other", tmp_path / "store"
     shutil.copytree(cnn_run, run)
+    shutil.copytree(cnn_run, other)
     shutil.copytree(small_store.path, store)
     fasta = tmp_path / "q.fasta"
     fasta.write_text(">a\nMKVLAAGIVG\n")
     model = load_model(run)
-    refused = r"would write into the input|inside the store"
-    for out in (run / "model.pt", run / "config.json", store / "manifest.json", store / "p.tsv"):
+    inside = (run / "model.pt", run / "config.json", other / "model.pt",
+              store / "manifest.json", store / "p.tsv")  # fmt: skip
+    for out in inside:
         before = out.read_bytes() if out.exists() else None
-        with pytest.raises(OutputIsInputError, match=refused):
+        with pytest.raises(OutputIsInputError, match=r"lies inside the (run|store)"):
             predict_file(model, fasta, out)
         assert (out.read_bytes() if out.exists() else None) == before
-    with pytest.raises(OutputIsInputError, match="would write into the input"):
-        evaluate(run, store, store / "evaluation", bands=False)
+    table = tmp_path / "t.tsv"
+    table.write_text("".join(head_lines(data_path, 20)))
+    with pytest.raises(OutputIsInputError, match="inside the store"):
+        evaluate(run, table, store / "evaluation", bands=False, allow_seen=True)
     with pytest.raises(OutputIsInputError, match="inside the store"):
         train(store, store / "run", TrainConfig(epochs=1, progress=False))
+    with pytest.raises(OutputIsInputError, match="inside the store"):
+        ecstream.build_store(data_path, store / "sub", max_records=10)
     assert main(["predict", str(run), str(fasta), "--out", str(store / "test" / "x.tsv")]) == 2
     load_model(run).predict(["MKVLAAGIVG"])
+    load_model(other).predict(["MKVLAAGIVG"])
     ecstream.open_store(store).check()  # raises if a shard or the manifest were damaged
     assert sorted(p.name for p in store.iterdir()) == sorted(
         p.name for p in small_store.path.iterdir()
     )
+    # a run kept inside a store before the check existed is continued in place
+    kept = tmp_path / "kept"
+    shutil.copytree(small_store.path, kept)
+    shutil.copytree(cnn_run, kept / "run")
+    config = TrainConfig(epochs=3, batch_size=32, limit_train_batches=10, progress=False)
+    assert train(kept, kept / "run", config, resume=True).epochs == 3
 
 
 def test_prediction_arguments_of_the_python_api_are_checked_naming_them(cnn_run, tmp_path):

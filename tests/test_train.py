@@ -267,6 +267,7 @@ def test_a_compiled_run_saves_plain_weights_and_resumes_compiled(small_store, tm
         ("epochs", -1), ("epochs", 0), ("epochs", 2.5), ("patience", -1), ("batch_size", 0),
         ("seed", -1), ("seed", None), ("limit_train_batches", 0), ("limit_train_batches", -1),
         ("limit_train_batches", 1.5), ("lr", 0.0), ("lr", float("nan")), ("max_time", "bogus"),
+        ("lr", True), ("seed", 2**32),
     ],
 )  # fmt: skip
 def test_settings_that_cannot_train_are_refused_naming_them(setting, value):
@@ -276,7 +277,10 @@ def test_settings_that_cannot_train_are_refused_naming_them(setting, value):
     flag = "--" + setting.replace("_", "-")
     with pytest.raises(ValueError, match=flag):
         TrainConfig(**{setting: value})
-    assert TrainConfig(epochs=np.int64(2)).epochs == 2  # numpy's whole numbers are whole
+    # numpy's numbers are numbers, stored as Python's (config.json is JSON)
+    config = TrainConfig(epochs=np.int64(2), lr=np.float32(1e-3), limit_train_batches=np.int64(5))
+    assert json.loads(json.dumps({k: getattr(config, k) for k in ("epochs", "lr")}))
+    assert type(config.limit_train_batches) is int and type(config.lr) is float
 
 
 def test_drop_last_with_a_batch_larger_than_the_split_is_refused(small_store, tmp_path):

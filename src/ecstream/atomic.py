@@ -150,8 +150,8 @@ def _refuse_special(path: Path) -> None:
 
 
 def check_not_input(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
-    """Refuse an output that is one of the inputs, a directory that holds one, or a path inside
-    an input that is a directory (a run's ``model.pt``, say)."""
+    """Refuse an output that is one of the inputs, or a directory that holds one (outputs
+    inside a run or a store: ``runs.check_outside_runs_and_stores``)."""
     out = Path(out).resolve()
     for source in inputs:
         if not isinstance(source, str | os.PathLike) or str(source) == "-":
@@ -160,10 +160,6 @@ def check_not_input(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
         if src == out or out in src.parents:
             raise OutputIsInputError(
                 f"the output {out} would replace the input {source}; choose another output"
-            )
-        if src.is_dir() and src in out.parents:
-            raise OutputIsInputError(
-                f"the output {out} would write into the input {source}; choose another output"
             )
 
 

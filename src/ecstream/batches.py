@@ -272,9 +272,10 @@ class Batches:
         elastic resume needs; ``start``, ``step`` and ``world_size`` let a resume on the same
         number of ranks continue the identical batches, the last re-cut ones included.
 
-        ``step``: the state after that many steps of this epoch rather than where this object
-        stands. A loop through a DataLoader needs it: the loader's workers iterate copies of
-        this object, which therefore stays at the epoch's start; count the batches taken.
+        ``step``: the state after that many steps of this epoch (counted from its start, as
+        ``self.step`` is) rather than where this object stands. A loop through a DataLoader
+        needs it: the loader's workers iterate copies of this object, which stays where it was
+        when the loader was made; that ``step`` plus the batches the loop took is the step.
         """
         if step is None:
             step = self.step

@@ -27,6 +27,7 @@ from .mmseqs.leakage import leakage_report
 from .overlap import OverlapCheck
 from .records import Records
 from .remote import check_destination, is_remote, publish, staging
+from .runs import check_outside_runs_and_stores
 from .shards import SplitData, SplitWriter
 from .skips import Skips
 from .sources import (
@@ -241,6 +242,7 @@ def build_store(
         raise StoreError("no input given")
     out = Path(out)
     check_not_input(out, inputs)
+    check_outside_runs_and_stores(out)
     if out.exists() and not force:
         raise StoreError(f"{out} already exists; use --force (force=True) to replace it")
     if out.exists():

@@ -46,8 +46,8 @@ SCORING_PRECISIONS = ("32", "bf16")
 def scoring_precision(value: str) -> str:
     """``value`` (``32`` may be given as a number) if it is one of :data:`SCORING_PRECISIONS`,
     else a clear error."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+    if _is_int(value):
+        value = str(int(value))
     if value not in SCORING_PRECISIONS:
         raise ValueError(
             f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {value!r}"
@@ -104,22 +104,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # checked here, before a run folder exists: Lightning would run on (epochs -1), stop at
         # an assertion (epochs 2.5) or blame another option, and numpy would name no option
-        for name, least in (("epochs", 1), ("patience", 0), ("batch_size", 1), ("seed", 0)):
+        for name, least, most in (
+            ("epochs", 1, None), ("patience", 0, None), ("batch_size", 1, None),
+            ("seed", 0, 2**32 - 1),  # numpy's and Lightning's seeding take 32 bits
+        ):  # fmt: skip
             value = getattr(self, name)
-            if not _is_int(value) or value < least:
+            if not _is_int(value) or value < least or (most is not None and value > most):
                 flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be a whole number, at least {least}; got {value!r}")
-            setattr(self, name, int(value))
+                within = f"from {least} to {most}" if most is not None else f"at least {least}"
+                raise ValueError(f"{flag} must be a whole number {within}; got {value!r}")
+            setattr(self, name, int(value))  # numpy's too: config.json is JSON
         limit = self.limit_train_batches
-        if limit is not None and not (
-            (_is_int(limit) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
-        ):
+        if _is_int(limit) and limit >= 1:
+            self.limit_train_batches = int(limit)
+        elif _is_real(limit) and not _is_int(limit) and 0 < limit <= 1:
+            self.limit_train_batches = float(limit)
+        elif limit is not None:
             raise ValueError(
                 "--limit-train-batches must be a number of batches (at least 1) or a fraction in "
                 f"(0, 1], got {limit!r}"
             )
-        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < math.inf):
+        if not (_is_real(self.lr) and 0 < self.lr < math.inf):
             raise ValueError(f"--lr must be a finite number above 0, got {self.lr!r}")
+        self.lr = float(self.lr)
         if self.max_time is not None:
             check_duration(self.max_time)
         if self.target not in TARGETS:
@@ -149,6 +156,11 @@ class TrainConfig:
 def _is_int(value: object) -> bool:
     """A whole number (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_duration(text: str) -> str:

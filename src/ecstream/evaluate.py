@@ -42,11 +42,11 @@ from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, pairs
-from .runs import SEEN, RunError, read_metrics, read_seen
+from .runs import SEEN, RunError, check_outside_runs_and_stores, read_metrics, read_seen
 from .skips import Skips
 from .sources import Columns, SourceInfo, describe, is_stream, read_rows
 from .splits import validate
-from .store import check_outside_stores, is_store, open_store
+from .store import is_store, open_store
 
 DEFAULT_COLUMNS = Columns()
 #: Share of evaluated records from the run's training split above which evaluate refuses.
@@ -366,7 +366,7 @@ def _check_out(out: str | os.PathLike, run: str | os.PathLike, source: Any) -> N
                 f"the output {target} would write into the input {source_path}; "
                 "choose another --out"
             )
-    check_outside_stores(target)
+    check_outside_runs_and_stores(target)
     if given.exists() and not given.is_dir():
         raise OutputRefusedError(f"{out} is a file; --out is the folder of an evaluation")
     _check_replaceable(given)

@@ -29,9 +29,9 @@ from .atomic import atomic_open, check_not_input, check_plain_output, write_json
 from .config import TOP_K
 from .hierarchy import decode, partial, top_numbers
 from .predictors.base import Predictor
+from .runs import check_outside_runs_and_stores
 from .skips import Skips
 from .sources import CHUNK_ROWS, Columns, InputError, SourceInfo, describe, is_stream, read_rows
-from .store import check_outside_stores
 from .version import __version__
 
 PREDICT_COLUMNS = Columns(id="Entry", ec=None, sequence="Sequence")
@@ -125,7 +125,7 @@ def predict_file(
     if str(out) != STDOUT:
         for written in (out, sidecar(out)):  # both refused before anything is scored
             check_not_input(written, [source, model.run])
-            check_outside_stores(written)
+            check_outside_runs_and_stores(written)
             check_plain_output(Path(written))
     classes = model.policy.classes
     header = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from . import alphabet
-from .atomic import atomic_dir, atomic_open, read_json
+from .atomic import JSONFileError, OutputIsInputError, atomic_dir, atomic_open, read_json
 from .hashing import hash64
-from .store import check_outside_stores
+from .store import store_holding
 from .version import __version__
 
 RUN_FORMAT = "ecstream-run"
@@ -78,11 +79,31 @@ def new_run(out: str | os.PathLike) -> Iterator[Path]:
     used again.
     """
     out = Path(out)
-    check_outside_stores(out)
+    check_outside_runs_and_stores(out)
     if out.exists() and any(out.iterdir()):
         raise RunError(f"{out} already holds a run; choose another --out")
     with atomic_dir(out) as work:
         yield work
+
+
+def run_holding(path: str | os.PathLike) -> Path | None:
+    """The run whose folder holds ``path`` (its ``config.json`` says it is ecstream's), if any."""
+    for parent in Path(path).resolve().parents:
+        if (parent / "config.json").is_file():
+            with contextlib.suppress(JSONFileError, AttributeError, OSError):
+                if read_json(parent / "config.json").get("format") == RUN_FORMAT:
+                    return parent
+    return None
+
+
+def check_outside_runs_and_stores(path: str | os.PathLike) -> None:
+    """Refuse an output inside a run's or a store's folder: it could replace their files (a
+    prediction written over ``model.pt``), and a run or a store holds only what made it."""
+    for holder, what in ((run_holding(path), "run"), (store_holding(path), "store")):
+        if holder is not None:
+            raise OutputIsInputError(
+                f"the output {path} lies inside the {what} {holder}; choose another output"
+            )
 
 
 def read_config(run: str | os.PathLike) -> dict:

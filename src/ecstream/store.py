@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet
-from .atomic import JSONFileError, OutputIsInputError, read_json, recover, write_json
+from .atomic import JSONFileError, read_json, recover, write_json
 from .batches import Batches
 from .hashing import CHECKSUM, LineDigest, json_checksum
 from .integrity import IntegrityError, StoreError
@@ -87,23 +87,14 @@ def is_store(path: Any) -> bool:
 
 def store_holding(path: str | os.PathLike) -> Path | None:
     """The local store whose folder holds ``path`` (its manifest says it is ecstream's), if any:
-    outputs are refused there, since a store holds only what ``build`` wrote (and a later
-    ``build --force`` refuses a folder holding anything else)."""
+    outputs are refused there (``runs.check_outside_runs_and_stores``), since a store holds
+    only what ``build`` wrote, and a later ``build --force`` refuses a folder holding more."""
     for parent in Path(path).resolve().parents:
         if (parent / MANIFEST).is_file():
             with contextlib.suppress(JSONFileError, AttributeError, OSError):
                 if read_json(parent / MANIFEST).get("format") == FORMAT:
                     return parent
     return None
-
-
-def check_outside_stores(path: str | os.PathLike) -> None:
-    """Refuse an output inside a store's folder (:func:`store_holding`)."""
-    if (store := store_holding(path)) is not None:
-        raise OutputIsInputError(
-            f"the output {path} lies inside the store {store}, which holds only what build "
-            "wrote; choose another output"
-        )
 
 
 def write_manifest(directory: Path | URI, manifest: dict) -> dict:

@@ -47,11 +47,12 @@ from .runs import (
     SEEN,
     RunError,
     base_config,
+    check_outside_runs_and_stores,
     read_metrics,
     record_seen,
     unique_hashes,
 )
-from .store import Store, check_outside_stores, open_store
+from .store import Store, open_store
 from .tuning import calibrate_cnn
 
 # --- the LightningModule ------------------------------------------------------------------
@@ -503,7 +504,8 @@ def train(
     """
     store = open_store(store_path)
     run = Path(out)
-    check_outside_stores(run)
+    if not resume:  # a run kept in such a place before this check existed still resumes
+        check_outside_runs_and_stores(run)
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
     # read here, before DDP starts the other ranks, so that they find every shard checked
