@@ -163,6 +163,18 @@ def check_not_input(out: str | os.PathLike[str], inputs: Iterable[Any]) -> None:
             )
 
 
+def enclosing(path: str | os.PathLike[str], marker: str, fmt: str) -> Path | None:
+    """The nearest folder above ``path`` holding a JSON file ``marker`` whose ``format`` is
+    ``fmt`` (a store's manifest, a run's config), if any; other tools' files of that name are
+    passed over."""
+    for parent in Path(path).resolve().parents:
+        if (parent / marker).is_file():
+            with contextlib.suppress(JSONFileError, AttributeError, OSError):
+                if read_json(parent / marker).get("format") == fmt:
+                    return parent
+    return None
+
+
 # --------------------------------------------------------------------------- files
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import platform
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import alphabet
-from .atomic import JSONFileError, OutputIsInputError, atomic_dir, atomic_open, read_json
+from .atomic import OutputIsInputError, atomic_dir, atomic_open, enclosing, read_json
 from .hashing import hash64
 from .store import store_holding
 from .version import __version__
@@ -88,12 +87,7 @@ def new_run(out: str | os.PathLike) -> Iterator[Path]:
 
 def run_holding(path: str | os.PathLike) -> Path | None:
     """The run whose folder holds ``path`` (its ``config.json`` says it is ecstream's), if any."""
-    for parent in Path(path).resolve().parents:
-        if (parent / "config.json").is_file():
-            with contextlib.suppress(JSONFileError, AttributeError, OSError):
-                if read_json(parent / "config.json").get("format") == RUN_FORMAT:
-                    return parent
-    return None
+    return enclosing(path, "config.json", RUN_FORMAT)
 
 
 def check_outside_runs_and_stores(path: str | os.PathLike) -> None:

@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet
-from .atomic import JSONFileError, read_json, recover, write_json
+from .atomic import JSONFileError, enclosing, read_json, recover, write_json
 from .batches import Batches
 from .hashing import CHECKSUM, LineDigest, json_checksum
 from .integrity import IntegrityError, StoreError
@@ -89,12 +89,7 @@ def store_holding(path: str | os.PathLike) -> Path | None:
     """The local store whose folder holds ``path`` (its manifest says it is ecstream's), if any:
     outputs are refused there (``runs.check_outside_runs_and_stores``), since a store holds
     only what ``build`` wrote, and a later ``build --force`` refuses a folder holding more."""
-    for parent in Path(path).resolve().parents:
-        if (parent / MANIFEST).is_file():
-            with contextlib.suppress(JSONFileError, AttributeError, OSError):
-                if read_json(parent / MANIFEST).get("format") == FORMAT:
-                    return parent
-    return None
+    return enclosing(path, MANIFEST, FORMAT)
 
 
 def write_manifest(directory: Path | URI, manifest: dict) -> dict:
