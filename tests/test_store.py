@@ -280,3 +280,17 @@ def test_the_overlap_check_counts_the_same_when_it_sorts_in_parts(
         assert counts == {k: v for k, v in parts[kind].items() if k != "examples"}
         for key, found in parts[kind]["examples"].items():
             assert len(found) == len(whole[kind]["examples"][key])
+
+
+def test_a_build_leaves_no_file_open(data_path, tmp_path):
+    """The shards a build reads back (to name duplicate examples) are closed when it is done,
+    not left to the garbage collector (a ResourceWarning per split)."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        store = ecstream.build_store(data_path, tmp_path / "s", max_records=500)
+        assert store.manifest["duplicates"]  # the examples were named from the shards
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -429,9 +429,13 @@ def _name_examples(
         )
         for k, w in enumerate(writers)
     ]
-    for report in overlap.values():
-        for key, groups in report["examples"].items():
-            report["examples"][key] = [
-                [f"{SPLITS[s]}:{data[s].strings(np.array([r]))[0]}" for s, r in group]
-                for group in groups
-            ]
+    try:
+        for report in overlap.values():
+            for key, groups in report["examples"].items():
+                report["examples"][key] = [
+                    [f"{SPLITS[s]}:{data[s].strings(np.array([r]))[0]}" for s, r in group]
+                    for group in groups
+                ]
+    finally:
+        for split in data:
+            split.close()

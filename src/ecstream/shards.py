@@ -601,6 +601,14 @@ class SplitData:
             self._chunks = _Chunks.of(self.views, self.starts, self.bases)
         return self._chunks
 
+    def close(self) -> None:
+        """Close the checked files this split holds open, for a split read once and let go
+        (the arrays and batches read keep their mappings: np.memmap holds its own descriptor);
+        a later read opens them again and checks they are still the files checked."""
+        for view in self.views:
+            if view.file is not None:
+                view.file.close()
+
     def record_batches(self) -> Iterator[pa.RecordBatch]:
         """The Arrow record batches of the split in stored order, parsed from checked bytes."""
         for k in range(len(self.paths)):
@@ -702,7 +710,11 @@ def read_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The Arrow record batches of shard files, in order, each file checked first: against its
     ``checksums`` entry, or without one by pyarrow's full validation."""
-    yield from SplitData("", list(paths), "", checksums=checksums).record_batches()
+    split = SplitData("", list(paths), "", checksums=checksums)
+    try:
+        yield from split.record_batches()
+    finally:
+        split.close()
 
 
 def fingerprint_batches(batches: Iterable[pa.RecordBatch]) -> tuple[str, int]:
