@@ -293,4 +293,6 @@ def test_a_build_leaves_no_file_open(data_path, tmp_path):
         store = ecstream.build_store(data_path, tmp_path / "s", max_records=500)
         assert store.manifest["duplicates"]  # the examples were named from the shards
         gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    # only this build's files: other tests' stores, let go, may be collected here too
+    ours = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert [m for m in ours if str(tmp_path) in m] == []
