@@ -564,11 +564,6 @@ def _fit(
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
-    if config.drop_last and samples < config.batch_size:
-        raise RunError(
-            f"--drop-last with --batch-size {config.batch_size} leaves no training step: the "
-            f"training split has {samples:,} records to train on"
-        )
     best = ModelCheckpoint(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True,
         # last.ckpt is replaced, not versioned: StepCheckpoint writes it too, and Lightning
@@ -609,6 +604,14 @@ def _fit(
             f"--devices {config.devices}, --num-nodes {config.num_nodes}, --precision "
             f"{config.precision})"
         ) from error
+    # a step takes a batch per process (the batch of all of them with --global-batch)
+    step_records = config.batch_size * (1 if config.global_batch else trainer.world_size)
+    if config.drop_last and samples < step_records:
+        processes = "" if trainer.world_size == 1 else f" on {trainer.world_size} processes"
+        raise RunError(
+            f"--drop-last with --batch-size {config.batch_size}{processes} leaves no training "
+            f"step: the training split has {samples:,} records to train on"
+        )
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
     try:
