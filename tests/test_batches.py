@@ -277,3 +277,10 @@ def test_batch_arguments_of_the_wrong_type_are_named(small_store):
             small_store.batches("train", **{name: value})
     b = small_store.batches("train", batch_size=np.int64(32), seed=np.int32(1))
     assert json.loads(json.dumps(b.state_dict()))["settings"]["batch_size"] == 32
+
+
+def test_a_step_out_of_range_is_named_as_given(small_store):
+    b = small_store.batches("val", batch_size=64)
+    assert np.array_equal(b[-1].ids, b[len(b) - 1].ids)  # from the end, as a list
+    with pytest.raises(IndexError, match=f"step {-len(b) - 1} out of range"):
+        b[-len(b) - 1]

@@ -195,10 +195,11 @@ class Batches:
         return self.plan.num_samples
 
     def __getitem__(self, step: int) -> Batch:
+        given = step
         if step < 0:
             step += len(self)
         if not 0 <= step < len(self):
-            raise IndexError(f"step {step} out of range for an epoch of {len(self)} steps")
+            raise IndexError(f"step {given} out of range for an epoch of {len(self)} steps")
         if self.data.source is not None and step >= self._ahead and not self.data.complete:
             self._prefetch(step)
         got, k = self._lookup(step)
