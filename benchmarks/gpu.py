@@ -75,6 +75,7 @@ CEILING = [(256, 352, False), (256, 352, True), (1024, 352, True)]
 MAIN = "large, bf16, 4 workers"
 MAX_WAIT_SHARE = 0.05
 BIG = "large, bf16, 4 workers, batch 256, compiled"
+PLAIN_BIG = "large, bf16, 4 workers, batch 256"  # the same, not compiled
 MAX_WAIT_SHARE_BIG = 0.02  # issue 11: at batch 256
 MIN_MFU = 0.25  # issue 11: `large` in bf16
 #: dense bf16 peak FLOP/s by card name (datasheets); $ECSTREAM_PEAK_FLOPS for others
@@ -238,6 +239,11 @@ def _graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def _mfu(row: dict) -> str:
+    """A row's MFU as a table cell ("–" where the card's peak is not known)."""
+    return f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "–"
+
+
 def _cell(error: str) -> str:
     """An error's first line, short, as a Markdown table cell."""
     first = (error.strip().splitlines() or ["failed"])[0]
@@ -289,10 +295,9 @@ def render(results: dict) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {_cell(r['error'])} | | | | | |")
             continue
-        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "–"
         lines.append(
             f"| {name} | {r['seq_per_s']:,.0f} | {r['ms_per_step']:.1f} | "
-            f"{100 * r['wait_share']:.2f}% | {mfu} | {r['val_acc']:.3f} | "
+            f"{100 * r['wait_share']:.2f}% | {_mfu(r)} | {r['val_acc']:.3f} | "
             f"{r['peak_gpu_gb']:.2f} GB |"
         )
     runs = results["runs"]
@@ -323,15 +328,14 @@ def render(results: dict) -> str:
             if "error" in c:
                 lines.append(f"| {shape} | {compiled} | failed: {_cell(c['error'])} | | |")
                 continue
-            mfu = f"{100 * c['mfu']:.1f}%" if c.get("mfu") is not None else "–"
             lines.append(
-                f"| {shape} | {compiled} | {c['ms_per_step']:.1f} | {mfu} | {c['warm_s']:.0f} |"
+                f"| {shape} | {compiled} | {c['ms_per_step']:.1f} | {_mfu(c)} | {c['warm_s']:.0f} |"
             )
-    plain = runs.get("large, bf16, 4 workers, batch 256", {})
+    plain = runs.get(PLAIN_BIG, {})
     big = runs.get(BIG, {})
     waited = big if "wait_share" in big else plain  # the compiled run may have failed
     if "wait_share" in waited:
-        which = BIG if waited is big else "large, bf16, 4 workers, batch 256"
+        which = BIG if waited is big else PLAIN_BIG
         large = {n: r for n, r in runs.items() if n.startswith("large, bf16") and r.get("mfu")}
         best = max(large, key=lambda n: large[n]["mfu"]) if large else None
         lines.append("")

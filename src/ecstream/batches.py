@@ -9,13 +9,13 @@ another number of ranks (see :mod:`ecstream.plan`, "Resume").
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from . import alphabet
+from .kinds import is_whole
 from .plan import BatchSettings, EpochPlan
 from .shards import SplitData
 
@@ -124,7 +124,7 @@ class Batches:
         self.data, self.settings = data, settings
         for name, value in (("seed", seed), ("epoch", epoch), ("rank", rank),
                             ("world_size", world_size)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_whole(value):
                 raise TypeError(f"{name} must be a whole number, got {value!r}")
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         epoch = int(epoch)
@@ -280,7 +280,7 @@ class Batches:
         """
         if step is None:
             step = self.step
-        elif isinstance(step, bool) or not isinstance(step, int | np.integer):
+        elif not is_whole(step):
             raise TypeError(f"step must be a whole number, got {step!r}")
         elif not 0 <= step <= len(self):
             raise ValueError(f"step {step} is outside this epoch's {len(self)} steps")
@@ -309,12 +309,11 @@ class Batches:
         before = (self.epoch, self.step, self._ahead, self.plan, self._looked_up)
         try:
             self._load_state(state)
-        except (KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             self.epoch, self.step, self._ahead, self.plan, self._looked_up = before
+            if isinstance(error, ValueError):
+                raise
             raise ValueError(f"not a batch stream state, or a damaged one ({error!r})") from None
-        except ValueError:
-            self.epoch, self.step, self._ahead, self.plan, self._looked_up = before
-            raise
 
     def _load_state(self, state: dict) -> None:
         if state.get("format") not in (STATE_FORMAT, STATE_FORMAT_V1):

@@ -7,7 +7,6 @@ written into a temporary directory beside ``out`` that is renamed into place at 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from . import alphabet
 from .atomic import JSONFileError, atomic_dir, check_not_input, read_json
 from .hashing import file_sha256, hash64
+from .kinds import is_real, is_whole
 from .labels import LEVELS, LabelPolicy, level_keys
 from .mmseqs.cluster import ClusterSettings, cluster_split
 from .mmseqs.leakage import leakage_report
@@ -92,11 +92,11 @@ class BuildConfig:
             value = getattr(self, name)
             if value is None and name == "sample":
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            if not is_real(value):
                 flag = "--" + name
                 raise StoreError(f"{flag} must be a number, got {value!r}")
             setattr(self, name, float(value))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+        if not is_whole(self.seed):
             raise StoreError(f"--seed must be a whole number, got {self.seed!r}")
         self.seed = int(self.seed)
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
@@ -112,9 +112,7 @@ class BuildConfig:
         if self.sample is not None and not 0 < self.sample <= 1:
             raise StoreError(f"--sample must be a fraction in (0, 1], got {self.sample}")
         if self.max_records is not None and (
-            isinstance(self.max_records, bool)
-            or not isinstance(self.max_records, int | np.integer)
-            or self.max_records < 1
+            not is_whole(self.max_records) or self.max_records < 1
         ):  # a negative count would slice rows from the end of each chunk
             raise StoreError(f"--max-records must be at least 1, got {self.max_records!r}")
         if self.max_records is not None:

@@ -8,9 +8,9 @@ stays fast.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
+from .kinds import is_real, is_whole
 from .plan import BatchSettings
 
 #: Sequences per forward pass when predicting, on CPU and on a GPU. On CPU a small pass keeps
@@ -46,7 +46,7 @@ SCORING_PRECISIONS = ("32", "bf16")
 def scoring_precision(value: str) -> str:
     """``value`` (``32`` may be given as a number) if it is one of :data:`SCORING_PRECISIONS`,
     else a clear error."""
-    if _is_int(value):
+    if is_whole(value):
         value = str(int(value))
     if value not in SCORING_PRECISIONS:
         raise ValueError(
@@ -109,22 +109,22 @@ class TrainConfig:
             ("seed", 0, 2**32 - 1),  # numpy's and Lightning's seeding take 32 bits
         ):  # fmt: skip
             value = getattr(self, name)
-            if not _is_int(value) or value < least or (most is not None and value > most):
+            if not is_whole(value) or value < least or (most is not None and value > most):
                 flag = "--" + name.replace("_", "-")
                 within = f"from {least} to {most}" if most is not None else f"at least {least}"
                 raise ValueError(f"{flag} must be a whole number {within}; got {value!r}")
             setattr(self, name, int(value))  # numpy's too: config.json is JSON
         limit = self.limit_train_batches
-        if _is_int(limit) and limit >= 1:
+        if is_whole(limit) and limit >= 1:
             self.limit_train_batches = int(limit)
-        elif _is_real(limit) and not _is_int(limit) and 0 < limit <= 1:
+        elif is_real(limit) and not is_whole(limit) and 0 < limit <= 1:
             self.limit_train_batches = float(limit)
         elif limit is not None:
             raise ValueError(
                 "--limit-train-batches must be a number of batches (at least 1) or a fraction in "
                 f"(0, 1], got {limit!r}"
             )
-        if not (_is_real(self.lr) and 0 < self.lr < math.inf):
+        if not (is_real(self.lr) and 0 < self.lr < math.inf):
             raise ValueError(f"--lr must be a finite number above 0, got {self.lr!r}")
         self.lr = float(self.lr)
         if self.max_time is not None:
@@ -151,16 +151,6 @@ class TrainConfig:
 
         gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
         return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def _is_int(value: object) -> bool:
-    """A whole number (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A real number (numpy's too), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_duration(text: str) -> str:

@@ -36,7 +36,6 @@ ranks, and give exactly the records not yet seen, each once (:meth:`EpochPlan.co
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -44,6 +43,7 @@ from functools import cached_property
 import numpy as np
 
 from .hashing import GOLDEN, MIX1, MIX2, derive_key, mix64
+from .kinds import is_whole
 
 
 class Permutation:
@@ -133,7 +133,7 @@ class BatchSettings:
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_length", "window", "block", "blocks"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_whole(value):
                 raise TypeError(f"{name} must be a whole number, got {value!r}")
             object.__setattr__(self, name, int(value))  # numpy's too: states are JSON
         if self.batch_size < 1:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
-import numbers
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from .alphabet import SequenceError, clean_sequence
 from .atomic import atomic_open, check_not_input, check_plain_output, write_json
 from .config import TOP_K
 from .hierarchy import decode, partial, top_numbers
+from .kinds import is_whole
 from .predictors.base import Predictor
 from .runs import check_outside_runs_and_stores
 from .skips import Skips
@@ -120,7 +120,7 @@ def predict_file(
     """
     if not isinstance(model, Predictor):
         raise TypeError(f"give a loaded model (ecstream.load_model(run)), got {model!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+    if not is_whole(top_k) or top_k < 1:
         raise ValueError(f"--top-k must be a whole number of at least 1, got {top_k!r}")
     if str(out) != STDOUT:
         for written in (out, sidecar(out)):  # both refused before anything is scored
@@ -244,7 +244,7 @@ def part_bounds(
 ) -> Part:
     """Part ``shard = (i, n)`` of ``source``, found by a counting pass."""
     i, n = shard
-    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in shard) or n < 1:
+    if not (is_whole(i) and is_whole(n)) or n < 1:
         raise ValueError(f"--shard {i}/{n}: two whole numbers, part I (from 0) of N parts")
     if not 0 <= i < n:
         raise ValueError(f"--shard {i}/{n}: the part must be in 0 … {n - 1}")

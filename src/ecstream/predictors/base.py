@@ -10,7 +10,6 @@ nothing else.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ..alphabet import SequenceError, clean_sequence
 from ..config import UNCALIBRATED_THRESHOLD
 from ..hashing import file_sha256
 from ..hierarchy import Call, decode
+from ..kinds import is_real
 from ..labels import ECVocabulary, LabelPolicy
 from ..runs import CALIBRATION, RunError
 
@@ -99,9 +99,8 @@ class Predictor:
         """The thresholds a decoding uses: one for all levels if given, else the run's own
         (runs made before calibration existed use :data:`UNCALIBRATED_THRESHOLD`)."""
         if min_confidence is not None:
-            if isinstance(min_confidence, bool) or not (
-                isinstance(min_confidence, numbers.Real) and 0 <= min_confidence <= 1
-            ):  # NaN would clear none (0 states every level: the CLI refuses it, not the API)
+            if not (is_real(min_confidence) and 0 <= min_confidence <= 1):
+                # NaN would clear none (0 states every level: the CLI refuses it, the API not)
                 raise ValueError(f"--min-confidence must be in [0, 1], got {min_confidence!r}")
             return [float(min_confidence)] * self.vocab.depth
         if self.thresholds is None:
