@@ -286,7 +286,8 @@ def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(
 
     store, cnn, *_ = runs
     moved = tmp_path / "cnn"
-    shutil.copytree(cnn, moved, ignore=shutil.ignore_patterns("targets"))
+    # without its checksums, which would refuse the edited config.json
+    shutil.copytree(cnn, moved, ignore=shutil.ignore_patterns("targets", "checksums.json"))
     config = json.loads((moved / "config.json").read_text())
     config["store"]["path"] = str(tmp_path / "gone")
     (moved / "config.json").write_text(json.dumps(config))
@@ -306,7 +307,7 @@ def test_a_hybrid_made_before_its_own_confidences_scores_as_it_did(runs, tmp_pat
 
     store, _, _, hybrid, *_ = runs
     old = tmp_path / "old-hybrid"
-    shutil.copytree(hybrid, old)
+    shutil.copytree(hybrid, old, ignore=shutil.ignore_patterns("checksums.json"))  # nor these
     calibration = json.loads((old / "calibration.json").read_text())
     for key in ("identity_curves", "cnn_maps"):
         del calibration[key]
@@ -325,3 +326,29 @@ def test_a_hybrid_made_before_its_own_confidences_scores_as_it_did(runs, tmp_pat
     # the hybrid with them has confidences of its own
     mine = new.score(ids, seqs).levels
     assert any(not np.array_equal(a, b) for a, b in zip(mine, got, strict=True))
+
+
+def test_knn_and_hybrid_runs_refuse_a_damaged_database_their_own_or_their_parts(runs):
+    """Every file of a kNN run is checked before it is used, its MMseqs2 database too (a
+    changed byte there is a changed training sequence), and a hybrid checks the runs it is
+    made of."""
+    from ecstream.runs import CHECKSUMS
+
+    _, _, knn, hybrid, *_ = runs
+    listed = json.loads((knn / CHECKSUMS).read_text())["files"]
+    assert {"targets/db", "targets/labels.npy", "targets/ids.arrow", "calibration.json"} <= set(
+        listed
+    )
+    database = knn / "targets" / "db"
+    data = database.read_bytes()
+    at = len(data) // 2
+    try:
+        with open(database, "r+b") as fh:
+            fh.seek(at)
+            fh.write(bytes([data[at] ^ 0x01]))
+        for run in (knn, hybrid):
+            with pytest.raises(RunError, match=r"targets/db: its checksum differs"):
+                load_model(run)
+    finally:
+        database.write_bytes(data)
+    assert load_model(hybrid).kind == "hybrid"  # restored: checked again, and whole

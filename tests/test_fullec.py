@@ -452,8 +452,8 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
     # its learning curves with it (they were the other run's)
     bare = tmp_path / "bare"
     bare.mkdir()
-    for f in ec_run.iterdir():
-        if f.is_file() and f.name != "metrics.csv":
+    for f in ec_run.iterdir():  # as a run from before checksums: nothing says what it lacks
+        if f.is_file() and f.name not in ("metrics.csv", "checksums.json"):
             (bare / f.name).write_bytes(f.read_bytes())
     evaluate(bare, labelled, out, bands=False, allow_seen=True)
     assert sorted(p.name for p in out.iterdir()) == [
@@ -481,8 +481,8 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
 def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
-    for f in ec_run.iterdir():
-        if f.is_file():
+    for f in ec_run.iterdir():  # without checksums, which would name the damage first
+        if f.is_file() and f.name != "checksums.json":
             (copy / f.name).write_bytes(f.read_bytes())
     weights = (ec_run / "model.pt").read_bytes()
     damaged = {
@@ -509,8 +509,8 @@ def test_a_run_missing_its_calibration_or_with_a_damaged_seen_record_says_so(
 
     copy = tmp_path / "copy"
     copy.mkdir()
-    for f in ec_run.iterdir():
-        if f.is_file() and f.name != "calibration.json":
+    for f in ec_run.iterdir():  # as a run from before calibration (and checksums)
+        if f.is_file() and f.name not in ("calibration.json", "checksums.json"):
             (copy / f.name).write_bytes(f.read_bytes())
     with pytest.warns(CalibrationMissingWarning, match="no calibration.json"):
         model = load_model(copy)
@@ -531,8 +531,8 @@ def test_a_hand_edited_run_config_is_named_in_one_line(ec_run, tmp_path):
     config = json.loads((ec_run / "config.json").read_text())
     copy = tmp_path / "copy"
     copy.mkdir()
-    for f in ec_run.iterdir():
-        if f.is_file():
+    for f in ec_run.iterdir():  # without checksums, which would name the edit first
+        if f.is_file() and f.name != "checksums.json":
             (copy / f.name).write_bytes(f.read_bytes())
     edits = {
         "lacks the entry 'labels'": {k: v for k, v in config.items() if k != "labels"},

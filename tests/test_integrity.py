@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ecstream
-from ecstream import hashing, integrity, store
+from ecstream import hashing, integrity, runs, store
 from ecstream.cli import main
 from ecstream.shards import ShardView
 from ecstream.store import (
@@ -563,3 +563,96 @@ def test_a_split_fingerprint_is_the_hash_of_its_records_however_they_are_fed(rec
             part = records[a:b]
             digest.update([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
     assert digest.hexdigest() == expected
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _flip_inside_largest_part(archive: Path) -> str:
+    """Flip one bit in the data of a PyTorch file's largest part (a float32 tensor), leaving
+    the zip's structure whole: the highest mantissa bit of a value in its middle, which changes
+    the value by up to half; returns the part's name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(archive) as z:
+        part = max(z.infolist(), key=lambda i: i.file_size)
+    with open(archive, "r+b") as fh:
+        fh.seek(part.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", fh.read(4))
+        at = part.header_offset + 30 + name_length + extra_length + part.file_size // 8 * 4 + 2
+        fh.seek(at)
+        byte = fh.read(1)[0]
+        fh.seek(at)
+        fh.write(bytes([byte ^ 0x40]))
+    return part.filename
+
+
+def test_a_run_records_its_files_and_refuses_one_that_changed(cnn_run, tmp_path, capsys):
+    from ecstream.predictors import load_model
+    from ecstream.runs import CHECKSUMS, RunError
+
+    sealed = json.loads((cnn_run / CHECKSUMS).read_text())["files"]
+    assert {"config.json", "model.pt", "calibration.json", "seen.npz", "metrics.csv"} <= set(sealed)
+    assert not any(name.startswith("checkpoints") for name in sealed)  # rewritten while training
+    expected = load_model(cnn_run).predict(["MKVLAAGIVGLLAAPQAFA"])
+
+    copy = tmp_path / "run"
+    shutil.copytree(cnn_run, copy)
+    np.testing.assert_array_equal(load_model(copy).predict(["MKVLAAGIVGLLAAPQAFA"]), expected)
+
+    # a flipped bit in a weight: torch.load reads it as another weight, the checksum does not
+    _flip_inside_largest_part(copy / "model.pt")
+    with pytest.raises(RunError, match=r"model\.pt: its checksum differs.*train the run again"):
+        load_model(copy)
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVGLLAAPQAFA\n")
+    assert main(["predict", str(copy), str(fasta), "--out", str(tmp_path / "p.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt: its checksum differs" in err and "Traceback" not in err
+    assert not (tmp_path / "p.tsv").exists()
+    (copy / CHECKSUMS).unlink()  # the same weights, unchecked, load and answer otherwise
+    with pytest.warns(runs.UncheckedRunWarning, match="no checksums"):
+        changed = load_model(copy).predict(["MKVLAAGIVGLLAAPQAFA"])
+    assert not np.array_equal(changed, expected)
+
+    # valid JSON with one number changed, a file gone, the list itself damaged
+    for case in ("calibration", "missing", "list"):
+        shutil.rmtree(copy)
+        shutil.copytree(cnn_run, copy)
+        if case == "calibration":
+            text = (copy / "calibration.json").read_text()
+            (copy / "calibration.json").write_text(text.replace("0.", "1.", 1))  # same size
+            why = r"calibration\.json: its checksum differs"
+        elif case == "missing":
+            (copy / "seen.npz").unlink()
+            why = r"seen\.npz: missing, though its run recorded it"
+        else:
+            (copy / CHECKSUMS).write_text('{"format": "ecstream-run-checksums", "files": {"../x"')
+            why = r"checksums\.json: not valid JSON"
+        with pytest.raises((RunError, ValueError), match=why):
+            load_model(copy)
+
+
+def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_again(
+    small_store, tmp_path
+):
+    from ecstream.runs import CHECKSUMS, RunError, verify
+    from ecstream.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    fast = {"batch_size": 32, "limit_train_batches": 4, "progress": False}
+    train(small_store.path, run, TrainConfig(epochs=1, **fast))
+    first = json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"]
+
+    kept = tmp_path / "last.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", kept)
+    part = _flip_inside_largest_part(run / "checkpoints" / "last.ckpt")
+    with pytest.raises(RunError, match=rf"last\.ckpt: damaged \(the CRC-32 of its part {part}"):
+        train(small_store.path, run, TrainConfig(epochs=2, **fast), resume=True)
+    assert verify(run)  # refused before anything changed: still the finished run, sealed
+
+    shutil.copy(kept, run / "checkpoints" / "last.ckpt")
+    train(small_store.path, run, TrainConfig(epochs=2, **fast), resume=True)
+    assert verify(run)
+    assert json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"] != first

@@ -36,7 +36,7 @@ from .predictors.homolog import (
     hybrid_levels,
 )
 from .records import Records
-from .runs import CALIBRATION, RunError, base_config, new_run, read_config, record_seen
+from .runs import CALIBRATION, RunError, base_config, new_run, read_config, record_seen, seal
 from .store import Store, open_store
 from .tuning import (
     calibrate_homolog,
@@ -106,6 +106,7 @@ def _fill_knn(
         "val_records": len(val),
     }
     write_json(out / "config.json", {**config, "validation": result})
+    seal(out)
     return result
 
 
@@ -241,6 +242,7 @@ def make_hybrid_run(
             "accuracy_by_profile_threshold": profile_curves,
         }
         calibrate_homolog(work, HybridPredictor(work, config), val, extra)
+        seal(work)
     return {
         "threshold": identity[0], "identity_thresholds": identity, "profile_thresholds": profile,
         **result,

@@ -1,8 +1,9 @@
-"""Whether a file holds the bytes its manifest recorded, checked once per process tree.
+"""Whether a file holds the bytes recorded when it was written, checked once per process tree.
 
 A store manifest records the size and XXH3-128 of each shard (:mod:`ecstream.store` describes
-the fields). :func:`check` hashes an open file and compares. A file that passed is remembered,
-keyed by its identity (real path, device, inode, size, mtime_ns, ctime_ns) and the expected
+the fields), a finished run the same of each of its files (:func:`ecstream.runs.seal`).
+:func:`check` hashes an open file and compares. A file that passed is remembered, keyed by its
+identity (real path, device, inode, size, mtime_ns, ctime_ns) and the expected
 checksum, so the other processes of the same job do not hash it again:
 
 - in this process, in a memo that forked DataLoader workers inherit;
@@ -43,6 +44,7 @@ from .cache import cache_dir
 #: How close to a check a file's last change may be for the check to be remembered.
 RACY_NS = 2_000_000_000
 SESSION_VARIABLE = "ECSTREAM_INTEGRITY_SESSION"
+STORE_REMEDY = "rebuild the store or restore the file"
 #: Stamps of sessions older than this are removed when a new session starts.
 STAMP_MAX_AGE_S = 3 * 24 * 3600
 
@@ -84,13 +86,19 @@ class Checked:
 
 
 def check(
-    fh: BinaryIO, path: Path, expected: dict[str, Any] | None, *, force: bool = False
+    fh: BinaryIO,
+    path: Path,
+    expected: dict[str, Any] | None,
+    *,
+    force: bool = False,
+    remedy: str = STORE_REMEDY,
 ) -> Checked:
     """Make sure the open file ``fh`` (found at ``path``) holds the bytes ``expected`` describes
     (``{"bytes": n, "xxh3_128": hex}``); :class:`IntegrityError` naming ``path`` otherwise.
 
     ``expected=None`` (a store from before checksums) checks nothing and only returns the
     identity. ``force`` hashes even a file checked before (``ecstream info --verify``).
+    ``remedy``: what the error tells the user to do (a run's file is not rebuilt but retrained).
     """
     started = time.time_ns()
     before = Identity.of(fh)
@@ -98,8 +106,8 @@ def check(
         return Checked(before, _settled(before, started))
     if before.size != expected["bytes"]:
         raise IntegrityError(
-            f"{path}: {before.size:,} bytes where its manifest recorded {expected['bytes']:,}; "
-            "the file is truncated or damaged: rebuild the store or restore the file"
+            f"{path}: {before.size:,} bytes where {expected['bytes']:,} were recorded; "
+            f"the file is truncated or damaged: {remedy}"
         )
     key = _key(path, before, expected)
     if not force and (key in _memo or _stamped(key)):
@@ -110,8 +118,8 @@ def check(
         raise IntegrityError(f"{path}: the file changed while it was being checked")
     if found[hashing.CHECKSUM] != expected.get(hashing.CHECKSUM):
         raise IntegrityError(
-            f"{path}: its checksum differs from the one its manifest recorded; the file is "
-            "damaged: rebuild the store or restore the file"
+            f"{path}: its checksum differs from the one recorded when it was written; the file "
+            f"is damaged: {remedy}"
         )
     settled = _settled(before, started)
     if settled:

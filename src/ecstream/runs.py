@@ -1,10 +1,12 @@
-"""Run directories: what a run records, and refusing runs this version cannot use."""
+"""Run directories: what a run records (its checksums too), and refusing runs this version cannot
+use or whose files changed."""
 
 from __future__ import annotations
 
 import csv
 import os
 import platform
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import alphabet
-from .atomic import OutputIsInputError, atomic_dir, atomic_open, enclosing, read_json
+from . import alphabet, hashing, integrity
+from .atomic import OutputIsInputError, atomic_dir, atomic_open, enclosing, read_json, write_json
 from .hashing import hash64
 from .store import store_holding
 from .version import __version__
@@ -24,10 +26,23 @@ RUN_VERSION = 1
 SEEN = "seen.npz"
 #: Temperatures and thresholds fitted on validation (see ecstream.tuning).
 CALIBRATION = "calibration.json"
+#: Size and checksum of every file of a finished run, written last (:func:`seal`).
+CHECKSUMS = "checksums.json"
+CHECKSUMS_FORMAT = "ecstream-run-checksums"
+#: Not sealed: the resume state, rewritten while a run trains (:func:`check_archive` checks it).
+CHECKPOINTS = "checkpoints"
+RUN_REMEDY = "train the run again or restore the file"
 
 
 class RunError(Exception):
     """A run directory that cannot be used (missing, other version, other alphabet or store)."""
+
+
+class UncheckedRunWarning(UserWarning):
+    """A run without checksums: its files are used unchecked."""
+
+
+_warned: set[str] = set()  # runs whose UncheckedRunWarning this process has given
 
 
 def versions() -> dict:
@@ -124,7 +139,80 @@ def read_config(run: str | os.PathLike) -> dict:
             f"{run}: trained with alphabet {config.get('alphabet', {}).get('name')!r}, "
             f"this ecstream uses {alphabet.NAME!r}; retrain it"
         )
+    verify(Path(run))
     return config
+
+
+def seal(run: Path) -> None:
+    """Record the size and XXH3-128 of each file of a finished run (all but its checkpoints),
+    written last: from then on every use of the run checks them first (:func:`verify`)."""
+    files = {
+        path.relative_to(run).as_posix(): hashing.file_checksum(path)
+        for path in sorted(run.rglob("*"))
+        if path.is_file() and path.relative_to(run).parts[0] not in (CHECKPOINTS, CHECKSUMS)
+    }
+    write_json(run / CHECKSUMS, {"format": CHECKSUMS_FORMAT, "files": files})
+
+
+def unseal(run: Path) -> None:
+    """Drop a run's checksums before its files change (a finished run trained on)."""
+    (run / CHECKSUMS).unlink(missing_ok=True)
+
+
+def verify(run: Path) -> bool:
+    """Check every file a run's :data:`CHECKSUMS` lists, once per process tree
+    (:func:`ecstream.integrity.check`); :class:`RunError` naming the first file that is missing
+    or differs. ``False`` when the run has no checksums (made before they were recorded, or
+    trained on and not finished since): nothing could be checked."""
+    path = run / CHECKSUMS
+    if not path.is_file():
+        return False
+    sealed = read_json(path)
+    if not isinstance(sealed, dict) or sealed.get("format") != CHECKSUMS_FORMAT:
+        raise RunError(f"{path}: not a run's checksums; {RUN_REMEDY}")
+    files = sealed.get("files")
+    if not isinstance(files, dict) or not files:
+        raise RunError(f"{path}: damaged (no list of files); {RUN_REMEDY}")
+    root = run.resolve()
+    for name, expected in files.items():
+        file = run / name
+        well_formed = isinstance(expected, dict) and isinstance(expected.get("bytes"), int)
+        if not well_formed or not file.resolve().is_relative_to(root):  # ../ from a damaged file
+            raise RunError(f"{path}: damaged (its entry {name!r}); {RUN_REMEDY}")
+        try:
+            with open(file, "rb") as fh:
+                integrity.check(fh, file, expected, remedy=RUN_REMEDY)
+        except FileNotFoundError:
+            raise RunError(f"{file}: missing, though its run recorded it; {RUN_REMEDY}") from None
+        except integrity.IntegrityError as error:
+            raise RunError(str(error)) from None
+    return True
+
+
+def warn_if_unchecked(run: Path) -> None:
+    """Say once per process that a run without checksums is used unchecked."""
+    key = os.path.realpath(run)
+    if key in _warned or (run / CHECKSUMS).is_file():
+        return
+    _warned.add(key)
+    message = (
+        "no checksums (a run made before ecstream recorded them, or trained on since and not "
+        "finished): its files are used unchecked"
+    )
+    # filename and line 0: one line on the terminal, naming the run, no source line
+    warnings.warn_explicit(message, UncheckedRunWarning, str(run / "config.json"), 0)
+
+
+def check_archive(path: Path) -> None:
+    """Check a PyTorch file (a zip archive) against its own CRC-32s: ``torch.load`` does not,
+    and reads a flipped bit in a weight as a different weight."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise RunError(f"{path}: not a readable PyTorch file ({error}); {RUN_REMEDY}") from None
+    if bad is not None:
+        raise RunError(f"{path}: damaged (the CRC-32 of its part {bad} differs); {RUN_REMEDY}")
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:

@@ -258,7 +258,7 @@ class ShardView:
         except (pa.ArrowException, ValueError, OSError) as error:
             raise IntegrityError(
                 f"{path}: not a readable ecstream shard ({_first_line(error)}); the file is "
-                "damaged: rebuild the store or restore the file"
+                f"damaged: {integrity.STORE_REMEDY}"
             ) from None
 
     @classmethod

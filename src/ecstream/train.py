@@ -47,10 +47,14 @@ from .runs import (
     SEEN,
     RunError,
     base_config,
+    check_archive,
     check_outside_runs_and_stores,
     read_metrics,
     record_seen,
+    seal,
     unique_hashes,
+    unseal,
+    verify,
 )
 from .store import Store, open_store
 from .tuning import calibrate_cnn
@@ -525,6 +529,7 @@ def train(
             else:
                 _check_new(run, last)
             run.mkdir(parents=True, exist_ok=True)
+            unseal(run)  # a finished run trained on: its files change from here
             write_json(run / "config.json", run_config)
             if not resume:
                 record_seen(run, store, survey.seen)
@@ -534,6 +539,7 @@ def train(
             _check_learned(run, config)
             _export(run, best.best_model_path or str(last), model_config)
             calibrate_cnn(run, store)
+            seal(run)
     history = read_metrics(run)
     best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
     return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
@@ -733,6 +739,8 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
             f"{run}: nothing to resume (no checkpoints/last.ckpt: no epoch finished); "
             "start it again without --resume"
         )
+    verify(run)  # a finished run trained on
+    check_archive(last)
     saved = read_json(run / "config.json")
     for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
         theirs = saved.get(key)
@@ -757,6 +765,7 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
 
 def _export(run: Path, checkpoint: str, model_config: ModelConfig) -> None:
     """Save the best weights as ``model.pt`` (a plain state dict and the model config)."""
+    check_archive(Path(checkpoint))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     write_bytes(

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..config import scoring_precision
-from ..runs import RunError, read_config
+from ..runs import RunError, read_config, warn_if_unchecked
 from .base import Predictor, Scores, entries_of
 from .cnn import CNNPredictor
 from .homolog import HybridPredictor, KNNPredictor
@@ -22,7 +23,8 @@ def load_model(
 ) -> Predictor:
     """Load a run for prediction: a CNN, a homology (kNN) or a hybrid run; ``precision``
     (``32`` or ``bf16``) is that of a CNN's forward pass (``config.SCORING_PRECISIONS``)."""
-    config = read_config(run)
+    config = read_config(run)  # which checks the run's files against its checksums
+    warn_if_unchecked(Path(run))
     kind = config["kind"]
     if kind not in KINDS:
         raise RunError(f"{run}: unknown run kind {kind!r}; this ecstream knows {', '.join(KINDS)}")
