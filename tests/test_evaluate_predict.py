@@ -10,12 +10,13 @@ import pytest
 from conftest import head_lines
 
 import ecstream
+from ecstream import alphabet
 from ecstream.cli import main
 from ecstream.config import SCORE_ROWS
 from ecstream.evaluate import evaluate
 from ecstream.predict import predict_file
 from ecstream.predictors import load_model
-from ecstream.runs import RunError
+from ecstream.runs import RunError, seal
 
 
 def test_evaluate_a_store_split_writes_metrics_and_plots(cnn_run, small_store, tmp_path):
@@ -124,11 +125,19 @@ def test_a_run_of_another_version_or_alphabet_is_refused(cnn_run, tmp_path):
     config = json.loads((copy / "config.json").read_text())
     config["run_version"] = 99
     (copy / "config.json").write_text(json.dumps(config))
+    seal(copy)  # as the other ecstream sealed it: whole, of another kind
     with pytest.raises(RunError, match="format 99"):
         load_model(copy)
     config["run_version"], config["alphabet"]["name"] = 1, "esm"
     (copy / "config.json").write_text(json.dumps(config))
+    seal(copy)
     with pytest.raises(RunError, match="alphabet 'esm'"):
+        load_model(copy)
+    # our alphabet's name with other tokens, in a run without checksums: not "uses the same"
+    config["alphabet"] = {**alphabet.spec(), "pad": 5}
+    (copy / "config.json").write_text(json.dumps(config))
+    (copy / "checksums.json").unlink()
+    with pytest.raises(RunError, match=r"config\.json: its alphabet entry is not that of"):
         load_model(copy)
     with pytest.raises(RunError, match="not an ecstream run"):
         load_model(tmp_path)

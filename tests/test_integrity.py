@@ -656,3 +656,32 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_a
     train(small_store.path, run, TrainConfig(epochs=2, **fast), resume=True)
     assert verify(run)
     assert json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"] != first
+
+
+RUN_FILES = ["model.pt", "config.json", "calibration.json", "seen.npz", "metrics.csv"]
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(target=st.sampled_from([*RUN_FILES, "checksums.json"]), how=corruption)
+def test_fuzz_damaged_run_files_are_refused_naming_a_file(cnn_run, tmp_path, target, how):
+    """Any change to a finished run's file refuses the run in one line naming that file (a
+    damaged list of checksums may name the file whose entry it changed instead)."""
+    from ecstream.predictors import load_model
+    from ecstream.runs import RunError
+
+    copy = tmp_path / f"run-{time.monotonic_ns()}"
+    shutil.copytree(cnn_run, copy)
+    try:
+        damaged = copy / target
+        before = damaged.read_bytes()
+        damaged.write_bytes(faults.corrupt(before, *how))
+        if damaged.read_bytes() == before:  # zeros over zeros: nothing changed
+            load_model(copy)
+            return
+        with pytest.raises((RunError, ValueError)) as error:
+            load_model(copy)
+        named = [damaged] if target in RUN_FILES else [copy / f for f in [*RUN_FILES, target]]
+        assert any(one_line_naming(str(error.value), f) for f in named), (how, str(error.value))
+    finally:
+        shutil.rmtree(copy)

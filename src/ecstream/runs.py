@@ -125,6 +125,8 @@ def read_config(run: str | os.PathLike) -> dict:
     config = read_json(path)
     if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not an ecstream run config")
+    # before what the config says: a changed byte must be named as damage, not as a mismatch
+    verify(Path(run))
     if config.get("run_version") != RUN_VERSION:
         raise RunError(
             f"{run}: a run of format {config.get('run_version')} (ecstream "
@@ -134,12 +136,15 @@ def read_config(run: str | os.PathLike) -> dict:
     for key in ("labels", "train", "store", "vocabulary"):  # read as objects by every kind
         if key in config and not isinstance(config[key], dict):
             raise RunError(f"{path}: its entry {key!r} is not an object (edited by hand?)")
-    if config.get("alphabet") != alphabet.spec():
+    theirs = config.get("alphabet")
+    if theirs != alphabet.spec():
+        name = theirs.get("name") if isinstance(theirs, dict) else None
+        if name == alphabet.NAME:  # the same name, other tokens: edited, or damaged unsealed
+            raise RunError(f"{path}: its alphabet entry is not that of {name!r} (edited by hand?)")
         raise RunError(
-            f"{run}: trained with alphabet {config.get('alphabet', {}).get('name')!r}, "
-            f"this ecstream uses {alphabet.NAME!r}; retrain it"
+            f"{run}: trained with alphabet {name!r}, this ecstream uses {alphabet.NAME!r}; "
+            "retrain it"
         )
-    verify(Path(run))
     return config
 
 
