@@ -352,3 +352,34 @@ def test_knn_and_hybrid_runs_refuse_a_damaged_database_their_own_or_their_parts(
     finally:
         database.write_bytes(data)
     assert load_model(hybrid).kind == "hybrid"  # restored: checked again, and whole
+
+
+def test_a_hybrid_refuses_a_part_that_is_not_the_run_it_was_made_with(runs):
+    """A hybrid's thresholds and confidences were fitted with two exact runs: a part replaced
+    by another run (or trained on since), whose own checksums are valid, is refused; so is a
+    change to the hybrid's own files."""
+    from ecstream.runs import CHECKSUMS, seal
+
+    _, _, knn, hybrid, *_ = runs
+    listed = json.loads((hybrid / CHECKSUMS).read_text())["files"]
+    assert {"config.json", "calibration.json", "seen.npz"} <= set(listed)
+    calibration = knn / "calibration.json"
+    kept, sealed = calibration.read_bytes(), (knn / CHECKSUMS).read_bytes()
+    try:
+        calibration.write_bytes(kept.replace(b"0.", b"1.", 1))
+        seal(knn)  # another kNN run at the same path: whole, and not the hybrid's
+        load_model(knn)
+        with pytest.raises(RunError, match=r"its KNN run .* is not the one it was made with"):
+            load_model(hybrid)
+    finally:
+        calibration.write_bytes(kept)
+        (knn / CHECKSUMS).write_bytes(sealed)
+    assert load_model(hybrid).kind == "hybrid"
+    own = hybrid / "calibration.json"
+    kept = own.read_bytes()
+    try:
+        own.write_bytes(kept.replace(b"0.", b"1.", 1))
+        with pytest.raises(RunError, match=r"hybrid/calibration\.json: its checksum differs"):
+            load_model(hybrid)
+    finally:
+        own.write_bytes(kept)

@@ -404,3 +404,41 @@ def test_training_from_python_shows_no_notices_that_are_not_the_users(
     shown = capfd.readouterr()
     text = shown.out + shown.err + " ".join(str(w.message) for w in recwarn)
     assert "LeafSpec" not in text and "Tip:" not in text and "is not empty" not in text
+
+
+def test_a_full_disk_at_a_claim_names_the_lock_not_the_output(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as os.pwrite: no filename
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError) as error, claim(tmp_path / "cache" / "entry.npz"):
+        pass
+    assert error.value.filename == str(tmp_path / "cache" / ".entry.npz.lock")
+
+
+def test_evaluations_of_one_run_at_once_share_its_bands_database(mmseqs, cnn_run, tmp_path):
+    """The first evaluate of a CNN run makes the training split's search database inside it;
+    another evaluate meanwhile waits for it instead of failing on its claim, and makes it
+    itself if the first died."""
+    import threading
+
+    from ecstream.mmseqs.search import TargetDB
+    from ecstream.predictors.homolog import training_targets
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run, ignore=shutil.ignore_patterns("targets"))
+    found: list = []
+    with claim(run / "targets"):  # another evaluate, making it
+        waiting = threading.Thread(target=lambda: found.append(training_targets(run)))
+        waiting.start()
+        time.sleep(1.5)
+        assert waiting.is_alive() and not found
+    # that evaluate died without making it: the waiting one makes it
+    waiting.join(timeout=300)
+    assert len(found) == 1 and isinstance(found[0], TargetDB)
+    assert (run / "targets" / TargetDB.META).is_file()
+    (run / "targets" / TargetDB.META).write_text('{"records": 3')  # cut
+    with pytest.raises(ValueError, match=r"targets/target\.json: not valid JSON"):
+        training_targets(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -556,3 +557,29 @@ def evaluate_levels(run, store, out):
     from ecstream.evaluate import evaluate
 
     return evaluate(run, store.path, out, split="test", bands=False)
+
+
+def test_weighted_metrics_do_not_depend_on_the_hash_seed():
+    """Two evaluations of one run give the same metrics.json: the weighted average sums its
+    classes in a fixed order, not in the order of a set of strings (the hash seed's)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import random\n"
+        "from ecstream.ecmetrics import LevelScores\n"
+        "from ecstream.labels import ECVocabulary\n"
+        "s = LevelScores(1, ECVocabulary.from_texts(['1.1.1.1']))\n"
+        "r = random.Random(0)\n"
+        "for c in [f'{a}.{b}' for a in range(1, 8) for b in range(1, 30)]:\n"
+        "    s.tp[c], s.fp[c], s.fn[c] = r.randint(0, 50), r.randint(0, 9), r.randint(1, 9)\n"
+        "print(repr(s._weighted()))\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }  # fmt: skip
+    assert len(outputs) == 1, outputs

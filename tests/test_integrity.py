@@ -653,6 +653,9 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_a
     assert verify(run)  # refused before anything changed: still the finished run, sealed
 
     shutil.copy(kept, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(RunError, match="Lightning refused"):  # refused before it trained
+        train(small_store.path, run, TrainConfig(epochs=2, accelerator="bogus", **fast), True)
+    assert verify(run)  # so the finished run keeps its checksums
     train(small_store.path, run, TrainConfig(epochs=2, **fast), resume=True)
     assert verify(run)
     assert json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"] != first
@@ -685,3 +688,67 @@ def test_fuzz_damaged_run_files_are_refused_naming_a_file(cnn_run, tmp_path, tar
         assert any(one_line_naming(str(error.value), f) for f in named), (how, str(error.value))
     finally:
         shutil.rmtree(copy)
+
+
+def test_a_seal_leaves_out_what_other_writers_leave_and_what_evaluate_adds(cnn_run, tmp_path):
+    """Claims and temporaries of writers inside a run (a killed evaluate's ``.targets.lock``),
+    and the bands' database a later evaluate makes in a CNN run, are not the run's: their
+    coming and going never makes a healthy run fail its check. The list is checked by name."""
+    from ecstream.runs import CHECKSUMS, RunError, seal, verify
+
+    copy = tmp_path / "run"
+    shutil.copytree(cnn_run, copy)
+    (copy / ".targets.lock").write_text("123\n")
+    (copy / ".targets.tmp-123-abcdef12").mkdir()
+    (copy / ".targets.tmp-123-abcdef12" / "createdb.err").write_text("")
+    (copy / "targets").mkdir(exist_ok=True)
+    (copy / "targets" / "target.json").write_text("{}")
+    seal(copy, leave_out=("targets",))
+    listed = json.loads((copy / CHECKSUMS).read_text())["files"]
+    assert not any(n.startswith((".", "targets")) for n in listed) and "model.pt" in listed
+    for leftover in (".targets.lock", ".targets.tmp-123-abcdef12", "targets"):
+        shutil.rmtree(copy / leftover) if (copy / leftover).is_dir() else (copy / leftover).unlink()
+    assert verify(copy)
+
+    outside = tmp_path / "model.pt"  # a file kept as a link (DVC, git-annex) is followed
+    (copy / "model.pt").rename(outside)
+    (copy / "model.pt").symlink_to(outside)
+    assert verify(copy)
+    sealed = json.loads((copy / CHECKSUMS).read_text())
+    for name in ("../run/model.pt", "/etc/passwd", ""):
+        entry = {"bytes": 1, hashing.CHECKSUM: "0"}
+        (copy / CHECKSUMS).write_text(json.dumps({**sealed, "files": {name: entry}}))
+        with pytest.raises(RunError, match=r"checksums\.json: damaged \(its entry"):
+            verify(copy)
+    (copy / CHECKSUMS).write_text(json.dumps({**sealed, "files": {"model.pt": {"bytes": 5}}}))
+    with pytest.raises(RunError, match=r"checksums\.json: damaged \(its entry 'model.pt'\)"):
+        verify(copy)
+
+
+def test_a_run_without_checksums_warns_once_per_process(cnn_run, tmp_path):
+    from ecstream.predictors import load_model
+
+    copy = tmp_path / "old"
+    shutil.copytree(cnn_run, copy, ignore=shutil.ignore_patterns("checksums.json"))
+    with pytest.warns(runs.UncheckedRunWarning, match="no checksums") as caught:
+        load_model(copy)
+        load_model(copy)
+    assert len([w for w in caught if w.category is runs.UncheckedRunWarning]) == 1
+
+
+def test_the_integrity_session_is_a_plain_name_in_the_cache(monkeypatch):
+    monkeypatch.setenv(integrity.SESSION_VARIABLE, "../../elsewhere")
+    name = integrity.session()
+    assert "/" not in name and name not in (".", "..") and name != "../../elsewhere"
+    monkeypatch.setenv(integrity.SESSION_VARIABLE, "job-42")
+    assert integrity.session() == "job-42"
+
+
+def test_a_report_of_a_store_replaced_meanwhile_is_not_recorded(data_path, tmp_path):
+    """``leakage`` records its report in the store it opened; if ``build --force`` replaced
+    the store in between, the report is of other records and is refused."""
+    old = ecstream.build_store(data_path, tmp_path / "s", max_records=300, seed=0)
+    ecstream.build_store(data_path, tmp_path / "s", max_records=250, seed=1, force=True)
+    with pytest.raises(StoreError, match="was replaced while this command ran"):
+        old.record("leakage", {"splits": {}})
+    assert "leakage" not in open_store(tmp_path / "s").manifest

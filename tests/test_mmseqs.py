@@ -341,3 +341,43 @@ def test_profile_hits_keep_their_whole_ids(monkeypatch):
     assert merged.best_id.tolist() == ["UniRef90_A0A0B1LONG", "X1"]
     assert merged.profile.tolist() == [True, False] and merged.best_label.tolist() == [4, 2]
     assert np.isnan(merged.max_fident[0])  # bands keep the first search's meaning
+
+
+def test_a_damaged_or_foreign_cache_entry_is_searched_again_and_a_bad_cache_only_warns(
+    train_db, cluster_build, tmp_path, monkeypatch
+):
+    """The cache can always be recomputed: an entry cut, bit-flipped or of another search is
+    not used (the search runs again, with the same answer), and a cache that cannot be written
+    costs a warning, not the command."""
+    store, _ = cluster_build
+    queries = list(pairs(store.records("val")))[:20]
+    others = list(pairs(store.records("test")))[:20]
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache"))
+    first = best_hits(queries, train_db, tmp_path / "a", THREADS, sensitivity=SENSITIVITY)
+    (entry,) = (tmp_path / "cache" / "hits").iterdir()
+    best_hits(others, train_db, tmp_path / "b", THREADS, sensitivity=SENSITIVITY)
+    (foreign,) = set((tmp_path / "cache" / "hits").iterdir()) - {entry}
+    whole = entry.read_bytes()
+    searches = []
+    easy_search = search._easy_search
+    monkeypatch.setattr(
+        search, "_easy_search", lambda *a, **k: searches.append(1) or easy_search(*a, **k)
+    )
+    damages = {
+        "cut": whole[: len(whole) // 2],
+        "flipped": whole[:300] + bytes([whole[300] ^ 4]) + whole[301:],
+        "foreign": foreign.read_bytes(),
+        "empty": b"",
+    }
+    for n, (what, data) in enumerate(damages.items(), start=1):
+        entry.write_bytes(data)
+        again = best_hits(queries, train_db, tmp_path / what, THREADS, sensitivity=SENSITIVITY)
+        assert len(searches) == n, what  # searched again, and the entry made whole
+        assert np.array_equal(first.best_target, again.best_target), what
+        assert np.array_equal(first.max_fident, again.max_fident, equal_nan=True), what
+        assert entry.read_bytes() == whole, what
+    (tmp_path / "afile").write_text("not a folder")
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "afile" / "sub"))
+    with pytest.warns(search.CacheWarning, match="could not be cached"):
+        unkept = best_hits(queries, train_db, tmp_path / "u", THREADS, sensitivity=SENSITIVITY)
+    assert np.array_equal(first.best_target, unkept.best_target)

@@ -115,8 +115,12 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:  # a full disk: name the lock, not (later) the output or nothing
+            error.filename = error.filename or str(lock)
+            raise
         recover(path)
         for stale in _leftovers(path):
             _remove(stale)

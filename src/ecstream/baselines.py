@@ -27,7 +27,6 @@ from .mmseqs.search import (
 )
 from .predictors.cnn import CNNPredictor
 from .predictors.homolog import (
-    TARGETS,
     HybridPredictor,
     KNNPredictor,
     cnn_agrees,
@@ -36,7 +35,17 @@ from .predictors.homolog import (
     hybrid_levels,
 )
 from .records import Records
-from .runs import CALIBRATION, RunError, base_config, new_run, read_config, record_seen, seal
+from .runs import (
+    CALIBRATION,
+    TARGETS,
+    RunError,
+    base_config,
+    new_run,
+    read_config,
+    record_seen,
+    seal,
+    sealed_digest,
+)
 from .store import Store, open_store
 from .tuning import (
     calibrate_homolog,
@@ -226,6 +235,7 @@ def make_hybrid_run(
             **base_config("hybrid", store),
             "cnn_run": str(Path(cnn_run).resolve()),
             "knn_run": str(Path(knn_run).resolve()),
+            "parts": {"cnn": sealed_digest(cnn_run), "knn": sealed_digest(knn_run)},
             "threshold": identity[0],
             "identity_thresholds": identity,
             "profile_thresholds": profile,

@@ -168,7 +168,9 @@ class LevelScores:
     def _weighted(self) -> dict:
         """Per-class precision/recall/F1 averaged with weights = true support (sklearn's
         ``average="weighted"``, what CLEAN reports)."""
-        classes = set(self.tp) | set(self.fp) | set(self.fn)
+        # sorted: a sum of floats in set order would change in the last digit with the
+        # process's hash seed, and two evaluations of one run would differ
+        classes = sorted(set(self.tp) | set(self.fp) | set(self.fn))
         support = {c: self.tp[c] + self.fn[c] for c in classes}
         total = sum(support.values())
         if not total:

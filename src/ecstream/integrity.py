@@ -143,7 +143,12 @@ def _key(path: Path, identity: Identity, expected: dict[str, Any]) -> str:
 def session() -> str:
     """This process tree's session (see the module doc), started here if there is none."""
     if name := os.environ.get(SESSION_VARIABLE):
-        return name
+        # a folder of the cache: one plain name, never a path out of it (../)
+        return (
+            name
+            if Path(name).name == name and name not in (".", "..")
+            else hashing.text_digest(name)[:32]
+        )
     name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     os.environ[SESSION_VARIABLE] = name  # children inherit it
     _prune_sessions()

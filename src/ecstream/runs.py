@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -31,6 +32,8 @@ CHECKSUMS = "checksums.json"
 CHECKSUMS_FORMAT = "ecstream-run-checksums"
 #: Not sealed: the resume state, rewritten while a run trains (:func:`check_archive` checks it).
 CHECKPOINTS = "checkpoints"
+#: The searchable training split in a run: a kNN run's model, a CNN run's made on first use.
+TARGETS = "targets"
 RUN_REMEDY = "train the run again or restore the file"
 
 
@@ -148,15 +151,27 @@ def read_config(run: str | os.PathLike) -> dict:
     return config
 
 
-def seal(run: Path) -> None:
-    """Record the size and XXH3-128 of each file of a finished run (all but its checkpoints),
-    written last: from then on every use of the run checks them first (:func:`verify`)."""
-    files = {
-        path.relative_to(run).as_posix(): hashing.file_checksum(path)
-        for path in sorted(run.rglob("*"))
-        if path.is_file() and path.relative_to(run).parts[0] not in (CHECKPOINTS, CHECKSUMS)
-    }
+def seal(run: Path, leave_out: tuple[str, ...] = ()) -> None:
+    """Record the size and XXH3-128 of each file of a finished run, written last: from then on
+    every use of the run checks them first (:func:`verify`). Left out: its checkpoints, the
+    entries ``leave_out`` names (what a later command may add, such as a CNN run's
+    :data:`TARGETS`), and hidden names (the claims and temporaries of writers inside it,
+    which the next writer removes)."""
+    skipped = {CHECKPOINTS, CHECKSUMS, *leave_out}
+    files = {}
+    for path in sorted(run.rglob("*")):
+        parts = path.relative_to(run).parts
+        if parts[0] in skipped or any(p.startswith(".") for p in parts) or not path.is_file():
+            continue
+        files["/".join(parts)] = hashing.file_checksum(path)
     write_json(run / CHECKSUMS, {"format": CHECKSUMS_FORMAT, "files": files})
+
+
+def sealed_digest(run: str | os.PathLike) -> str | None:
+    """What names a finished run's exact files: the XXH3-128 of its :data:`CHECKSUMS` (``None``
+    for a run without them). A hybrid records those of the runs it is made of."""
+    path = Path(run) / CHECKSUMS
+    return hashing.file_checksum(path)[hashing.CHECKSUM] if path.is_file() else None
 
 
 def unseal(run: Path) -> None:
@@ -178,20 +193,34 @@ def verify(run: Path) -> bool:
     files = sealed.get("files")
     if not isinstance(files, dict) or not files:
         raise RunError(f"{path}: damaged (no list of files); {RUN_REMEDY}")
-    root = run.resolve()
     for name, expected in files.items():
-        file = run / name
-        well_formed = isinstance(expected, dict) and isinstance(expected.get("bytes"), int)
-        if not well_formed or not file.resolve().is_relative_to(root):  # ../ from a damaged file
+        if not _well_formed(name, expected):
             raise RunError(f"{path}: damaged (its entry {name!r}); {RUN_REMEDY}")
+        file = run / name  # a link is followed: a run's files may be links (DVC, git-annex)
+        try:
+            regular = stat.S_ISREG(file.stat().st_mode)  # before open: a pipe would block it
+        except FileNotFoundError:
+            regular = None
+        if not regular:
+            what = "missing" if regular is None else "not a file"
+            raise RunError(f"{file}: {what}, though its run recorded it; {RUN_REMEDY}")
         try:
             with open(file, "rb") as fh:
                 integrity.check(fh, file, expected, remedy=RUN_REMEDY)
-        except FileNotFoundError:
-            raise RunError(f"{file}: missing, though its run recorded it; {RUN_REMEDY}") from None
         except integrity.IntegrityError as error:
             raise RunError(str(error)) from None
     return True
+
+
+def _well_formed(name: object, expected: object) -> bool:
+    """An entry :func:`seal` could have written: a relative path inside the run (no ``..``,
+    which only damage could bring) and ``{"bytes": int, "xxh3_128": str}``."""
+    if not isinstance(name, str) or not isinstance(expected, dict):
+        return False
+    parts = PurePosixPath(name).parts
+    inside = bool(parts) and not name.startswith("/") and ".." not in parts
+    size, checksum = expected.get("bytes"), expected.get(hashing.CHECKSUM)
+    return inside and type(size) is int and size >= 0 and isinstance(checksum, str)
 
 
 def warn_if_unchecked(run: Path) -> None:
@@ -214,7 +243,7 @@ def check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile) as error:
+    except Exception as error:  # any damage: BadZipFile, an "encrypted" flag, a bad method…
         raise RunError(f"{path}: not a readable PyTorch file ({error}); {RUN_REMEDY}") from None
     if bad is not None:
         raise RunError(f"{path}: damaged (the CRC-32 of its part {bad} differs); {RUN_REMEDY}")

@@ -389,8 +389,15 @@ class Store:
         return ECVocabulary.from_texts(text for chunk in self.records(split) for text in chunk.ecs)
 
     def record(self, key: str, report: dict[str, Any]) -> None:
-        """Add a report (e.g. ``"leakage"``) to the manifest, atomically, with a new checksum."""
+        """Add a report (e.g. ``"leakage"``) to the manifest, atomically, with a new checksum;
+        refused when the store was replaced since it was opened (a ``build --force`` while the
+        report was made): the report is of the old store's records."""
         manifest = _read_manifest(self.manifest_path)
+        if _fingerprints(manifest) != _fingerprints(self.manifest):
+            raise StoreError(
+                f"{self.path} was replaced while this command ran (build --force?): its report "
+                f"{key!r} was made of the store before and is not recorded; run it again"
+            )
         manifest[key] = report
         self.manifest = write_manifest(self.path, manifest)  # on object storage: no lock
 
@@ -482,6 +489,14 @@ class Store:
             if digest != self.fingerprint(split):
                 problems.append(f"{split}: content fingerprint differs from the manifest")
         return problems
+
+
+def _fingerprints(manifest: dict) -> dict:
+    """Each split's fingerprint, as a manifest records it: what names a store's records."""
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return {}
+    return {k: v.get("fingerprint") if isinstance(v, dict) else v for k, v in splits.items()}
 
 
 def _warn_unchecked(store: Store) -> None:

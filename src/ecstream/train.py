@@ -21,7 +21,7 @@ import shutil
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from .model import ECClassifier, ModelConfig, compile_network, preset
 from .runs import (
     RUN_FORMAT,
     SEEN,
+    TARGETS,
     RunError,
     base_config,
     check_archive,
@@ -529,17 +530,26 @@ def train(
             else:
                 _check_new(run, last)
             run.mkdir(parents=True, exist_ok=True)
-            unseal(run)  # a finished run trained on: its files change from here
-            write_json(run / "config.json", run_config)
             if not resume:
+                write_json(run / "config.json", run_config)
                 record_seen(run, store, survey.seen)
+
+        def begin() -> None:
+            """A resumed run changes once the Trainer has taken the settings: a refused
+            resume leaves a finished run as it was, checksums included."""
+            if resume and _launched_rank() == 0:
+                unseal(run)  # its files change from here until it finishes again
+                write_json(run / "config.json", run_config)
+
         stack.enter_context(_quiet_lightning())
-        trainer, best = _fit(store, run, config, model_config, vocab, resume, last, callbacks)
+        trainer, best = _fit(
+            store, run, config, model_config, vocab, resume, last, callbacks, begin
+        )
         if trainer.global_rank == 0:
             _check_learned(run, config)
             _export(run, best.best_model_path or str(last), model_config)
             calibrate_cnn(run, store)
-            seal(run)
+            seal(run, leave_out=(TARGETS,))  # evaluate may add the bands' database later
     history = read_metrics(run)
     best_loss = min((float(r["val_loss"]) for r in history), default=math.nan)
     return TrainResult(run, best_loss, len(history), history, trainer.global_rank)
@@ -554,8 +564,10 @@ def _fit(
     resume: bool,
     last: Path,
     callbacks: list[Callback] | None,
+    begin: Callable[[], None],
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Fit with Lightning; an interruption or failure says how to continue."""
+    """Fit with Lightning, calling ``begin`` just before; an interruption or failure says how
+    to continue."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     # bit-identical runs are promised on CPU; CUDA's convolution backward is not deterministic
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
@@ -620,6 +632,7 @@ def _fit(
         )
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
+    begin()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     except SystemExit:  # Lightning's answer to Ctrl-C: it has saved nothing more, and exits

@@ -10,8 +10,8 @@ settings and the target split's fingerprint.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..atomic import OutputBusyError, atomic_dir, atomic_open, write_json
+from ..atomic import OutputBusyError, atomic_dir, atomic_open, read_json, write_json
 from ..cache import cache_dir
 from ..hashing import LineDigest, text_digest
 from ..store import Store
@@ -60,7 +60,10 @@ class TargetDB:
                 f"{self.directory}: not an ecstream target database (no {self.META}); "
                 "make one with TargetDB.create"
             )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)  # a damaged file is named
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: not an ecstream target database's description")
+        self.meta: dict[str, Any] = meta
         self._table: pa.Table | None = None
 
     @property
@@ -276,14 +279,10 @@ def best_hits(
     params = _SearchParams(sensitivity, evalue, max_seqs, coverage, iterations)
     key = text_digest(digest, params, target.meta["fingerprint"])
     cache = cache_dir() / "hits" / f"{key[:32]}.npz"
-    if cache.is_file():
-        with np.load(cache) as saved:
-            arrays = {name: saved[name] for name in saved.files}
-    else:
+    arrays = _cached_hits(cache, key, len(ids), target.records)
+    if arrays is None:
         arrays = _reduce_hits(_easy_search(work, target, params, threads, bool(ids)), len(ids))
-        # another process writing the same entry writes the same bytes: let it
-        with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
-            np.savez(fh, **arrays)
+        _cache_hits(cache, key, arrays)
     best_t = arrays["best_target"]
     labels = np.full(len(ids), -1, dtype=np.int64)
     labels[best_t >= 0] = target.labels[best_t[best_t >= 0]]
@@ -293,6 +292,49 @@ def best_hits(
         best_label=labels,
         **arrays,
     )
+
+
+class CacheWarning(UserWarning):
+    """A search result that could not be kept in the cache: the next search runs again."""
+
+
+_HIT_ARRAYS = (
+    "best_target", "best_fident", "best_bits", "best_evalue", "max_fident", "max_target",
+)  # fmt: skip
+
+
+def _cached_hits(cache: Path, key: str, queries: int, targets: int) -> dict[str, np.ndarray] | None:
+    """A cache entry's arrays if it is whole and this search's (its key, one row per query,
+    target rows in range); ``None`` otherwise, and the search runs again. A damaged entry is
+    caught by the zip's CRC-32s, a foreign one by its key."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        whole = str(arrays.pop("key")) == key and set(arrays) == set(_HIT_ARRAYS)
+        whole = whole and all(a.shape == (queries,) for a in arrays.values())
+        for name in ("best_target", "max_target"):
+            whole = whole and bool(((arrays[name] >= -1) & (arrays[name] < targets)).all())
+    except Exception:  # any damage: BadZipFile, EOFError, zlib.error, KeyError, ValueError…
+        whole = False
+    return arrays if whole else None
+
+
+def _cache_hits(cache: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Keep a search's result; best effort: a cache that cannot be written (a full disk, a path
+    that is not a folder) costs a warning and the next search, never this command."""
+    try:
+        # another process writing the same entry writes the same bytes: let it
+        with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
+            np.savez(fh, key=np.array(key), **arrays)
+    except OSError as error:
+        warnings.warn(
+            f"{cache}: the search result could not be cached ({error.strerror or error}); "
+            "a later search runs again",
+            CacheWarning,
+            stacklevel=3,
+        )
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:

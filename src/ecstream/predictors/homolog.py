@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import OutputBusyError, claim
 from ..cache import scratch
 from ..calibrate import identity_confidence
 from ..hierarchy import apply_map, consistent, split_levels
@@ -33,12 +35,18 @@ from ..mmseqs.search import (
     best_hits,
     with_profile_fallback,
 )
-from ..runs import RunError, read_calibration, read_config
+from ..runs import (
+    TARGETS,
+    RunError,
+    read_calibration,
+    read_config,
+    sealed_digest,
+    warn_if_unchecked,
+)
 from ..store import Store, StoreError
 from .base import Predictor, Scores, entries_of
 from .cnn import CNNPredictor
 
-TARGETS = "targets"  # the TargetDB of the training split inside a run directory
 EXTRA_COLUMNS = ("source", "homolog", "identity")
 
 
@@ -227,6 +235,17 @@ class HybridPredictor(Predictor):
                 self.knn = KNNPredictor(config["knn_run"], read_config(config["knn_run"]))
         except RunError as error:
             raise RunError(f"{run}: a hybrid of runs that cannot be read: {error}") from error
+        # a part replaced, or trained on since, has valid checksums of its own: not the run
+        # the hybrid's thresholds and confidences were fitted with (hybrids made before
+        # parts were recorded, and parts without checksums, are not checked)
+        for role, part in (("cnn", cnn_run), ("knn", config["knn_run"])):
+            made_with = config.get("parts", {}).get(role)
+            if made_with is not None and sealed_digest(part) != made_with:
+                raise RunError(
+                    f"{run}: its {role.upper()} run {part} is not the one it was made with "
+                    "(replaced, or trained on since); make the hybrid again"
+                )
+            warn_if_unchecked(Path(part))
         self.policy, self.max_length = self.cnn.policy, self.cnn.max_length
         self.vocab = self.knn.vocab
         # identity thresholds per level; a hybrid of ecstream 0.1.0 had one, for level 1
@@ -352,4 +371,20 @@ def training_targets(run: str | os.PathLike) -> TargetDB:
         raise RunError(f"{run}: its training store {store_path} is needed: {exc}") from exc
     if store.fingerprint("train") != config["store"]["fingerprints"]["train"]:
         raise RunError(f"{store_path}: its training split changed since {run} was trained")
-    return TargetDB.create(store, "train", path)
+    while True:
+        try:
+            return TargetDB.create(store, "train", path)
+        except OutputBusyError:  # another command (evaluate) is making it: wait, then use it
+            while _busy(path):
+                time.sleep(0.5)
+            if (path / TargetDB.META).is_file():
+                return TargetDB(path)  # else that command died: make it
+
+
+def _busy(path: Path) -> bool:
+    """Whether another process holds the claim on writing ``path`` now."""
+    try:
+        with claim(path):
+            return False
+    except OutputBusyError:
+        return True
