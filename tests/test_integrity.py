@@ -752,3 +752,40 @@ def test_a_report_of_a_store_replaced_meanwhile_is_not_recorded(data_path, tmp_p
     with pytest.raises(StoreError, match="was replaced while this command ran"):
         old.record("leakage", {"splits": {}})
     assert "leakage" not in open_store(tmp_path / "s").manifest
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(how=corruption)
+def test_fuzz_damaged_checkpoints_are_refused_in_one_line_or_pass(cnn_run, tmp_path, how):
+    """A resume checks ``last.ckpt`` against its zip's CRC-32s: any damage is a RunError naming
+    it (never zipfile's or another exception), or bytes the CRC-32s do not cover."""
+    from ecstream.runs import RunError, check_archive
+
+    damaged = tmp_path / "last.ckpt"
+    original = (cnn_run / "checkpoints" / "last.ckpt").read_bytes()
+    damaged.write_bytes(faults.corrupt(original, *how))
+    try:
+        check_archive(damaged)
+    except RunError as error:
+        assert one_line_naming(str(error), damaged), (how, str(error))
+
+
+@pytest.mark.parametrize("field", ["encrypted", "method"])
+def test_a_checkpoint_with_a_damaged_zip_field_is_one_line_naming_it(cnn_run, tmp_path, field):
+    """Damage that zipfile reports as other exceptions (an "encrypted" flag: RuntimeError; an
+    unknown compression method: NotImplementedError), set in the last central directory entry."""
+    import struct
+
+    from ecstream.runs import RunError, check_archive
+
+    data = bytearray((cnn_run / "checkpoints" / "last.ckpt").read_bytes())
+    entry = data.rfind(b"PK\x01\x02")
+    flags, method = struct.unpack_from("<HH", data, entry + 8)
+    struct.pack_into("<HH", data, entry + 8, *((flags | 1, method) if field == "encrypted"
+                                                else (flags, 99)))  # fmt: skip
+    damaged = tmp_path / "last.ckpt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(RunError) as error:
+        check_archive(damaged)
+    assert one_line_naming(str(error.value), damaged)
