@@ -375,6 +375,19 @@ def test_a_hybrid_refuses_a_part_that_is_not_the_run_it_was_made_with(runs):
         calibration.write_bytes(kept)
         (knn / CHECKSUMS).write_bytes(sealed)
     assert load_model(hybrid).kind == "hybrid"
+    # made of a kNN run without checksums then: one that has them now was trained on since
+    # (or is another run), refused too
+    import shutil
+
+    earlier = hybrid.parent / "hybrid-of-an-unchecked-knn"
+    shutil.copytree(hybrid, earlier)
+    config = json.loads((earlier / "config.json").read_text())
+    config["parts"]["knn"] = None
+    (earlier / "config.json").write_text(json.dumps(config))
+    seal(earlier)
+    with pytest.raises(RunError, match=r"its KNN run .* is not the one it was made with"):
+        load_model(earlier)
+    shutil.rmtree(earlier)
     own = hybrid / "calibration.json"
     kept = own.read_bytes()
     try:

@@ -418,27 +418,46 @@ def test_a_full_disk_at_a_claim_names_the_lock_not_the_output(tmp_path, monkeypa
     assert error.value.filename == str(tmp_path / "cache" / ".entry.npz.lock")
 
 
-def test_evaluations_of_one_run_at_once_share_its_bands_database(mmseqs, cnn_run, tmp_path):
+def test_evaluations_of_one_run_at_once_share_its_bands_database(
+    mmseqs, cnn_run, small_store, tmp_path, monkeypatch
+):
     """The first evaluate of a CNN run makes the training split's search database inside it;
-    another evaluate meanwhile waits for it instead of failing on its claim, and makes it
-    itself if the first died."""
+    another evaluate meanwhile waits for it (and says so) instead of failing on its claim, and
+    uses it, or makes it itself if the first died."""
     import threading
 
+    from ecstream.mmseqs.binary import MMseqs
     from ecstream.mmseqs.search import TargetDB
-    from ecstream.predictors.homolog import training_targets
+    from ecstream.predictors import homolog
 
-    run = tmp_path / "run"
-    shutil.copytree(cnn_run, run, ignore=shutil.ignore_patterns("targets"))
-    found: list = []
-    with claim(run / "targets"):  # another evaluate, making it
-        waiting = threading.Thread(target=lambda: found.append(training_targets(run)))
-        waiting.start()
-        time.sleep(1.5)
-        assert waiting.is_alive() and not found
-    # that evaluate died without making it: the waiting one makes it
-    waiting.join(timeout=300)
-    assert len(found) == 1 and isinstance(found[0], TargetDB)
-    assert (run / "targets" / TargetDB.META).is_file()
+    creates = []
+    create = TargetDB.create.__func__
+    monkeypatch.setattr(
+        TargetDB,
+        "create",
+        classmethod(lambda cls, *a, **k: creates.append(1) or create(cls, *a, **k)),
+    )
+    for ending in ("finished", "died"):
+        run = tmp_path / ending
+        shutil.copytree(cnn_run, run, ignore=shutil.ignore_patterns("targets"))
+        creates.clear()
+        found: list = []
+        with claim(run / "targets"):  # another evaluate, making it
+            with pytest.warns(homolog.WaitingWarning, match=r"\(pid \d+\) is making it"):
+                waiting = threading.Thread(
+                    target=lambda run=run, found=found: found.append(homolog.training_targets(run))
+                )
+                waiting.start()
+                time.sleep(1.5)
+            assert waiting.is_alive() and not found
+            if ending == "finished":
+                n = small_store.num_records("train")
+                TargetDB._fill(small_store, "train", run / "targets", MMseqs.find(2), False, n)
+        waiting.join(timeout=300)
+        assert len(found) == 1 and isinstance(found[0], TargetDB)
+        assert (run / "targets" / TargetDB.META).is_file()
+        # it polls the claim, not create: once, and a second time only to make it itself
+        assert len(creates) == (1 if ending == "finished" else 2), (ending, len(creates))
     (run / "targets" / TargetDB.META).write_text('{"records": 3')  # cut
     with pytest.raises(ValueError, match=r"targets/target\.json: not valid JSON"):
-        training_targets(run)
+        homolog.training_targets(run)

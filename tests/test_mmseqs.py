@@ -378,6 +378,10 @@ def test_a_damaged_or_foreign_cache_entry_is_searched_again_and_a_bad_cache_only
         assert entry.read_bytes() == whole, what
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "afile" / "sub"))
-    with pytest.warns(search.CacheWarning, match="could not be cached"):
+    monkeypatch.setattr(search, "_warned_cache", [])
+    with pytest.warns(search.CacheWarning, match="cannot be cached") as caught:
         unkept = best_hits(queries, train_db, tmp_path / "u", THREADS, sensitivity=SENSITIVITY)
+        best_hits(others, train_db, tmp_path / "v", THREADS, sensitivity=SENSITIVITY)
     assert np.array_equal(first.best_target, unkept.best_target)
+    (warning,) = [w for w in caught if w.category is search.CacheWarning]  # once a process
+    assert warning.filename.startswith(str(tmp_path / "afile")) and warning.lineno == 0

@@ -37,7 +37,11 @@ LEGACY_MARKS = (".building-", ".old-")  # temporaries of ecstream 0.1.0, cleaned
 
 
 class OutputBusyError(RuntimeError):
-    """Another process is writing the same output right now."""
+    """Another process is writing the same output right now (``holder``: its pid, as text)."""
+
+    def __init__(self, message: str, holder: str = "?"):
+        super().__init__(message)
+        self.holder = holder
 
 
 class OutputIsInputError(ValueError):
@@ -105,7 +109,8 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
             os.close(fd)
             raise OutputBusyError(
                 f"{path} is being written by another ecstream process (pid {holder}); "
-                "wait for it to finish or choose another output"
+                "wait for it to finish or choose another output",
+                holder,
             ) from None
         try:  # the previous holder may have removed the lock file between our open and flock
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino

@@ -168,6 +168,8 @@ def make_hybrid_run(
     at those thresholds, its own confidences (:class:`HybridPredictor`) and their thresholds."""
     store = open_store(store_path)
     cnn_config, knn_config = read_config(cnn_run), read_config(knn_run)
+    # the runs as they are now, before minutes of fitting: a part changed meanwhile is refused
+    parts = {"cnn": sealed_digest(cnn_run), "knn": sealed_digest(knn_run)}
     ec = store.ec_fingerprint("train")
     for run, config in ((cnn_run, cnn_config), (knn_run, knn_config)):
         made = config["store"]
@@ -235,7 +237,7 @@ def make_hybrid_run(
             **base_config("hybrid", store),
             "cnn_run": str(Path(cnn_run).resolve()),
             "knn_run": str(Path(knn_run).resolve()),
-            "parts": {"cnn": sealed_digest(cnn_run), "knn": sealed_digest(knn_run)},
+            "parts": parts,
             "threshold": identity[0],
             "identity_thresholds": identity,
             "profile_thresholds": profile,

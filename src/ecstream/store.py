@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet
-from .atomic import JSONFileError, enclosing, read_json, recover, write_json
+from .atomic import JSONFileError, claim, enclosing, read_json, recover, write_json
 from .batches import Batches
 from .hashing import CHECKSUM, LineDigest, json_checksum
 from .integrity import IntegrityError, StoreError
@@ -392,14 +392,18 @@ class Store:
         """Add a report (e.g. ``"leakage"``) to the manifest, atomically, with a new checksum;
         refused when the store was replaced since it was opened (a ``build --force`` while the
         report was made): the report is of the old store's records."""
-        manifest = _read_manifest(self.manifest_path)
-        if _fingerprints(manifest) != _fingerprints(self.manifest):
-            raise StoreError(
-                f"{self.path} was replaced while this command ran (build --force?): its report "
-                f"{key!r} was made of the store before and is not recorded; run it again"
-            )
-        manifest[key] = report
-        self.manifest = write_manifest(self.path, manifest)  # on object storage: no lock
+        # on local disk under the claim a build holds while it replaces the store; object
+        # storage has no lock: there a replacement between this read and the write can win
+        with contextlib.nullcontext() if self.remote else claim(self.path):
+            manifest = _read_manifest(self.manifest_path)
+            if _fingerprints(manifest) != _fingerprints(self.manifest):
+                raise StoreError(
+                    f"{self.path} was replaced while this command ran (build --force?): its "
+                    f"report {key!r} was made of the store before and is not recorded; run it "
+                    "again"
+                )
+            manifest[key] = report
+            self.manifest = write_manifest(self.path, manifest)
 
     # --- counts and verification ----------------------------------------------------------------
     def _count_problems(self, split: str, views: Sequence[ShardView]) -> list[str]:

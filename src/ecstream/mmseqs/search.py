@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..atomic import OutputBusyError, atomic_dir, atomic_open, read_json, write_json
+from ..atomic import (
+    OutputBusyError,
+    atomic_open,
+    claim,
+    claimed_dir,
+    read_json,
+    write_json,
+)
 from ..cache import cache_dir
 from ..hashing import LineDigest, text_digest
 from ..store import Store
@@ -124,12 +131,22 @@ class TargetDB:
         store = store if isinstance(store, Store) else Store(store)
         mm = MMseqs.find(threads)
         directory = Path(directory)
-        if (directory / cls.META).exists() and not force:
-            raise FileExistsError(f"{directory} already holds a target database; use force=True")
         n = store.num_records(split)
         if n == 0:
             raise ValueError(f"{store.path}: split {split!r} has no records to search against")
-        with atomic_dir(directory, replace=force) as tmp:
+        # looked for under the claim: a writer that finished just before is seen, not redone
+        with claim(directory):
+            if (directory / cls.META).exists() and not force:
+                raise FileExistsError(
+                    f"{directory} already holds a target database; use force=True"
+                )
+            return cls._fill(store, split, directory, mm, force, n)
+
+    @classmethod
+    def _fill(
+        cls, store: Store, split: str, directory: Path, mm: MMseqs, force: bool, n: int
+    ) -> TargetDB:
+        with claimed_dir(directory, replace=force) as tmp:
             labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int16, (n,))
             schema = pa.schema([("id", pa.string()), ("ec", pa.string())])
             row = 0
@@ -328,13 +345,21 @@ def _cache_hits(cache: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
         # another process writing the same entry writes the same bytes: let it
         with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
             np.savez(fh, key=np.array(key), **arrays)
-    except OSError as error:
-        warnings.warn(
-            f"{cache}: the search result could not be cached ({error.strerror or error}); "
-            "a later search runs again",
-            CacheWarning,
-            stacklevel=3,
-        )
+    except (OSError, ValueError) as error:  # ValueError: a link or a pipe in its place
+        if _warned_cache:
+            return
+        _warned_cache.append(cache)
+        why = str(error)
+        if isinstance(error, OSError) and error.strerror:
+            why = error.strerror + (f": {error.filename}" if error.filename else "")
+        # filename and line 0: one line on the terminal, naming the entry, no source line
+        warnings.warn_explicit(
+            f"search results cannot be cached ({why}); later searches run again",
+            CacheWarning, str(cache), 0,
+        )  # fmt: skip
+
+
+_warned_cache: list[Path] = []  # the CacheWarning is given once per process
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,11 +237,11 @@ class HybridPredictor(Predictor):
         except RunError as error:
             raise RunError(f"{run}: a hybrid of runs that cannot be read: {error}") from error
         # a part replaced, or trained on since, has valid checksums of its own: not the run
-        # the hybrid's thresholds and confidences were fitted with (hybrids made before
-        # parts were recorded, and parts without checksums, are not checked)
+        # the hybrid's thresholds and confidences were fitted with
+        parts = config.get("parts")  # None: a hybrid made before parts were recorded
         for role, part in (("cnn", cnn_run), ("knn", config["knn_run"])):
-            made_with = config.get("parts", {}).get(role)
-            if made_with is not None and sealed_digest(part) != made_with:
+            # a part without checksums then (None) that has them now was trained on since
+            if isinstance(parts, dict) and sealed_digest(part) != parts.get(role):
                 raise RunError(
                     f"{run}: its {role.upper()} run {part} is not the one it was made with "
                     "(replaced, or trained on since); make the hybrid again"
@@ -374,11 +375,21 @@ def training_targets(run: str | os.PathLike) -> TargetDB:
     while True:
         try:
             return TargetDB.create(store, "train", path)
-        except OutputBusyError:  # another command (evaluate) is making it: wait, then use it
+        except FileExistsError:  # made meanwhile by another command
+            return TargetDB(path)
+        except OutputBusyError as busy:  # another command (evaluate) is making it: wait
+            warnings.warn_explicit(
+                f"another ecstream process (pid {busy.holder}) is making it: waiting for it",
+                WaitingWarning, str(path), 0,
+            )  # fmt: skip
             while _busy(path):
                 time.sleep(0.5)
             if (path / TargetDB.META).is_file():
                 return TargetDB(path)  # else that command died: make it
+
+
+class WaitingWarning(UserWarning):
+    """A command waits for another that is writing what it needs."""
 
 
 def _busy(path: Path) -> bool:
