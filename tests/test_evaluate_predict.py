@@ -23,6 +23,9 @@ def test_evaluate_a_store_split_writes_metrics_and_plots(cnn_run, small_store, t
     result = evaluate(cnn_run, small_store.path, tmp_path / "ev", split="test", bands=False)
     n = small_store.single_class_records("test")
     assert result["n"] == n
+    # the rows spanning several classes a class run leaves out are counted, as from a file
+    left = small_store.num_records("test") - n
+    assert left > 0 and result["set_aside"]["multiple_classes"]["count"] == left
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["accuracy"] == pytest.approx(result["accuracy"]) and 0 <= m["accuracy"] <= 1
     assert sum(c["support"] for c in m["per_class"].values()) == n
@@ -383,3 +386,23 @@ def test_prediction_arguments_of_the_python_api_are_checked_naming_them(cnn_run,
         model.predict_ec(["MKVLAAGIVG"], min_confidence=5)
     predict_file(model, fasta, out, top_k=np.int64(2), min_confidence=np.float32(0.5))
     assert out.is_file()
+
+
+def test_a_run_made_of_parts_has_seen_what_they_saw(small_store, tmp_path):
+    """A hybrid's parts may have been trained or tuned on another store's splits (one with the
+    same training split, another val): what they saw, it has seen (evaluate counts it)."""
+    from ecstream.runs import read_seen, record_seen
+
+    part = tmp_path / "part"
+    part.mkdir()
+    np.savez(part / "seen.npz", train=np.array([5], np.uint64), val=np.array([1, 2], np.uint64))
+    run = tmp_path / "hybrid"
+    run.mkdir()
+    record_seen(run, small_store, parts=(part, tmp_path / "old-part-without-seen"))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    record_seen(alone, small_store)
+    seen, own = read_seen(run), read_seen(alone)
+    assert set(seen["val"].tolist()) == set(own["val"].tolist()) | {1, 2}
+    assert set(seen["train"].tolist()) == set(own["train"].tolist()) | {5}
+    assert (np.diff(seen["val"].astype(np.float64)) > 0).all()  # sorted, distinct

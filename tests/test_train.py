@@ -289,3 +289,27 @@ def test_drop_last_with_a_batch_larger_than_the_split_is_refused(small_store, tm
     config = TrainConfig(**{**FAST, "batch_size": 5000}, drop_last=True)
     with pytest.raises(RunError, match="--drop-last with --batch-size 5000 leaves no training"):
         train(small_store.path, tmp_path / "r", config)
+
+
+def test_a_validation_split_of_training_sequences_is_warned_about(data_path, tmp_path):
+    """A column split may put one sequence in train and val (written otherwise: lower case, a
+    stop '*'); a run tuned on such a val is optimistic and says so, as evaluate would refuse
+    it. An honest split trains without the warning."""
+    import warnings
+
+    import pandas as pd
+
+    from ecstream.build import build_store
+    from ecstream.runs import ValidationInTrainWarning
+
+    rows = pd.read_csv(data_path, sep="\t", nrows=400)
+    rows["Set"] = ["train"] * 300 + ["val"] * 60 + ["test"] * 40
+    copies = rows.iloc[:20].assign(Set="val")  # 20 training proteins again, as val
+    copies["Sequence"] = copies["Sequence"].str.lower() + "*"
+    leaky = build_store(pd.concat([rows, copies]), tmp_path / "leaky", split="column:Set")
+    honest = build_store(rows, tmp_path / "honest", split="column:Set")
+    with pytest.warns(ValidationInTrainWarning, match=r"20 of its \d+ distinct validation"):
+        train(leaky.path, tmp_path / "a", TrainConfig(**FAST))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValidationInTrainWarning)
+        train(honest.path, tmp_path / "b", TrainConfig(**FAST))

@@ -245,7 +245,7 @@ def make_hybrid_run(
         }
         write_json(work / "config.json", config)
         write_json(work / CALIBRATION, own)  # what the predictor reads to score validation
-        record_seen(work, store)
+        record_seen(work, store, parts=(cnn_run, knn_run))
         extra = {
             **own,
             "identity_thresholds": identity,

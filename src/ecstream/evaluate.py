@@ -35,22 +35,27 @@ from .ecmetrics import LevelScores
 from .errors import describe as describe_error
 from .hashing import hash64
 from .identity import band_accuracy
-from .labels import LabelPolicy, level_keys
+from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, pairs
-from .runs import SEEN, RunError, check_outside_runs_and_stores, read_metrics, read_seen
+from .runs import (
+    MAX_SEEN,
+    SEEN,
+    RunError,
+    check_outside_runs_and_stores,
+    read_metrics,
+    read_seen,
+)
 from .skips import Skips
 from .sources import Columns, SourceInfo, describe, is_stream, read_rows
 from .splits import validate
 from .store import is_store, open_store
 
 DEFAULT_COLUMNS = Columns()
-#: Share of evaluated records from the run's training split above which evaluate refuses.
-MAX_SEEN = 0.01
 
 
 def labelled_records(
@@ -246,6 +251,11 @@ def _evaluate(
             raise RunError(f"{source}: its classes differ from those the run was trained on")
         every_row = full_ec or model.multi_class == "first"
         limit = store.num_records(split) if every_row else store.single_class_records(split)
+        if left := store.num_records(split) - limit:  # stored after the others: counted here
+            skips.add(
+                MULTIPLE_CLASSES, f"{store.path} split {split}",
+                f"{left:,} rows spanning several classes, which a class run leaves out", n=left,
+            )  # fmt: skip
 
         def records(_: Skips | None = None) -> Iterator[Records]:
             return _first(store.records(split), limit)

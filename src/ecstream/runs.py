@@ -35,6 +35,9 @@ CHECKPOINTS = "checkpoints"
 #: The searchable training split in a run: a kNN run's model, a CNN run's made on first use.
 TARGETS = "targets"
 RUN_REMEDY = "train the run again or restore the file"
+#: Share of records from the run's training split above which evaluate refuses them, and
+#: above which a run warns that its validation split is (ValidationInTrainWarning).
+MAX_SEEN = 0.01
 
 
 class RunError(Exception):
@@ -43,6 +46,11 @@ class RunError(Exception):
 
 class UncheckedRunWarning(UserWarning):
     """A run without checksums: its files are used unchecked."""
+
+
+class ValidationInTrainWarning(UserWarning):
+    """A run whose validation sequences are largely training sequences: what it tunes on
+    validation (early stopping, calibration, thresholds) is optimistic."""
 
 
 _warned: set[str] = set()  # runs whose UncheckedRunWarning this process has given
@@ -258,18 +266,34 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def record_seen(run: Path, store, hashes: dict[str, np.ndarray] | None = None) -> None:
+def record_seen(
+    run: Path, store, hashes: dict[str, np.ndarray] | None = None, parts: tuple = ()
+) -> None:
     """Record which sequences the run learns from and is tuned on (sorted 64-bit hashes).
 
     About 8 bytes per training record; :func:`read_seen` gives them to ``evaluate``, which
     then knows how many evaluated records the run has seen. ``hashes``: those of the train and
-    val splits (:func:`unique_hashes`) when the caller has read them already.
+    val splits (:func:`unique_hashes`) when the caller has read them already. ``parts``: runs
+    this one is made of (a hybrid's), whose own seen records it has seen too (a part trained
+    or tuned on another store's splits).
     """
     if hashes is None:
         hashes = {
             split: unique_hashes([hash64(chunk.seqs) for chunk in store.records(split)])
             for split in ("train", "val")
         }
+    for part in parts:
+        if (theirs := read_seen(part)) is not None:
+            hashes = {split: np.union1d(hashes[split], theirs[split]) for split in hashes}
+    shared = int(np.isin(hashes["val"], hashes["train"]).sum())
+    if shared > MAX_SEEN * max(len(hashes["val"]), 1):
+        # a column split may put one sequence in both (random and cluster splits never do)
+        warnings.warn_explicit(
+            f"{shared:,} of its {len(hashes['val']):,} distinct validation sequences are in "
+            "its training split: early stopping, calibration and thresholds are tuned on "
+            "proteins it learns from, and are optimistic",
+            ValidationInTrainWarning, str(run), 0,
+        )  # fmt: skip
     with atomic_open(run / SEEN, "wb") as fh:
         np.savez(fh, **hashes)
 
