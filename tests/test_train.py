@@ -308,8 +308,9 @@ def test_a_validation_split_of_training_sequences_is_warned_about(data_path, tmp
     copies["Sequence"] = copies["Sequence"].str.lower() + "*"
     leaky = build_store(pd.concat([rows, copies]), tmp_path / "leaky", split="column:Set")
     honest = build_store(rows, tmp_path / "honest", split="column:Set")
-    with pytest.warns(ValidationInTrainWarning, match=r"20 of its \d+ distinct validation"):
+    with pytest.warns(ValidationInTrainWarning, match=r"20 of the \d+ distinct validation") as w:
         train(leaky.path, tmp_path / "a", TrainConfig(**FAST))
+    assert [x.filename for x in w if x.category is ValidationInTrainWarning] == [str(leaky.path)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ValidationInTrainWarning)
         train(honest.path, tmp_path / "b", TrainConfig(**FAST))

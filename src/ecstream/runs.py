@@ -288,11 +288,12 @@ def record_seen(
     shared = int(np.isin(hashes["val"], hashes["train"]).sum())
     if shared > MAX_SEEN * max(len(hashes["val"]), 1):
         # a column split may put one sequence in both (random and cluster splits never do)
+        # named by its store: a kNN or hybrid run is still a temporary folder here
         warnings.warn_explicit(
-            f"{shared:,} of its {len(hashes['val']):,} distinct validation sequences are in "
-            "its training split: early stopping, calibration and thresholds are tuned on "
-            "proteins it learns from, and are optimistic",
-            ValidationInTrainWarning, str(run), 0,
+            f"{shared:,} of the {len(hashes['val']):,} distinct validation sequences of a run "
+            "made on it are in its training split: the run's early stopping, calibration and "
+            "thresholds are tuned on proteins it learns from, and are optimistic",
+            ValidationInTrainWarning, str(store.path), 0,
         )  # fmt: skip
     with atomic_open(run / SEEN, "wb") as fh:
         np.savez(fh, **hashes)
