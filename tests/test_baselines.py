@@ -396,3 +396,21 @@ def test_a_hybrid_refuses_a_part_that_is_not_the_run_it_was_made_with(runs):
             load_model(hybrid)
     finally:
         own.write_bytes(kept)
+
+
+def test_a_hybrid_has_seen_what_its_parts_saw(runs, tmp_path):
+    """A part tuned on another val split (here: a kNN run whose seen records hold one more
+    sequence) passes what it saw on to a hybrid made of it."""
+    import shutil
+
+    from ecstream.runs import read_seen
+
+    store, cnn, knn, *_ = runs
+    part = tmp_path / "knn"
+    shutil.copytree(knn, part, ignore=shutil.ignore_patterns("checksums.json"))  # edited below
+    seen = read_seen(part)
+    extra = np.uint64(12345)
+    assert extra not in seen["val"]
+    np.savez(part / "seen.npz", train=seen["train"], val=np.union1d(seen["val"], [extra]))
+    make_hybrid_run(store.path, tmp_path / "hybrid", cnn, part)
+    assert extra in read_seen(tmp_path / "hybrid")["val"]

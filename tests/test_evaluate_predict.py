@@ -391,14 +391,14 @@ def test_prediction_arguments_of_the_python_api_are_checked_naming_them(cnn_run,
 def test_a_run_made_of_parts_has_seen_what_they_saw(small_store, tmp_path):
     """A hybrid's parts may have been trained or tuned on another store's splits (one with the
     same training split, another val): what they saw, it has seen (evaluate counts it)."""
-    from ecstream.runs import read_seen, record_seen
+    from ecstream.runs import RunError, parts_seen, read_seen, record_seen
 
     part = tmp_path / "part"
     part.mkdir()
     np.savez(part / "seen.npz", train=np.array([5], np.uint64), val=np.array([1, 2], np.uint64))
     run = tmp_path / "hybrid"
     run.mkdir()
-    record_seen(run, small_store, parts=(part, tmp_path / "old-part-without-seen"))
+    record_seen(run, small_store, parts=parts_seen((part, tmp_path / "old-part-without-seen")))
     alone = tmp_path / "alone"
     alone.mkdir()
     record_seen(alone, small_store)
@@ -406,3 +406,6 @@ def test_a_run_made_of_parts_has_seen_what_they_saw(small_store, tmp_path):
     assert set(seen["val"].tolist()) == set(own["val"].tolist()) | {1, 2}
     assert set(seen["train"].tolist()) == set(own["train"].tolist()) | {5}
     assert (np.diff(seen["val"].astype(np.float64)) > 0).all()  # sorted, distinct
+    (part / "seen.npz").write_bytes(b"PK")  # damaged: named at once, with what to do
+    with pytest.raises(RunError, match=r"part/seen\.npz: damaged.*train the run again"):
+        parts_seen((part,))

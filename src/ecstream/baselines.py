@@ -41,6 +41,7 @@ from .runs import (
     RunError,
     base_config,
     new_run,
+    parts_seen,
     read_config,
     record_seen,
     seal,
@@ -170,6 +171,7 @@ def make_hybrid_run(
     cnn_config, knn_config = read_config(cnn_run), read_config(knn_run)
     # the runs as they are now, before minutes of fitting: a part changed meanwhile is refused
     parts = {"cnn": sealed_digest(cnn_run), "knn": sealed_digest(knn_run)}
+    seen_by_parts = parts_seen((cnn_run, knn_run))
     ec = store.ec_fingerprint("train")
     for run, config in ((cnn_run, cnn_config), (knn_run, knn_config)):
         made = config["store"]
@@ -245,7 +247,7 @@ def make_hybrid_run(
         }
         write_json(work / "config.json", config)
         write_json(work / CALIBRATION, own)  # what the predictor reads to score validation
-        record_seen(work, store, parts=(cnn_run, knn_run))
+        record_seen(work, store, parts=seen_by_parts)
         extra = {
             **own,
             "identity_thresholds": identity,

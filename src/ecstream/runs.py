@@ -267,27 +267,54 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
 
 
 def record_seen(
-    run: Path, store, hashes: dict[str, np.ndarray] | None = None, parts: tuple = ()
+    run: Path,
+    store,
+    hashes: dict[str, np.ndarray] | None = None,
+    parts: list[dict[str, np.ndarray]] | None = None,
 ) -> None:
     """Record which sequences the run learns from and is tuned on (sorted 64-bit hashes).
 
     About 8 bytes per training record; :func:`read_seen` gives them to ``evaluate``, which
     then knows how many evaluated records the run has seen. ``hashes``: those of the train and
-    val splits (:func:`unique_hashes`) when the caller has read them already. ``parts``: runs
-    this one is made of (a hybrid's), whose own seen records it has seen too (a part trained
-    or tuned on another store's splits).
+    val splits (:func:`unique_hashes`) when the caller has read them already. ``parts``: the
+    seen records of the runs this one is made of (a hybrid's, :func:`parts_seen`), which it
+    has seen too (a part may have been tuned on another store's val split).
     """
     if hashes is None:
         hashes = {
             split: unique_hashes([hash64(chunk.seqs) for chunk in store.records(split)])
             for split in ("train", "val")
         }
-    for part in parts:
-        if (theirs := read_seen(part)) is not None:
-            hashes = {split: np.union1d(hashes[split], theirs[split]) for split in hashes}
+    _warn_if_val_in_train(store, hashes)  # its own splits: a part's warned when it was made
+    for theirs in parts or []:
+        hashes = {split: np.union1d(hashes[split], theirs[split]) for split in hashes}
+    with atomic_open(run / SEEN, "wb") as fh:
+        np.savez(fh, **hashes)
+
+
+def parts_seen(runs: tuple[str | os.PathLike, ...]) -> list[dict[str, np.ndarray]]:
+    """The seen records of the runs a hybrid is made of (runs made before they were recorded
+    have none), read before the hybrid's minutes of fitting: a damaged one stops it at once."""
+    seen = []
+    for run in runs:
+        try:
+            theirs = read_seen(run)
+        except RunError:
+            raise RunError(
+                f"{Path(run) / SEEN}: damaged; it cannot say which records this run has seen, "
+                f"so a hybrid of it could not either: {RUN_REMEDY}"
+            ) from None
+        if theirs is not None:
+            seen.append(theirs)
+    return seen
+
+
+def _warn_if_val_in_train(store, hashes: dict[str, np.ndarray]) -> None:
+    """Warn when over :data:`MAX_SEEN` of a store's distinct validation sequences are training
+    sequences (a column split may put one sequence in both; random and cluster splits keep
+    identical sequences together)."""
     shared = int(np.isin(hashes["val"], hashes["train"]).sum())
     if shared > MAX_SEEN * max(len(hashes["val"]), 1):
-        # a column split may put one sequence in both (random and cluster splits never do)
         # named by its store: a kNN or hybrid run is still a temporary folder here
         warnings.warn_explicit(
             f"{shared:,} of the {len(hashes['val']):,} distinct validation sequences of a run "
@@ -295,8 +322,6 @@ def record_seen(
             "thresholds are tuned on proteins it learns from, and are optimistic",
             ValidationInTrainWarning, str(store.path), 0,
         )  # fmt: skip
-    with atomic_open(run / SEEN, "wb") as fh:
-        np.savez(fh, **hashes)
 
 
 def unique_hashes(parts: list[np.ndarray]) -> np.ndarray:
