@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ecstream
-from ecstream import hashing, integrity, runs, store
+from ecstream import hashing, integrity, notices, runs
 from ecstream.cli import main
 from ecstream.shards import ShardView
 from ecstream.store import (
@@ -408,7 +408,7 @@ OLD = ROOT / "tests" / "data" / "store-0.1.0"
 
 
 def test_a_store_without_checksums_warns_once_per_process(monkeypatch):
-    monkeypatch.setattr(store, "_warned", set())
+    monkeypatch.setattr(notices, "_given", set())
     with pytest.warns(UncheckedStoreWarning, match="cannot be checked until it is rebuilt") as w:
         open_store(OLD)
         open_store(OLD)

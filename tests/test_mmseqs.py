@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ecstream
-from ecstream import build
+from ecstream import build, notices
 from ecstream.hashing import hash64
 from ecstream.identity import BANDS, band_accuracy, band_counts, identity_bands
 from ecstream.mmseqs import binary, search
@@ -378,7 +378,7 @@ def test_a_damaged_or_foreign_cache_entry_is_searched_again_and_a_bad_cache_only
         assert entry.read_bytes() == whole, what
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "afile" / "sub"))
-    monkeypatch.setattr(search, "_warned_cache", [])
+    monkeypatch.setattr(notices, "_given", set())
     with pytest.warns(search.CacheWarning, match="cannot be cached") as caught:
         unkept = best_hits(queries, train_db, tmp_path / "u", THREADS, sensitivity=SENSITIVITY)
         best_hits(others, train_db, tmp_path / "v", THREADS, sensitivity=SENSITIVITY)

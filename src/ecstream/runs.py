@@ -7,7 +7,6 @@ import csv
 import os
 import platform
 import stat
-import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ import numpy as np
 from . import alphabet, hashing, integrity
 from .atomic import OutputIsInputError, atomic_dir, atomic_open, enclosing, read_json, write_json
 from .hashing import hash64
+from .notices import notify
 from .store import store_holding
 from .version import __version__
 
@@ -51,9 +51,6 @@ class UncheckedRunWarning(UserWarning):
 class ValidationInTrainWarning(UserWarning):
     """A run whose validation sequences are largely training sequences: what it tunes on
     validation (early stopping, calibration, thresholds) is optimistic."""
-
-
-_warned: set[str] = set()  # runs whose UncheckedRunWarning this process has given
 
 
 def versions() -> dict:
@@ -233,16 +230,12 @@ def _well_formed(name: object, expected: object) -> bool:
 
 def warn_if_unchecked(run: Path) -> None:
     """Say once per process that a run without checksums is used unchecked."""
-    key = os.path.realpath(run)
-    if key in _warned or (run / CHECKSUMS).is_file():
-        return
-    _warned.add(key)
-    message = (
-        "no checksums (a run made before ecstream recorded them, or trained on since and not "
-        "finished): its files are used unchecked"
-    )
-    # filename and line 0: one line on the terminal, naming the run, no source line
-    warnings.warn_explicit(message, UncheckedRunWarning, str(run / "config.json"), 0)
+    if not (run / CHECKSUMS).is_file():
+        message = (
+            "no checksums (a run made before ecstream recorded them, or trained on since and "
+            "not finished): its files are used unchecked"
+        )
+        notify(run / "config.json", message, UncheckedRunWarning, once=True)
 
 
 def check_archive(path: Path) -> None:
@@ -316,12 +309,13 @@ def _warn_if_val_in_train(store, hashes: dict[str, np.ndarray]) -> None:
     shared = int(np.isin(hashes["val"], hashes["train"]).sum())
     if shared > MAX_SEEN * max(len(hashes["val"]), 1):
         # named by its store: a kNN or hybrid run is still a temporary folder here
-        warnings.warn_explicit(
+        notify(
+            store.path,
             f"{shared:,} of the {len(hashes['val']):,} distinct validation sequences of a run "
             "made on it are in its training split: the run's early stopping, calibration and "
             "thresholds are tuned on proteins it learns from, and are optimistic",
-            ValidationInTrainWarning, str(store.path), 0,
-        )  # fmt: skip
+            ValidationInTrainWarning,
+        )
 
 
 def unique_hashes(parts: list[np.ndarray]) -> np.ndarray:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from .batches import Batches
 from .hashing import CHECKSUM, LineDigest, json_checksum
 from .integrity import IntegrityError, StoreError
 from .labels import ECVocabulary, LabelPolicy
+from .notices import notify
 from .plan import BatchSettings
 from .records import Records
 from .remote import URI, RemoteSplit, is_remote, read_bytes, write_object
@@ -71,9 +71,6 @@ HISTOGRAM_EDGES = [*range(0, 1001, 50), 1200, 1500, 2000, 3000, 5000, 10000, 2**
 
 class UncheckedStoreWarning(UserWarning):
     """A store built before checksums: its bytes cannot be checked until it is rebuilt."""
-
-
-_warned: set[str] = set()  # stores whose warning this process has given
 
 
 def is_store(path: Any) -> bool:
@@ -495,27 +492,19 @@ class Store:
         return problems
 
 
-def _fingerprints(manifest: dict) -> dict:
-    """Each split's fingerprint, as a manifest records it: what names a store's records."""
-    splits = manifest.get("splits")
-    if not isinstance(splits, dict):
-        return {}
-    return {k: v.get("fingerprint") if isinstance(v, dict) else v for k, v in splits.items()}
+def _fingerprints(manifest: dict) -> dict[str, str]:
+    """Each split's fingerprint (of a manifest :func:`_read_manifest` has checked)."""
+    return {split: info["fingerprint"] for split, info in manifest["splits"].items()}
 
 
 def _warn_unchecked(store: Store) -> None:
     """Say once per process that a store built before checksums cannot be checked."""
-    key = os.path.realpath(store.path)
-    if key in _warned:
-        return
-    _warned.add(key)
     version = store.manifest.get("ecstream_version", "?")
     message = (
         f"built by ecstream {version} without checksums: its bytes cannot be checked until it "
         "is rebuilt ('ecstream build --force')"
     )
-    # filename and line 0: one line on the terminal, naming the manifest, no source line
-    warnings.warn_explicit(message, UncheckedStoreWarning, str(store.manifest_path), 0)
+    notify(store.manifest_path, message, UncheckedStoreWarning, once=True)
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:

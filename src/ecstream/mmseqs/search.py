@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,16 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..atomic import (
-    OutputBusyError,
-    atomic_open,
-    claim,
-    claimed_dir,
-    read_json,
-    write_json,
-)
+from ..atomic import OutputBusyError, atomic_dir, atomic_open, read_json, write_json
 from ..cache import cache_dir
 from ..hashing import LineDigest, text_digest
+from ..notices import notify
 from ..store import Store
 from .binary import MMseqs, read_tsv, write_fasta
 
@@ -135,18 +128,11 @@ class TargetDB:
         if n == 0:
             raise ValueError(f"{store.path}: split {split!r} has no records to search against")
         # looked for under the claim: a writer that finished just before is seen, not redone
-        with claim(directory):
+        with atomic_dir(directory, replace=force) as tmp:
             if (directory / cls.META).exists() and not force:
                 raise FileExistsError(
                     f"{directory} already holds a target database; use force=True"
                 )
-            return cls._fill(store, split, directory, mm, force, n)
-
-    @classmethod
-    def _fill(
-        cls, store: Store, split: str, directory: Path, mm: MMseqs, force: bool, n: int
-    ) -> TargetDB:
-        with claimed_dir(directory, replace=force) as tmp:
             labels = np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.int16, (n,))
             schema = pa.schema([("id", pa.string()), ("ec", pa.string())])
             row = 0
@@ -346,20 +332,12 @@ def _cache_hits(cache: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
         with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
             np.savez(fh, key=np.array(key), **arrays)
     except (OSError, ValueError) as error:  # ValueError: a link or a pipe in its place
-        if _warned_cache:
-            return
-        _warned_cache.append(cache)
         why = str(error)
         if isinstance(error, OSError) and error.strerror:
             why = error.strerror + (f": {error.filename}" if error.filename else "")
-        # filename and line 0: one line on the terminal, naming the entry, no source line
-        warnings.warn_explicit(
-            f"search results cannot be cached ({why}); later searches run again",
-            CacheWarning, str(cache), 0,
-        )  # fmt: skip
-
-
-_warned_cache: list[Path] = []  # the CacheWarning is given once per process
+        # once per process, for the cache as a whole: its folder is the same for every entry
+        message = f"search results cannot be cached ({why}); later searches run again"
+        notify(cache.parent, message, CacheWarning, once=True)
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:

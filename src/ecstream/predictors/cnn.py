@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ..config import (
 from ..hierarchy import calibrated, consistent, level_probabilities
 from ..labels import ECVocabulary, LabelPolicy
 from ..model import ECClassifier, ModelConfig, Scorer
+from ..notices import notify
 from ..runs import CALIBRATION, RunError, read_calibration
 from .base import Predictor, Scores
 
@@ -133,20 +133,20 @@ class CNNPredictor(Predictor):
                 "emulates them, many times slower than float32; "
                 "score in float32 (the default) instead"
             )
-            # filename and line 0: one line on the terminal, naming the run, no source line
-            warnings.warn_explicit(message, EmulatedBF16Warning, str(self.run), 0)
+            notify(self.run, message, EmulatedBF16Warning)
         self.batch_size = PREDICT_BATCH_SIZE.get(self.device.type, PREDICT_BATCH_SIZE["cpu"])
         self.model.eval()
         self.scorer = Scorer(self.model).to(self.device).eval()
         calibration = read_calibration(run) if calibrated else None
         if calibrated and calibration is None and "vocabulary" in config:
             # every full-EC run is calibrated as it is made: the file was removed
-            warnings.warn_explicit(
+            notify(
+                self.run,
                 f"no {CALIBRATION}: probabilities uncalibrated, and thresholds the default "
                 f"{UNCALIBRATED_THRESHOLD} at every level unless --min-confidence sets one "
                 "(train the run again to calibrate it)",
-                CalibrationMissingWarning, str(self.run), 0,
-            )  # fmt: skip
+                CalibrationMissingWarning,
+            )
         self.temperatures = calibration["temperatures"] if calibration else [1.0] * self.vocab.depth
         self.thresholds = calibration["thresholds"] if calibration else None
         # runs calibrated before confidence maps existed have temperatures only

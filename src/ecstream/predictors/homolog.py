@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from ..mmseqs.search import (
     best_hits,
     with_profile_fallback,
 )
+from ..notices import notify
 from ..runs import (
     TARGETS,
     RunError,
@@ -378,10 +378,8 @@ def training_targets(run: str | os.PathLike) -> TargetDB:
         except FileExistsError:  # made meanwhile by another command
             return TargetDB(path)
         except OutputBusyError as busy:  # another command (evaluate) is making it: wait
-            warnings.warn_explicit(
-                f"another ecstream process (pid {busy.holder}) is making it: waiting for it",
-                WaitingWarning, str(path), 0,
-            )  # fmt: skip
+            message = f"another ecstream process (pid {busy.holder}) is making it: waiting for it"
+            notify(path, message, WaitingWarning)
             while _busy(path):
                 time.sleep(0.5)
             if (path / TargetDB.META).is_file():
