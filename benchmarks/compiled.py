@@ -124,9 +124,9 @@ def _report() -> str:
     )
     lines += [
         "",
-        f"On this CPU {verdict}. The option is meant for GPUs, where issue 11 puts a step of "
-        "`large` at about 4% of an H200's bf16 peak; the GPU section's compiled rows measure "
-        "what it does there.",
+        f"On this CPU {verdict}. The option is meant for GPUs, where it computes the "
+        "convolutions as matrix products inside its graphs (on an H200, 1.69× the sequences/s "
+        "of `large` at batch 256: the GPU section).",
         "",
     ]
     return "\n".join(lines)

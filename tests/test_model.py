@@ -153,20 +153,22 @@ def test_channels_last_layers_are_pytorchs_conv1d_and_max_pool1d(
     """The network keeps activations [B, L, C] and runs its convolutions as 2-D ones: outputs
     and gradients (of input, weight and bias) are those of ``nn.Conv1d`` on [B, C, L], and its
     pooling is ``max_pool1d`` with ``ceil_mode``, whatever the kernel (even ones pad unevenly),
-    dilation and width (shorter than the kernel, not a multiple of the pool)."""
-    from ecstream.model import conv_channels_last, max_pool_positions
+    dilation and width (shorter than the kernel, not a multiple of the pool). So is the matrix
+    product that ``train --compile`` computes on a GPU instead (``conv_as_gemm``)."""
+    from ecstream.model import conv_as_gemm, conv_channels_last, max_pool_positions
 
     torch.manual_seed(seed)
     c_in, c_out = channels
     conv = torch.nn.Conv1d(c_in, c_out, kernel, dilation=dilation, padding="same").double()
     h = torch.randn(rows, width, c_in, dtype=torch.float64, requires_grad=True)
-    got = conv_channels_last(h, conv)
     expected = conv(h.transpose(1, 2)).transpose(1, 2)
-    assert torch.allclose(got, expected)
-    g = torch.randn_like(got)
-    mine = torch.autograd.grad(got, [h, conv.weight, conv.bias], g)
-    theirs = torch.autograd.grad(expected, [h, conv.weight, conv.bias], g)
-    assert all(torch.allclose(a, b) for a, b in zip(mine, theirs, strict=True))
+    g = torch.randn_like(expected)
+    theirs = torch.autograd.grad(expected, [h, conv.weight, conv.bias], g, retain_graph=True)
+    for way in (conv_channels_last, conv_as_gemm):
+        got = way(h, conv)
+        assert got.shape == expected.shape and torch.allclose(got, expected), way.__name__
+        mine = torch.autograd.grad(got, [h, conv.weight, conv.bias], g)
+        assert all(torch.allclose(a, b) for a, b in zip(mine, theirs, strict=True)), way.__name__
     pooled = max_pool_positions(h, pool)
     reference = torch.nn.functional.max_pool1d(h.transpose(1, 2), pool, ceil_mode=True)
     assert torch.equal(pooled, reference.transpose(1, 2))

@@ -152,24 +152,44 @@ def conv_channels_last(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return _from_2d(y)
 
 
+def conv_as_gemm(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` of ``h`` [B, L, C] as one matrix product: [B, L, C']. The input's ``K`` taps,
+    shifted copies side by side ([B·L, K·C]), times the weight viewed as [K·C, C'], with the
+    'same' padding of ``Conv1d`` (the odd position of an even reach on the right)."""
+    out_channels, channels, taps = conv.weight.shape
+    step, length = conv.dilation[0], h.shape[1]
+    reach = step * (taps - 1)
+    padded = F.pad(h, (0, 0, reach // 2, reach - reach // 2))
+    shifted = torch.cat([padded[:, k * step : k * step + length] for k in range(taps)], dim=2)
+    weight = conv.weight.permute(2, 1, 0).reshape(taps * channels, out_channels)
+    return torch.addmm(conv.bias, shifted.flatten(0, 1), weight).view(*h.shape[:2], out_channels)
+
+
+def _compiled_conv(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """The convolution of ``train --compile``: in the graphs as a matrix product on a GPU
+    (cuDNN's convolutions were half as fast there, tuned or not: BENCHMARKS.md, GPU); outside
+    them on CPU, where the matrix product is slower than oneDNN's convolution and inductor's
+    lowering of oneDNN's backward fixes the batch width (every bucket would compile anew)."""
+    return conv_as_gemm(h, conv) if h.is_cuda else _outside_graphs(h, conv)
+
+
 #: what the layers call for a convolution; :func:`compile_network` swaps in the same function
-#: behind a graph break (eager results are the same either way)
-_conv = conv_channels_last
+#: computed for the graphs (eager results agree to rounding), and sets the graph break
+_conv = _outside_graphs = conv_channels_last
 
 
 def compile_network(model: ECClassifier) -> ECClassifier:
     """``model`` compiled in place (``train --compile``), its parameter names unchanged.
 
-    The convolutions are left out of the graphs: inductor would call the same cuDNN/oneDNN
-    kernel, but its lowering of their backward fixes the batch width, so every bucket's width
-    would compile anew. Between them (the elementwise work it fuses) the graphs are dynamic: a
-    new width compiles nothing, a batch of one row does, and a pooled preset compiles widths
-    that divide by the pool apart from those that do not. Done here, not when the module is
-    imported, because that import of ``torch._dynamo`` costs prediction seconds of start-up.
+    The graphs are dynamic: a new batch width compiles nothing, a batch of one row does, and a
+    pooled preset compiles widths that divide by the pool apart from those that do not. The
+    convolutions are :func:`_compiled_conv`'s. Done here, not when the module is imported,
+    because that import of ``torch._dynamo`` costs prediction seconds of start-up.
     """
-    global _conv
+    global _conv, _outside_graphs
     if _conv is conv_channels_last:
-        _conv = torch.compiler.disable(conv_channels_last)
+        _outside_graphs = torch.compiler.disable(conv_channels_last)
+        _conv = _compiled_conv
     model.compile(dynamic=True)
     return model
 

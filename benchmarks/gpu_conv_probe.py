@@ -1,0 +1,139 @@
+"""Which lever lifts `large`'s bf16 step on a GPU: cuDNN's autotuning, or its convolutions as
+one matrix product of shifted copies? A probe, not a section of BENCHMARKS.md.
+
+``python benchmarks/gpu_conv_probe.py DATA OUT.json`` on a CUDA machine (the GPU section's first
+run found the network's own step compiled at 21% of an H200's bf16 peak at batch 1024, under
+the 25% of issue 11). Times :func:`gpu.ceiling` and a short training run (:func:`gpu.measure`'s
+timer) for each of
+
+- *cudnn*: the convolutions as ``--compile`` computed them then (cuDNN behind a graph break,
+  ``torch.backends.cudnn.benchmark`` off);
+- *tuned*: the same with ``cudnn.benchmark`` on (cuDNN times its algorithms for each shape);
+- *gemm*: :func:`ecstream.model.conv_as_gemm`, ``K`` shifted copies of the input side by side
+  and one matrix product, which ``torch.compile`` takes into its graphs (no graph break).
+
+``--smoke`` runs every variant tiny on CPU, to check the script before a GPU is spent on it.
+Run once, on 2026-11-30 (``benchmarks/results/gpu-conv-probe-h200.json``); since then
+``train --compile`` computes *gemm* on a GPU (the GPU section of BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from gpu import StepTimer, _graphs, _peak, _reset, ceiling
+
+
+def _variant(name: str) -> None:
+    """Put ``name``'s convolution and cuDNN setting in place: the layers call ``model._conv``,
+    and :func:`~ecstream.model.compile_network` keeps one it did not set itself."""
+    from ecstream import model
+
+    torch.backends.cudnn.benchmark = name == "tuned"
+    if name == "gemm":
+        model._conv = model.conv_as_gemm
+    else:  # as `train --compile` computed it before the probe: cuDNN behind a graph break
+        model._conv = torch.compiler.disable(model.conv_channels_last)
+
+
+def _check(device: str) -> float:
+    """Largest difference of the matrix product from the model's convolution, float64."""
+    from ecstream.model import conv_as_gemm, conv_channels_last
+
+    worst = 0.0
+    for taps, step in [(3, 1), (3, 16), (9, 1), (5, 2)]:
+        conv = torch.nn.Conv1d(8, 6, taps, dilation=step, padding="same").double().to(device)
+        h = torch.randn(3, 37, 8, dtype=torch.float64, device=device)
+        worst = max(worst, (conv_as_gemm(h, conv) - conv_channels_last(h, conv)).abs().max().item())
+    return worst
+
+
+def main(argv: list[str]) -> None:
+    smoke = "--smoke" in argv
+    data, out = (Path(a) for a in argv if a != "--smoke")
+    from ecstream import build_store
+    from ecstream.model import flops_per_residue, preset
+    from ecstream.train import TrainConfig, train
+
+    device = "cpu" if smoke else "cuda"
+    results: dict = {"card": "cpu" if smoke else torch.cuda.get_device_name(),
+                     "torch": torch.__version__, "max_diff": _check(device),
+                     "ceiling": [], "runs": {}}  # fmt: skip
+    peak = _peak(results["card"]) or 1.0
+    print(f"gemm vs conv, float64: max |diff| {results['max_diff']:.2e}", flush=True)
+    shapes = [(8, 40)] if smoke else [(256, 352), (1024, 352)]
+    for variant in ["cudnn", "tuned", "gemm"]:
+        for batch, width in shapes:
+            _variant(variant)
+            _reset()
+            try:
+                row = ceiling(batch, width, True, steps=2 if smoke else 20, device=device)
+                row.update(variant=variant, mfu=row["model_flops_per_s"] / peak, graphs=_graphs())
+            except Exception as error:
+                row = {"variant": variant, "batch": batch, "error": f"{error!r}"[:300]}
+            print(f"   ceiling {json.dumps(row)}", flush=True)
+            results["ceiling"].append(row)
+            out.write_text(json.dumps(results, indent=1) + "\n")
+    # the likeliest first: a run cut short by the device's time limit loses the last ones
+    runs = [("gemm", 256, 8), ("gemm", 1024, 8), ("tuned", 256, 4), ("gemm", 512, 8),
+            ("tuned", 1024, 8), ("gemm", 256, 4)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store([data], Path(tmp) / "store")
+        for variant, batch, workers in runs:
+            name = f"{variant}, batch {batch}, {workers} workers, compiled"
+            print(f"== {name}", flush=True)
+            _variant(variant)
+            _reset()
+            timer = StepTimer(warmup=2 if smoke else 50)
+            if smoke:
+                timer.on_train_batch_end = _cpu_end(timer)
+            config = TrainConfig(
+                model="large", epochs=1, batch_size=8 if smoke else batch,
+                limit_train_batches=5 if smoke else 1000,
+                progress=False, accelerator="cpu" if smoke else "gpu", compile=True,
+                precision="32-true" if smoke else "bf16-mixed", num_workers=workers,
+            )  # fmt: skip
+            if not smoke:
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            try:
+                history = train(store.path, Path(tmp) / f"run{len(results['runs'])}", config,
+                                callbacks=[timer]).history  # fmt: skip
+            except Exception as error:
+                results["runs"][name] = {"error": f"{error!r}"[:300]}
+                print(f"   failed: {error!r}"[:400], flush=True)
+                continue
+            total = timer.wait + timer.step
+            flops = 3 * flops_per_residue(preset("large", (7,))) * timer.cells
+            results["runs"][name] = {
+                "seq_per_s": timer.samples / total, "wait_share": timer.wait / total,
+                "mfu": flops / total / peak, "ms_per_step": 1000 * total / timer.steps,
+                "val_acc": float(history[-1]["val_acc"]), "graphs": _graphs(),
+                "wall_s": time.perf_counter() - started,
+                "peak_gpu_gb": 0 if smoke else torch.cuda.max_memory_allocated() / 1e9,
+            }  # fmt: skip
+            print(f"   {json.dumps(results['runs'][name])}", flush=True)
+            out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _cpu_end(timer: StepTimer):
+    """The timer's batch end without ``torch.cuda.synchronize`` (the CPU smoke run)."""
+
+    def end(trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        timer.last_end = time.perf_counter()
+        if batch_idx >= timer.warmup:
+            timer.step += timer.last_end - timer.start
+            timer.steps += 1
+            timer.samples += len(batch.y)
+            timer.cells += batch.x.numel()
+
+    return end
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
