@@ -88,6 +88,37 @@ def test_run_directory_records_what_was_done(small_store, tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
+class StepRecord(Callback):
+    """Each training step's loss and batch size, and its top-1 hits by the network in eval mode
+    (the same function as in training when dropout is 0 and the weights stay put)."""
+
+    def __init__(self):
+        self.losses, self.rows, self.hits = [], [], 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        self.rows.append(len(batch.y))
+        module.model.eval()
+        with torch.no_grad():
+            self.hits += int((module.model(batch.x).argmax(1) == batch.y).sum())
+        module.model.train()
+
+
+def test_the_epochs_training_loss_and_accuracy_are_over_all_its_rows(small_store, tmp_path):
+    """train_loss and train_acc, added up on the device and logged once an epoch, are the mean
+    loss and top-1 accuracy over every row of the epoch (steps weighted by their rows). The
+    weights barely move (lr 1e-30) and dropout is 0, so the steps' hits can be recounted."""
+    record = StepRecord()
+    config = TrainConfig(**{**FAST, "limit_train_batches": 5, "lr": 1e-30, "dropout": 0.0})
+    train(small_store.path, tmp_path / "run", config, callbacks=[record])
+    (row,) = read_metrics(tmp_path / "run")
+    rows = sum(record.rows)
+    loss = sum(v * n for v, n in zip(record.losses, record.rows, strict=True)) / rows
+    assert float(row["train_loss"]) == pytest.approx(loss, abs=2e-6)
+    assert float(row["train_acc"]) == pytest.approx(record.hits / rows, abs=2e-6)
+    assert 0 < record.hits < rows  # an accuracy that tells right from wrong
+
+
 def test_refuses_to_overwrite_a_run_or_resume_with_other_settings(small_store, tmp_path):
     train(small_store.path, tmp_path / "run", TrainConfig(**FAST))
     with pytest.raises(RunError, match="already holds a run"):

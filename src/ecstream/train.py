@@ -32,6 +32,7 @@ import torchmetrics
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.nn import functional as F
 
 from .adapters.torch import loader
@@ -92,7 +93,10 @@ class ECModule(L.LightningModule):
         self.vocab = vocab
         self.register_buffer("class_weights", class_weights, persistent=False)
         c = model_config.heads[0]
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
+        # the epoch's summed training loss × rows and top-1 hits, added up on the device every
+        # step and logged once an epoch: a torchmetrics update checks its input (a wait for the
+        # GPU every step) and each self.log costs Lightning host time (BENCHMARKS.md, GPU)
+        self.register_buffer("train_sums", torch.zeros(2), persistent=False)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
         self.val_f1 = torchmetrics.F1Score(task="multiclass", num_classes=c, average="macro")
         self.val_loss = torchmetrics.MeanMetric()
@@ -160,14 +164,13 @@ class ECModule(L.LightningModule):
             loss = loss * batch.weight
         n = len(batch.x)
         self.seen = getattr(self, "seen", 0) + n
-        if self.vocab is None:
-            self.train_acc(logits.detach(), batch.y)
-            acc = self.train_acc
-        else:
-            acc = self._top_hits(logits.detach(), batch, 1).mean()
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
+        logits = logits.detach()
+        hits = (
+            logits.argmax(1) == batch.y if self.vocab is None else self._top_hits(logits, batch, 1)
+        )
+        self.train_sums += torch.stack([loss.detach().float() * n, hits.sum().float()])
+        if self.trainer.progress_bar_callback is not None:  # only a bar shows a step's loss
+            self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -183,6 +186,15 @@ class ECModule(L.LightningModule):
         self.val_hits_ec.update(hits[batch.known[:, deepest - 1]])
 
     def on_validation_epoch_end(self) -> None:
+        # the epoch's training metrics too, here: EpochLog writes its row before the module's
+        # on_train_epoch_end. Every rank adds up all ranks' sums (a collective under DDP).
+        rows = getattr(self, "seen", 0)
+        if self.trainer.state.fn == TrainerFn.FITTING and rows:
+            sums = torch.cat([self.train_sums, self.train_sums.new_tensor([rows])])
+            loss, hits, rows = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            self.log("train_loss", loss / rows)
+            self.log("train_acc", hits / rows)
+        self.train_sums.zero_()
         self.log("val_loss", self.val_loss.compute(), prog_bar=True)
         if self.vocab is None:
             self.log("val_acc", self.val_acc.compute(), prog_bar=True)
