@@ -46,7 +46,8 @@ Targets = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
 class BatchDataset(Dataset[TorchBatch]):
-    """Map-style dataset whose item ``(epoch, start, step)`` is that whole batch, as tensors.
+    """Map-style dataset whose item ``(epoch, start, step)`` is that whole batch, its fields
+    numpy arrays (:class:`BatchLoader` makes them tensors in the main process).
 
     With ``targets``, ``y`` holds what it returns for the batch (computed in the worker)."""
 
@@ -64,18 +65,16 @@ class BatchDataset(Dataset[TorchBatch]):
         if (epoch, start) != (self.batches.epoch, self.batches.start):
             self.batches.set_epoch(epoch, start)
         batch = self.batches[step]
-        # zero-copy: the tensors share the freshly gathered numpy buffers
         ids = batch.ids.tolist() if self.ids else None
         b = self.batches
         weight = share = None
         if b.settings.global_batch:
             share = b.share(step)
             weight = len(batch) * b.world_size / share[1]
-        x = torch.from_numpy(batch.x)
         if self.targets is None:
-            return TorchBatch(x, torch.from_numpy(batch.y), ids, weight=weight, share=share)
+            return TorchBatch(batch.x, batch.y, ids, weight=weight, share=share)
         y, known = self.targets(batch)
-        return TorchBatch(x, torch.from_numpy(y), ids, torch.from_numpy(known), weight, share)
+        return TorchBatch(batch.x, y, ids, known, weight, share)
 
 
 class EpochSampler(Sampler[tuple[int, int, int]]):
@@ -113,6 +112,33 @@ def _whole(batch: TorchBatch) -> TorchBatch:
     return batch
 
 
+class BatchLoader(DataLoader):
+    """A DataLoader of :class:`BatchDataset` that yields its batches' arrays as tensors.
+
+    The workers send numpy arrays, and the tensors are made here, in the main process (zero-copy).
+    A tensor would cross from a worker as shared memory whose file descriptor the main process
+    fetches from the worker, a round trip per tensor that waits while the worker is busy; an
+    array crosses pickled in the queue's pipe, which is faster for a batch's few small arrays
+    (BENCHMARKS.md, GPU). So pinning for the copy to a GPU (``pin``) is done here as well, and
+    the DataLoader's own pinning thread, which would see arrays, is not started.
+    """
+
+    def __init__(self, dataset: BatchDataset, *, pin: bool, **kwargs):
+        super().__init__(dataset, pin_memory=False, **kwargs)
+        self.pin = pin
+
+    def __iter__(self) -> Iterator[TorchBatch]:
+        for batch in super().__iter__():
+            yield batch._replace(x=self._tensor(batch.x), y=self._tensor(batch.y),
+                                 known=self._tensor(batch.known))  # fmt: skip
+
+    def _tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
+        if array is None:
+            return None
+        tensor = torch.from_numpy(array)
+        return tensor.pin_memory() if self.pin else tensor
+
+
 def loader(
     batches: Batches,
     num_workers: int = 0,
@@ -137,13 +163,13 @@ def loader(
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    return DataLoader(
+    return BatchLoader(
         BatchDataset(batches, ids, targets),
         batch_size=None,
         sampler=EpochSampler(batches),
         collate_fn=_whole,
         num_workers=num_workers,
-        pin_memory=pin_memory,
+        pin=pin_memory,
         persistent_workers=persistent_workers,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         in_order=True,
