@@ -59,6 +59,28 @@ def test_loader_matches_plain_iteration(small_store, in_memory, num_workers):
     assert_same(served, plain)
 
 
+def test_full_ec_targets_cross_from_workers_as_the_same_tensors(small_store):
+    """A full-EC run's targets are made in the workers (as arrays) and reach the main process
+    as tensors: multi-hot ``y`` and the ``known`` levels equal those computed from plain
+    iteration's EC numbers, with 2 workers as with none."""
+    from ecstream.labels import ECVocabulary
+    from ecstream.train import ECTargets
+
+    args = dict(batch_size=50, max_length=300, shuffle=True, seed=2, multi_class=True)
+    plain = list(small_store.batches("val", **args))
+    vocab = ECVocabulary.from_texts([ec for b in plain for ec in b.ecs.tolist()])
+    targets = ECTargets(vocab)
+    for workers in (0, 2):
+        batches = small_store.batches("val", **args)
+        served = list(loader(batches, num_workers=workers, pin_memory=False, targets=targets))
+        assert len(served) == len(plain)
+        for got, want in zip(served, plain, strict=True):
+            y, known = vocab.targets(want.ecs.tolist())
+            assert got.y.dtype == torch.uint8 and got.known.dtype == torch.bool
+            assert np.array_equal(got.y.numpy(), y) and np.array_equal(got.known.numpy(), known)
+            assert got.x.numpy().tobytes() == want.x.tobytes()
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 @settings(max_examples=8, deadline=None)
 @given(
