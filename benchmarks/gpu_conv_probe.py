@@ -13,6 +13,9 @@ timer) for each of
   and one matrix product, which ``torch.compile`` takes into its graphs (no graph break).
 
 ``--smoke`` runs every variant tiny on CPU, to check the script before a GPU is spent on it.
+``--cpu`` times instead, on this machine's CPU (2 threads), an eager training step of `small`,
+`deep` and `large` with oneDNN's convolution and with the matrix product, taking turns, 5
+rounds (medians): why ``--compile`` keeps the convolution on CPU.
 Run once, on 2026-11-30 (``benchmarks/results/gpu-conv-probe-h200.json``); since then
 ``train --compile`` computes *gemm* on a GPU (the GPU section of BENCHMARKS.md).
 """
@@ -135,5 +138,38 @@ def _cpu_end(timer: StepTimer):
     return end
 
 
+def cpu() -> None:
+    """Eager training steps on CPU, the convolution against the matrix product (module doc)."""
+    from ecstream import model as m
+
+    torch.set_num_threads(2)
+    for name, rows, width, repeats in [("small", 64, 660, 3), ("deep", 64, 660, 2),
+                                       ("large", 16, 400, 1)]:  # fmt: skip
+        torch.manual_seed(0)
+        net = m.ECClassifier(m.preset(name, (7,)))
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(1, 21, (rows, width), generator=g, dtype=torch.uint8)
+        lengths = torch.randint(100, width + 1, (rows,), generator=g)
+        tokens[torch.arange(width) >= lengths[:, None]] = 0
+        labels = torch.randint(0, 7, (rows,), generator=g)
+        times: dict[str, list[float]] = {"convolution": [], "matrix product": []}
+        for _ in range(5):
+            for arm, conv in [("convolution", m.conv_channels_last), ("matrix product",
+                                                                     m.conv_as_gemm)]:  # fmt: skip
+                m._conv = conv
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    net.zero_grad()
+                    torch.nn.functional.cross_entropy(net(tokens), labels).backward()
+                times[arm].append((time.perf_counter() - started) / repeats * 1e3)
+        a, b = (sorted(v)[2] for v in times.values())
+        print(f"{name}, {rows} × {width}: convolution {a:.0f} ms, matrix product {b:.0f} ms "
+              f"(speed-up {a / b:.2f}×)", flush=True)  # fmt: skip
+    m._conv = m.conv_channels_last
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--cpu"]:
+        cpu()
+    else:
+        main(sys.argv[1:])

@@ -125,6 +125,10 @@ def test_one_process_of_64_and_two_of_32_train_the_same_weights(small_store, tmp
         if a.is_floating_point():
             difference = (a - two[name]).norm() / a.norm().clamp_min(1e-12)
             assert difference <= 1e-10, (name, float(difference))
+    # and the epoch's training loss and accuracy are over all rows of both processes
+    (whole,), (shared,) = (read_metrics(runs[d]) for d in ("1", "2"))
+    for key in ("train_loss", "train_acc"):
+        assert float(shared[key]) == pytest.approx(float(whole[key]), abs=2e-6), key
 
 
 def test_two_nodes_on_localhost_train_one_run(small_store, tmp_path):

@@ -167,10 +167,13 @@ def conv_as_gemm(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 
 def _compiled_conv(h: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """The convolution of ``train --compile``: in the graphs as a matrix product on a GPU
-    (cuDNN's convolutions were half as fast there, tuned or not: BENCHMARKS.md, GPU); outside
-    them on CPU, where the matrix product is slower than oneDNN's convolution and inductor's
-    lowering of oneDNN's backward fixes the batch width (every bucket would compile anew)."""
-    return conv_as_gemm(h, conv) if h.is_cuda else _outside_graphs(h, conv)
+    (faster than cuDNN's convolutions between graphs, tuned or not: BENCHMARKS.md, GPU);
+    outside them on CPU, where the matrix product is slower than oneDNN's convolution and
+    inductor's lowering of oneDNN's backward fixes the batch width (every bucket would compile
+    anew). A network not being compiled gets the plain convolution, also after another was."""
+    if h.is_cuda and torch.compiler.is_compiling():
+        return conv_as_gemm(h, conv)
+    return _outside_graphs(h, conv)
 
 
 #: what the layers call for a convolution; :func:`compile_network` swaps in the same function

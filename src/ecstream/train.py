@@ -95,8 +95,10 @@ class ECModule(L.LightningModule):
         c = model_config.heads[0]
         # the epoch's summed training loss × rows and top-1 hits, added up on the device every
         # step and logged once an epoch: a torchmetrics update checks its input (a wait for the
-        # GPU every step) and each self.log costs Lightning host time (BENCHMARKS.md, GPU)
-        self.register_buffer("train_sums", torch.zeros(2), persistent=False)
+        # GPU every step) and each self.log costs Lightning host time (BENCHMARKS.md, GPU).
+        # Not a buffer: DDP would overwrite it with rank 0's every step, and a half-precision
+        # run would convert it.
+        self.seen, self.train_sums = 0, None
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
         self.val_f1 = torchmetrics.F1Score(task="multiclass", num_classes=c, average="macro")
         self.val_loss = torchmetrics.MeanMetric()
@@ -113,7 +115,7 @@ class ECModule(L.LightningModule):
         return self.model(x)
 
     def on_train_epoch_start(self) -> None:
-        self.seen = 0
+        self.seen, self.train_sums = 0, None
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # dropout draws from a generator seeded per step: a run resumed mid-epoch repeats it
@@ -122,7 +124,7 @@ class ECModule(L.LightningModule):
     @property
     def samples_seen(self) -> int:
         """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch)."""
-        return getattr(self, "seen", 0) * self.trainer.world_size
+        return self.seen * self.trainer.world_size
 
     def _loss(self, logits: torch.Tensor, batch, smoothing: float = 0.0) -> torch.Tensor:
         if self.vocab is None:
@@ -160,17 +162,17 @@ class ECModule(L.LightningModule):
             drop.share = batch.share
         logits = self.model(batch.x)
         loss = self._loss(logits, batch, self.label_smoothing)
-        if batch.weight is not None:  # averaged over the global batch, however it was shared
-            loss = loss * batch.weight
         n = len(batch.x)
-        self.seen = getattr(self, "seen", 0) + n
-        logits = logits.detach()
-        hits = (
-            logits.argmax(1) == batch.y if self.vocab is None else self._top_hits(logits, batch, 1)
-        )
-        self.train_sums += torch.stack([loss.detach().float() * n, hits.sum().float()])
+        self.seen += n
+        top = logits.detach()
+        hits = top.argmax(1) == batch.y if self.vocab is None else self._top_hits(top, batch, 1)
+        dtype = _sums_dtype(loss.device)
+        step = torch.stack([loss.detach().to(dtype) * n, hits.sum().to(dtype)])
+        self.train_sums = step if self.train_sums is None else self.train_sums + step
         if self.trainer.progress_bar_callback is not None:  # only a bar shows a step's loss
             self.log("loss", loss.detach(), prog_bar=True, batch_size=n)
+        if batch.weight is not None:  # averaged over the global batch, however it was shared
+            loss = loss * batch.weight
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -188,13 +190,15 @@ class ECModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # the epoch's training metrics too, here: EpochLog writes its row before the module's
         # on_train_epoch_end. Every rank adds up all ranks' sums (a collective under DDP).
-        rows = getattr(self, "seen", 0)
-        if self.trainer.state.fn == TrainerFn.FITTING and rows:
-            sums = torch.cat([self.train_sums, self.train_sums.new_tensor([rows])])
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            mine = self.train_sums
+            if mine is None:  # no step of this epoch here (other ranks may have had some)
+                mine = torch.zeros(2, dtype=_sums_dtype(self.device), device=self.device)
+            sums = torch.cat([mine, mine.new_tensor([self.seen])])
             loss, hits, rows = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            self.log("train_loss", loss / rows)
-            self.log("train_acc", hits / rows)
-        self.train_sums.zero_()
+            if rows > 0:
+                self.log("train_loss", (loss / rows).float())
+                self.log("train_acc", (hits / rows).float())
         self.log("val_loss", self.val_loss.compute(), prog_bar=True)
         if self.vocab is None:
             self.log("val_acc", self.val_acc.compute(), prog_bar=True)
@@ -211,6 +215,12 @@ class ECModule(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+def _sums_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the epoch's sums (exact counts of hits and rows up to 2^53), where the device
+    has it (Apple's MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class GlobalDropout(torch.nn.Module):
@@ -429,8 +439,8 @@ class EpochLog(Callback):
 class SamplesProgressBar(TQDMProgressBar):
     """Lightning's bar (steps) with the samples seen beside it: steps and samples, never mixed."""
 
-    def __init__(self, samples_per_epoch: int):
-        super().__init__()
+    def __init__(self, samples_per_epoch: int, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
         self.samples = samples_per_epoch
 
     def get_metrics(self, trainer, module) -> dict:
@@ -606,7 +616,8 @@ def _fit(
         best,
         EpochLog(run / "metrics.csv"),
         *steps,
-        *([SamplesProgressBar(samples)] if config.progress else []),
+        # a redraw reads the step's loss from the device, a wait for the GPU: every 10th step
+        *([SamplesProgressBar(samples, 1 if on_cpu else 10)] if config.progress else []),
         *(callbacks or []),
     ]
     try:

@@ -27,7 +27,8 @@ from ..batches import Batch, Batches
 
 
 class TorchBatch(NamedTuple):
-    """One batch as tensors (a NamedTuple survives ``pin_memory`` and Lightning's transfer)."""
+    """One batch as tensors (a NamedTuple survives Lightning's transfer). :class:`BatchDataset`'s
+    items carry the same fields as numpy arrays, which :class:`BatchLoader` makes tensors."""
 
     x: torch.Tensor  # uint8 [B, L] tokens, 0 = padding
     y: torch.Tensor  # int64 [B] labels, or uint8 [B, C] multi-hot targets of a full-EC run
