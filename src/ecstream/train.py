@@ -715,6 +715,9 @@ def _quiet_lightning():
         warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
         # the module substitutes residues there; the datamodule has no such hook of its own
         warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer`.*")
+        # under DDP: the epoch's metrics are reduced over ranks already (torchmetrics' compute,
+        # the module's training sums), which Lightning's generic check cannot know
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log")
         # a loss that is not finite ends in TrainingDiverged, which says it once and clearly
         warnings.filterwarnings("ignore", message=r"Encountered `nan` values in tensor")
         try:
