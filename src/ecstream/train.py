@@ -63,6 +63,9 @@ from .tuning import calibrate_cnn
 
 # --- the LightningModule ------------------------------------------------------------------
 
+#: a checkpoint's entry for the epoch's training sums so far (ECModule.carried)
+EPOCH_SUMS = "ecstream_epoch_sums"
+
 
 class ECModule(L.LightningModule):
     """Training of :class:`ECClassifier`: the seven classes (cross-entropy, accuracy, macro-F1)
@@ -97,8 +100,10 @@ class ECModule(L.LightningModule):
         # step and logged once an epoch: a torchmetrics update checks its input (a wait for the
         # GPU every step) and each self.log costs Lightning host time (BENCHMARKS.md, GPU).
         # Not a buffer: DDP would overwrite it with rank 0's every step, and a half-precision
-        # run would convert it.
+        # run would convert it. ``carried``: (epoch, [loss × rows, hits, rows] of all ranks)
+        # before the checkpoint a run resumed mid-epoch began from.
         self.seen, self.train_sums = 0, None
+        self.carried: tuple[int, list[float]] | None = None
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=c)
         self.val_f1 = torchmetrics.F1Score(task="multiclass", num_classes=c, average="macro")
         self.val_loss = torchmetrics.MeanMetric()
@@ -114,8 +119,33 @@ class ECModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def on_train_start(self) -> None:
+        # a checkpoint's sums continue the epoch it was written in, and only that one
+        if self.carried is not None and self.carried[0] != self.trainer.current_epoch:
+            self.carried = None
+
     def on_train_epoch_start(self) -> None:
-        self.seen, self.train_sums = 0, None
+        self.seen, self.train_sums, self.carried = 0, None, None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # every rank writes a checkpoint's contents (rank 0 the file): a collective is safe
+        sums = self._epoch_sums().tolist()
+        checkpoint[EPOCH_SUMS] = {"epoch": self.trainer.current_epoch, "sums": sums}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if saved := checkpoint.get(EPOCH_SUMS):  # older checkpoints have none
+            self.carried = (int(saved["epoch"]), [float(v) for v in saved["sums"]])
+
+    def _epoch_sums(self) -> torch.Tensor:
+        """[loss × rows, hits, rows] of this epoch's training so far, all ranks (a collective
+        under DDP), those before a mid-epoch resume included."""
+        mine = self.train_sums
+        if mine is None:  # no step of this epoch here (other ranks may have had some)
+            mine = torch.zeros(2, dtype=_sums_dtype(self.device), device=self.device)
+        sums = self.trainer.strategy.reduce(
+            torch.cat([mine, mine.new_tensor([self.seen])]), reduce_op="sum"
+        )
+        return sums if self.carried is None else sums + sums.new_tensor(self.carried[1])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # dropout draws from a generator seeded per step: a run resumed mid-epoch repeats it
@@ -123,8 +153,10 @@ class ECModule(L.LightningModule):
 
     @property
     def samples_seen(self) -> int:
-        """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch)."""
-        return self.seen * self.trainer.world_size
+        """Training records of this epoch so far, all ranks (ranks' shares differ by < 1 batch),
+        those before a mid-epoch resume included."""
+        carried = 0 if self.carried is None else int(self.carried[1][2])
+        return self.seen * self.trainer.world_size + carried
 
     def _loss(self, logits: torch.Tensor, batch, smoothing: float = 0.0) -> torch.Tensor:
         if self.vocab is None:
@@ -191,11 +223,7 @@ class ECModule(L.LightningModule):
         # the epoch's training metrics too, here: EpochLog writes its row before the module's
         # on_train_epoch_end. Every rank adds up all ranks' sums (a collective under DDP).
         if self.trainer.state.fn == TrainerFn.FITTING:
-            mine = self.train_sums
-            if mine is None:  # no step of this epoch here (other ranks may have had some)
-                mine = torch.zeros(2, dtype=_sums_dtype(self.device), device=self.device)
-            sums = torch.cat([mine, mine.new_tensor([self.seen])])
-            loss, hits, rows = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            loss, hits, rows = self._epoch_sums()
             if rows > 0:
                 self.log("train_loss", (loss / rows).float())
                 self.log("train_acc", (hits / rows).float())
