@@ -455,7 +455,8 @@ class EpochLog(Callback):
             "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}",
             "samples": samples,
             "seconds": f"{seconds:.1f}",
-            "samples_per_s": f"{samples / max(seconds, 1e-9):.1f}",
+            # the records this process's run trained in those seconds (not a resume's carried)
+            "samples_per_s": f"{module.seen * trainer.world_size / max(seconds, 1e-9):.1f}",
         }
         self.rows = [r for r in self.rows if int(r["epoch"]) != row["epoch"]] + [row]
         with atomic_open(self.path, "w", newline="") as fh:
