@@ -209,6 +209,35 @@ def test_the_end_of_an_epoch_replaces_the_mid_epoch_checkpoint(small_store, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _CrashInValidation(Callback):
+    """A crash (pre-emption) during an epoch's validation."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crash_in_validation_resumes_into_that_validation(small_store, tmp_path):
+    """--checkpoint-every dividing the epoch's steps: no step checkpoint at its last step (the
+    epoch's own follows its validation), so a crash in validation resumes from the step
+    checkpoint before, replays the last steps, and validates: every epoch's row, and the
+    uninterrupted run's weights."""
+    config = TrainConfig(**FAST, epochs=2, limit_train_batches=9)  # checkpoint every 3 steps
+    whole = train(small_store.path, tmp_path / "whole", config)
+    cut = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(small_store.path, cut, config, callbacks=[_CrashInValidation(0)])
+    state = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["StoreData"]["stream"]["step"] == 6
+    train(small_store.path, cut, config, resume=True)
+    assert [int(r["epoch"]) for r in read_metrics(cut)] == [0, 1]
+    a, b = _weights(whole.run), _weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_run_checkpointed_on_one_process_continues_on_two(data_path, tmp_path):
     """Elastic: checkpointed mid-epoch by 1 process, resumed by 2 (gloo), which see exactly the
     records of that epoch not yet seen (their count; the plan tests check which)."""

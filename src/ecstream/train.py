@@ -408,6 +408,11 @@ class StepCheckpoint(Callback):
         self.path, self.every = path, every
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        # not at an epoch's last step: the epoch's own checkpoint follows its validation, and
+        # Lightning resumes from one written at the last step as from a finished epoch, skipping
+        # a validation (its row, the learning-rate schedule) that a crash interrupted
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
         if (batch_idx + 1) % self.every == 0:
             trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
 
