@@ -83,14 +83,30 @@ PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12,
 
 
 class StepTimer(Callback):
-    """Data wait and step time of each training step after ``warmup`` (see module doc)."""
+    """Data wait and step time of each training step after ``warmup`` (see module doc), in
+    seconds: their sums, and each step's in ``waits`` and ``times`` (for medians). Without
+    CUDA (a CPU run) there is nothing to synchronise."""
 
     def __init__(self, warmup: int = WARMUP):
         self.warmup = warmup
-        self.wait = self.step = 0.0
-        self.steps = self.samples = self.cells = 0
+        self.waits: list[float] = []
+        self.times: list[float] = []
+        self.samples = self.cells = 0
         self.last_end: float | None = None
         self.start = 0.0
+        self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    @property
+    def wait(self) -> float:
+        return sum(self.waits)
+
+    @property
+    def step(self) -> float:
+        return sum(self.times)
+
+    @property
+    def steps(self) -> int:
+        return len(self.times)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.last_end = None
@@ -98,16 +114,32 @@ class StepTimer(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.start = time.perf_counter()
         if self.last_end is not None and batch_idx >= self.warmup:
-            self.wait += self.start - self.last_end
+            self.waits.append(self.start - self.last_end)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        torch.cuda.synchronize()
+        self.sync()
         self.last_end = time.perf_counter()
         if batch_idx >= self.warmup:
-            self.step += self.last_end - self.start
-            self.steps += 1
+            self.times.append(self.last_end - self.start)
             self.samples += len(batch.y)
             self.cells += batch.x.numel()  # residue positions the network computes, padding too
+
+    def figures(self, model: str, peak: float | None) -> dict:
+        """Sequences/s, data-wait share, ms per step and model FLOP/s (MFU, given the card's
+        ``peak``) of the measured steps of a ``model`` preset."""
+        from ecstream.model import flops_per_residue, preset
+
+        total = self.wait + self.step
+        # a training step costs about three forward passes (backward: two)
+        flops = 3 * flops_per_residue(preset(model, (7,))) * self.cells / total
+        return {
+            "model_flops_per_s": flops,
+            "mfu": flops / peak if peak else None,
+            "seq_per_s": self.samples / total,
+            "wait_share": self.wait / total,
+            "ms_per_step": 1000 * total / self.steps,
+            "measured_steps": self.steps,
+        }
 
 
 def _peak(card: str) -> float | None:
@@ -159,7 +191,6 @@ def ceiling(batch: int, width: int, compiled: bool, steps: int = 20, device: str
 def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
     """Train every configuration on a fresh store of ``data``; write and return the figures."""
     from ecstream import build_store
-    from ecstream.model import flops_per_residue, preset
     from ecstream.train import TrainConfig, train
 
     if not torch.cuda.is_available():
@@ -203,17 +234,9 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
                 continue
             if timer.steps == 0:
                 raise SystemExit(f"{steps} steps leave none to measure after {WARMUP} of warm-up")
-            total = timer.wait + timer.step
-            # a training step costs about three forward passes (backward: two)
-            flops = 3 * flops_per_residue(preset(fields["model"], (7,))) * timer.cells
             results["runs"][name] = {
                 **fields,
-                "model_flops_per_s": flops / total,
-                "mfu": flops / total / peak if peak else None,
-                "seq_per_s": timer.samples / total,
-                "wait_share": timer.wait / total,
-                "ms_per_step": 1000 * total / timer.steps,
-                "measured_steps": timer.steps,
+                **timer.figures(fields["model"], peak),
                 "val_acc": float(history[-1]["val_acc"]),
                 "wall_s": time.perf_counter() - started,
                 "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
@@ -250,21 +273,26 @@ def _cell(error: str) -> str:
     return first[:120].replace("|", "\\|")
 
 
+def ceiling_row(batch: int, width: int, compiled: bool, peak: float | None, **kwargs) -> dict:
+    """:func:`ceiling` on fresh graphs, with its MFU and graph count, or its failure (a failing
+    shape must not lose the others' figures); ``kwargs`` go to :func:`ceiling`."""
+    _reset()
+    try:
+        row = ceiling(batch, width, compiled, **kwargs)
+        row["mfu"] = row["model_flops_per_s"] / peak if peak else None
+        row["graphs"] = _graphs()
+    except Exception as error:
+        row = {"batch": batch, "width": width, "compiled": compiled,
+               "error": f"{type(error).__name__}: {error}"}  # fmt: skip
+    print(f"   ceiling {json.dumps(row)}", flush=True)
+    return row
+
+
 def _ceilings(results: dict, out: Path) -> None:
-    """Each of :data:`CEILING`, its failure recorded rather than raised."""
-    peak = results["peak_bf16_flops"]
+    """Each of :data:`CEILING`, written as it comes."""
     results["ceiling"] = []
     for batch, width, compiled in CEILING:
-        _reset()
-        try:
-            row = ceiling(batch, width, compiled)
-            row["mfu"] = row["model_flops_per_s"] / peak if peak else None
-            row["graphs"] = _graphs()
-        except Exception as error:
-            row = {"batch": batch, "width": width, "compiled": compiled,
-                   "error": f"{type(error).__name__}: {error}"}  # fmt: skip
-        print(f"   ceiling {json.dumps(row)}", flush=True)
-        results["ceiling"].append(row)
+        results["ceiling"].append(ceiling_row(batch, width, compiled, results["peak_bf16_flops"]))
         out.write_text(json.dumps(results, indent=1) + "\n")
 
 

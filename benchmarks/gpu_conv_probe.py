@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu import StepTimer, _graphs, _peak, _reset, ceiling
+from gpu import StepTimer, _graphs, _peak, _reset, ceiling_row
 
 
 def _variant(name: str) -> None:
@@ -60,7 +60,6 @@ def main(argv: list[str]) -> None:
     smoke = "--smoke" in argv
     data, out = (Path(a) for a in argv if a != "--smoke")
     from ecstream import build_store
-    from ecstream.model import flops_per_residue, preset
     from ecstream.train import TrainConfig, train
 
     device = "cpu" if smoke else "cuda"
@@ -73,14 +72,8 @@ def main(argv: list[str]) -> None:
     for variant in ["cudnn", "tuned", "gemm"]:
         for batch, width in shapes:
             _variant(variant)
-            _reset()
-            try:
-                row = ceiling(batch, width, True, steps=2 if smoke else 20, device=device)
-                row.update(variant=variant, mfu=row["model_flops_per_s"] / peak, graphs=_graphs())
-            except Exception as error:
-                row = {"variant": variant, "batch": batch, "error": f"{error!r}"[:300]}
-            print(f"   ceiling {json.dumps(row)}", flush=True)
-            results["ceiling"].append(row)
+            row = ceiling_row(batch, width, True, peak, steps=2 if smoke else 20, device=device)
+            results["ceiling"].append({"variant": variant, **row})
             out.write_text(json.dumps(results, indent=1) + "\n")
     # the likeliest first: a run cut short by the device's time limit loses the last ones
     runs = [("gemm", 256, 8), ("gemm", 1024, 8), ("tuned", 256, 4), ("gemm", 512, 8),
@@ -93,8 +86,6 @@ def main(argv: list[str]) -> None:
             _variant(variant)
             _reset()
             timer = StepTimer(warmup=2 if smoke else 50)
-            if smoke:
-                timer.on_train_batch_end = _cpu_end(timer)
             config = TrainConfig(
                 model="large", epochs=1, batch_size=8 if smoke else batch,
                 limit_train_batches=5 if smoke else 1000,
@@ -111,31 +102,14 @@ def main(argv: list[str]) -> None:
                 results["runs"][name] = {"error": f"{error!r}"[:300]}
                 print(f"   failed: {error!r}"[:400], flush=True)
                 continue
-            total = timer.wait + timer.step
-            flops = 3 * flops_per_residue(preset("large", (7,))) * timer.cells
             results["runs"][name] = {
-                "seq_per_s": timer.samples / total, "wait_share": timer.wait / total,
-                "mfu": flops / total / peak, "ms_per_step": 1000 * total / timer.steps,
+                **timer.figures("large", peak),
                 "val_acc": float(history[-1]["val_acc"]), "graphs": _graphs(),
                 "wall_s": time.perf_counter() - started,
                 "peak_gpu_gb": 0 if smoke else torch.cuda.max_memory_allocated() / 1e9,
             }  # fmt: skip
             print(f"   {json.dumps(results['runs'][name])}", flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")
-
-
-def _cpu_end(timer: StepTimer):
-    """The timer's batch end without ``torch.cuda.synchronize`` (the CPU smoke run)."""
-
-    def end(trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        timer.last_end = time.perf_counter()
-        if batch_idx >= timer.warmup:
-            timer.step += timer.last_end - timer.start
-            timer.steps += 1
-            timer.samples += len(batch.y)
-            timer.cells += batch.x.numel()
-
-    return end
 
 
 def cpu() -> None:
