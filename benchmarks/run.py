@@ -19,6 +19,7 @@ SECTIONS = {
     "pipeline": "pipeline",
     "training": "training",
     "accuracy": "accuracy",
+    "families": "families",
     "prediction": "prediction",
     "prediction-cache": "prediction_cache",
     "scorer-blocks": "scorer_blocks",

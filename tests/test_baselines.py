@@ -414,3 +414,31 @@ def test_a_hybrid_has_seen_what_its_parts_saw(runs, tmp_path):
     np.savez(part / "seen.npz", train=seen["train"], val=np.union1d(seen["val"], [extra]))
     make_hybrid_run(store.path, tmp_path / "hybrid", cnn, part)
     assert extra in read_seen(tmp_path / "hybrid")["val"]
+
+
+def test_evaluate_families_counts_the_families_overall_and_per_band(runs, tmp_path, capsys):
+    """``--families``: the class accuracy's proteins, their families (fewer than proteins on a
+    cluster split's test, whose clusters stay whole) and the interval, overall and per band,
+    in metrics.json and in the printed table."""
+    from ecstream.cli import main
+    from ecstream.identity import BANDS
+
+    store, cnn, *_ = runs
+    result = evaluate(cnn, store.path, tmp_path / "eval", split="test", families=True)
+    fam = result["families"]
+    assert fam["all"]["n"] == result["n"] and fam["all"]["accuracy"] == result["accuracy"]
+    assert 0 < fam["all"]["families"] < fam["all"]["n"]
+    low, high = fam["all"]["interval"]
+    assert low <= result["accuracy"] <= high
+    assert list(fam["bands"]) == list(BANDS)
+    for band in BANDS:
+        assert fam["bands"][band]["n"] == result["identity_bands"][band]["n"]
+        if fam["bands"][band]["n"]:
+            assert fam["bands"][band]["accuracy"] == result["identity_bands"][band]["accuracy"]
+    assert "families" not in evaluate(cnn, store.path, tmp_path / "plain", split="test")
+    out = tmp_path / "cli"
+    argv = ["evaluate", str(runs[3]), str(store.path), "--out", str(out), "--families"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Families (0.3 identity" in printed and "interval" in printed
+    assert json.loads((out / "metrics.json").read_text())["families"]["all"]["n"] > 0

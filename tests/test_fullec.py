@@ -479,6 +479,33 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_families_follow_the_class_rows_when_some_span_several_classes(
+    ec_run, small_store, tmp_path, monkeypatch
+):
+    """A full-EC run scores every row but measures the class on rows of one class: the
+    families kept are those rows' own. Rows spanning several classes come first here, all in
+    one family, and each row of one class is a family of its own."""
+    import ecstream.evaluate as ev
+
+    records = next(small_store.records("test"))
+    several = [(f"m{i}", "1.1.1.1; 2.7.7.7", records.seqs[i].decode()) for i in range(3)]
+    one = [(f"s{i}", e, records.seqs[i].decode()) for i, e in enumerate(records.ecs[3:30], 3)
+           if ";" not in e]  # fmt: skip
+    labelled = tmp_path / "mixed.tsv"
+    rows = [*several, *one]
+    labelled.write_text("Entry\tEC number\tSequence\n" + "".join("\t".join(r) + "\n" for r in rows))
+    own = {rid: (0 if rid.startswith("m") else k) for k, (rid, _, _) in enumerate(rows, 1)}
+    monkeypatch.setattr(
+        ev, "families_of", lambda queries, work: np.array([own[q] for q, _ in queries])
+    )
+    result = evaluate(ec_run, labelled, tmp_path / "ev", bands=False, allow_seen=True,
+                      families=True)  # fmt: skip
+    fam = result["families"]["all"]
+    assert result["several_classes"] == 3 and result["n"] == len(one)
+    assert fam["n"] == fam["families"] == len(one) and fam["largest_family"] == 1 / len(one)
+    assert fam["accuracy"] == result["accuracy"] and "bands" not in result["families"]
+
+
 def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -440,6 +440,21 @@ def test_process_substitution_paths_are_sniffed_without_being_read_twice(cnn_run
         assert summary["format"] == fmt and out.read_text() == reference
 
 
+def test_evaluate_families_of_a_pipe_is_one_line_and_writes_nothing(
+    cnn_run, data_path, tmp_path, monkeypatch, capsys
+):
+    """Families need a second pass over the records, which a pipe cannot give: refused before
+    scoring, in one line."""
+    header, *rows = head_lines(data_path, 51)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(_pipe(
+        "".join([header, *rows]).encode()), "rb")))  # fmt: skip
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(cnn_run), "-", "--out", str(out), "--families", "--no-bands"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "cannot be read a second time to find its families" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_format_flag_reads_what_the_first_line_cannot_tell(cnn_run, tmp_path, monkeypatch):
     # a CSV whose header holds a tab in a quoted name looks like a TSV to a sniffer
     text = 'Entry,Sequence,"a\tnote"\np1,MKVLAAGIVG,x\n'

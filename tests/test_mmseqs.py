@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import ecstream
 from ecstream import build, notices
+from ecstream.cache import CacheWarning
 from ecstream.hashing import hash64
 from ecstream.identity import BANDS, band_accuracy, band_counts, identity_bands
 from ecstream.mmseqs import binary, search
@@ -379,9 +380,9 @@ def test_a_damaged_or_foreign_cache_entry_is_searched_again_and_a_bad_cache_only
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "afile" / "sub"))
     monkeypatch.setattr(notices, "_given", set())
-    with pytest.warns(search.CacheWarning, match="cannot be cached") as caught:
+    with pytest.warns(CacheWarning, match="cannot be cached") as caught:
         unkept = best_hits(queries, train_db, tmp_path / "u", THREADS, sensitivity=SENSITIVITY)
         best_hits(others, train_db, tmp_path / "v", THREADS, sensitivity=SENSITIVITY)
     assert np.array_equal(first.best_target, unkept.best_target)
-    (warning,) = [w for w in caught if w.category is search.CacheWarning]  # once a process
+    (warning,) = [w for w in caught if w.category is CacheWarning]  # once a process
     assert warning.filename.startswith(str(tmp_path / "afile")) and warning.lineno == 0

@@ -302,7 +302,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     small_primitive_cache()  # before torch makes its first primitive
     from .evaluate import evaluate
-    from .report import bands_table, levels_table, metrics_table
+    from .report import bands_table, families_table, levels_table, metrics_table
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
     update, stop = _progress(f"evaluating {args.run}")
@@ -310,7 +310,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(
             args.run, args.source, args.out, split=args.split, columns=columns,
             bands=args.bands, allow_seen=args.allow_seen, allow_partial=args.allow_partial,
-            progress=update, precision=args.precision,
+            progress=update, precision=args.precision, families=args.families,
         )  # fmt: skip
     finally:
         stop()
@@ -319,6 +319,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out.print(levels)
     if bands := bands_table(result):
         out.print(bands)
+    if families := families_table(result):
+        out.print(families)
     seen = result["seen"]
     if not seen["checked"]:
         console.print(f"[yellow]warning:[/] {escape(seen['why'])}")
@@ -618,6 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-seen", action="store_true",
         help="evaluate even if over 1%% of the records are in the run's training split",
+    )  # fmt: skip
+    p.add_argument(
+        "--families", action="store_true",
+        help="cluster the evaluated proteins into families (MMseqs2, 30%% identity) and give "
+        "the class accuracy's interval over families, overall and per band",
     )  # fmt: skip
     _precision_flag(p)
     _column_flags(p, ec=True)

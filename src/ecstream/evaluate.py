@@ -33,11 +33,13 @@ from .atomic import (
 from .cache import scratch
 from .ecmetrics import LevelScores
 from .errors import describe as describe_error
+from .families import LEVEL, RESAMPLES, family_report
 from .hashing import hash64
-from .identity import band_accuracy
+from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
+from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, families_of
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
@@ -135,6 +137,7 @@ class Tally:
         self.predicted: list[np.ndarray] = []
         self.identity: list[np.ndarray] = []
         self.hashes: list[np.ndarray] = []
+        self.single: list[np.ndarray] = []  # which records are in one class (the class metrics')
         vocab = model.vocab
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
@@ -148,6 +151,7 @@ class Tally:
             identity, self.searched = scores.identity, True
         single = np.array([len(level_keys(e, 1)) == 1 for e in chunk.ecs], dtype=bool)
         self.several += int((~single).sum())
+        self.single.append(single)
         self.truth.append(chunk.labels[single])
         no_class = np.isnan(scores.probs).all(axis=1)
         best = np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1))
@@ -198,6 +202,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     allow_partial: bool = False,
     precision: str = "32",
+    families: bool = False,
 ) -> dict:
     """Score a store split (``split``, by default ``test``) or a labelled file with a run; write
     metrics.json and the plots as the folder ``out``, whole (an earlier evaluation there is
@@ -212,7 +217,10 @@ def evaluate(
     file that ends early or cannot be decoded is refused unless ``allow_partial``; then the
     records before the break are evaluated and the result's ``partial`` says where it stopped.
     ``precision`` is that of a CNN's forward pass (``32`` or ``bf16``), to measure what
-    bfloat16 scoring costs.
+    bfloat16 scoring costs. ``families`` clusters the evaluated proteins into families
+    (MMseqs2, :func:`~ecstream.mmseqs.cluster.families_of`) and adds, for the class accuracy
+    overall and per band, how many families it rests on and an interval that resamples them
+    (:mod:`ecstream.families`).
     """
     if Path(out).is_symlink():  # the folder it leads to is the evaluation's; the link stays
         out = os.path.realpath(out)
@@ -226,7 +234,7 @@ def evaluate(
     with claim(out):
         return _evaluate(
             model, source, Path(out), "test" if split is None else split, columns, fmt, bands,
-            allow_seen, allow_partial, progress,
+            allow_seen, allow_partial, progress, families,
         )  # fmt: skip
 
 
@@ -241,6 +249,7 @@ def _evaluate(
     allow_seen: bool,
     allow_partial: bool,
     progress: Callable[[str], None] | None,
+    families: bool = False,
 ) -> dict:
     run = model.run
     full_ec = model.vocab.depth > 1  # a class run is measured on single-class records only
@@ -295,6 +304,17 @@ def _evaluate(
             if asked:  # read-only run: the metrics still count, only the bands are missing
                 raise
             skipped = describe_error(error)
+    family = None
+    if families:
+        if stream:
+            raise RunError(
+                f"{describe(source)} is a pipe, which cannot be read a second time to find "
+                "its families: give a file, or leave --families out"
+            )
+        if progress:
+            progress("families of the evaluated proteins (MMseqs2)")
+        with scratch("families") as work:
+            family = families_of(pairs(records()), work)
     tally = Tally(model)
     if isinstance(model, CNNPredictor):
         model.report_uncalibrated = True
@@ -331,6 +351,16 @@ def _evaluate(
         result["identity_bands"] = band_accuracy(y_true, y_pred, identities)
     elif bands:
         result["identity_bands_skipped"] = skipped or "no identities"
+    if family is not None:
+        single = np.concatenate(tally.single)
+        if len(family) != len(single):  # the second pass read other records than the first
+            raise RunError(f"{describe(source)} changed while it was evaluated; evaluate again")
+        mine = family[single]
+        named = identity_bands(identities) if bands and identities is not None else None
+        result["families"] = {
+            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE, "tool": "mmseqs easy-cluster",
+            "resamples": RESAMPLES, "level": LEVEL, **family_report(y_true, y_pred, mine, named),
+        }  # fmt: skip
     _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays
         plots.confusion(result, folder / "confusion.png")

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .families import MIN_FAMILIES
 from .plan import BatchSettings
 from .splits import SplitMethod
 from .store import HISTOGRAM_EDGES, SPLITS, Store
@@ -171,6 +172,40 @@ def bands_table(result: dict) -> Table | None:
         notes.insert(0, "profile hits: no hit in the search, found by the profile fallback")
     table.caption = "; ".join(notes)
     return table
+
+
+def families_table(result: dict) -> Table | None:
+    """Class accuracy with the families it rests on, overall and per band of identity, when the
+    evaluation clustered its proteins (``evaluate --families``)."""
+    fam = result.get("families")
+    if not fam:
+        return None
+    table = Table(
+        title=f"Families ({fam['identity']:g} identity over {fam['coverage']:g} of both sequences)",
+        title_justify="left",
+    )
+    level = f"{fam['level']:.0%}"
+    for col in ("proteins of", "proteins", "families", "largest family", "class accuracy",
+                f"{level} interval", "family mean", "largest class", "its interval"):  # fmt: skip
+        table.add_column(col, justify="right")
+    bands = [(b.replace("_", " "), v) for b, v in fam.get("bands", {}).items()]
+    for name, info in [("all", fam["all"]), *bands]:
+        guess = info.get("largest_class", {})
+        table.add_row(
+            name, f"{info['n']:,}", f"{info['families']:,}", _share(info["largest_family"]),
+            _share(info["accuracy"]), _span(info["interval"]), _share(info["family_mean"]),
+            _share(guess.get("accuracy")), _span(guess.get("interval")),
+        )  # fmt: skip
+    table.caption = (
+        f"interval: of the accuracy, resampling whole families ({fam['resamples']:,} times); "
+        f"–: under {MIN_FAMILIES} families; family mean: each family's accuracy weighed once; "
+        "largest class: always guessing the most common class of those proteins"
+    )
+    return table
+
+
+def _span(interval: list[float] | None) -> str:
+    return "–" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
 
 
 def levels_table(result: dict) -> Table | None:

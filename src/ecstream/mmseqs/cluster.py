@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..hashing import hash64
+from ..cache import cache_dir, cached_arrays, keep_arrays
+from ..hashing import hash64, text_digest
 from ..records import Records
 from ..shards import SplitWriter, read_batches
 from ..splits import assign_splits
 from ..store import SPLITS
 from .binary import MMseqs, MMseqsError, read_tsv, write_fasta
-from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY
+from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY, write_queries
 
 #: Above this many sequences a cluster split uses ``easy-linclust`` (linear time, a little less
 #: sensitive) instead of the cascaded ``easy-cluster``.
@@ -34,6 +35,11 @@ LINCLUST_ABOVE = 1_000_000
 #: hit above the threshold: the leakage report measures it, and ``--strict`` removes it.
 COV_MODE = 0
 _STAGE_CHUNK = 1 << 16  # rows per block when walking the on-disk cluster arrays
+#: Families of evaluated proteins (:func:`families_of`): clusters at 30% identity over 80% of
+#: both sequences, the strict remote split's threshold, so a family is what that split keeps
+#: whole.
+FAMILY_IDENTITY = 0.3
+FAMILY_COVERAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,7 @@ def cluster_split(
     writer.close()
     n = writer.records
     tool = "easy-linclust" if n > LINCLUST_ABOVE else "easy-cluster"
-    options = [
-        "--min-seq-id", str(float(settings.identity)),
-        "-c", str(float(settings.coverage)),
-        "--cov-mode", str(COV_MODE),
-    ]  # fmt: skip
+    options = _options(settings.identity, settings.coverage)
     info: dict[str, Any] = {
         "method": "cluster",
         "identity": settings.identity,
@@ -132,14 +134,7 @@ def cluster_split(
     # 3. representative of every record, and cluster sizes, on disk
     rep = np.lib.format.open_memmap(work / "representatives.npy", "w+", np.int64, (n,))
     rep[:] = -1
-    types = {"rep": pa.int64(), "member": pa.int64()}
-    for block in read_tsv(Path(f"{prefix}_cluster.tsv"), ("rep", "member"), types):
-        if len(block["rep"]) and (
-            min(block["rep"].min(), block["member"].min()) < 0
-            or max(block["rep"].max(), block["member"].max()) >= n
-        ):
-            raise MMseqsError(f"{prefix}_cluster.tsv names a record outside 0..{n - 1}")
-        rep[block["member"]] = block["rep"]
+    _read_representatives(Path(f"{prefix}_cluster.tsv"), rep)
     sizes = np.lib.format.open_memmap(work / "cluster_sizes.npy", "w+", np.int64, (n,))
     sizes[:] = 0
     unlisted = 0
@@ -190,6 +185,26 @@ def cluster_split(
             yield records, np.asarray(assigned[rows]), np.asarray(hashes[rows])
 
     return ClusterSplit(info, routed())
+
+
+def _options(identity: float, coverage: float) -> list[str]:
+    """The clustering thresholds, as MMseqs2 options."""
+    return ["--min-seq-id", str(float(identity)), "-c", str(float(coverage)),
+            "--cov-mode", str(COV_MODE)]  # fmt: skip
+
+
+def _read_representatives(tsv: Path, rep: np.ndarray) -> None:
+    """``rep[member] = representative`` for every line of an ``easy-cluster`` output, whose
+    names are row numbers; a row outside ``rep`` is an :class:`MMseqsError`."""
+    n = len(rep)
+    types = {"rep": pa.int64(), "member": pa.int64()}
+    for block in read_tsv(tsv, ("rep", "member"), types):
+        if len(block["rep"]) and (
+            min(block["rep"].min(), block["member"].min()) < 0
+            or max(block["rep"].max(), block["member"].max()) >= n
+        ):
+            raise MMseqsError(f"{tsv} names a record outside 0..{n - 1}")
+        rep[block["member"]] = block["rep"]
 
 
 def strict_rounds(
@@ -276,3 +291,42 @@ def _subset(fasta: Path, rows: np.ndarray, out: Path) -> None:
             row = int(header[1:])
             if row < len(wanted) and wanted[row]:
                 fo.write(header + sequence)
+
+
+def families_of(
+    queries: Iterable[tuple[str, bytes | str]],
+    workdir: Path,
+    identity: float = FAMILY_IDENTITY,
+    coverage: float = FAMILY_COVERAGE,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The family of each query: ``int64`` 0..F-1 (by first member, in query order), from
+    ``mmseqs easy-cluster`` of the queries among themselves (thresholds as a cluster split's,
+    by default those of the strict remote split). Cached per user like searches, keyed by the
+    sequences, in order, and the settings."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    fasta = work / "queries.fasta"
+    ids, digest = write_queries(queries, fasta)
+    n = len(ids)
+    options = _options(identity, coverage)
+    key = text_digest(digest, "families-v1", "easy-cluster", *options)
+    cache = cache_dir() / "families" / f"{key[:32]}.npz"
+    got = cached_arrays(
+        cache, key, ("family",), n, lambda a: bool(((a["family"] >= 0) & (a["family"] < n)).all())
+    )
+    if got is not None:
+        return got["family"]
+    rep = np.arange(n, dtype=np.int64)  # a query missing from the output is its own family
+    if n:
+        mm = MMseqs.find(threads)
+        prefix = work / "clu"
+        args = ["easy-cluster", fasta, prefix, work / "tmp", *options, "--threads", mm.threads]
+        mm.run([*args, "--remove-tmp-files", "1"], work, "easy-cluster")
+        _read_representatives(Path(f"{prefix}_cluster.tsv"), rep)
+    # numbered by first appearance, so the numbers do not depend on MMseqs2's choice of
+    # representative
+    _, first, inverse = np.unique(rep, return_index=True, return_inverse=True)
+    family = np.argsort(np.argsort(first))[inverse].astype(np.int64)
+    keep_arrays(cache, key, {"family": family}, "families")
+    return family

@@ -9,7 +9,6 @@ settings and the target split's fingerprint.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -20,10 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..atomic import OutputBusyError, atomic_dir, atomic_open, read_json, write_json
-from ..cache import cache_dir
+from ..atomic import atomic_dir, read_json, write_json
+from ..cache import cache_dir, cached_arrays, keep_arrays
 from ..hashing import LineDigest, text_digest
-from ..notices import notify
 from ..store import Store
 from .binary import MMseqs, read_tsv, write_fasta
 
@@ -206,7 +204,7 @@ class _SearchParams:
     iterations: int = 1
 
 
-def _write_queries(queries: Iterable[tuple[str, bytes | str]], fasta: Path) -> tuple[list, str]:
+def write_queries(queries: Iterable[tuple[str, bytes | str]], fasta: Path) -> tuple[list, str]:
     """Stream queries to a FASTA named by row numbers; returns their ids and a content digest."""
     ids: list[str] = []
     digest = LineDigest()
@@ -278,14 +276,14 @@ def best_hits(
     target = target if isinstance(target, TargetDB) else TargetDB(target)
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ids, digest = _write_queries(queries, work / "queries.fasta")
+    ids, digest = write_queries(queries, work / "queries.fasta")
     params = _SearchParams(sensitivity, evalue, max_seqs, coverage, iterations)
     key = text_digest(digest, params, target.meta["fingerprint"])
     cache = cache_dir() / "hits" / f"{key[:32]}.npz"
-    arrays = _cached_hits(cache, key, len(ids), target.records)
+    arrays = cached_arrays(cache, key, _HIT_ARRAYS, len(ids), lambda a: _in_range(a, target))
     if arrays is None:
         arrays = _reduce_hits(_easy_search(work, target, params, threads, bool(ids)), len(ids))
-        _cache_hits(cache, key, arrays)
+        keep_arrays(cache, key, arrays, "search results")
     best_t = arrays["best_target"]
     labels = np.full(len(ids), -1, dtype=np.int64)
     labels[best_t >= 0] = target.labels[best_t[best_t >= 0]]
@@ -297,47 +295,16 @@ def best_hits(
     )
 
 
-class CacheWarning(UserWarning):
-    """A search result that could not be kept in the cache: the next search runs again."""
-
-
 _HIT_ARRAYS = (
     "best_target", "best_fident", "best_bits", "best_evalue", "max_fident", "max_target",
 )  # fmt: skip
 
 
-def _cached_hits(cache: Path, key: str, queries: int, targets: int) -> dict[str, np.ndarray] | None:
-    """A cache entry's arrays if it is whole and this search's (its key, one row per query,
-    target rows in range); ``None`` otherwise, and the search runs again. A damaged entry is
-    caught by the zip's CRC-32s, a foreign one by its key."""
-    if not cache.is_file():
-        return None
-    try:
-        with np.load(cache) as saved:
-            arrays = {name: saved[name] for name in saved.files}
-        whole = str(arrays.pop("key")) == key and set(arrays) == set(_HIT_ARRAYS)
-        whole = whole and all(a.shape == (queries,) for a in arrays.values())
-        for name in ("best_target", "max_target"):
-            whole = whole and bool(((arrays[name] >= -1) & (arrays[name] < targets)).all())
-    except Exception:  # any damage: BadZipFile, EOFError, zlib.error, KeyError, ValueError…
-        whole = False
-    return arrays if whole else None
-
-
-def _cache_hits(cache: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Keep a search's result; best effort: a cache that cannot be written (a full disk, a path
-    that is not a folder) costs a warning and the next search, never this command."""
-    try:
-        # another process writing the same entry writes the same bytes: let it
-        with contextlib.suppress(OutputBusyError), atomic_open(cache, "wb") as fh:
-            np.savez(fh, key=np.array(key), **arrays)
-    except (OSError, ValueError) as error:  # ValueError: a link or a pipe in its place
-        why = str(error)
-        if isinstance(error, OSError) and error.strerror:
-            why = error.strerror + (f": {error.filename}" if error.filename else "")
-        # once per process, for the cache as a whole: its folder is the same for every entry
-        message = f"search results cannot be cached ({why}); later searches run again"
-        notify(cache.parent, message, CacheWarning, once=True)
+def _in_range(arrays: dict[str, np.ndarray], target: TargetDB) -> bool:
+    return all(
+        bool(((arrays[name] >= -1) & (arrays[name] < target.records)).all())
+        for name in ("best_target", "max_target")
+    )
 
 
 def _reduce_hits(path: Path, m: int) -> dict[str, np.ndarray]:
