@@ -1,0 +1,117 @@
+"""Families behind the strict split's accuracies (``evaluate --families``).
+
+The strict 0.3 split's val and test proteins have no training relative at 30% identity, and
+they are few and clustered: a handful of families makes up much of each. This section measures
+how much an accuracy there can be trusted. On the accuracy section's strict split (its store,
+its ``small`` class CNN, kNN and hybrid: made here through that section's steps where missing,
+so ``ECSTREAM_ACCURACY_MAX_TIME`` caps the CNN as there), each run is evaluated on test with
+``--families`` (and the CNN on val, ``--allow-seen``, as it stopped early on it): proteins,
+families, the largest family's share, the class accuracy with its 95% interval over resampled
+families, and the same for always guessing the most common class; all proteins, and those
+without a hit (issue 12's band). Steps are recorded in the accuracy section's ``times.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accuracy import SPLITS, _best_val, _dir, _json, _train_cnn, step
+from common import DATA, machine_info, machine_markdown
+
+from ecstream.families import LEVEL, RESAMPLES
+from ecstream.mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY
+
+SPLIT = "strict 0.3"
+#: The random split's CNN, for contrast: evaluated where the accuracy section made it.
+CONTRAST = "random"
+CNN = "CNN `small` (seven classes)"
+#: (split, run, what it is, evaluated part): the evaluations of this section
+EVALUATIONS = (
+    (SPLIT, "small", CNN, "test"),
+    (SPLIT, "small", CNN, "val"),
+    (SPLIT, "knn", "kNN (MMseqs2, profile fallback)", "test"),
+    (SPLIT, "hybrid", "hybrid (`small` + kNN)", "test"),
+    (CONTRAST, "small", CNN, "test"),
+)
+
+
+def _name(model: str, part: str) -> str:
+    return f"eval-families-{model}" + ("-val" if part == "val" else "")
+
+
+def _made(split: str, model: str) -> bool:
+    return split == SPLIT or (_dir(split) / model / "model.pt").is_file()
+
+
+def _cell(info: dict) -> str:
+    if info.get("accuracy") is None:
+        return "–"
+    if info.get("interval") is None:  # too few families to resample
+        return f"{info['accuracy']:.3f} (–)"
+    low, high = info["interval"]
+    return f"{info['accuracy']:.3f} ({low:.3f}–{high:.3f})"
+
+
+def _trained(run: Path) -> str:
+    """Records a CNN saw in training, its epochs and the one whose weights it kept."""
+    if not (run / "metrics.csv").is_file():
+        return "–"
+    best = _best_val(run)
+    seen = sum(int(float(r["samples"])) for r in best["rows"])
+    return f"{seen:,} ({best['epochs']}; best {int(best['epoch']) + 1})"
+
+
+def _row(split: str, label: str, part: str, fam: dict, trained: str) -> str:
+    cells = []
+    for info in (fam["all"], fam["bands"]["no_hit"]):
+        cells += [f"{info['n']:,}", f"{info['families']:,}", f"{info['largest_family']:.3f}",
+                  _cell(info), f"{info['family_mean']:.3f}"]  # fmt: skip
+    guess = fam["bands"]["no_hit"]["largest_class"]
+    return f"| {split} | {label} | {trained} | {part} | {' | '.join(cells)} | {_cell(guess)} |"
+
+
+def run() -> str:
+    info = machine_info()
+    d = _dir(SPLIT)
+    store = str(d / "store")
+    # the accuracy section's steps, under its keys: done once for both sections
+    step(f"{SPLIT}/build", "build", str(DATA), "--out", store, "--force", *SPLITS[SPLIT])
+    _train_cnn(SPLIT, "small")
+    step(f"{SPLIT}/train knn", "train", store, "--model", "knn", "--out", str(d / "knn"))
+    step(f"{SPLIT}/train hybrid", "train", store, "--model", "hybrid", "--cnn", str(d / "small"),
+         "--knn", str(d / "knn"), "--out", str(d / "hybrid"))  # fmt: skip
+    done = [e for e in EVALUATIONS if _made(e[0], e[1])]
+    for split, model, _, part in done:
+        extra = ["--split", "val", "--allow-seen"] if part == "val" else []
+        step(f"{split}/evaluate-families {model} {part}", "evaluate", str(_dir(split) / model),
+             str(_dir(split) / "store"), *extra, "--families",
+             "--out", str(_dir(split) / _name(model, part)))  # fmt: skip
+    lines = [
+        "## Families behind the strict split's accuracies",
+        "",
+        "Command: `.venv/bin/python benchmarks/run.py families` (the CNN's training is the "
+        "accuracy section's `small` of the strict 0.3 split, made here if missing). Each run "
+        f"evaluated with `evaluate --families`: the evaluated proteins clustered by MMseqs2 "
+        f"(`easy-cluster`, {FAMILY_IDENTITY:g} identity over {FAMILY_COVERAGE:g} of both "
+        "sequences, the split's own threshold), and each class accuracy given with its "
+        f"{LEVEL:.0%} interval over {RESAMPLES:,} resamples of whole families (seeded). "
+        "*Largest family*: its share of the proteins. *Family mean*: each family's accuracy "
+        "weighed once. *Largest class*: always guessing the no-hit proteins' most common "
+        "class, with its interval (a model must beat it; it is known only from the labels). "
+        "*Trained*: records a CNN saw in training (epochs; the epoch whose weights it kept, of "
+        "the lowest val loss). Val was used by the CNN for early stopping (`--allow-seen`). "
+        "The random split's CNN (whatever run `bench-output/accuracy/random/small` holds, "
+        "where there is one) is there for contrast.",
+        "",
+        machine_markdown(info),
+        "| split | run | trained | part | proteins | families | largest family "
+        "| accuracy (95% interval) | family mean | no hit: proteins | families "
+        "| largest family | accuracy (95% interval) | family mean "
+        "| no hit: largest class (95% interval) |",
+        "|---|---|---:|---|" + "---:|" * 11,
+    ]
+    for split, model, label, part in done:
+        metrics = _json(_dir(split) / _name(model, part) / "metrics.json")
+        trained = _trained(_dir(split) / model)
+        lines.append(_row(split, label, part, metrics["families"], trained))
+    return "\n".join([*lines, ""])
