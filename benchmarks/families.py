@@ -61,12 +61,17 @@ def _trained(run: Path) -> str:
     return f"{seen:,} ({best['epochs']}; best {int(best['epoch']) + 1})"
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def _row(split: str, label: str, part: str, fam: dict, trained: str) -> str:
     cells = []
-    for info in (fam["all"], fam["bands"]["no_hit"]):
-        cells += [f"{info['n']:,}", f"{info['families']:,}", f"{info['largest_family']:.3f}",
-                  _cell(info), f"{info['family_mean']:.3f}"]  # fmt: skip
-    guess = fam["bands"]["no_hit"]["largest_class"]
+    no_hit = fam.get("bands", {}).get("no_hit", {"n": 0, "families": 0})
+    for info in (fam["all"], no_hit):
+        cells += [f"{info['n']:,}", f"{info['families']:,}", _share(info.get("largest_family")),
+                  _cell(info), _share(info.get("family_mean"))]  # fmt: skip
+    guess = no_hit.get("largest_class", {})
     return f"| {split} | {label} | {trained} | {part} | {' | '.join(cells)} | {_cell(guess)} |"
 
 
@@ -100,14 +105,15 @@ def run() -> str:
         "class, with its interval (a model must beat it; it is known only from the labels). "
         "*Trained*: records a CNN saw in training (epochs; the epoch whose weights it kept, of "
         "the lowest val loss). Val was used by the CNN for early stopping (`--allow-seen`). "
+        "Steps already recorded in the accuracy section's `times.json` are not run again. "
         "The random split's CNN (whatever run `bench-output/accuracy/random/small` holds, "
         "where there is one) is there for contrast.",
         "",
         machine_markdown(info),
         "| split | run | trained | part | proteins | families | largest family "
-        "| accuracy (95% interval) | family mean | no hit: proteins | families "
-        "| largest family | accuracy (95% interval) | family mean "
-        "| no hit: largest class (95% interval) |",
+        f"| accuracy ({LEVEL:.0%} interval) | family mean | no hit: proteins | families "
+        f"| largest family | accuracy ({LEVEL:.0%} interval) | family mean "
+        f"| no hit: largest class ({LEVEL:.0%} interval) |",
         "|---|---|---:|---|" + "---:|" * 11,
     ]
     for split, model, label, part in done:

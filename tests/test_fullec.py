@@ -33,6 +33,7 @@ from ecstream.hierarchy import (
 from ecstream.labels import ECVocabulary, stated_levels
 from ecstream.predict import predict_file, sidecar
 from ecstream.predictors import load_model
+from ecstream.report import families_table
 from ecstream.runs import RunError
 from ecstream.train import TrainConfig, level_loss, train
 
@@ -444,8 +445,9 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
     labelled = tmp_path / "several.tsv"
     labelled.write_text(f"Entry\tEC number\tSequence\nm1\t1.1.1.1; 2.7.7.7\t{seq}\n")
     out = tmp_path / "ev"
-    result = evaluate(ec_run, labelled, out, bands=False, allow_seen=True)
+    result = evaluate(ec_run, labelled, out, bands=False, allow_seen=True, families=True)
     assert result["n"] == 0 and result["several_classes"] == 1  # no class table, no crash
+    assert result["families"]["all"]["n"] == 0 and families_table(result) is None
     assert [level["records"] for level in result["levels"]] == [1, 1, 1, 1]
     assert (out / "learning_curves.png").is_file()
 
@@ -482,9 +484,10 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
 def test_families_follow_the_class_rows_when_some_span_several_classes(
     ec_run, small_store, tmp_path, monkeypatch
 ):
-    """A full-EC run scores every row but measures the class on rows of one class: the
-    families kept are those rows' own. Rows spanning several classes come first here, all in
-    one family, and each row of one class is a family of its own."""
+    """A full-EC run scores every row but measures the class on rows of one class: only those
+    are clustered, in order. Rows spanning several classes come first here (given family 0,
+    were they clustered); each row of one class is a family of its own. A clustering of
+    another length (the file changed between passes) is refused."""
     import ecstream.evaluate as ev
 
     records = next(small_store.records("test"))
@@ -495,15 +498,25 @@ def test_families_follow_the_class_rows_when_some_span_several_classes(
     rows = [*several, *one]
     labelled.write_text("Entry\tEC number\tSequence\n" + "".join("\t".join(r) + "\n" for r in rows))
     own = {rid: (0 if rid.startswith("m") else k) for k, (rid, _, _) in enumerate(rows, 1)}
-    monkeypatch.setattr(
-        ev, "families_of", lambda queries, work: np.array([own[q] for q, _ in queries])
-    )
+    asked: list[str] = []
+
+    def families_of(queries, work):
+        ids = [q for q, _ in queries]
+        asked.extend(ids)
+        return np.array([own[q] for q in ids])
+
+    monkeypatch.setattr(ev, "families_of", families_of)
     result = evaluate(ec_run, labelled, tmp_path / "ev", bands=False, allow_seen=True,
                       families=True)  # fmt: skip
     fam = result["families"]["all"]
+    assert asked == [r[0] for r in one]
     assert result["several_classes"] == 3 and result["n"] == len(one)
     assert fam["n"] == fam["families"] == len(one) and fam["largest_family"] == 1 / len(one)
     assert fam["accuracy"] == result["accuracy"] and "bands" not in result["families"]
+    monkeypatch.setattr(ev, "families_of", lambda queries, work: np.arange(len(list(queries)) + 1))
+    with pytest.raises(RunError, match="changed while it was evaluated"):
+        evaluate(ec_run, labelled, tmp_path / "ev2", bands=False, allow_seen=True, families=True)
+    assert not (tmp_path / "ev2").exists()
 
 
 def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, tmp_path):

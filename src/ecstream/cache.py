@@ -30,7 +30,8 @@ def cache_dir() -> Path:
 
 @contextmanager
 def scratch(prefix: str) -> Iterator[Path]:
-    """A private scratch directory for one task (an MMseqs2 search), removed afterwards.
+    """A private scratch directory for one task (an MMseqs2 search or clustering), removed
+    afterwards.
 
     It lives in the system's temporary directory under ``ecstream/``, named with the pid of its
     process; on entry, the directories of processes that died before removing theirs (kill -9)
@@ -87,7 +88,7 @@ def keep_arrays(path: Path, key: str, arrays: dict[str, np.ndarray], what: str) 
         why = str(error)
         if isinstance(error, OSError) and error.strerror:
             why = error.strerror + (f": {error.filename}" if error.filename else "")
-        # once per process, for the cache as a whole: its folder is the same for every entry
+        # once per process for each kind of entry (each has a folder of its own)
         message = f"{what} cannot be cached ({why}); later ones run again"
         notify(path.parent, message, CacheWarning, once=True)
 

@@ -623,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--families", action="store_true",
-        help="cluster the evaluated proteins into families (MMseqs2, 30%% identity) and give "
-        "the class accuracy's interval over families, overall and per band",
+        help="cluster the evaluated proteins into families (MMseqs2, the strict split's "
+        "thresholds) and give the class accuracy's interval over resampled families, overall "
+        "and per band (not for a pipe)",
     )  # fmt: skip
     _precision_flag(p)
     _column_flags(p, ec=True)

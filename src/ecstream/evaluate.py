@@ -39,7 +39,7 @@ from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
-from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, families_of
+from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, FAMILY_TOOL, families_of
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
@@ -127,6 +127,19 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, policy: LabelPolicy) -> dict
     }
 
 
+def in_one_class(ecs: list[str]) -> np.ndarray:
+    """Which records are in one class: those the class metrics measure."""
+    return np.array([len(level_keys(e, 1)) == 1 for e in ecs], dtype=bool)
+
+
+def _class_pairs(chunks: Iterator[Records]) -> Iterator[tuple[str, bytes]]:
+    """(id, sequence) of the records in one class, in order."""
+    for chunk in chunks:
+        for keep, pair in zip(in_one_class(chunk.ecs), pairs([chunk]), strict=True):
+            if keep:
+                yield pair
+
+
 class Tally:
     """Everything an evaluation accumulates, chunk by chunk: class labels (for the level-1
     metrics of records in one class), and per EC level the set metrics (:mod:`ecmetrics`)."""
@@ -137,7 +150,6 @@ class Tally:
         self.predicted: list[np.ndarray] = []
         self.identity: list[np.ndarray] = []
         self.hashes: list[np.ndarray] = []
-        self.single: list[np.ndarray] = []  # which records are in one class (the class metrics')
         vocab = model.vocab
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
@@ -149,9 +161,8 @@ class Tally:
         scores = self.model.score(chunk.ids, chunk.seqs)
         if scores.identity is not None:
             identity, self.searched = scores.identity, True
-        single = np.array([len(level_keys(e, 1)) == 1 for e in chunk.ecs], dtype=bool)
+        single = in_one_class(chunk.ecs)
         self.several += int((~single).sum())
-        self.single.append(single)
         self.truth.append(chunk.labels[single])
         no_class = np.isnan(scores.probs).all(axis=1)
         best = np.where(no_class, -1, np.nan_to_num(scores.probs, nan=-1).argmax(1))
@@ -249,7 +260,7 @@ def _evaluate(
     allow_seen: bool,
     allow_partial: bool,
     progress: Callable[[str], None] | None,
-    families: bool = False,
+    families: bool,
 ) -> dict:
     run = model.run
     full_ec = model.vocab.depth > 1  # a class run is measured on single-class records only
@@ -313,8 +324,8 @@ def _evaluate(
             )
         if progress:
             progress("families of the evaluated proteins (MMseqs2)")
-        with scratch("families") as work:
-            family = families_of(pairs(records()), work)
+        with scratch("families") as work:  # of the proteins the class accuracy measures
+            family = families_of(_class_pairs(records()), work)
     tally = Tally(model)
     if isinstance(model, CNNPredictor):
         model.report_uncalibrated = True
@@ -352,14 +363,12 @@ def _evaluate(
     elif bands:
         result["identity_bands_skipped"] = skipped or "no identities"
     if family is not None:
-        single = np.concatenate(tally.single)
-        if len(family) != len(single):  # the second pass read other records than the first
+        if len(family) != len(y_true):  # the second pass read other records than the first
             raise RunError(f"{describe(source)} changed while it was evaluated; evaluate again")
-        mine = family[single]
         named = identity_bands(identities) if bands and identities is not None else None
         result["families"] = {
-            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE, "tool": "mmseqs easy-cluster",
-            "resamples": RESAMPLES, "level": LEVEL, **family_report(y_true, y_pred, mine, named),
+            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE, "tool": FAMILY_TOOL,
+            "resamples": RESAMPLES, "level": LEVEL, **family_report(y_true, y_pred, family, named),
         }  # fmt: skip
     _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays

@@ -2,7 +2,7 @@
 
 Proteins of one family are usually all right or all wrong together, so a test set of a thousand
 proteins in a few large families measures far less than a thousand independent proteins would
-(the strict remote split's test is such a set: BENCHMARKS.md, remote proteins). The interval
+(the strict remote split's test is such a set: BENCHMARKS.md, families section). The interval
 here resamples whole families (a cluster bootstrap), the unit that varies from one split to
 another; the family mean weighs each family once. The families are MMseqs2 clusters, made
 greedily around representatives: two proteins in different clusters can still be related, so

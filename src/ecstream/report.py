@@ -178,7 +178,7 @@ def families_table(result: dict) -> Table | None:
     """Class accuracy with the families it rests on, overall and per band of identity, when the
     evaluation clustered its proteins (``evaluate --families``)."""
     fam = result.get("families")
-    if not fam:
+    if not fam or not fam["all"]["n"]:  # e.g. every record spans several classes
         return None
     table = Table(
         title=f"Families ({fam['identity']:g} identity over {fam['coverage']:g} of both sequences)",

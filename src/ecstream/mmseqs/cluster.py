@@ -1,4 +1,5 @@
-"""Cluster split: whole MMseqs2 clusters go to one split each (a step of a build).
+"""Cluster split: whole MMseqs2 clusters go to one split each (a step of a build); and the
+families of evaluated proteins, clustered the same way (``evaluate --families``).
 
 The shared data is non-redundant only at 90% identity, so a random split puts close relatives
 on both sides; splitting whole clusters asks about new families instead. Nothing here holds a
@@ -40,6 +41,7 @@ _STAGE_CHUNK = 1 << 16  # rows per block when walking the on-disk cluster arrays
 #: whole.
 FAMILY_IDENTITY = 0.3
 FAMILY_COVERAGE = 0.8
+FAMILY_TOOL = "mmseqs easy-cluster"  # cascaded, as a cluster split below LINCLUST_ABOVE
 
 
 @dataclass(frozen=True)
