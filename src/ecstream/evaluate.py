@@ -39,7 +39,7 @@ from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
-from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, FAMILY_TOOL, families_of
+from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, families_of, workflow
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
@@ -367,8 +367,9 @@ def _evaluate(
             raise RunError(f"{describe(source)} changed while it was evaluated; evaluate again")
         named = identity_bands(identities) if bands and identities is not None else None
         result["families"] = {
-            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE, "tool": FAMILY_TOOL,
-            "resamples": RESAMPLES, "level": LEVEL, **family_report(y_true, y_pred, family, named),
+            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE,
+            "tool": f"mmseqs {workflow(len(family))}", "resamples": RESAMPLES, "level": LEVEL,
+            **family_report(y_true, y_pred, family, named),
         }  # fmt: skip
     _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays

@@ -185,7 +185,7 @@ def families_table(result: dict) -> Table | None:
         title_justify="left",
     )
     level = f"{fam['level']:.0%}"
-    for col in ("proteins of", "proteins", "families", "largest family", "class accuracy",
+    for col in ("identity band", "proteins", "families", "largest family", "class accuracy",
                 f"{level} interval", "family mean", "largest class", "its interval"):  # fmt: skip
         table.add_column(col, justify="right")
     bands = [(b.replace("_", " "), v) for b, v in fam.get("bands", {}).items()]

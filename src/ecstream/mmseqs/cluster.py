@@ -41,7 +41,6 @@ _STAGE_CHUNK = 1 << 16  # rows per block when walking the on-disk cluster arrays
 #: whole.
 FAMILY_IDENTITY = 0.3
 FAMILY_COVERAGE = 0.8
-FAMILY_TOOL = "mmseqs easy-cluster"  # cascaded, as a cluster split below LINCLUST_ABOVE
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def cluster_split(
             hash64(kept.seqs).tofile(fh)
     writer.close()
     n = writer.records
-    tool = "easy-linclust" if n > LINCLUST_ABOVE else "easy-cluster"
+    tool = workflow(n)
     options = _options(settings.identity, settings.coverage)
     info: dict[str, Any] = {
         "method": "cluster",
@@ -187,6 +186,12 @@ def cluster_split(
             yield records, np.asarray(assigned[rows]), np.asarray(hashes[rows])
 
     return ClusterSplit(info, routed())
+
+
+def workflow(n: int) -> str:
+    """The MMseqs2 workflow that clusters ``n`` sequences: cascaded, linear-time above
+    :data:`LINCLUST_ABOVE`."""
+    return "easy-linclust" if n > LINCLUST_ABOVE else "easy-cluster"
 
 
 def _options(identity: float, coverage: float) -> list[str]:
@@ -303,16 +308,16 @@ def families_of(
     threads: int | None = None,
 ) -> np.ndarray:
     """The family of each query: ``int64`` 0..F-1 (by first member, in query order), from
-    ``mmseqs easy-cluster`` of the queries among themselves (thresholds as a cluster split's,
-    by default those of the strict remote split). Cached per user like searches, keyed by the
-    sequences, in order, and the settings."""
+    MMseqs2 clustering of the queries among themselves (:func:`workflow`; thresholds as a
+    cluster split's, by default those of the strict remote split). Cached per user like
+    searches, keyed by the sequences, in order, and the settings."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     fasta = work / "queries.fasta"
     ids, digest = write_queries(queries, fasta)
     n = len(ids)
     options = _options(identity, coverage)
-    key = text_digest(digest, "families-v1", "easy-cluster", *options)
+    key = text_digest(digest, "families-v1", workflow(n), *options)
     cache = cache_dir() / "families" / f"{key[:32]}.npz"
     got = cached_arrays(
         cache, key, ("family",), n, lambda a: bool(((a["family"] >= 0) & (a["family"] < n)).all())
@@ -323,8 +328,9 @@ def families_of(
     if n:
         mm = MMseqs.find(threads)
         prefix = work / "clu"
-        args = ["easy-cluster", fasta, prefix, work / "tmp", *options, "--threads", mm.threads]
-        mm.run([*args, "--remove-tmp-files", "1"], work, "easy-cluster")
+        tool = workflow(n)
+        args = [tool, fasta, prefix, work / "tmp", *options, "--threads", mm.threads]
+        mm.run([*args, "--remove-tmp-files", "1"], work, tool)
         _read_representatives(Path(f"{prefix}_cluster.tsv"), rep)
     # numbered by first appearance, so the numbers do not depend on MMseqs2's choice of
     # representative
