@@ -13,13 +13,20 @@ without a hit (issue 12's band). Steps are recorded in the accuracy section's ``
 
 from __future__ import annotations
 
+import itertools
+import os
+import tempfile
+import time
 from pathlib import Path
+from unittest import mock
 
 from accuracy import SPLITS, _best_val, _dir, _json, _train_cnn, step
 from common import DATA, machine_info, machine_markdown
 
+from ecstream import open_store
 from ecstream.families import LEVEL, RESAMPLES
-from ecstream.mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY
+from ecstream.mmseqs.cluster import COVERAGE, FAMILY_IDENTITY, families_of
+from ecstream.records import pairs
 
 SPLIT = "strict 0.3"
 #: The random split's CNN, for contrast: evaluated where the accuracy section made it.
@@ -50,6 +57,25 @@ def _cell(info: dict) -> str:
         return f"{info['accuracy']:.3f} (–)"
     low, high = info["interval"]
     return f"{info['accuracy']:.3f} ({low:.3f}–{high:.3f})"
+
+
+def _clustering_cost(split: str) -> str:
+    """``families_of`` alone on a split's test proteins of one class (those a class run
+    measures, stored first), with an empty cache: its wall and CPU time (MMseqs2 included)."""
+    store = open_store(_dir(split) / "store")
+    rows = store.single_class_records("test")
+    queries = list(itertools.islice(pairs(store.records("test")), rows))
+    before, started = os.times(), time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as cache,
+        tempfile.TemporaryDirectory() as work,
+        mock.patch.dict(os.environ, {"ECSTREAM_CACHE": cache}),
+    ):
+        family = families_of(queries, Path(work))
+    wall, after = time.perf_counter() - started, os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # this process and its finished children (MMseqs2)
+    return (f"{split} test, {len(queries):,} proteins in {family.max() + 1:,} families: "
+            f"{wall:.1f} s ({cpu:.0f} CPU-s)")  # fmt: skip
 
 
 def _trained(run: Path) -> str:
@@ -97,7 +123,7 @@ def run() -> str:
         "Command: `.venv/bin/python benchmarks/run.py families` (the CNN's training is the "
         "accuracy section's `small` of the strict 0.3 split, made here if missing). Each run "
         f"evaluated with `evaluate --families`: the evaluated proteins clustered by MMseqs2 "
-        f"(`easy-cluster`, {FAMILY_IDENTITY:g} identity over {FAMILY_COVERAGE:g} of both "
+        f"(`easy-cluster`, {FAMILY_IDENTITY:g} identity over {COVERAGE:g} of both "
         "sequences, the split's own threshold), and each class accuracy given with its "
         f"{LEVEL:.0%} interval over {RESAMPLES:,} resamples of whole families (seeded). "
         "*Largest family*: its share of the proteins. *Family mean*: each family's accuracy "
@@ -120,4 +146,7 @@ def run() -> str:
         metrics = _json(_dir(split) / _name(model, part) / "metrics.json")
         trained = _trained(_dir(split) / model)
         lines.append(_row(split, label, part, metrics["families"], trained))
+    costs = [_clustering_cost(split) for split in dict.fromkeys(s for s, *_ in done)]
+    lines += ["", "What the clustering costs, alone and with an empty cache (both cores): "
+              + "; ".join(costs) + "."]  # fmt: skip
     return "\n".join([*lines, ""])

@@ -22,7 +22,7 @@ from .atomic import JSONFileError, atomic_dir, check_not_input, read_json
 from .hashing import file_sha256, hash64
 from .kinds import is_real, is_whole
 from .labels import LEVELS, LabelPolicy, level_keys
-from .mmseqs.cluster import ClusterSettings, cluster_split
+from .mmseqs.cluster import COVERAGE, ClusterSettings, cluster_split
 from .mmseqs.leakage import leakage_report
 from .overlap import OverlapCheck
 from .records import Records
@@ -81,7 +81,7 @@ class BuildConfig:
     max_records: int | None = None
     sample: float | None = None
     identity: float = 0.5
-    coverage: float = 0.8
+    coverage: float = COVERAGE
     strict: bool = False  # cluster split: no val/test protein with a training hit ≥ identity
     method: SplitMethod = field(init=False, repr=False)
 

@@ -39,7 +39,7 @@ from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
-from .mmseqs.cluster import FAMILY_COVERAGE, FAMILY_IDENTITY, families_of, workflow
+from .mmseqs.cluster import COVERAGE, FAMILY_IDENTITY, families_of, workflow
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
@@ -367,7 +367,7 @@ def _evaluate(
             raise RunError(f"{describe(source)} changed while it was evaluated; evaluate again")
         named = identity_bands(identities) if bands and identities is not None else None
         result["families"] = {
-            "identity": FAMILY_IDENTITY, "coverage": FAMILY_COVERAGE,
+            "identity": FAMILY_IDENTITY, "coverage": COVERAGE,
             "tool": f"mmseqs {workflow(len(family))}", "resamples": RESAMPLES, "level": LEVEL,
             **family_report(y_true, y_pred, family, named),
         }  # fmt: skip

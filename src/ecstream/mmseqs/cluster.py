@@ -35,12 +35,14 @@ LINCLUST_ABOVE = 1_000_000
 #: Relatives that share only a domain are not joined, so val/test can keep a partial training
 #: hit above the threshold: the leakage report measures it, and ``--strict`` removes it.
 COV_MODE = 0
+#: Coverage of both sequences a cluster needs: a cluster split's default (``build --coverage``)
+#: and the families of evaluated proteins.
+COVERAGE = 0.8
 _STAGE_CHUNK = 1 << 16  # rows per block when walking the on-disk cluster arrays
-#: Families of evaluated proteins (:func:`families_of`): clusters at 30% identity over 80% of
-#: both sequences, the strict remote split's threshold, so a family is what that split keeps
-#: whole.
+#: Families of evaluated proteins (:func:`families_of`): clusters at 30% identity (over
+#: :data:`COVERAGE` of both sequences), the strict remote split's threshold, so a family is
+#: what that split keeps whole.
 FAMILY_IDENTITY = 0.3
-FAMILY_COVERAGE = 0.8
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def families_of(
     queries: Iterable[tuple[str, bytes | str]],
     workdir: Path,
     identity: float = FAMILY_IDENTITY,
-    coverage: float = FAMILY_COVERAGE,
+    coverage: float = COVERAGE,
     threads: int | None = None,
 ) -> np.ndarray:
     """The family of each query: ``int64`` 0..F-1 (by first member, in query order), from
