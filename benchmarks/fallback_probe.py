@@ -5,9 +5,11 @@ split's store and its kNN run's training database under ``bench-output/accuracy`
 val and test proteins without a hit in the default search (``-s 5.7``, E ≤ 0.001) and searches
 them again as the fallback does (``--num-iterations 3 -s 7.5``) but keeping hits up to E ≤ 10
 (``-e`` of every iteration, so the profiles take in weaker hits too). Prints, per E-value band
-of the best hit, how many proteins it covers and how often the hit's class is one of the
-protein's. A probe, not a section of BENCHMARKS.md (the closing note of 2026-11-29 quotes it);
-its searches are cached like every search.
+of the best hit, how many proteins it covers, how often the hit's class is one of the
+protein's, and how often the class `small` CNN's (the split's ``small`` run) is, on the same
+proteins: what the hybrid would trade. A probe, not a section of BENCHMARKS.md (a hand-written
+paragraph in its profile fallback section quotes it); its searches are cached like every
+search.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def _classes(ec: str) -> set[str]:
 
 
 def main() -> None:
+    from ecstream import load_model
     from ecstream.mmseqs.search import (
         PROFILE_ITERATIONS,
         PROFILE_SENSITIVITY,
@@ -37,7 +40,9 @@ def main() -> None:
 
     split_dir = OUTPUT / "accuracy" / "strict-0.3"
     store, target = Store(split_dir / "store"), TargetDB(split_dir / "knn" / "targets")
+    cnn = load_model(split_dir / "small")
     bands = " | ".join(f"E {a:g}–{b:g}" for a, b in BANDS)
+    print("Per band: the hit's class right / the CNN's right (proteins)\n")
     print(f"| split | no hit | found at E ≤ 10 | {bands} |")
     print("|---|---:|---:|" + "---:|" * len(BANDS))
     for split in ("val", "test"):
@@ -62,12 +67,17 @@ def main() -> None:
         right = np.array(
             [bool(_classes(a) & _classes(b)) for a, b in zip(hit_ecs, truth, strict=True)]
         )
+        classes = np.array(cnn.policy.classes)
+        guess = classes[cnn.predict([seqs[i] for i in missing[found]]).argmax(axis=1)]
+        cnn_right = np.array([g in _classes(t) for g, t in zip(guess, truth, strict=True)])
         evalue = again.best_evalue[found]
         cells = []
         for low, high in BANDS:
             band = (evalue >= low) & (evalue < high if high < LOOSE_EVALUE else evalue <= high)
-            share = f"{right[band].mean():.3f}" if band.any() else "–"
-            cells.append(f"{share} ({int(band.sum()):,})")
+            shares = (
+                f"{right[band].mean():.3f} / {cnn_right[band].mean():.3f}" if band.any() else "–"
+            )
+            cells.append(f"{shares} ({int(band.sum()):,})")
         print(f"| {split} | {len(missing):,} | {int(found.sum()):,} ({seconds:.0f} s) | "
               + " | ".join(cells) + " |")  # fmt: skip
 

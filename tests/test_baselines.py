@@ -416,6 +416,72 @@ def test_a_hybrid_has_seen_what_its_parts_saw(runs, tmp_path):
     assert extra in read_seen(tmp_path / "hybrid")["val"]
 
 
+def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys):
+    """``ecstream compare``: two runs' evaluations of the same test proteins give each run's
+    accuracy as evaluate measured it, their difference with an interval from the families of
+    either evaluation, and the bands both share; different proteins, a damaged or missing
+    class file, and an output inside an evaluation are refused in one line."""
+    from ecstream.cli import main
+    from ecstream.compare import CompareError, compare
+    from ecstream.identity import BANDS
+
+    store, cnn, _, hybrid, *_ = runs
+    a, b = tmp_path / "cnn", tmp_path / "hybrid"
+    ev_a = evaluate(cnn, store.path, a, split="test", families=True)
+    ev_b = evaluate(hybrid, store.path, b, split="test")
+    result = compare(a, b)
+    every = result["all"]
+    assert every["n"] == ev_a["n"] == ev_b["n"]
+    assert every["accuracy_a"] == pytest.approx(ev_a["accuracy"])
+    assert every["accuracy_b"] == pytest.approx(ev_b["accuracy"])
+    assert every["difference"] == pytest.approx(ev_a["accuracy"] - ev_b["accuracy"])
+    assert every["families"] == ev_a["families"]["all"]["families"]
+    low, high = every["interval"]
+    assert low <= every["difference"] <= high
+    assert list(result["bands"]) == list(BANDS)  # the same training split: the same bands
+    for band in BANDS:
+        assert result["bands"][band]["n"] == ev_a["identity_bands"][band]["n"]
+    back = compare(b, a)["all"]
+    assert back["difference"] == pytest.approx(-every["difference"])
+    assert back["interval"] == pytest.approx([-high, -low])  # B's lacking families: A's used
+    itself = compare(a, a)["all"]
+    assert itself["difference"] == 0 and itself["interval"] == [0.0, 0.0]
+
+    val = tmp_path / "val"
+    evaluate(hybrid, store.path, val, split="val", allow_seen=True)
+    with pytest.raises(CompareError, match="measured different proteins"):
+        compare(a, val)
+    import shutil
+
+    other = tmp_path / "reordered"  # the same number of proteins, two of them swapped
+    shutil.copytree(b, other)
+    with np.load(b / "classes.npz") as npz:
+        arrays = dict(npz)
+    arrays["hash"][[0, 1]] = arrays["hash"][[1, 0]]
+    np.savez(other / "classes.npz", **arrays)
+    with pytest.raises(CompareError, match="measured different proteins"):
+        compare(a, other)
+    rows = b / "classes.npz"
+    kept = rows.read_bytes()
+    middle = len(kept) // 2
+    rows.write_bytes(kept[:middle] + bytes([kept[middle] ^ 0xFF]) + kept[middle + 1 :])
+    with pytest.raises(CompareError, match=r"classes\.npz: damaged"):
+        compare(a, b)
+    rows.unlink()
+    with pytest.raises(CompareError, match="evaluate the run again"):
+        compare(a, b)
+    rows.write_bytes(kept)
+
+    out = tmp_path / "comparison.json"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "A − B" in printed and "95% interval" in printed
+    assert json.loads(out.read_text())["all"]["difference"] == pytest.approx(every["difference"])
+    assert main(["compare", str(a), str(b), "--out", str(a / "comparison.json")]) == 2
+    assert "lies inside the evaluation" in " ".join(capsys.readouterr().err.split())
+    assert not (a / "comparison.json").exists()
+
+
 def test_evaluate_families_counts_the_families_overall_and_per_band(runs, tmp_path, capsys):
     """``--families``: the class accuracy's proteins, their families (fewer than proteins on a
     cluster split's test, whose clusters stay whole) and the interval, overall and per band,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecstream.families import MIN_FAMILIES, family_accuracy, family_report
+from ecstream.families import MIN_FAMILIES, family_accuracy, family_report, paired_difference
 from ecstream.identity import BANDS
 from ecstream.mmseqs import cluster
 from ecstream.mmseqs.cluster import families_of
@@ -67,6 +67,51 @@ def test_the_interval_stays_within_the_families_own_accuracies(rows):
         assert min(per) - 1e-12 <= low <= high <= max(per) + 1e-12
     assert got["family_mean"] == pytest.approx(np.mean(per))
     assert got["families"] == len(per) and got["n"] == len(rows)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 15), st.booleans(), st.booleans()), min_size=1, max_size=80)
+)
+def test_a_paired_difference_stays_within_the_families_own_and_turns_round_with_a_and_b(rows):
+    """A resample's difference is a mix of whole families' differences, so it lies between the
+    smallest and the largest; B against A is A against B negated; and without families there
+    is a difference but no interval."""
+    family = np.array([f for f, _, _ in rows])
+    a, b = np.array([r for _, r, _ in rows]), np.array([r for _, _, r in rows])
+    got = paired_difference(a, b, family)
+    assert got["difference"] == pytest.approx(a.mean() - b.mean())
+    assert got["accuracy_a"] == pytest.approx(a.mean()) and got["n"] == len(rows)
+    per = [a[family == f].mean() - b[family == f].mean() for f in np.unique(family)]
+    assert got["families"] == len(per)
+    back = paired_difference(b, a, family)
+    if len(per) < MIN_FAMILIES:
+        assert got["interval"] is None
+    else:
+        low, high = got["interval"]
+        assert min(per) - 1e-12 <= low <= high <= max(per) + 1e-12
+        assert back["interval"] == pytest.approx([-high, -low])
+    plain = paired_difference(a, b, None)
+    assert plain["interval"] is None and plain["families"] is None
+    assert plain["difference"] == got["difference"]
+
+
+def test_a_run_against_itself_differs_by_nothing_and_pairing_sees_what_two_intervals_hide():
+    """The same draws for both runs. A run against itself: 0, and an interval of 0. One large
+    family both runs get wrong makes each run's own interval wide, so that the two overlap
+    although A is right on every singleton B is right on, and on more: the paired interval
+    still lies above 0."""
+    family = np.r_[np.zeros(300, int), np.arange(1, 41)]
+    a = np.r_[np.zeros(300, bool), np.arange(40) % 2 == 0]
+    b = np.r_[np.zeros(300, bool), np.arange(40) % 4 == 0]
+    same = paired_difference(a, a, family)
+    assert same["difference"] == 0 and same["interval"] == [0.0, 0.0]
+    own_a, own_b = (family_accuracy(r, family)["interval"] for r in (a, b))
+    assert own_a[0] < own_b[1]  # the runs' own intervals overlap
+    paired = paired_difference(a, b, family)
+    assert 0 < paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
+    with pytest.raises(ValueError, match="same proteins"):
+        paired_difference(a, b[:-1], family)
 
 
 def test_families_come_from_mmseqs_numbered_by_first_member_and_are_cached(

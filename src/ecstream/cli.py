@@ -337,6 +337,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .compare import compare
+    from .report import compare_table
+
+    result = compare(args.a, args.b, args.out)
+    out.print(compare_table(result))
+    if skipped := result.get("bands_skipped"):
+        console.print(f"[yellow]no identity bands:[/] {escape(skipped)}")
+    if args.out:
+        console.print(f"comparison written to [bold]{escape(args.out)}[/]")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .allocator import small_primitive_cache
 
@@ -631,6 +646,18 @@ def build_parser() -> argparse.ArgumentParser:
     _column_flags(p, ec=True)
     _allow_partial_flag(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="two evaluations of the same proteins: which run is right more often",
+        description="Compare two evaluation folders (ecstream evaluate --out) of the same "
+        "proteins: class accuracy of each, A − B, and its interval resampling whole families "
+        "(evaluate one of them, or both, with --families), overall and per band of identity.",
+    )
+    p.add_argument("a", help="evaluation folder of run A")
+    p.add_argument("b", help="evaluation folder of run B, of the same store split or file")
+    p.add_argument("--out", help="also write the comparison as this JSON file")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "predict",

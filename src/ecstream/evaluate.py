@@ -58,6 +58,10 @@ from .splits import validate
 from .store import is_store, open_store
 
 DEFAULT_COLUMNS = Columns()
+#: The class of every record in one class, in order (numpy arrays: ``hash``, the sequence's
+#: 64-bit hash; ``true``; ``predicted``, -1 for none; ``identity`` and ``family`` when the
+#: evaluation has them): what :mod:`ecstream.compare` pairs two evaluations by.
+CLASS_ROWS = "classes.npz"
 
 
 def labelled_records(
@@ -150,6 +154,7 @@ class Tally:
         self.predicted: list[np.ndarray] = []
         self.identity: list[np.ndarray] = []
         self.hashes: list[np.ndarray] = []
+        self.single: list[np.ndarray] = []
         vocab = model.vocab
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
@@ -162,6 +167,7 @@ class Tally:
         if scores.identity is not None:
             identity, self.searched = scores.identity, True
         single = in_one_class(chunk.ecs)
+        self.single.append(single)
         self.several += int((~single).sum())
         self.truth.append(chunk.labels[single])
         no_class = np.isnan(scores.probs).all(axis=1)
@@ -178,17 +184,17 @@ class Tally:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """Class truth and prediction, their identities (when known) and all hashes."""
-
-        def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-        identity = cat(self.identity, np.float64) if self.identity else None
+        identity = _cat(self.identity, np.float64) if self.identity else None
         return (
-            cat(self.truth, np.int64),
-            cat(self.predicted, np.int64),
+            _cat(self.truth, np.int64),
+            _cat(self.predicted, np.int64),
             identity,
-            cat(self.hashes, np.uint64),
+            _cat(self.hashes, np.uint64),
         )
+
+    def class_hashes(self) -> np.ndarray:
+        """The hashes of the records in one class, those :meth:`arrays` gives classes of."""
+        return _cat(self.hashes, np.uint64)[_cat(self.single, np.bool_)]
 
     def level_results(self) -> list[dict]:
         out = []
@@ -379,7 +385,17 @@ def _evaluate(
         if history:
             plots.learning_curves(history, folder / "learning_curves.png")
         write_json(folder / "metrics.json", result)
+        rows = {"hash": tally.class_hashes(), "true": y_true, "predicted": y_pred}
+        if identities is not None:
+            rows["identity"] = identities
+        if family is not None:
+            rows["family"] = family
+        np.savez(folder / CLASS_ROWS, **rows)
     return result
+
+
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def _first(chunks: Iterator[Records], limit: int) -> Iterator[Records]:
@@ -395,6 +411,7 @@ def _first(chunks: Iterator[Records], limit: int) -> Iterator[Records]:
 #: What an evaluation's folder holds; an earlier evaluation's folder is replaced whole.
 EVALUATION_FILES = (
     "metrics.json",
+    CLASS_ROWS,
     "confusion.png",
     "precision_coverage.png",
     "learning_curves.png",

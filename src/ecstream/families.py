@@ -39,31 +39,79 @@ def family_accuracy(
     replacement; ``None`` below :data:`MIN_FAMILIES` families); ``None`` figures where there
     is no protein."""
     right = np.asarray(right, dtype=bool)
-    _, family = np.unique(np.asarray(family), return_inverse=True)
+    size, (hits,) = _per_family(family, right)
     n = len(right)
-    size = np.bincount(family).astype(np.int64) if n else np.zeros(0, np.int64)
-    hits = np.bincount(family, weights=right).astype(np.int64) if n else size
     out: dict = {"n": n, "families": len(size), "largest_family": None, "accuracy": None,
                  "family_mean": None, "interval": None}  # fmt: skip
     if not n:
         return out
-    out |= {
+    return out | {
         "largest_family": float(size.max() / n),
         "accuracy": float(hits.sum() / n),
         "family_mean": float(np.mean(hits / size)),
+        "interval": _interval(hits, size, resamples, seed),
     }
+
+
+def paired_difference(
+    right_a: np.ndarray,
+    right_b: np.ndarray,
+    family: np.ndarray | None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> dict:
+    """How much more often A is right than B on the same proteins: ``n``, ``families``,
+    ``accuracy_a``, ``accuracy_b``, ``difference`` (A's minus B's) and its ``interval``
+    (:data:`LEVEL`, resampling whole families, the same draws for both, so that what a family
+    does to both runs cancels; ``None`` below :data:`MIN_FAMILIES` families, or without
+    ``family``); ``None`` figures where there is no protein."""
+    right_a, right_b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
+    n = len(right_a)
+    if len(right_b) != n or (family is not None and len(family) != n):
+        raise ValueError("A, B and the families must cover the same proteins")
+    out: dict = {"n": n, "families": None, "accuracy_a": None, "accuracy_b": None,
+                 "difference": None, "interval": None}  # fmt: skip
+    if not n:
+        return out if family is None else out | {"families": 0}
+    out |= {
+        "accuracy_a": float(right_a.mean()),
+        "accuracy_b": float(right_b.mean()),
+        "difference": float(right_a.mean() - right_b.mean()),
+    }
+    if family is None:
+        return out
+    size, (hits_a, hits_b) = _per_family(family, right_a, right_b)
+    return out | {
+        "families": len(size),
+        "interval": _interval(hits_a - hits_b, size, resamples, seed),
+    }
+
+
+def _per_family(family: np.ndarray, *rights: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Proteins per family, and per ``rights`` how many of each family's are right."""
+    _, index = np.unique(np.asarray(family), return_inverse=True)
+    if not len(index):
+        return np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in rights]
+    size = np.bincount(index).astype(np.int64)
+    return size, [np.bincount(index, weights=r).astype(np.int64) for r in rights]
+
+
+def _interval(count: np.ndarray, size: np.ndarray, resamples: int, seed: int) -> list[float] | None:
+    """:data:`LEVEL` interval of ``sum(count) / sum(size)`` over samples of whole families
+    drawn with replacement (``count``, ``size``: per family); ``None`` below
+    :data:`MIN_FAMILIES` families."""
     f = len(size)
     if f < MIN_FAMILIES:
-        return out
+        return None
     rng = np.random.default_rng(seed)
     resampled = np.empty(resamples)
     step = max(1, _CELLS // f)
     for start in range(0, resamples, step):
         draws = rng.integers(0, f, size=(min(step, resamples - start), f))
-        resampled[start : start + len(draws)] = hits[draws].sum(1) / size[draws].sum(1)
+        resampled[start : start + len(draws)] = count[draws].sum(1) / size[draws].sum(1)
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.percentile(resampled, [tail, 100 - tail])
-    return out | {"interval": [float(low), float(high)]}
+    return [float(low), float(high)]
 
 
 def family_report(

@@ -204,8 +204,37 @@ def families_table(result: dict) -> Table | None:
     return table
 
 
-def _span(interval: list[float] | None) -> str:
-    return "–" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
+def compare_table(result: dict) -> Table:
+    """Class accuracy of two evaluations of the same proteins, their difference and its
+    interval over resampled families, overall and per band of identity (``ecstream compare``)."""
+    fam = result["families"]
+    table = Table(title="A against B: class accuracy on the same proteins", title_justify="left")
+    level = f"{fam['level']:.0%} interval" if fam else "interval"
+    for col in ("identity band", "proteins", "families", "A", "B", "A − B", level):
+        table.add_column(col, justify="right")
+    bands = [(b.replace("_", " "), v) for b, v in result.get("bands", {}).items()]
+    for name, info in [("all", result["all"]), *bands]:
+        families = "–" if info["families"] is None else f"{info['families']:,}"
+        difference = "–" if info["difference"] is None else f"{info['difference']:+.3f}"
+        table.add_row(
+            name, f"{info['n']:,}", families, _share(info["accuracy_a"]),
+            _share(info["accuracy_b"]), difference, _span(info["interval"], signed=True),
+        )  # fmt: skip
+    a, b = result["a"], result["b"]
+    table.caption = f"A: {escape(str(a['run']))}\nB: {escape(str(b['run']))}\n" + (
+        f"interval: of A − B, resampling whole families ({fam['resamples']:,} times, the "
+        f"same for both); –: under {MIN_FAMILIES} families"
+        if fam
+        else "no interval: neither evaluation has families (evaluate --families)"
+    )
+    return table
+
+
+def _span(interval: list[float] | None, signed: bool = False) -> str:
+    if interval is None:
+        return "–"
+    low, high = (f"{x:+.3f}" if signed else f"{x:.3f}" for x in interval)
+    return f"{low} to {high}" if signed else f"{low}–{high}"
 
 
 def levels_table(result: dict) -> Table | None:

@@ -1,0 +1,132 @@
+"""Two evaluations of the same proteins side by side: which run is right more often, and by how
+much, with an interval that resamples whole families (:func:`ecstream.families.paired_difference`).
+
+Each evaluation keeps the class of every record it measured (``classes.npz``, see
+:data:`ecstream.evaluate.CLASS_ROWS`), so two runs are compared protein by protein without
+scoring again; the sequences' hashes must agree, so a comparison of different test sets is
+refused rather than reported. Paired, the noise both runs share (an easy or a hard family)
+cancels, which two separate intervals cannot show.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import OutputIsInputError, OutputRefusedError, read_json, write_json
+from .evaluate import CLASS_ROWS
+from .families import paired_difference
+from .identity import BANDS, identity_bands
+from .runs import RunError, check_outside_runs_and_stores
+
+_ARRAYS = {"hash": "u", "true": "i", "predicted": "i", "identity": "f", "family": "i"}
+_NEEDED = ("hash", "true", "predicted")
+
+
+class CompareError(RunError):
+    """Two evaluations that cannot be compared, or one that cannot be read."""
+
+
+def compare(
+    a: str | os.PathLike, b: str | os.PathLike, out: str | os.PathLike | None = None
+) -> dict:
+    """Compare the evaluation folders ``a`` and ``b`` (``ecstream evaluate --out``) on the
+    records in one class both measured: ``all`` and, where both runs have the same identities
+    to their training split, each band (``bands``) give :func:`paired_difference` of A's and
+    B's class accuracy; its interval needs the families of ``evaluate --families`` (either
+    evaluation's). ``out``: also written there as JSON (atomically), which may lie neither in
+    a run, a store nor either evaluation (an evaluation's folder is replaced whole)."""
+    if out is not None:
+        _check_out(Path(out), Path(a), Path(b))
+    meta_a, rows_a = _read(Path(a))
+    meta_b, rows_b = _read(Path(b))
+    n_a, n_b = len(rows_a["hash"]), len(rows_b["hash"])
+    if n_a != n_b or not np.array_equal(rows_a["hash"], rows_b["hash"]):
+        raise CompareError(
+            f"{a} and {b} measured different proteins ({n_a:,} and {n_b:,} records in one "
+            "class, not the same sequences in the same order): evaluate both runs on the same "
+            "store split or file"
+        )
+    if not np.array_equal(rows_a["true"], rows_b["true"]):
+        raise CompareError(
+            f"{a} and {b} measured the same sequences with different classes: the runs' "
+            "classes or the files' labels differ"
+        )
+    family = rows_a.get("family", rows_b.get("family"))
+    right_a = rows_a["predicted"] == rows_a["true"]
+    right_b = rows_b["predicted"] == rows_b["true"]
+    result: dict = {
+        "a": {"evaluation": str(Path(a).resolve()), "run": meta_a.get("run")},
+        "b": {"evaluation": str(Path(b).resolve()), "run": meta_b.get("run")},
+        "source": meta_a.get("source"),
+        "families": None if family is None else _family_settings(meta_a, meta_b),
+        "all": paired_difference(right_a, right_b, family),
+    }
+    ident_a, ident_b = rows_a.get("identity"), rows_b.get("identity")
+    if (
+        ident_a is not None
+        and ident_b is not None
+        and np.array_equal(ident_a, ident_b, equal_nan=True)
+    ):
+        names = identity_bands(ident_a)
+        bands = {}
+        for band in BANDS:
+            sel = names == band
+            fam = None if family is None else family[sel]
+            bands[band] = paired_difference(right_a[sel], right_b[sel], fam)
+        result["bands"] = bands
+    elif ident_a is not None or ident_b is not None:
+        result["bands_skipped"] = (
+            "the two runs' identities to their training splits differ (or one evaluation has "
+            "none): their bands would not hold the same proteins"
+        )
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+def _check_out(out: Path, *evaluations: Path) -> None:
+    check_outside_runs_and_stores(out)
+    for folder in evaluations:
+        if out.resolve().parent == folder.resolve():
+            raise OutputIsInputError(
+                f"the output {out} lies inside the evaluation {folder}, which an evaluation "
+                "again would replace whole; choose another output"
+            )
+    if out.is_dir():
+        raise OutputRefusedError(f"{out} is a folder; the comparison is one JSON file")
+
+
+def _family_settings(meta_a: dict, meta_b: dict) -> dict:
+    """How the families were made: the first evaluation's that has them."""
+    fam = meta_a.get("families") or meta_b.get("families") or {}
+    return {k: fam.get(k) for k in ("identity", "coverage", "tool", "resamples", "level")}
+
+
+def _read(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """An evaluation's metrics.json and its class rows, checked for shape and type."""
+    metrics, rows_file = folder / "metrics.json", folder / CLASS_ROWS
+    if not metrics.is_file():
+        raise CompareError(f"{folder}: not an evaluation folder (no metrics.json)")
+    if not rows_file.is_file():
+        raise CompareError(
+            f"{folder}: has no {CLASS_ROWS} (evaluations made before 2026-11-30 kept no "
+            "per-protein classes): evaluate the run again"
+        )
+    meta = read_json(metrics)
+    try:  # a zip member's CRC is checked as it is read: a damaged file fails here
+        with np.load(rows_file, allow_pickle=False) as npz:
+            rows = {k: npz[k] for k in npz.files if k in _ARRAYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise CompareError(f"{rows_file}: damaged ({error})") from None
+    n = len(rows.get("hash", ()))
+    for key in _NEEDED:
+        if key not in rows:
+            raise CompareError(f"{rows_file}: damaged (no {key!r} array)")
+    for key, array in rows.items():
+        if array.ndim != 1 or len(array) != n or array.dtype.kind != _ARRAYS[key]:
+            raise CompareError(f"{rows_file}: damaged ({key!r} is not {n:,} numbers)")
+    return meta, rows
