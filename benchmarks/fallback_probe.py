@@ -8,8 +8,7 @@ them again as the fallback does (``--num-iterations 3 -s 7.5``) but keeping hits
 of the best hit, how many proteins it covers, how often the hit's class is one of the
 protein's, and how often the class `small` CNN's (the split's ``small`` run) is, on the same
 proteins: what the hybrid would trade. A probe, not a section of BENCHMARKS.md (a hand-written
-paragraph in its profile fallback section quotes it); its searches are cached like every
-search.
+paragraph after its accuracy section quotes it); its searches are cached like every search.
 """
 
 from __future__ import annotations

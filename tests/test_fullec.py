@@ -460,7 +460,7 @@ def test_records_in_several_classes_are_counted_and_an_evaluation_is_replaced_wh
             (bare / f.name).write_bytes(f.read_bytes())
     evaluate(bare, labelled, out, bands=False, allow_seen=True)
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion.png", "metrics.json", "precision_coverage.png",
+        "classes.npz", "confusion.png", "metrics.json", "precision_coverage.png",
     ]  # fmt: skip
     assert json.loads((out / "metrics.json").read_text())["run"] == str(bare.resolve())
 
