@@ -135,7 +135,7 @@ def _splits() -> list[str]:
     return names
 
 
-def _times() -> dict:
+def recorded_times() -> dict:
     return json.loads(TIMES.read_text()) if TIMES.exists() else {}
 
 
@@ -146,7 +146,7 @@ def step(key: str, *args: str, note: dict | None = None) -> None:
     MMseqs2 included) is the fairer figure on a shared machine: other users' load stretches
     the wall time, not the CPU time.
     """
-    if key not in _times():
+    if key not in recorded_times():
         print(f"   {key}: ecstream {' '.join(args)}", flush=True)
         start, cpu = time.perf_counter(), _children_cpu()
         run_sampled([*ECSTREAM, *args], env=TWO_CORES)
@@ -155,7 +155,7 @@ def step(key: str, *args: str, note: dict | None = None) -> None:
 
 def _record(key: str, wall: float, cpu: float, note: dict) -> None:
     """A finished step's times (and note) into ``times.json``."""
-    times = _times()
+    times = recorded_times()
     times[key] = {"wall": wall, "cpu": cpu, **note}
     TIMES.write_text(json.dumps(times, indent=1) + "\n")
 
@@ -163,7 +163,7 @@ def _record(key: str, wall: float, cpu: float, note: dict) -> None:
 def steps_together(jobs: dict[str, tuple[list[str], dict]]) -> None:
     """Run ``ecstream ARGS`` of each job at once, one thread each; each job's own wall and CPU
     time (its process and everything it started, from ``os.wait4``) recorded as by ``step``."""
-    done = _times()
+    done = recorded_times()
     todo = {key: job for key, job in jobs.items() if key not in done}
     running = {}
     with contextlib.ExitStack() as stack:
@@ -199,7 +199,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _dir(split: str) -> Path:
+def split_dir(split: str) -> Path:
     return WORK / split.replace(" ", "-")
 
 
@@ -210,7 +210,7 @@ def _max_time() -> list[str]:
 
 def _train_args(split: str, name: str, *flags: str) -> tuple[list[str], dict]:
     """The ``train`` command of a CNN (resuming an interrupted one) and its note."""
-    d = _dir(split)
+    d = split_dir(split)
     run = d / name
     resume = ["--resume"] if (run / "checkpoints" / "last.ckpt").exists() else []
     note = {"max_time": cap} if (cap := os.environ.get("ECSTREAM_ACCURACY_MAX_TIME")) else {}
@@ -220,14 +220,14 @@ def _train_args(split: str, name: str, *flags: str) -> tuple[list[str], dict]:
     return [*args, *resume], note
 
 
-def _train_cnn(split: str, name: str, *flags: str) -> None:
+def train_cnn(split: str, name: str, *flags: str) -> None:
     args, note = _train_args(split, name, *flags)
     step(f"{split}/train {name}", *args, note=note)
 
 
 def run_ablation(split: str) -> None:
     """Issue 12's arms, two at a time, each evaluated on test and on val (level 1, no hit)."""
-    d = _dir(split)
+    d = split_dir(split)
     for pair in ABLATION:
         jobs = {}
         for name, (_, flags) in pair.items():
@@ -245,10 +245,10 @@ def run_ablation(split: str) -> None:
 def run_ensembles(split: str) -> None:
     """Each ensemble of :data:`ENSEMBLES` scored on val and test, in this process; written as
     the level-1 part of an evaluation (``eval-[val-]NAME/metrics.json``)."""
-    d = _dir(split)
+    d = split_dir(split)
     for name, (_, members) in ENSEMBLES.items():
         key = f"{split}/ensemble {name}"
-        if key in _times():
+        if key in recorded_times():
             continue
         print(f"   {key}: {' + '.join(members)}", flush=True)
         start, cpu = time.perf_counter(), time.process_time() + _children_cpu()
@@ -286,13 +286,13 @@ def _ensemble_metrics(d: Path, members: tuple[str, ...], split: str) -> dict:
 
 
 def run_split(split: str) -> None:
-    d = _dir(split)
+    d = split_dir(split)
     store = str(d / "store")
     step(f"{split}/build", "build", str(DATA), "--out", store, "--force", *SPLITS[split])
     if split == "random":
         step(f"{split}/leakage", "leakage", store)
-    _train_cnn(split, "small")
-    _train_cnn(split, "small-ec", "--target", "ec")
+    train_cnn(split, "small")
+    train_cnn(split, "small-ec", "--target", "ec")
     step(f"{split}/train knn", "train", store, "--model", "knn", "--out", str(d / "knn"))
     for hybrid, cnn in (("hybrid", "small"), ("hybrid-ec", "small-ec")):
         step(
@@ -320,15 +320,15 @@ def run_split(split: str) -> None:
         run_ensembles(split)
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
 def _metrics(split: str, model: str) -> dict:
-    return _json(_dir(split) / f"eval-{model}" / "metrics.json")
+    return read_json(split_dir(split) / f"eval-{model}" / "metrics.json")
 
 
-def _best_val(run: Path) -> dict:
+def best_val(run: Path) -> dict:
     with open(run / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     return min(rows, key=lambda r: float(r["val_loss"])) | {"epochs": len(rows), "rows": rows}
@@ -341,7 +341,7 @@ def run() -> str:
     for split in splits:
         print(f"== accuracy: {split}", flush=True)
         run_split(split)
-    times = _times()
+    times = recorded_times()
     lines = [
         "## Accuracy: class and full EC numbers on random, homology-aware and strict splits",
         "",
@@ -389,7 +389,7 @@ def _caps(times: dict, splits: list[str]) -> str:
 def _targets(splits: list[str]) -> list[str]:
     rows = []
     if "random" in splits:
-        val = float(_best_val(_dir("random") / "small")["val_acc"])
+        val = float(best_val(split_dir("random") / "small")["val_acc"])
         rows.append(("`small`, `--target class`: random-split val accuracy", f"{val:.3f}",
                      f"≥ {MIN_RANDOM_VAL_ACC:.2f}", val >= MIN_RANDOM_VAL_ACC))  # fmt: skip
     if "cluster 0.3" in splits:
@@ -405,11 +405,11 @@ def _targets(splits: list[str]) -> list[str]:
                          "every level",
                          all(round(h, 3) > round(k, 3) for h, k in pairs)))  # fmt: skip
     if "strict 0.3" in splits:
-        report = _json(_dir("strict 0.3") / "store" / "manifest.json")["leakage"]
+        report = read_json(split_dir("strict 0.3") / "store" / "manifest.json")["leakage"]
         high = sum(info["counts"][b] for info in report["splits"].values() for b in BANDS[:3])
         rows.append(("strict 0.3: val/test proteins with a training hit ≥ 0.3", f"{high}", "0",
                      high == 0))  # fmt: skip
-        if (_dir("strict 0.3") / "eval-hybrid-plain" / "metrics.json").is_file():
+        if (split_dir("strict 0.3") / "eval-hybrid-plain" / "metrics.json").is_file():
             gain = (_metrics("strict 0.3", "hybrid")["accuracy"]
                     - _metrics("strict 0.3", "hybrid-plain")["accuracy"])  # fmt: skip
             rows.append(("strict 0.3: the hybrid's level-1 test accuracy, gain of the kNN's "
@@ -425,7 +425,7 @@ def _targets(splits: list[str]) -> list[str]:
         rows.append(("random test: precision of the decoded `ec_number` at each stated level",
                      " · ".join(f"{p:.3f}" for p in precision), "≥ 0.88 each",
                      all(p >= 0.88 for p in precision)))  # fmt: skip
-    if "strict 0.3" in splits and (arms := _arms(d := _dir("strict 0.3"))):
+    if "strict 0.3" in splits and (arms := _arms(d := split_dir("strict 0.3"))):
         # the arm is chosen on val, where choosing on test would flatter it
         chosen = max(arms, key=lambda a: _level1(d, a[0], f"eval-val-{a[0]}")[1]["accuracy"] or 0)
         test = _level1(d, chosen[0], f"eval-{chosen[0]}")[1]["accuracy"] or 0
@@ -457,7 +457,7 @@ def _class_table(times: dict, splits: list[str]) -> list[str]:
         "|---|---|---:|---:|---:|" + "---:|" * len(BANDS) + "---:|",
     ]
     for split in splits:
-        d = _dir(split)
+        d = split_dir(split)
         for model, label in CLASS_MODELS.items():
             m = _metrics(split, model)
             bands = m.get("identity_bands", {})
@@ -524,8 +524,8 @@ def _acc(info: dict) -> str:
 def _calibration(splits: list[str]) -> list[str]:
     if "random" not in splits:
         return []
-    d = _dir("random")
-    cal = _json(d / "small-ec" / "calibration.json")
+    d = split_dir("random")
+    cal = read_json(d / "small-ec" / "calibration.json")
     levels = _metrics("random", "small-ec")["levels"]
     lines = [
         "### Calibration (random split, `small` full EC)",
@@ -602,10 +602,10 @@ def _fallback(splits: list[str], times: dict) -> list[str]:
 def _agreement(splits: list[str]) -> list[str]:
     """The full-EC hybrid's own confidence of its homolog: by identity, CNN agreeing or not."""
     split = "cluster 0.3"
-    path = _dir(split) / "hybrid-ec" / "calibration.json"
+    path = split_dir(split) / "hybrid-ec" / "calibration.json"
     if split not in splits or not path.is_file():
         return []
-    curves = _json(path).get("identity_curves", {})
+    curves = read_json(path).get("identity_curves", {})
     if "search+cnn" not in curves:
         return []
     # the first bin holds every hit below the second edge
@@ -632,8 +632,8 @@ def _agreement(splits: list[str]) -> list[str]:
 
 def _level1(d: Path, model: str, name: str) -> tuple[float, dict]:
     """Level-1 accuracy of a CNN run's evaluation and its no-hit band (class or full EC)."""
-    m = _json(d / name / "metrics.json")
-    if _json(d / model / "config.json")["train"]["target"] == "class":
+    m = read_json(d / name / "metrics.json")
+    if read_json(d / model / "config.json")["train"]["target"] == "class":
         return m["accuracy"], m["identity_bands"]["no_hit"]
     first = m["levels"][0]
     return first["top_accuracy"], first["identity_bands"]["no_hit"]
@@ -650,7 +650,7 @@ def _arms(d: Path) -> list[tuple[str, str]]:
 def _remote_proteins(splits: list[str], times: dict) -> list[str]:
     """Level 1 on the strict split, all proteins and those without a hit: the arms measured."""
     split = "strict 0.3"
-    d = _dir(split)
+    d = split_dir(split)
     if split not in splits or not _arms(d):
         return []
     lines = [
@@ -680,7 +680,7 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
             acc, no_hit = _level1(d, model, name)
             cells += [f"{acc:.3f}", f"{_share(no_hit['accuracy'])} ({no_hit['n']:,})"]
         cells.append(_balanced(d / f"eval-{model}"))
-        best = _best_val(d / model)
+        best = best_val(d / model)
         seen = sum(int(float(r["samples"])) for r in best["rows"])
         spent = _minutes(times[f"{split}/train {model}"])
         lines.append(f"| `{model}` | {label} | {' | '.join(cells)} | {seen:,} ({best['epochs']}; "
@@ -690,7 +690,7 @@ def _remote_proteins(splits: list[str], times: dict) -> list[str]:
 
 def _balanced(evaluation: Path) -> str:
     """Balanced level-1 accuracy of an evaluation's test proteins without a hit."""
-    no_hit = _json(evaluation / "metrics.json")["identity_bands"]["no_hit"]
+    no_hit = read_json(evaluation / "metrics.json")["identity_bands"]["no_hit"]
     return _share(no_hit.get("balanced_accuracy"))  # absent from evaluations before it
 
 
@@ -713,7 +713,7 @@ def _ensembles(d: Path, times: dict, split: str) -> list[str]:
         label, members = ENSEMBLES[name]
         cells = []
         for evaluation in (f"eval-val-{name}", f"eval-{name}"):
-            m = _json(d / evaluation / "metrics.json")
+            m = read_json(d / evaluation / "metrics.json")
             cells += [f"{m['accuracy']:.3f}", _share(m["identity_bands"]["no_hit"]["accuracy"])]
         lines.append(
             f"| `{name}` | {label} ({', '.join(f'`{m}`' for m in members)}) | "
@@ -721,7 +721,7 @@ def _ensembles(d: Path, times: dict, split: str) -> list[str]:
             f"{_seconds(times.get(f'{split}/ensemble {name}'))} |"
         )
     largest = [
-        _json(d / f"eval{which}-{made[0]}" / "metrics.json")["identity_bands"]["no_hit"]
+        read_json(d / f"eval{which}-{made[0]}" / "metrics.json")["identity_bands"]["no_hit"]
         for which in ("-val", "")
     ]
     lines.append(
@@ -735,7 +735,7 @@ def _ensembles(d: Path, times: dict, split: str) -> list[str]:
 def _remote_levels(d: Path) -> list[str]:
     """The full-EC arms at every level: top accuracy on val and test, all and without a hit."""
     arms = [(m, label) for m, label in _arms(d)
-            if _json(d / m / "config.json")["train"]["target"] == "ec"]  # fmt: skip
+            if read_json(d / m / "config.json")["train"]["target"] == "ec"]  # fmt: skip
     if not arms:
         return []
     lines = [
@@ -748,7 +748,7 @@ def _remote_levels(d: Path) -> list[str]:
     for model, _ in arms:
         cells = []
         for name in (f"eval-val-{model}", f"eval-{model}"):
-            levels = _json(d / name / "metrics.json")["levels"]
+            levels = read_json(d / name / "metrics.json")["levels"]
             cells.append(" · ".join(f"{lv['top_accuracy']:.3f}" for lv in levels))
             no_hit = [lv["identity_bands"]["no_hit"]["accuracy"] for lv in levels]
             cells.append(" · ".join(_share(a) for a in no_hit))
@@ -763,10 +763,10 @@ def _share(value: float | None) -> str:
 def _throughput(splits: list[str]) -> list[str]:
     if "random" not in splits:
         return []
-    d = _dir("random")
+    d = split_dir("random")
     speeds = {}
     for model in ("small", "small-ec"):
-        rows = _best_val(d / model)["rows"]
+        rows = best_val(d / model)["rows"]
         speeds[model] = sorted(float(r["samples_per_s"]) for r in rows)[len(rows) // 2]
     ratio = speeds["small-ec"] / speeds["small"]
     return [
@@ -794,8 +794,8 @@ def _minutes(t: dict) -> str:
 
 def _val_acc(d: Path, model: str) -> float:
     if model.startswith("small"):
-        return float(_best_val(d / model)["val_acc"])
-    return float(_json(d / model / "config.json")["validation"]["val_acc"])
+        return float(best_val(d / model)["val_acc"])
+    return float(read_json(d / model / "config.json")["validation"]["val_acc"])
 
 
 def _leakage(splits: list[str]) -> list[str]:
@@ -812,7 +812,7 @@ def _leakage(splits: list[str]) -> list[str]:
         "|---|---|---:|" + "---:|" * len(BANDS),
     ]
     for split in splits:
-        report = _json(_dir(split) / "store" / "manifest.json").get("leakage")
+        report = read_json(split_dir(split) / "store" / "manifest.json").get("leakage")
         if not report:
             continue
         for part, info in report["splits"].items():
@@ -820,7 +820,7 @@ def _leakage(splits: list[str]) -> list[str]:
             cells = " | ".join(f"{100 * info['counts'][b] / n:.1f}%" for b in BANDS)
             lines.append(f"| {split} | {part} | {info['records']:,} | {cells} |")
     if "strict 0.3" in splits:
-        strict = _json(_dir("strict 0.3") / "store" / "manifest.json")["split"]["strict"]
+        strict = read_json(split_dir("strict 0.3") / "store" / "manifest.json")["split"]["strict"]
         lines += [
             "",
             f"The strict split moved {strict['moved_to_train']:,} val/test proteins to train, "

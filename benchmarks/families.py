@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from accuracy import SPLITS, TIMES, _best_val, _dir, _json, _times, _train_cnn, step
+from accuracy import SPLITS, TIMES, best_val, read_json, recorded_times, split_dir, step, train_cnn
 from common import DATA, machine_info, machine_markdown
 
 from ecstream import open_store
@@ -62,7 +62,7 @@ def _name(model: str, part: str) -> str:
 
 
 def _made(split: str, model: str) -> bool:
-    return split == SPLIT or (_dir(split) / model / "model.pt").is_file()
+    return split == SPLIT or (split_dir(split) / model / "model.pt").is_file()
 
 
 def _cell(info: dict) -> str:
@@ -77,7 +77,7 @@ def _cell(info: dict) -> str:
 def _clustering_cost(split: str) -> str:
     """``families_of`` alone on a split's test proteins of one class (those a class run
     measures, stored first), with an empty cache: its wall and CPU time (MMseqs2 included)."""
-    store = open_store(_dir(split) / "store")
+    store = open_store(split_dir(split) / "store")
     rows = store.single_class_records("test")
     queries = list(itertools.islice(pairs(store.records("test")), rows))
     before, started = os.times(), time.perf_counter()
@@ -97,14 +97,14 @@ def _trained(run: Path) -> str:
     """Records a CNN saw in training, its epochs and the one whose weights it kept."""
     if not (run / "metrics.csv").is_file():
         return "–"
-    best = _best_val(run)
+    best = best_val(run)
     seen = sum(int(float(r["samples"])) for r in best["rows"])
     return f"{seen:,} ({best['epochs']}; best {int(best['epoch']) + 1})"
 
 
 def _forget(key: str) -> None:
     """Drop a recorded step, so that it runs again."""
-    times = _times()
+    times = recorded_times()
     if times.pop(key, None) is not None:
         TIMES.write_text(json.dumps(times, indent=1) + "\n")
 
@@ -134,11 +134,11 @@ def _row(split: str, label: str, part: str, fam: dict, trained: str) -> str:
 
 def run() -> str:
     info = machine_info()
-    d = _dir(SPLIT)
+    d = split_dir(SPLIT)
     store = str(d / "store")
     # the accuracy section's steps, under its keys: done once for both sections
     step(f"{SPLIT}/build", "build", str(DATA), "--out", store, "--force", *SPLITS[SPLIT])
-    _train_cnn(SPLIT, "small")
+    train_cnn(SPLIT, "small")
     step(f"{SPLIT}/train knn", "train", store, "--model", "knn", "--out", str(d / "knn"))
     step(f"{SPLIT}/train hybrid", "train", store, "--model", "hybrid", "--cnn", str(d / "small"),
          "--knn", str(d / "knn"), "--out", str(d / "hybrid"))  # fmt: skip
@@ -150,11 +150,12 @@ def run() -> str:
     done = [e for e in EVALUATIONS if _made(e[0], e[1])]
     for split, model, _, part in done:
         extra = ["--split", "val", "--allow-seen"] if part == "val" else []
-        key, out = f"{split}/evaluate-families {model} {part}", _dir(split) / _name(model, part)
+        here = split_dir(split)
+        key, out = f"{split}/evaluate-families {model} {part}", here / _name(model, part)
         if not (out / CLASS_ROWS).is_file():  # made before evaluations kept their classes
             _forget(key)
-        step(key, "evaluate", str(_dir(split) / model), str(_dir(split) / "store"), *extra,
-             "--families", "--out", str(out))  # fmt: skip
+        step(key, "evaluate", str(here / model), str(here / "store"), *extra, "--families",
+             "--out", str(out))  # fmt: skip
     lines = [
         "## Families behind the strict split's accuracies",
         "",
@@ -181,8 +182,8 @@ def run() -> str:
         "|---|---|---:|---|" + "---:|" * 11,
     ]
     for split, model, label, part in done:
-        metrics = _json(_dir(split) / _name(model, part) / "metrics.json")
-        trained = _trained(_dir(split) / model)
+        metrics = read_json(split_dir(split) / _name(model, part) / "metrics.json")
+        trained = _trained(split_dir(split) / model)
         lines.append(_row(split, label, part, metrics["families"], trained))
     lines += [
         "",
