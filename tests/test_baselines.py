@@ -422,7 +422,7 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     either evaluation, and the bands both share; different proteins, a damaged or missing
     class file, and an output inside an evaluation are refused in one line."""
     from ecstream.cli import main
-    from ecstream.compare import CompareError, compare
+    from ecstream.compare import CompareError, compare, seen_warnings
     from ecstream.identity import BANDS
 
     store, cnn, _, hybrid, *_ = runs
@@ -447,10 +447,15 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     itself = compare(a, a)["all"]
     assert itself["difference"] == 0 and itself["interval"] == [0.0, 0.0]
 
+    assert seen_warnings(result) == []  # test records: neither run had seen them
     val = tmp_path / "val"
     evaluate(hybrid, store.path, val, split="val", allow_seen=True)
     with pytest.raises(CompareError, match="measured different proteins"):
         compare(a, val)
+    val_cnn = tmp_path / "val-cnn"
+    evaluate(cnn, store.path, val_cnn, split="val", allow_seen=True)
+    on_val = seen_warnings(compare(val_cnn, val))  # the hybrid tuned its thresholds there
+    assert len(on_val) == 2 and "B: its run had seen 0 of these records in training" in on_val[1]
     import shutil
 
     other = tmp_path / "reordered"  # the same number of proteins, two of them swapped

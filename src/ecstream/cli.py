@@ -340,11 +340,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from .compare import compare
+    from .compare import compare, seen_warnings
     from .report import compare_table
 
     result = compare(args.a, args.b, args.out)
     out.print(compare_table(result))
+    for line in seen_warnings(result):
+        console.print(f"[yellow]seen by the run:[/] {escape(line)}")
     if skipped := result.get("bands_skipped"):
         console.print(f"[yellow]no identity bands:[/] {escape(skipped)}")
     if args.out:

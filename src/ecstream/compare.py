@@ -59,8 +59,8 @@ def compare(
     right_a = rows_a["predicted"] == rows_a["true"]
     right_b = rows_b["predicted"] == rows_b["true"]
     result: dict = {
-        "a": {"evaluation": str(Path(a).resolve()), "run": meta_a.get("run")},
-        "b": {"evaluation": str(Path(b).resolve()), "run": meta_b.get("run")},
+        "a": _side(Path(a), meta_a),
+        "b": _side(Path(b), meta_b),
         "source": meta_a.get("source"),
         "families": None if family is None else _family_settings(meta_a, meta_b),
         "all": paired_difference(right_a, right_b, family),
@@ -98,6 +98,28 @@ def _check_out(out: Path, *evaluations: Path) -> None:
             )
     if out.is_dir():
         raise OutputRefusedError(f"{out} is a folder; the comparison is one JSON file")
+
+
+def _side(folder: Path, meta: dict) -> dict:
+    """One evaluation's folder and run, and what its run had seen of the records (the
+    evaluation's ``seen``: records in its training or validation split, or why unknown)."""
+    return {"evaluation": str(folder.resolve()), "run": meta.get("run"), "seen": meta.get("seen")}
+
+
+def seen_warnings(result: dict) -> list[str]:
+    """A line for each side whose run had seen records it was compared on, or could not say."""
+    lines = []
+    for side in ("a", "b"):
+        seen = result[side].get("seen") or {}
+        name = side.upper()
+        if seen.get("checked") is False:
+            lines.append(f"{name}: whether its run had seen these records is unknown")
+        elif seen.get("in_train") or seen.get("in_val"):
+            lines.append(
+                f"{name}: its run had seen {seen['in_train']:,} of these records in training "
+                f"and {seen['in_val']:,} in validation: its accuracy is optimistic there"
+            )
+    return lines
 
 
 def _family_settings(meta_a: dict, meta_b: dict) -> dict:
