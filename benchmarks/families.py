@@ -102,6 +102,13 @@ def _trained(run: Path) -> str:
     return f"{seen:,} ({best['epochs']}; best {int(best['epoch']) + 1})"
 
 
+def _keeps_classes(evaluation: Path) -> bool:
+    """Whether an evaluation folder keeps its class rows as ``compare`` reads them (those made
+    before 2026-11-30 did not)."""
+    metrics = evaluation / "metrics.json"
+    return (evaluation / CLASS_ROWS).is_file() and "class_rows" in read_json(metrics)
+
+
 def _forget(key: str) -> None:
     """Drop a recorded step, so that it runs again."""
     times = recorded_times()
@@ -152,7 +159,7 @@ def run() -> str:
         extra = ["--split", "val", "--allow-seen"] if part == "val" else []
         here = split_dir(split)
         key, out = f"{split}/evaluate-families {model} {part}", here / _name(model, part)
-        if not (out / CLASS_ROWS).is_file():  # made before evaluations kept their classes
+        if not _keeps_classes(out):
             _forget(key)
         step(key, "evaluate", str(here / model), str(here / "store"), *extra, "--families",
              "--out", str(out))  # fmt: skip

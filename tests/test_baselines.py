@@ -455,17 +455,41 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     val_cnn = tmp_path / "val-cnn"
     evaluate(cnn, store.path, val_cnn, split="val", allow_seen=True)
     on_val = seen_warnings(compare(val_cnn, val))  # the hybrid tuned its thresholds there
-    assert len(on_val) == 2 and "B: its run had seen 0 of these records in training" in on_val[1]
+    assert len(on_val) == 2 and on_val[1].startswith("B: its run had seen 0 of the ")
     import shutil
 
-    other = tmp_path / "reordered"  # the same number of proteins, two of them swapped
-    shutil.copytree(b, other)
-    with np.load(b / "classes.npz") as npz:
-        arrays = dict(npz)
-    arrays["hash"][[0, 1]] = arrays["hash"][[1, 0]]
-    np.savez(other / "classes.npz", **arrays)
+    from ecstream.hashing import file_sha256
+
+    def rewritten(source, name, edit):
+        """A copy of an evaluation whose class file is ``edit``ed and recorded as written."""
+        other = tmp_path / name
+        shutil.copytree(source, other)
+        with np.load(source / "classes.npz") as npz:
+            arrays = dict(npz)
+        edit(arrays)
+        np.savez(other / "classes.npz", **arrays)
+        meta = json.loads((other / "metrics.json").read_text())
+        meta["class_rows"]["sha256"] = file_sha256(other / "classes.npz")
+        (other / "metrics.json").write_text(json.dumps(meta))
+        return other
+
+    def swap(arrays):  # the same number of proteins, two of them swapped
+        arrays["hash"][[0, 1]] = arrays["hash"][[1, 0]]
+
     with pytest.raises(CompareError, match="measured different proteins"):
-        compare(a, other)
+        compare(a, rewritten(b, "reordered", swap))
+
+    def regroup(arrays):  # another clustering of the same proteins
+        arrays["family"] = np.arange(len(arrays["hash"]))
+
+    with pytest.raises(CompareError, match="in different families"):
+        compare(a, rewritten(a, "regrouped", regroup))
+
+    def drop_families(arrays):  # metrics.json still says it has families
+        del arrays["family"]
+
+    with pytest.raises(CompareError, match="holds hash, identity, predicted, true"):
+        compare(rewritten(a, "no-families", drop_families), b)
     rows = b / "classes.npz"
     kept = rows.read_bytes()
     middle = len(kept) // 2
@@ -482,9 +506,10 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "A − B" in printed and "95% interval" in printed
     assert json.loads(out.read_text())["all"]["difference"] == pytest.approx(every["difference"])
-    assert main(["compare", str(a), str(b), "--out", str(a / "comparison.json")]) == 2
-    assert "lies inside the evaluation" in " ".join(capsys.readouterr().err.split())
-    assert not (a / "comparison.json").exists()
+    for inside in (a / "comparison.json", b / "sub" / "comparison.json"):
+        assert main(["compare", str(a), str(b), "--out", str(inside)]) == 2
+        assert "lies inside the evaluation" in " ".join(capsys.readouterr().err.split())
+        assert not inside.exists()
 
 
 def test_evaluate_families_counts_the_families_overall_and_per_band(runs, tmp_path, capsys):

@@ -489,6 +489,7 @@ def test_families_follow_the_class_rows_when_some_span_several_classes(
     were they clustered); each row of one class is a family of its own. A clustering of
     another length (the file changed between passes) is refused."""
     import ecstream.evaluate as ev
+    from ecstream.hashing import hash64
 
     records = next(small_store.records("test"))
     several = [(f"m{i}", "1.1.1.1; 2.7.7.7", records.seqs[i].decode()) for i in range(3)]
@@ -513,6 +514,10 @@ def test_families_follow_the_class_rows_when_some_span_several_classes(
     assert result["several_classes"] == 3 and result["n"] == len(one)
     assert fam["n"] == fam["families"] == len(one) and fam["largest_family"] == 1 / len(one)
     assert fam["accuracy"] == result["accuracy"] and "bands" not in result["families"]
+    with np.load(tmp_path / "ev" / "classes.npz") as kept:  # the class rows, in order
+        assert (kept["hash"] == hash64([r[2].encode() for r in one])).all()
+        assert (kept["family"] == [own[r[0]] for r in one]).all()
+        assert len(kept["true"]) == len(kept["predicted"]) == len(one)
     monkeypatch.setattr(ev, "families_of", lambda queries, work: np.arange(len(list(queries)) + 1))
     with pytest.raises(RunError, match="changed while it was evaluated"):
         evaluate(ec_run, labelled, tmp_path / "ev2", bands=False, allow_seen=True, families=True)

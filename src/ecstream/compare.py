@@ -11,7 +11,6 @@ cancels, which two separate intervals cannot show.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,11 @@ import numpy as np
 from .atomic import OutputIsInputError, OutputRefusedError, read_json, write_json
 from .evaluate import CLASS_ROWS
 from .families import paired_difference
+from .hashing import file_sha256
 from .identity import BANDS, identity_bands
 from .runs import RunError, check_outside_runs_and_stores
 
 _ARRAYS = {"hash": "u", "true": "i", "predicted": "i", "identity": "f", "family": "i"}
-_NEEDED = ("hash", "true", "predicted")
 
 
 class CompareError(RunError):
@@ -56,6 +55,15 @@ def compare(
             "classes or the files' labels differ"
         )
     family = rows_a.get("family", rows_b.get("family"))
+    if (
+        "family" in rows_a
+        and "family" in rows_b
+        and not np.array_equal(rows_a["family"], rows_b["family"])
+    ):
+        raise CompareError(
+            f"{a} and {b} put these proteins in different families (other clustering settings "
+            "or MMseqs2 versions): evaluate one of them again, or one without --families"
+        )
     right_a = rows_a["predicted"] == rows_a["true"]
     right_b = rows_b["predicted"] == rows_b["true"]
     result: dict = {
@@ -91,7 +99,7 @@ def compare(
 def _check_out(out: Path, *evaluations: Path) -> None:
     check_outside_runs_and_stores(out)
     for folder in evaluations:
-        if out.resolve().parent == folder.resolve():
+        if folder.resolve() in out.resolve().parents:
             raise OutputIsInputError(
                 f"the output {out} lies inside the evaluation {folder}, which an evaluation "
                 "again would replace whole; choose another output"
@@ -116,8 +124,9 @@ def seen_warnings(result: dict) -> list[str]:
             lines.append(f"{name}: whether its run had seen these records is unknown")
         elif seen.get("in_train") or seen.get("in_val"):
             lines.append(
-                f"{name}: its run had seen {seen['in_train']:,} of these records in training "
-                f"and {seen['in_val']:,} in validation: its accuracy is optimistic there"
+                f"{name}: its run had seen {seen['in_train']:,} of the {seen['records']:,} "
+                f"records its evaluation read in training and {seen['in_val']:,} in "
+                "validation: its accuracy is optimistic there"
             )
     return lines
 
@@ -129,26 +138,40 @@ def _family_settings(meta_a: dict, meta_b: dict) -> dict:
 
 
 def _read(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """An evaluation's metrics.json and its class rows, checked for shape and type."""
+    """An evaluation's metrics.json and its class rows: the file checked against the digest
+    metrics.json records, then for the arrays the evaluation says it has."""
     metrics, rows_file = folder / "metrics.json", folder / CLASS_ROWS
     if not metrics.is_file():
         raise CompareError(f"{folder}: not an evaluation folder (no metrics.json)")
-    if not rows_file.is_file():
-        raise CompareError(
-            f"{folder}: has no {CLASS_ROWS} (evaluations made before 2026-11-30 kept no "
-            "per-protein classes): evaluate the run again"
-        )
     meta = read_json(metrics)
-    try:  # a zip member's CRC is checked as it is read: a damaged file fails here
+    recorded = meta.get("class_rows") if isinstance(meta, dict) else None
+    if not rows_file.is_file() or not recorded:
+        raise CompareError(
+            f"{folder}: has no {CLASS_ROWS} recorded in its metrics.json (evaluations made "
+            "before 2026-11-30 kept no per-protein classes): evaluate the run again"
+        )
+    if file_sha256(rows_file) != recorded.get("sha256"):
+        raise CompareError(
+            f"{rows_file}: damaged (its SHA-256 differs from the one metrics.json recorded); "
+            "evaluate the run again"
+        )
+    needed = {"hash", "true", "predicted"}
+    needed |= {"family"} if meta.get("families") else set()
+    needed |= {"identity"} if meta.get("identity_bands") else set()
+    try:
         with np.load(rows_file, allow_pickle=False) as npz:
-            rows = {k: npz[k] for k in npz.files if k in _ARRAYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise CompareError(f"{rows_file}: damaged ({error})") from None
-    n = len(rows.get("hash", ()))
-    for key in _NEEDED:
-        if key not in rows:
-            raise CompareError(f"{rows_file}: damaged (no {key!r} array)")
+            rows = {k: npz[k] for k in npz.files}
+    except Exception as error:  # recorded yet unreadable: written by something else
+        raise CompareError(f"{rows_file}: not an evaluation's class file ({error})") from None
+    if not needed <= set(rows) or not set(rows) <= set(_ARRAYS):
+        raise CompareError(
+            f"{rows_file}: holds {', '.join(sorted(rows))}; an evaluation of this kind holds "
+            f"{', '.join(sorted(needed))}"
+        )
+    n = len(rows["hash"]) if rows["hash"].ndim == 1 else -1
     for key, array in rows.items():
         if array.ndim != 1 or len(array) != n or array.dtype.kind != _ARRAYS[key]:
-            raise CompareError(f"{rows_file}: damaged ({key!r} is not {n:,} numbers)")
+            raise CompareError(f"{rows_file}: {key!r} is not {max(n, 0):,} numbers of its kind")
+    if rows["hash"].dtype != np.uint64:
+        raise CompareError(f"{rows_file}: 'hash' is not 64-bit sequence hashes")
     return meta, rows

@@ -34,7 +34,7 @@ from .cache import scratch
 from .ecmetrics import LevelScores
 from .errors import describe as describe_error
 from .families import LEVEL, RESAMPLES, family_report
-from .hashing import hash64
+from .hashing import file_sha256, hash64
 from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
@@ -222,9 +222,9 @@ def evaluate(
     families: bool = False,
 ) -> dict:
     """Score a store split (``split``, by default ``test``) or a labelled file with a run; write
-    metrics.json and the plots as the folder ``out``, whole (an earlier evaluation there is
-    replaced; a folder holding other files is refused). A file has no splits: ``split`` with a
-    file is refused rather than ignored.
+    metrics.json, the plots and each protein's class (:data:`CLASS_ROWS`) as the folder ``out``,
+    whole (an earlier evaluation there is replaced; a folder holding other files is refused). A
+    file has no splits: ``split`` with a file is refused rather than ignored.
 
     ``bands`` adds accuracy per band of identity to the run's training split (MMseqs2); by
     default it is on when MMseqs2 is installed. Records the run was trained on are counted
@@ -384,13 +384,15 @@ def _evaluate(
         history = read_metrics(run)
         if history:
             plots.learning_curves(history, folder / "learning_curves.png")
-        write_json(folder / "metrics.json", result)
         rows = {"hash": tally.class_hashes(), "true": y_true, "predicted": y_pred}
         if identities is not None:
             rows["identity"] = identities
         if family is not None:
             rows["family"] = family
         np.savez(folder / CLASS_ROWS, **rows)
+        # what compare checks the file against before it uses it
+        result["class_rows"] = {"file": CLASS_ROWS, "sha256": file_sha256(folder / CLASS_ROWS)}
+        write_json(folder / "metrics.json", result)
     return result
 
 
