@@ -524,6 +524,50 @@ def test_families_follow_the_class_rows_when_some_span_several_classes(
     assert not (tmp_path / "ev2").exists()
 
 
+def test_a_full_ec_evaluation_gives_families_and_comparisons_per_level(
+    ec_run, cnn_run, small_store, tmp_path, mmseqs
+):
+    """A full-EC run's evaluation keeps each class row's top prediction per level: with
+    ``--families`` each level gets its accuracy over families (level 1 is the class accuracy),
+    and ``compare`` pairs two full-EC evaluations level by level, not a class run's."""
+    import shutil
+
+    from ecstream.compare import compare
+    from ecstream.hashing import file_sha256
+
+    ev = tmp_path / "ec"
+    result = evaluate(ec_run, small_store.path, ev, split="test", families=True, bands=False)
+    levels = result["families"]["levels"]
+    assert len(levels) == 4 and levels[0]["accuracy"] == pytest.approx(result["accuracy"])
+    for mine, overall in zip(levels, result["levels"], strict=True):
+        assert 0 < mine["n"] <= overall["records"] and mine["families"] <= mine["n"]
+    with np.load(ev / "classes.npz") as npz:
+        tops, right = npz["level_top"], npz["predicted"] == npz["true"]
+    assert tops.shape == (4, result["n"])
+    assert ((tops[0] == 1) == right).all()  # level 1's top is the class, protein by protein
+    assert [int((t >= 0).sum()) for t in tops] == [lv["n"] for lv in levels]
+
+    itself = compare(ev, ev)["levels"]
+    assert [lv["difference"] for lv in itself] == [0.0] * 4
+    other = tmp_path / "right-at-level-2"  # B right at level 2 wherever it is measured
+    shutil.copytree(ev, other)
+    better = tops.copy()
+    better[1][better[1] >= 0] = 1
+    with np.load(ev / "classes.npz") as npz:
+        arrays = dict(npz)
+    np.savez(other / "classes.npz", **{**arrays, "level_top": better})
+    meta = json.loads((other / "metrics.json").read_text())
+    meta["class_rows"]["sha256"] = file_sha256(other / "classes.npz")
+    (other / "metrics.json").write_text(json.dumps(meta))
+    paired = compare(ev, other)["levels"]
+    assert paired[1]["difference"] == pytest.approx(levels[1]["accuracy"] - 1.0)
+    assert paired[1]["interval"][1] <= 0 and paired[0]["difference"] == 0
+    class_ev = tmp_path / "class"
+    evaluate(cnn_run, small_store.path, class_ev, split="test", bands=False)
+    against_class = compare(ev, class_ev)
+    assert "levels" not in against_class and "same depth" in against_class["levels_skipped"]
+
+
 def test_a_damaged_or_foreign_model_file_is_named_in_one_line(ec_run, cnn_run, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()

@@ -349,6 +349,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.print(f"[yellow]seen by the run:[/] {escape(line)}")
     if skipped := result.get("bands_skipped"):
         console.print(f"[yellow]no identity bands:[/] {escape(skipped)}")
+    if skipped := result.get("levels_skipped"):
+        console.print(f"[yellow]no EC levels:[/] {escape(skipped)}")
     if args.out:
         console.print(f"comparison written to [bold]{escape(args.out)}[/]")
     return 0
@@ -654,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="two evaluations of the same proteins: which run is right more often",
         description="Compare two evaluation folders (ecstream evaluate --out) of the same "
         "proteins: class accuracy of each, A − B, and its interval resampling whole families "
-        "(evaluate one of them, or both, with --families), overall and per band of identity.",
+        "(evaluate one of them, or both, with --families), overall, per band of identity and, "
+        "between two full-EC runs, per EC level.",
     )
     p.add_argument("a", help="evaluation folder of run A")
     p.add_argument("b", help="evaluation folder of run B, of the same store split or file")

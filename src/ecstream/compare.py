@@ -22,7 +22,9 @@ from .hashing import file_sha256
 from .identity import BANDS, identity_bands
 from .runs import RunError, check_outside_runs_and_stores
 
-_ARRAYS = {"hash": "u", "true": "i", "predicted": "i", "identity": "f", "family": "i"}
+_ARRAYS = {
+    "hash": "u", "true": "i", "predicted": "i", "identity": "f", "family": "i", "level_top": "i",
+}  # fmt: skip
 
 
 class CompareError(RunError):
@@ -35,9 +37,11 @@ def compare(
     """Compare the evaluation folders ``a`` and ``b`` (``ecstream evaluate --out``) on the
     records in one class both measured: ``all`` and, where both runs have the same identities
     to their training split, each band (``bands``) give :func:`paired_difference` of A's and
-    B's class accuracy; its interval needs the families of ``evaluate --families`` (either
-    evaluation's). ``out``: also written there as JSON (atomically), which may lie neither in
-    a run, a store nor either evaluation (an evaluation's folder is replaced whole)."""
+    B's class accuracy; between two full-EC runs, ``levels`` gives it for the top prediction
+    at each EC level, on the same proteins. Its interval needs the families of ``evaluate
+    --families`` (either evaluation's). ``out``: also written there as JSON (atomically),
+    which may lie neither in a run, a store nor either evaluation (an evaluation's folder is
+    replaced whole)."""
     if out is not None:
         _check_out(Path(out), Path(a), Path(b))
     meta_a, rows_a = _read(Path(a))
@@ -90,6 +94,17 @@ def compare(
         result["bands_skipped"] = (
             "the two runs' identities to their training splits differ (or one evaluation has "
             "none): their bands would not hold the same proteins"
+        )
+    tops_a, tops_b = rows_a.get("level_top"), rows_b.get("level_top")
+    if tops_a is not None and tops_b is not None and len(tops_a) == len(tops_b):
+        result["levels"] = []
+        for top_a, top_b in zip(tops_a, tops_b, strict=True):
+            sel = (top_a >= 0) & (top_b >= 0)  # the proteins whose number states the level
+            fam = None if family is None else family[sel]
+            result["levels"].append(paired_difference(top_a[sel] == 1, top_b[sel] == 1, fam))
+    elif tops_a is not None or tops_b is not None:
+        result["levels_skipped"] = (
+            "per EC level only between two full-EC runs of the same depth (--target ec)"
         )
     if out is not None:
         write_json(out, result)
@@ -158,6 +173,8 @@ def _read(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
     needed = {"hash", "true", "predicted"}
     needed |= {"family"} if meta.get("families") else set()
     needed |= {"identity"} if meta.get("identity_bands") else set()
+    depth = len(meta.get("levels") or [])
+    needed |= {"level_top"} if depth > 1 else set()
     try:
         with np.load(rows_file, allow_pickle=False) as npz:
             rows = {k: npz[k] for k in npz.files}
@@ -170,8 +187,9 @@ def _read(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
         )
     n = len(rows["hash"]) if rows["hash"].ndim == 1 else -1
     for key, array in rows.items():
-        if array.ndim != 1 or len(array) != n or array.dtype.kind != _ARRAYS[key]:
-            raise CompareError(f"{rows_file}: {key!r} is not {max(n, 0):,} numbers of its kind")
+        shape = (depth, n) if key == "level_top" else (n,)
+        if array.shape != shape or array.dtype.kind != _ARRAYS[key]:
+            raise CompareError(f"{rows_file}: {key!r} is not {shape} numbers of its kind")
     if rows["hash"].dtype != np.uint64:
         raise CompareError(f"{rows_file}: 'hash' is not 64-bit sequence hashes")
     return meta, rows

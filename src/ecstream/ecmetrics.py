@@ -61,14 +61,16 @@ class LevelScores:
         calls: Sequence[Sequence[Call]],
         identity: np.ndarray | None = None,
         profile: np.ndarray | None = None,
-    ) -> None:
+    ) -> np.ndarray:
         """Add records: their true EC fields, consistent probabilities of this level (``None``
         for a model without scores at this level), decoded numbers, identities, and which
-        records' homolog came from the profile fallback."""
+        records' homolog came from the profile fallback. Returns each record's top prediction
+        at this level: 1 right, 0 wrong, -1 not measured (the level unstated, or no scores)."""
         level = self.level
+        top_right = np.full(len(texts), -1, dtype=np.int8)
         keep = np.array([stated_levels(t) >= level for t in texts], dtype=bool)
         if not keep.any():
-            return
+            return top_right
         rows = np.flatnonzero(keep)
         truth = [set(level_keys(texts[r], level)) for r in rows]
         self.records += len(rows)
@@ -82,7 +84,7 @@ class LevelScores:
             for c in true - predicted:
                 self.fn[c] += 1
         if probs is None:
-            return
+            return top_right
         p = probs[rows]
         right = np.zeros(p.shape, dtype=bool)
         for i, true in enumerate(truth):
@@ -103,6 +105,7 @@ class LevelScores:
         conf = p[np.arange(len(p)), top]
         ok = right[np.arange(len(p)), top] & (conf > 0)  # all zero: no prediction, not class 1
         self.top_right += int(ok.sum())
+        top_right[rows] = ok
         fine = np.clip((conf * 100).astype(int), 0, 99)
         np.add.at(self.conf_all, fine, 1)
         np.add.at(self.conf_right, fine, ok)
@@ -118,6 +121,7 @@ class LevelScores:
             mine = np.asarray(profile)[rows]
             self.profile_all += int(mine.sum())
             self.profile_right += int(ok[mine].sum())
+        return top_right
 
     def result(self) -> dict:
         """The level's metrics as plain numbers (JSON)."""

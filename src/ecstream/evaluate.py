@@ -33,7 +33,7 @@ from .atomic import (
 from .cache import scratch
 from .ecmetrics import LevelScores
 from .errors import describe as describe_error
-from .families import LEVEL, RESAMPLES, family_report
+from .families import LEVEL, RESAMPLES, family_accuracy, family_report
 from .hashing import file_sha256, hash64
 from .identity import band_accuracy, identity_bands
 from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
@@ -60,7 +60,8 @@ from .store import is_store, open_store
 DEFAULT_COLUMNS = Columns()
 #: The class of every record in one class, in order (numpy arrays: ``hash``, the sequence's
 #: 64-bit hash; ``true``; ``predicted``, -1 for none; ``identity`` and ``family`` when the
-#: evaluation has them): what :mod:`ecstream.compare` pairs two evaluations by.
+#: evaluation has them; for a full-EC run ``level_top``, :meth:`Tally.level_tops`): what
+#: :mod:`ecstream.compare` pairs two evaluations by.
 CLASS_ROWS = "classes.npz"
 
 
@@ -156,6 +157,7 @@ class Tally:
         self.hashes: list[np.ndarray] = []
         self.single: list[np.ndarray] = []
         vocab = model.vocab
+        self.tops: list[list[np.ndarray]] = [[] for _ in range(vocab.depth)]  # class rows
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.before = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
         self.searched = False
@@ -177,7 +179,8 @@ class Tally:
             self.identity.append(np.asarray(identity)[single])
         calls = self.model.decode(scores)
         for k, level in enumerate(self.levels):
-            level.update(chunk.ecs, scores.levels[k], calls, identity, scores.profile)
+            top = level.update(chunk.ecs, scores.levels[k], calls, identity, scores.profile)
+            self.tops[k].append(top[single])
         if scores.uncalibrated is not None:
             for k, level in enumerate(self.before):
                 level.update(chunk.ecs, scores.uncalibrated[k], [[] for _ in chunk.ids])
@@ -191,6 +194,11 @@ class Tally:
             identity,
             _cat(self.hashes, np.uint64),
         )
+
+    def level_tops(self) -> np.ndarray:
+        """Per level, each record in one class's top prediction there: ``int8 [levels, n]``,
+        1 right, 0 wrong, -1 not measured (its number stops above the level)."""
+        return np.stack([_cat(parts, np.int8) for parts in self.tops])
 
     def class_hashes(self) -> np.ndarray:
         """The hashes of the records in one class, those :meth:`arrays` gives classes of."""
@@ -377,6 +385,10 @@ def _evaluate(
             "tool": f"mmseqs {workflow(len(family))}", "resamples": RESAMPLES, "level": LEVEL,
             **family_report(y_true, y_pred, family, named),
         }  # fmt: skip
+        if full_ec:  # each level's top prediction, on the same proteins and families
+            result["families"]["levels"] = [
+                family_accuracy(top[top >= 0] == 1, family[top >= 0]) for top in tally.level_tops()
+            ]
     _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays
         plots.confusion(result, folder / "confusion.png")
@@ -385,6 +397,8 @@ def _evaluate(
         if history:
             plots.learning_curves(history, folder / "learning_curves.png")
         rows = {"hash": tally.class_hashes(), "true": y_true, "predicted": y_pred}
+        if full_ec:
+            rows["level_top"] = tally.level_tops()
         if identities is not None:
             rows["identity"] = identities
         if family is not None:

@@ -175,8 +175,9 @@ def bands_table(result: dict) -> Table | None:
 
 
 def families_table(result: dict) -> Table | None:
-    """Class accuracy with the families it rests on, overall and per band of identity, when the
-    evaluation clustered its proteins (``evaluate --families``)."""
+    """Class accuracy with the families it rests on, overall and per band of identity (and for
+    a full-EC run the top prediction's at each level), when the evaluation clustered its
+    proteins (``evaluate --families``)."""
     fam = result.get("families")
     if not fam or not fam["all"]["n"]:  # e.g. every record spans several classes
         return None
@@ -185,11 +186,12 @@ def families_table(result: dict) -> Table | None:
         title_justify="left",
     )
     level = f"{fam['level']:.0%}"
-    for col in ("identity band", "proteins", "families", "largest family", "class accuracy",
+    for col in ("proteins of", "proteins", "families", "largest family", "accuracy",
                 f"{level} interval", "family mean", "largest class", "its interval"):  # fmt: skip
         table.add_column(col, justify="right")
     bands = [(b.replace("_", " "), v) for b, v in fam.get("bands", {}).items()]
-    for name, info in [("all", fam["all"]), *bands]:
+    levels = [(f"level {k}, top", v) for k, v in enumerate(fam.get("levels", []), 1)]
+    for name, info in [("all", fam["all"]), *bands, *levels]:
         guess = info.get("largest_class", {})
         table.add_row(
             name, f"{info['n']:,}", f"{info['families']:,}", _share(info["largest_family"]),
@@ -210,10 +212,11 @@ def compare_table(result: dict) -> Table:
     fam = result["families"]
     table = Table(title="A against B: class accuracy on the same proteins", title_justify="left")
     level = f"{fam['level']:.0%} interval" if fam else "interval"
-    for col in ("identity band", "proteins", "families", "A", "B", "A − B", level):
+    for col in ("proteins of", "proteins", "families", "A", "B", "A − B", level):
         table.add_column(col, justify="right")
     bands = [(b.replace("_", " "), v) for b, v in result.get("bands", {}).items()]
-    for name, info in [("all", result["all"]), *bands]:
+    levels = [(f"level {k}, top", v) for k, v in enumerate(result.get("levels", []), 1)]
+    for name, info in [("all", result["all"]), *bands, *levels]:
         families = "–" if info["families"] is None else f"{info['families']:,}"
         difference = "–" if info["difference"] is None else f"{info['difference']:+.3f}"
         table.add_row(
