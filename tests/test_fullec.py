@@ -532,15 +532,26 @@ def test_a_full_ec_evaluation_gives_families_and_comparisons_per_level(
     and ``compare`` pairs two full-EC evaluations level by level, not a class run's."""
     import shutil
 
-    from ecstream.compare import compare
+    from rich.console import Console
+
+    from ecstream.compare import CompareError, compare
+    from ecstream.evaluate import in_one_class
     from ecstream.hashing import file_sha256
 
     ev = tmp_path / "ec"
     result = evaluate(ec_run, small_store.path, ev, split="test", families=True, bands=False)
     levels = result["families"]["levels"]
     assert len(levels) == 4 and levels[0]["accuracy"] == pytest.approx(result["accuracy"])
-    for mine, overall in zip(levels, result["levels"], strict=True):
-        assert 0 < mine["n"] <= overall["records"] and mine["families"] <= mine["n"]
+    chunks = small_store.records("test")
+    several = [
+        e for r in chunks for e, one in zip(r.ecs, in_one_class(r.ecs), strict=True) if not one
+    ]
+    for k, (mine, overall) in enumerate(zip(levels, result["levels"], strict=True), 1):
+        stating = sum(stated_levels(e) >= k for e in several)  # measured there, not here
+        assert mine["n"] == overall["records"] - stating and 0 < mine["families"] <= mine["n"]
+    printed = Console(width=200, record=True)
+    printed.print(families_table(result))
+    assert "level 4, top" in printed.export_text()
     with np.load(ev / "classes.npz") as npz:
         tops, right = npz["level_top"], npz["predicted"] == npz["true"]
     assert tops.shape == (4, result["n"])
@@ -562,6 +573,11 @@ def test_a_full_ec_evaluation_gives_families_and_comparisons_per_level(
     paired = compare(ev, other)["levels"]
     assert paired[1]["difference"] == pytest.approx(levels[1]["accuracy"] - 1.0)
     assert paired[1]["interval"][1] <= 0 and paired[0]["difference"] == 0
+    np.savez(other / "classes.npz", **{**arrays, "level_top": better[:3]})  # a level short
+    meta["class_rows"]["sha256"] = file_sha256(other / "classes.npz")
+    (other / "metrics.json").write_text(json.dumps(meta))
+    with pytest.raises(CompareError, match="'level_top' is not"):
+        compare(ev, other)
     class_ev = tmp_path / "class"
     evaluate(cnn_run, small_store.path, class_ev, split="test", bands=False)
     against_class = compare(ev, class_ev)

@@ -643,8 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--families", action="store_true",
         help="cluster the evaluated proteins into families (MMseqs2, the strict split's "
-        "thresholds) and give the class accuracy's interval over resampled families, overall "
-        "and per band (not for a pipe)",
+        "thresholds) and give the class accuracy's interval over resampled families, overall, "
+        "per band and, for a full-EC run, per EC level (not for a pipe)",
     )  # fmt: skip
     _precision_flag(p)
     _column_flags(p, ec=True)

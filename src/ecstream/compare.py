@@ -38,7 +38,8 @@ def compare(
     records in one class both measured: ``all`` and, where both runs have the same identities
     to their training split, each band (``bands``) give :func:`paired_difference` of A's and
     B's class accuracy; between two full-EC runs, ``levels`` gives it for the top prediction
-    at each EC level, on the same proteins. Its interval needs the families of ``evaluate
+    at each EC level, on the same proteins (for a homolog's run, level 1's top can differ from
+    its class when the hit spans several classes). Its interval needs the families of ``evaluate
     --families`` (either evaluation's). ``out``: also written there as JSON (atomically),
     which may lie neither in a run, a store nor either evaluation (an evaluation's folder is
     replaced whole)."""
@@ -96,7 +97,12 @@ def compare(
             "none): their bands would not hold the same proteins"
         )
     tops_a, tops_b = rows_a.get("level_top"), rows_b.get("level_top")
-    if tops_a is not None and tops_b is not None and len(tops_a) == len(tops_b):
+    if (  # the same depth, and each level stated by the same proteins' numbers
+        tops_a is not None
+        and tops_b is not None
+        and tops_a.shape == tops_b.shape
+        and np.array_equal(tops_a >= 0, tops_b >= 0)
+    ):
         result["levels"] = []
         for top_a, top_b in zip(tops_a, tops_b, strict=True):
             sel = (top_a >= 0) & (top_b >= 0)  # the proteins whose number states the level
@@ -104,7 +110,8 @@ def compare(
             result["levels"].append(paired_difference(top_a[sel] == 1, top_b[sel] == 1, fam))
     elif tops_a is not None or tops_b is not None:
         result["levels_skipped"] = (
-            "per EC level only between two full-EC runs of the same depth (--target ec)"
+            "per EC level only between two full-EC runs of the same depth (--target ec) "
+            "evaluated on the same EC numbers"
         )
     if out is not None:
         write_json(out, result)

@@ -244,7 +244,8 @@ def evaluate(
     ``precision`` is that of a CNN's forward pass (``32`` or ``bf16``), to measure what
     bfloat16 scoring costs. ``families`` clusters the evaluated proteins into families
     (MMseqs2, :func:`~ecstream.mmseqs.cluster.families_of`) and adds, for the class accuracy
-    overall and per band, how many families it rests on and an interval that resamples them
+    overall and per band (and a full-EC run's top prediction at each level, on the same
+    proteins), how many families it rests on and an interval that resamples them
     (:mod:`ecstream.families`).
     """
     if Path(out).is_symlink():  # the folder it leads to is the evaluation's; the link stays

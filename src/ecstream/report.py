@@ -208,9 +208,10 @@ def families_table(result: dict) -> Table | None:
 
 def compare_table(result: dict) -> Table:
     """Class accuracy of two evaluations of the same proteins, their difference and its
-    interval over resampled families, overall and per band of identity (``ecstream compare``)."""
+    interval over resampled families, overall and per band of identity, and for two full-EC
+    runs the top prediction's accuracy at each level (``ecstream compare``)."""
     fam = result["families"]
-    table = Table(title="A against B: class accuracy on the same proteins", title_justify="left")
+    table = Table(title="A against B: accuracy on the same proteins", title_justify="left")
     level = f"{fam['level']:.0%} interval" if fam else "interval"
     for col in ("proteins of", "proteins", "families", "A", "B", "A − B", level):
         table.add_column(col, justify="right")
