@@ -578,6 +578,13 @@ def test_a_full_ec_evaluation_gives_families_and_comparisons_per_level(
     (other / "metrics.json").write_text(json.dumps(meta))
     with pytest.raises(CompareError, match="'level_top' is not"):
         compare(ev, other)
+    kept = {k: v for k, v in arrays.items() if k != "level_top"}  # as evaluated before
+    np.savez(other / "classes.npz", **kept)
+    meta["class_rows"]["sha256"] = file_sha256(other / "classes.npz")
+    (other / "metrics.json").write_text(json.dumps(meta))
+    earlier = compare(ev, other)
+    assert "levels" not in earlier and "evaluate it again" in earlier["levels_skipped"]
+    assert earlier["all"]["difference"] == 0  # the class accuracy is still compared
     class_ev = tmp_path / "class"
     evaluate(cnn_run, small_store.path, class_ev, split="test", bands=False)
     against_class = compare(ev, class_ev)

@@ -97,6 +97,7 @@ def compare(
             "none): their bands would not hold the same proteins"
         )
     tops_a, tops_b = rows_a.get("level_top"), rows_b.get("level_top")
+    full_ec = all(len(meta.get("levels") or []) > 1 for meta in (meta_a, meta_b))
     if (  # the same depth, and each level stated by the same proteins' numbers
         tops_a is not None
         and tops_b is not None
@@ -105,9 +106,13 @@ def compare(
     ):
         result["levels"] = []
         for top_a, top_b in zip(tops_a, tops_b, strict=True):
-            sel = (top_a >= 0) & (top_b >= 0)  # the proteins whose number states the level
+            sel = top_a >= 0  # the proteins whose number states the level
             fam = None if family is None else family[sel]
             result["levels"].append(paired_difference(top_a[sel] == 1, top_b[sel] == 1, fam))
+    elif full_ec and (tops_a is None or tops_b is None):
+        result["levels_skipped"] = (
+            "an evaluation made before 2026-11-30 kept no per-level rows: evaluate it again"
+        )
     elif tops_a is not None or tops_b is not None:
         result["levels_skipped"] = (
             "per EC level only between two full-EC runs of the same depth (--target ec) "
@@ -180,8 +185,7 @@ def _read(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
     needed = {"hash", "true", "predicted"}
     needed |= {"family"} if meta.get("families") else set()
     needed |= {"identity"} if meta.get("identity_bands") else set()
-    depth = len(meta.get("levels") or [])
-    needed |= {"level_top"} if depth > 1 else set()
+    depth = len(meta.get("levels") or [])  # level_top: [depth, n] where there is one
     try:
         with np.load(rows_file, allow_pickle=False) as npz:
             rows = {k: npz[k] for k in npz.files}
