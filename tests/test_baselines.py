@@ -506,6 +506,8 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "A − B" in printed and "95% interval" in printed
     assert json.loads(out.read_text())["all"]["difference"] == pytest.approx(every["difference"])
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
     for inside in (a / "comparison.json", b / "sub" / "comparison.json"):
         assert main(["compare", str(a), str(b), "--out", str(inside)]) == 2
         assert "lies inside the evaluation" in " ".join(capsys.readouterr().err.split())
