@@ -155,7 +155,7 @@ class Tally:
         self.predicted: list[np.ndarray] = []
         self.identity: list[np.ndarray] = []
         self.hashes: list[np.ndarray] = []
-        self.single: list[np.ndarray] = []
+        self.class_hashes: list[np.ndarray] = []  # of the records in one class
         vocab = model.vocab
         self.tops: list[list[np.ndarray]] = [[] for _ in range(vocab.depth)]  # class rows
         self.levels = [LevelScores(k + 1, vocab) for k in range(vocab.depth)]
@@ -164,12 +164,13 @@ class Tally:
         self.several = 0  # records in several classes: in the levels' metrics, not the class's
 
     def add(self, chunk: Records, identity: np.ndarray | None) -> None:
-        self.hashes.append(hash64(chunk.seqs))
+        hashes = hash64(chunk.seqs)
+        self.hashes.append(hashes)
         scores = self.model.score(chunk.ids, chunk.seqs)
         if scores.identity is not None:
             identity, self.searched = scores.identity, True
         single = in_one_class(chunk.ecs)
-        self.single.append(single)
+        self.class_hashes.append(hashes[single])
         self.several += int((~single).sum())
         self.truth.append(chunk.labels[single])
         no_class = np.isnan(scores.probs).all(axis=1)
@@ -195,14 +196,29 @@ class Tally:
             _cat(self.hashes, np.uint64),
         )
 
+    def class_rows(
+        self,
+        y_true: np.ndarray,
+        y_pred: np.ndarray,
+        identity: np.ndarray | None,
+        family: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The arrays of :data:`CLASS_ROWS`: the hashes of the records in one class, their
+        truth and prediction (:meth:`arrays`), identities and families where known, and a
+        full-EC run's ``level_top``."""
+        rows = {"hash": _cat(self.class_hashes, np.uint64), "true": y_true, "predicted": y_pred}
+        if len(self.tops) > 1:
+            rows["level_top"] = self.level_tops()
+        if identity is not None:
+            rows["identity"] = identity
+        if family is not None:
+            rows["family"] = family
+        return rows
+
     def level_tops(self) -> np.ndarray:
         """Per level, each record in one class's top prediction there: ``int8 [levels, n]``,
         1 right, 0 wrong, -1 not measured (its number stops above the level)."""
         return np.stack([_cat(parts, np.int8) for parts in self.tops])
-
-    def class_hashes(self) -> np.ndarray:
-        """The hashes of the records in one class, those :meth:`arrays` gives classes of."""
-        return _cat(self.hashes, np.uint64)[_cat(self.single, np.bool_)]
 
     def level_results(self) -> list[dict]:
         out = []
@@ -377,6 +393,7 @@ def _evaluate(
         result["identity_bands"] = band_accuracy(y_true, y_pred, identities)
     elif bands:
         result["identity_bands_skipped"] = skipped or "no identities"
+    rows = tally.class_rows(y_true, y_pred, identities, family)
     if family is not None:
         if len(family) != len(y_true):  # the second pass read other records than the first
             raise RunError(f"{describe(source)} changed while it was evaluated; evaluate again")
@@ -386,9 +403,9 @@ def _evaluate(
             "tool": f"mmseqs {workflow(len(family))}", "resamples": RESAMPLES, "level": LEVEL,
             **family_report(y_true, y_pred, family, named),
         }  # fmt: skip
-        if full_ec:  # each level's top prediction, on the same proteins and families
+        if "level_top" in rows:  # each level's top prediction, on the same proteins and families
             result["families"]["levels"] = [
-                family_accuracy(top[top >= 0] == 1, family[top >= 0]) for top in tally.level_tops()
+                family_accuracy(top[top >= 0] == 1, family[top >= 0]) for top in rows["level_top"]
             ]
     _check_replaceable(out)  # again: scoring took a while, and the folder is not locked
     with claimed_dir(out, replace=True) as folder:  # whole, or the earlier one stays
@@ -397,13 +414,6 @@ def _evaluate(
         history = read_metrics(run)
         if history:
             plots.learning_curves(history, folder / "learning_curves.png")
-        rows = {"hash": tally.class_hashes(), "true": y_true, "predicted": y_pred}
-        if full_ec:
-            rows["level_top"] = tally.level_tops()
-        if identities is not None:
-            rows["identity"] = identities
-        if family is not None:
-            rows["family"] = family
         np.savez(folder / CLASS_ROWS, **rows)
         # what compare checks the file against before it uses it
         result["class_rows"] = {"file": CLASS_ROWS, "sha256": file_sha256(folder / CLASS_ROWS)}

@@ -189,9 +189,7 @@ def families_table(result: dict) -> Table | None:
     for col in ("proteins of", "proteins", "families", "largest family", "accuracy",
                 f"{level} interval", "family mean", "largest class", "its interval"):  # fmt: skip
         table.add_column(col, justify="right")
-    bands = [(b.replace("_", " "), v) for b, v in fam.get("bands", {}).items()]
-    levels = [(f"level {k}, top", v) for k, v in enumerate(fam.get("levels", []), 1)]
-    for name, info in [("all", fam["all"]), *bands, *levels]:
+    for name, info in _selections(fam):
         guess = info.get("largest_class", {})
         table.add_row(
             name, f"{info['n']:,}", f"{info['families']:,}", _share(info["largest_family"]),
@@ -215,9 +213,7 @@ def compare_table(result: dict) -> Table:
     level = f"{fam['level']:.0%} interval" if fam else "interval"
     for col in ("proteins of", "proteins", "families", "A", "B", "A − B", level):
         table.add_column(col, justify="right")
-    bands = [(b.replace("_", " "), v) for b, v in result.get("bands", {}).items()]
-    levels = [(f"level {k}, top", v) for k, v in enumerate(result.get("levels", []), 1)]
-    for name, info in [("all", result["all"]), *bands, *levels]:
+    for name, info in _selections(result):
         families = "–" if info["families"] is None else f"{info['families']:,}"
         difference = "–" if info["difference"] is None else f"{info['difference']:+.3f}"
         table.add_row(
@@ -232,6 +228,14 @@ def compare_table(result: dict) -> Table:
         else "no interval: neither evaluation has families (evaluate --families)"
     )
     return table
+
+
+def _selections(part: dict) -> list[tuple[str, dict]]:
+    """The rows of a families or a comparison table: all proteins, each band of identity, and
+    each EC level's top prediction, where the result has them."""
+    bands = [(b.replace("_", " "), v) for b, v in part.get("bands", {}).items()]
+    levels = [(f"level {k}, top", v) for k, v in enumerate(part.get("levels", []), 1)]
+    return [("all", part["all"]), *bands, *levels]
 
 
 def _span(interval: list[float] | None, signed: bool = False) -> str:

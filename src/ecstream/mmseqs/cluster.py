@@ -318,8 +318,8 @@ def families_of(
     fasta = work / "queries.fasta"
     ids, digest = write_queries(queries, fasta)
     n = len(ids)
-    options = _options(identity, coverage)
-    key = text_digest(digest, "families-v1", workflow(n), *options)
+    tool, options = workflow(n), _options(identity, coverage)
+    key = text_digest(digest, "families-v1", tool, *options)
     cache = cache_dir() / "families" / f"{key[:32]}.npz"
     got = cached_arrays(
         cache, key, ("family",), n, lambda a: bool(((a["family"] >= 0) & (a["family"] < n)).all())
@@ -330,7 +330,6 @@ def families_of(
     if n:
         mm = MMseqs.find(threads)
         prefix = work / "clu"
-        tool = workflow(n)
         args = [tool, fasta, prefix, work / "tmp", *options, "--threads", mm.threads]
         mm.run([*args, "--remove-tmp-files", "1"], work, tool)
         _read_representatives(Path(f"{prefix}_cluster.tsv"), rep)
