@@ -281,6 +281,78 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
     assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
 
 
+def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
+    runs, tmp_path, monkeypatch
+):
+    """A store of many record batches (here: chunks of 16) and an input of many chunks: the kNN
+    and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
+    and answer exactly as when each chunk is searched on its own."""
+    from ecstream.mmseqs import search
+    from ecstream.predictors.homolog import KNNPredictor
+    from ecstream.store import Store
+
+    store, _, knn, hybrid, *_ = runs
+    whole = Store.records
+
+    def in_chunks_of_16(self, split):
+        for chunk in whole(self, split):
+            place = np.arange(len(chunk))
+            yield from (chunk.take(place // 16 == k) for k in range(-(-len(chunk) // 16)))
+
+    monkeypatch.setattr(Store, "records", in_chunks_of_16)
+    searched = []
+    easy_search = search._easy_search
+
+    def counted(work, target, params, threads, any_query):
+        queries = (work / "queries.fasta").read_text().count(">")
+        searched.append((params.iterations, queries))
+        return easy_search(work, target, params, threads, any_query)
+
+    monkeypatch.setattr(search, "_easy_search", counted)
+    n = store.num_records("test")  # a full-EC run scores every row
+    first = next(whole(store, "test"))
+    fasta = tmp_path / "q.fasta"  # lower case and a record that cannot be scored, too
+    seqs = [s.decode() for s in first.seqs[:100]]
+    seqs[3], seqs[7] = seqs[3].lower(), "MKV1X"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in enumerate(seqs)))
+    results, files, counts = {}, {}, {}
+    for grouped in (True, False):
+        if not grouped:  # as before groups: every chunk searched on its own
+            monkeypatch.setattr(KNNPredictor, "search_rows", None)
+            monkeypatch.setattr(KNNPredictor, "search_ahead", lambda self, seqs: None)
+        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{grouped}"))
+        searched.clear()
+        out = tmp_path / f"eval-{grouped}"
+        results[grouped] = evaluate(knn, store.path, out, split="test", bands=False)
+        files[grouped] = dict(np.load(out / "classes.npz"))
+        counts[grouped, "evaluate"] = list(searched)
+        searched.clear()  # and a cache of its own: the file's chunks are the store's first
+        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"predict-cache-{grouped}"))
+        for name, run in (("knn", knn), ("hybrid", hybrid)):
+            tsv = tmp_path / f"{name}-{grouped}.tsv"
+            predict_file(load_model(run), fasta, tsv, chunk_rows=16)
+            files[grouped, name] = tsv.read_bytes()
+        counts[grouped, "predict"] = list(searched)
+    profile = results[True]["levels"][0]["profile_hits"]["n"]
+    assert profile > 0  # the fallback had queries to search again
+    # grouped: one search of every record, one profile search of those without a hit
+    assert [q for i, q in counts[True, "evaluate"] if i == 1] == [n]
+    assert len([q for i, q in counts[True, "evaluate"] if i > 1]) == 1
+    # the hybrid's predictions reuse the kNN's (cached) group; each of the 99 scored once
+    assert [q for i, q in counts[True, "predict"] if i == 1] == [99]
+    # chunk by chunk, as many searches as chunks
+    chunks = sum(1 for _ in in_chunks_of_16(store, "test"))
+    assert len([q for i, q in counts[False, "evaluate"] if i == 1]) == chunks > 1
+    assert len([q for i, q in counts[False, "predict"] if i == 1]) == -(-99 // 16)
+    for key in ("accuracy", "levels", "n", "no_prediction"):
+        assert results[True][key] == results[False][key], key
+    for name in files[True]:
+        np.testing.assert_array_equal(files[True][name], files[False][name])
+    assert files[True, "knn"] == files[False, "knn"]
+    assert files[True, "hybrid"] == files[False, "hybrid"]
+    assert files[True, "knn"].count(b"\n") == 101  # the header and every record's row
+
+
 def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):
     import shutil
 

@@ -275,6 +275,44 @@ def test_leakage_report_cluster_vs_random(cluster_build, random_store, train_db)
     assert ecstream.open_store(cluster_store.path).verify() == []
 
 
+def test_a_querys_hits_do_not_depend_on_the_other_queries_of_its_search(
+    train_db, cluster_build, tmp_path
+):
+    """What lets a homology predictor search a group of records once and hand each part its
+    slice (Hits.take): the plain search and the profile fallback answer a query alike alone
+    or among others, in any order."""
+    store, _ = cluster_build
+    test = list(pairs(store.records("test")))[:60]
+    part = test[40:][::-1]
+    for kind, settings in (("plain", {}), ("profile", {"sensitivity": 7.5, "iterations": 3})):
+        group = best_hits(test, train_db, tmp_path / f"{kind}-group", THREADS, **settings)
+        alone = best_hits(part, train_db, tmp_path / f"{kind}-part", THREADS, **settings)
+        taken = group.take(np.arange(40, 60)[::-1], [q for q, _ in part])
+        assert taken.query_ids == alone.query_ids
+        for name in ("best_target", "best_id", "best_label", "best_fident", "best_bits",
+                     "best_evalue", "max_fident", "max_target"):  # fmt: skip
+            np.testing.assert_array_equal(getattr(taken, name), getattr(alone, name), name)
+        assert alone.has_hit.any() and group.has_hit.sum() > alone.has_hit.sum(), kind
+
+
+@given(st.lists(st.integers(0, 9), max_size=30), st.one_of(st.none(), st.integers(1, 25)))
+def test_groups_keep_every_chunk_in_order_and_close_at_the_size(sizes, rows):
+    from ecstream.records import groups
+
+    chunks = [list(range(n)) for n in sizes]
+    made = list(groups(iter(chunks), rows))
+    assert [c for g in made for c in g] == chunks  # every chunk once, in order (no copies)
+    assert all(g for g in made)
+    for g in made:
+        total = sum(map(len, g))
+        if rows is None:
+            assert len(g) == 1
+        elif g is not made[-1]:
+            assert total >= rows > total - len(g[-1])  # closed by its last chunk, not before
+        else:
+            assert total - len(g[-1]) < rows
+
+
 def test_target_db_refuses_to_overwrite(train_db, cluster_build):
     before = (train_db.directory / TargetDB.META).read_bytes()
     with pytest.raises(FileExistsError):

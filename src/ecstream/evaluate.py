@@ -43,7 +43,7 @@ from .mmseqs.cluster import COVERAGE, FAMILY_IDENTITY, families_of, workflow
 from .mmseqs.search import best_hits
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
-from .records import Records, pairs
+from .records import Records, groups, pairs
 from .runs import (
     MAX_SEEN,
     SEEN,
@@ -361,12 +361,17 @@ def _evaluate(
     if isinstance(model, CNNPredictor):
         model.report_uncalibrated = True
     done = 0
-    for chunk in records(skips):
-        part = None if identity is None else identity[done : done + len(chunk)]
-        tally.add(chunk, part)
-        done += len(chunk)
-        if progress:
-            progress(f"{done:,} records scored")
+    for group in groups(records(skips), model.search_rows):
+        if model.search_rows:  # a homology predictor: one search for the group, not per chunk
+            if progress:
+                progress(f"homology search of {sum(map(len, group)):,} records (MMseqs2)")
+            model.search_ahead([seq for chunk in group for seq in chunk.seqs])
+        for chunk in group:
+            part = None if identity is None else identity[done : done + len(chunk)]
+            tally.add(chunk, part)
+            done += len(chunk)
+            if progress:
+                progress(f"{done:,} records scored")
     y_true, y_pred, identities, hashes = tally.arrays()
     if stream:  # a pipe is read once: the check comes after scoring
         seen = seen_by_run(run, hashes)

@@ -29,6 +29,7 @@ from .config import TOP_K
 from .hierarchy import decode, partial, top_numbers
 from .kinds import is_whole
 from .predictors.base import Predictor
+from .records import groups
 from .runs import check_outside_runs_and_stores
 from .skips import Skips
 from .sources import CHUNK_ROWS, Columns, InputError, SourceInfo, describe, is_stream, read_rows
@@ -86,7 +87,7 @@ def predict_file(
     columns: Columns = PREDICT_COLUMNS,
     fmt: str | None = None,
     chunk_rows: int = CHUNK_ROWS,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int | str], None] | None = None,
     allow_partial: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> dict:
@@ -110,7 +111,10 @@ def predict_file(
 
     A CNN run on CPU scores several slices of ``config.SCORE_ROWS`` records at once, in
     threads (``Predictor.parallel_parts``), PyTorch's thread count shared out among them for
-    the duration, process-wide; the output is that of one slice after the other.
+    the duration, process-wide; the output is that of one slice after the other. A kNN or
+    hybrid run searches :data:`~ecstream.mmseqs.search.SEARCH_ROWS` records or so at once
+    (``Predictor.search_ahead``), whatever ``chunk_rows``: a search pays a fixed cost. Before
+    each such search ``progress`` gets a message; otherwise the records written so far.
 
     ``shard=(i, n)`` scores part ``i`` (from 0) of ``n``: the records ``[i·N/n, (i+1)·N/n)`` of
     the ``N`` in the input, counted by a first pass (cheap next to scoring; it works for gzip,
@@ -149,7 +153,7 @@ def predict_file(
     with _output(out) as fh:
         writer = TsvWriter(fh)
         writer.row(header)
-        every = itertools.chain([first] if first else [], chunks)
+        every = _announced(model, itertools.chain([first] if first else [], chunks), progress)
         for rows, lines in _scored_parts(model, _parts(model, every), top_k, thresholds):
             _write_part(rows, lines, writer, counts)
             del rows, lines  # the written part's arrays go back now: see ecstream.allocator
@@ -168,6 +172,37 @@ def predict_file(
         "seconds": seconds,
         "per_second": counts["records"] / max(seconds, 1e-9),
     }
+
+
+def _announced(
+    model: Predictor, chunks: Iterable[list], progress: Callable[[int | str], None] | None
+) -> Iterator[list]:
+    """The chunks as they come; to a homology predictor, each group of ``search_rows`` or so
+    records announced (:meth:`~ecstream.predictors.base.Predictor.search_ahead`) as its
+    first chunk is taken, so that one search serves the group's chunks."""
+    if not model.search_rows:
+        yield from chunks
+        return
+    for group in groups(chunks, model.search_rows):
+        if progress:
+            progress(f"homology search of the next {sum(map(len, group)):,} records (MMseqs2)")
+        model.search_ahead([seq for rows in group for seq in _cleaned(rows)[1]])
+        yield from group
+
+
+def _cleaned(rows: list) -> tuple[list[str], list[bytes], list[int], dict[int, str]]:
+    """The ids and cleaned sequences of the rows that can be scored, their places among the
+    rows, and the others' errors by place."""
+    ids, seqs, keep, errors = [], [], [], {}
+    for k, (_, rid, _, seq, _) in enumerate(rows):
+        try:
+            seqs.append(clean_sequence(seq).encode())
+        except SequenceError as error:
+            errors[k] = str(error)
+            continue
+        keep.append(k)
+        ids.append(rid)
+    return ids, seqs, keep, errors
 
 
 def _parts(model: Predictor, chunks: Iterable[list]) -> Iterator[list]:
@@ -330,15 +365,7 @@ class _Lines:
     @classmethod
     def of(cls, model: Predictor, rows: list, top_k: int, thresholds: list) -> _Lines:
         """Clean and score a part's records (one that cannot be cleaned keeps its error)."""
-        ids, seqs, keep, errors = [], [], [], {}
-        for k, (_, rid, _, seq, _) in enumerate(rows):
-            try:
-                seqs.append(clean_sequence(seq).encode())
-            except SequenceError as error:
-                errors[k] = str(error)
-                continue
-            keep.append(k)
-            ids.append(rid)
+        ids, seqs, keep, errors = _cleaned(rows)
         return cls(model, ids, seqs, top_k, thresholds, keep, errors)
 
     def error(self, rid: str, length: int, message: str) -> list[str]:

@@ -6,8 +6,9 @@ iterators of :class:`Records` chunks of bounded size, so memory never holds a wh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -57,6 +58,24 @@ def concat(chunks: Iterable[Records]) -> Records:
         ecs=[e for p in parts for e in p.ecs],
         split_values=[v for p in parts for v in p.split_values],
     )
+
+
+Chunk = TypeVar("Chunk", bound=Sized)
+
+
+def groups(chunks: Iterable[Chunk], rows: int | None) -> Iterator[list[Chunk]]:
+    """Consecutive chunks gathered until they hold at least ``rows`` records together (the
+    last group may hold fewer); each chunk alone when ``rows`` is ``None``."""
+    group: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        group.append(chunk)
+        size += len(chunk)
+        if rows is None or size >= rows:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def pairs(chunks: Iterable[Records]) -> Iterator[tuple[str, bytes]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,12 @@ SEARCH_EVALUE = 1e-3
 #: (BENCHMARKS.md, remote proteins, has what it finds and what it costs).
 PROFILE_ITERATIONS = 3
 PROFILE_SENSITIVITY = 7.5
+#: Queries a homology predictor searches in one go where its caller lets it (evaluate, predict:
+#: :meth:`~ecstream.predictors.base.Predictor.search_ahead`). Each search pays a fixed cost,
+#: MMseqs2 indexing the training split's k-mers anew, worth about a thousand queries on the
+#: shared data, and the profile fallback pays it three times more (BENCHMARKS.md, accuracy
+#: section). A hit is a few numbers per query, so such a group costs little memory.
+SEARCH_ROWS = 32_768
 _SEARCH_COLUMNS = ("query", "target", "fident", "bits", "evalue")
 
 
@@ -193,6 +199,16 @@ class Hits:
     def by_profile(self) -> np.ndarray:
         """Which queries' best hit came from the profile fallback (none without one)."""
         return np.zeros(len(self), bool) if self.profile is None else self.profile
+
+    def take(self, rows: np.ndarray, query_ids: list[str]) -> Hits:
+        """The hits of queries ``rows``, renamed ``query_ids`` (a query's hits depend on its
+        sequence alone, not on the other queries of its search)."""
+        arrays = {
+            f.name: getattr(self, f.name)[rows]
+            for f in fields(self)
+            if f.name != "query_ids" and getattr(self, f.name) is not None
+        }
+        return replace(self, query_ids=list(query_ids), **arrays)
 
 
 @dataclass(frozen=True)

@@ -70,12 +70,19 @@ class Predictor:
     max_length: int | None = None  # sequences longer than this are truncated; None: never
     batch_size: int | None = None  # sequences per forward pass; None: the predictor has none
     score_rows: int | None = None  # predict scores a chunk in parts of this many; None: whole
+    search_rows: int | None = None  # records to announce at once (search_ahead); None: no need
     precision: str | None = None  # number format of the forward pass; None: the predictor has none
     extra_columns: tuple[str, ...] = ()
 
     def score(self, ids: list[str], seqs: list[bytes]) -> Scores:
         """Probabilities for sequences (upper-case letters), with any extra output columns."""
         raise NotImplementedError
+
+    def search_ahead(self, seqs: list[bytes]) -> None:
+        """Told the cleaned sequences of the next ``search_rows`` or so records, before they
+        are scored in smaller parts: a homology predictor searches them in one go, since a
+        search pays a fixed cost whatever its size. Scoring records it was not told of still
+        works (they are searched then). Other predictors ignore it."""
 
     def parallel_parts(self) -> contextlib.AbstractContextManager[int]:
         """While entered: how many parts of an input :func:`~ecstream.predict.predict_file` may

@@ -26,9 +26,11 @@ import numpy as np
 from ..atomic import OutputBusyError, claim
 from ..cache import scratch
 from ..calibrate import identity_confidence
+from ..hashing import hash64
 from ..hierarchy import apply_map, consistent, split_levels
 from ..labels import ECVocabulary, LabelPolicy
 from ..mmseqs.search import (
+    SEARCH_ROWS,
     SEARCH_SENSITIVITY,
     Hits,
     TargetDB,
@@ -81,6 +83,7 @@ class KNNPredictor(Predictor):
     kind = "knn"
     extra_columns = EXTRA_COLUMNS
     max_length = None  # whole sequences are searched, never truncated
+    search_rows = SEARCH_ROWS
 
     def __init__(self, run: str | os.PathLike, config: dict, threads: int | None = None):
         self.run, self.config = Path(run), config
@@ -99,9 +102,32 @@ class KNNPredictor(Predictor):
         self.thresholds = calibration.get("thresholds")
         # kNN runs made before the profile fallback existed have none
         self.fallback = bool(config.get("search", {}).get("profile_fallback", False))
+        self._ahead: tuple[np.ndarray, np.ndarray, Hits] | None = None  # see search_ahead
+
+    def search_ahead(self, seqs: list[bytes]) -> None:
+        """Search the records to be scored next in one go (:meth:`Predictor.search_ahead`); the
+        group's hits are kept, by sequence, until the next group is announced."""
+        self._ahead = None  # the previous group's hits go first
+        if not seqs:
+            return
+        hits = self._search([str(i) for i in range(len(seqs))], seqs)
+        hashes = hash64(seqs)
+        order = np.argsort(hashes, kind="stable")
+        self._ahead = (hashes[order], order, hits)
 
     def hits(self, ids: list[str], seqs: list[bytes]) -> Hits:
-        """Best hits; queries without one are searched again by profile, if the run says so."""
+        """Best hits; queries without one are searched again by profile, if the run says so.
+        Sequences of the group announced by :meth:`search_ahead` are not searched again."""
+        ahead = self._ahead  # read once: another thread may announce the next group
+        if ahead is not None and seqs:
+            known, order, hits = ahead
+            hashes = hash64(seqs)
+            at = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
+            if (known[at] == hashes).all():
+                return hits.take(order[at], ids)
+        return self._search(ids, seqs)
+
+    def _search(self, ids: list[str], seqs: list[bytes]) -> Hits:
         with scratch("knn") as work:
             hits = best_hits(
                 zip(ids, seqs, strict=True), self.target, Path(work) / "search", self.threads,
@@ -223,6 +249,7 @@ class HybridPredictor(Predictor):
 
     kind = "hybrid"
     extra_columns = (*EXTRA_COLUMNS, "homolog_depth")  # levels taken from the homolog
+    search_rows = SEARCH_ROWS
 
     def __init__(
         self, run: str | os.PathLike, config: dict, device: str | None = None, precision: str = "32"
@@ -268,6 +295,9 @@ class HybridPredictor(Predictor):
 
     def handled(self, length: int) -> str:
         return self.cnn.handled(length)  # the search takes whole sequences; the CNN says how
+
+    def search_ahead(self, seqs: list[bytes]) -> None:
+        self.knn.search_ahead(seqs)
 
     @property
     def precision(self) -> str:
