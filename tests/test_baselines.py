@@ -286,9 +286,10 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
 ):
     """A store of many record batches (here: chunks of 16) and an input of many chunks: the kNN
     and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
-    and answer exactly as when each chunk is searched on its own."""
+    and answer exactly as when each chunk is searched on its own; a chunk outside the group
+    announced is searched."""
     from ecstream.mmseqs import search
-    from ecstream.predictors.homolog import KNNPredictor
+    from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
     from ecstream.store import Store
 
     store, _, knn, hybrid, *_ = runs
@@ -308,49 +309,77 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
         searched.append((params.iterations, queries))
         return easy_search(work, target, params, threads, any_query)
 
+    def plain(mode, task):
+        return [q for i, q in counts[mode, task] if i == 1]
+
     monkeypatch.setattr(search, "_easy_search", counted)
-    n = store.num_records("test")  # a full-EC run scores every row
+    sizes = [len(c) for c in in_chunks_of_16(store, "test")]  # a full-EC run scores every row
     first = next(whole(store, "test"))
     fasta = tmp_path / "q.fasta"  # lower case and a record that cannot be scored, too
     seqs = [s.decode() for s in first.seqs[:100]]
     seqs[3], seqs[7] = seqs[3].lower(), "MKV1X"
     fasta.write_text("".join(f">{i}\n{s}\n" for i, s in enumerate(seqs)))
     results, files, counts = {}, {}, {}
-    for grouped in (True, False):
-        if not grouped:  # as before groups: every chunk searched on its own
-            monkeypatch.setattr(KNNPredictor, "search_rows", None)
+    for mode in ("one group", "groups of 40", "each chunk"):
+        if mode == "groups of 40":
+            for kind in (KNNPredictor, HybridPredictor):
+                monkeypatch.setattr(kind, "search_rows", 40)
+        if mode == "each chunk":  # as before groups: every chunk searched on its own
+            for kind in (KNNPredictor, HybridPredictor):
+                monkeypatch.setattr(kind, "search_rows", None)
             monkeypatch.setattr(KNNPredictor, "search_ahead", lambda self, seqs: None)
-        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{grouped}"))
+        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{mode}"))
         searched.clear()
-        out = tmp_path / f"eval-{grouped}"
-        results[grouped] = evaluate(knn, store.path, out, split="test", bands=False)
-        files[grouped] = dict(np.load(out / "classes.npz"))
-        counts[grouped, "evaluate"] = list(searched)
+        out = tmp_path / f"eval-{mode}"
+        results[mode] = evaluate(knn, store.path, out, split="test", bands=False)
+        files[mode] = dict(np.load(out / "classes.npz"))
+        counts[mode, "evaluate"] = list(searched)
         searched.clear()  # and a cache of its own: the file's chunks are the store's first
-        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"predict-cache-{grouped}"))
+        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"predict-cache-{mode}"))
         for name, run in (("knn", knn), ("hybrid", hybrid)):
-            tsv = tmp_path / f"{name}-{grouped}.tsv"
+            tsv = tmp_path / f"{name}-{mode}.tsv"
             predict_file(load_model(run), fasta, tsv, chunk_rows=16)
-            files[grouped, name] = tsv.read_bytes()
-        counts[grouped, "predict"] = list(searched)
-    profile = results[True]["levels"][0]["profile_hits"]["n"]
-    assert profile > 0  # the fallback had queries to search again
-    # grouped: one search of every record, one profile search of those without a hit
-    assert [q for i, q in counts[True, "evaluate"] if i == 1] == [n]
-    assert len([q for i, q in counts[True, "evaluate"] if i > 1]) == 1
+            files[mode, name] = tsv.read_bytes()
+        counts[mode, "predict"] = list(searched)
+    assert results["one group"]["levels"][0]["profile_hits"]["n"] > 0  # the fallback worked
+    # one group: one search of every record, one profile search of those without a hit
+    assert plain("one group", "evaluate") == [sum(sizes)]
+    assert len(counts["one group", "evaluate"]) == 2
     # the hybrid's predictions reuse the kNN's (cached) group; each of the 99 scored once
-    assert [q for i, q in counts[True, "predict"] if i == 1] == [99]
+    assert plain("one group", "predict") == [99]
+    # groups of 40: chunks of 16 gathered three at a time (the store's last ones as they come)
+    expected, size = [], 0
+    for n in sizes:
+        size += n
+        if size >= 40:
+            expected, size = [*expected, size], 0
+    assert plain("groups of 40", "evaluate") == expected + ([size] if size else [])
+    assert plain("groups of 40", "predict") == [47, 48, 4]  # 16 + 16 + 16 rows, one unscored
     # chunk by chunk, as many searches as chunks
-    chunks = sum(1 for _ in in_chunks_of_16(store, "test"))
-    assert len([q for i, q in counts[False, "evaluate"] if i == 1]) == chunks > 1
-    assert len([q for i, q in counts[False, "predict"] if i == 1]) == -(-99 // 16)
-    for key in ("accuracy", "levels", "n", "no_prediction"):
-        assert results[True][key] == results[False][key], key
-    for name in files[True]:
-        np.testing.assert_array_equal(files[True][name], files[False][name])
-    assert files[True, "knn"] == files[False, "knn"]
-    assert files[True, "hybrid"] == files[False, "hybrid"]
-    assert files[True, "knn"].count(b"\n") == 101  # the header and every record's row
+    assert plain("each chunk", "evaluate") == sizes and len(sizes) > 3
+    assert len(plain("each chunk", "predict")) == -(-100 // 16)
+    for mode in ("groups of 40", "each chunk"):
+        for key in ("accuracy", "levels", "n", "no_prediction"):
+            assert results["one group"][key] == results[mode][key], (mode, key)
+        for name in files["one group"]:
+            np.testing.assert_array_equal(files["one group"][name], files[mode][name])
+        assert files["one group", "knn"] == files[mode, "knn"], mode
+        assert files["one group", "hybrid"] == files[mode, "hybrid"], mode
+    assert files["one group", "knn"].count(b"\n") == 101  # the header and every record's row
+
+    monkeypatch.undo()  # the predictors as they are, the searches counted again
+    monkeypatch.setattr(search, "_easy_search", counted)
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-direct"))
+    model, test = load_model(knn), first.seqs[:30]
+    model.search_ahead(test[:20])
+    searched.clear()
+    inside = model.hits([f"q{i}" for i in range(5)], test[10:15])
+    assert searched == [] and inside.query_ids == [f"q{i}" for i in range(5)]
+    outside = model.hits(["a", "b"], [test[12], test[25]])  # the second was not announced
+    assert [q for i, q in searched if i == 1] == [2]
+    assert outside.best_target[0] == inside.best_target[2]
+    alone = load_model(knn).hits(["x"], [test[12]])
+    assert alone.best_target[0] == inside.best_target[2] and alone.best_id[0] == inside.best_id[2]
 
 
 def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):
@@ -527,7 +556,12 @@ def test_compare_pairs_two_evaluations_protein_by_protein(runs, tmp_path, capsys
     val_cnn = tmp_path / "val-cnn"
     evaluate(cnn, store.path, val_cnn, split="val", allow_seen=True)
     on_val = seen_warnings(compare(val_cnn, val))  # the hybrid tuned its thresholds there
-    assert len(on_val) == 2 and on_val[1].startswith("B: its run had seen 0 of the ")
+    n = json.loads((val / "metrics.json").read_text())["seen"]["records"]
+    assert on_val[1] == (
+        f"B: 0 of the {n:,} records evaluated are in its training split and {n:,} in its "
+        "validation split: its accuracy is optimistic on them"
+    )
+    assert len(on_val) == 2 and on_val[0].startswith(f"A: 0 of the {n:,} records evaluated")
     import shutil
 
     from ecstream.hashing import file_sha256

@@ -288,7 +288,6 @@ def test_a_querys_hits_do_not_depend_on_the_other_queries_of_its_search(
         group = best_hits(test, train_db, tmp_path / f"{kind}-group", THREADS, **settings)
         alone = best_hits(part, train_db, tmp_path / f"{kind}-part", THREADS, **settings)
         taken = group.take(np.arange(40, 60)[::-1], [q for q, _ in part])
-        assert taken.query_ids == alone.query_ids
         for name in ("best_target", "best_id", "best_label", "best_fident", "best_bits",
                      "best_evalue", "max_fident", "max_target"):  # fmt: skip
             np.testing.assert_array_equal(getattr(taken, name), getattr(alone, name), name)

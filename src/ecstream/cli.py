@@ -301,7 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .allocator import small_primitive_cache
 
     small_primitive_cache()  # before torch makes its first primitive
-    from .evaluate import evaluate
+    from .evaluate import evaluate, seen_line
     from .report import bands_table, families_table, levels_table, metrics_table
 
     columns = Columns(id=args.id_column, ec=args.ec_column, sequence=args.sequence_column)
@@ -324,11 +324,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seen = result["seen"]
     if not seen["checked"]:
         console.print(f"[yellow]warning:[/] {escape(seen['why'])}")
-    elif seen["in_train"] or seen["in_val"]:
-        console.print(
-            f"[yellow]seen by the run:[/] {seen['in_train']:,} records of its training split, "
-            f"{seen['in_val']:,} of its validation split (of {seen['records']:,})"
-        )
+    elif line := seen_line(seen):
+        console.print(f"[yellow]seen by the run:[/] {escape(line)}")
     if skipped := result.get("identity_bands_skipped"):
         console.print(f"[yellow]no identity bands:[/] {escape(skipped)}")
     if partial := result.get("partial"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import OutputIsInputError, OutputRefusedError, read_json, write_json
-from .evaluate import CLASS_ROWS
+from .evaluate import CLASS_ROWS, seen_line
 from .families import paired_difference
 from .hashing import file_sha256
 from .identity import BANDS, identity_bands
@@ -149,12 +149,8 @@ def seen_warnings(result: dict) -> list[str]:
         name = side.upper()
         if seen.get("checked") is False:
             lines.append(f"{name}: whether its run had seen these records is unknown")
-        elif seen.get("in_train") or seen.get("in_val"):
-            lines.append(
-                f"{name}: its run had seen {seen['in_train']:,} of the {seen['records']:,} "
-                f"records its evaluation read in training and {seen['in_val']:,} in "
-                "validation: its accuracy is optimistic there"
-            )
+        elif line := seen_line(seen):
+            lines.append(f"{name}: {line}")
     return lines
 
 

@@ -372,6 +372,7 @@ def _evaluate(
             done += len(chunk)
             if progress:
                 progress(f"{done:,} records scored")
+        group.clear()  # before the next group is read: one group's records held at a time
     y_true, y_pred, identities, hashes = tally.arrays()
     if stream:  # a pipe is read once: the check comes after scoring
         seen = seen_by_run(run, hashes)
@@ -517,6 +518,18 @@ def seen_by_run(run: str | os.PathLike, hashes: np.ndarray) -> dict:
         "in_val": in_val,
         "share_in_val": in_val / n if n else 0.0,
     }
+
+
+def seen_line(seen: dict) -> str | None:
+    """What the run had seen of the evaluated records (:func:`seen_by_run`), in a line; None
+    when nothing, or when that could not be checked (``seen["why"]`` then says why)."""
+    if not seen.get("checked") or not (seen["in_train"] or seen["in_val"]):
+        return None
+    return (
+        f"{seen['in_train']:,} of the {seen['records']:,} records evaluated are in its "
+        f"training split and {seen['in_val']:,} in its validation split: its accuracy is "
+        "optimistic on them"
+    )
 
 
 def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:

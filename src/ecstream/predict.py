@@ -113,8 +113,9 @@ def predict_file(
     threads (``Predictor.parallel_parts``), PyTorch's thread count shared out among them for
     the duration, process-wide; the output is that of one slice after the other. A kNN or
     hybrid run searches :data:`~ecstream.mmseqs.search.SEARCH_ROWS` records or so at once
-    (``Predictor.search_ahead``), whatever ``chunk_rows``: a search pays a fixed cost. Before
-    each such search ``progress`` gets a message; otherwise the records written so far.
+    (``Predictor.search_ahead``), whatever ``chunk_rows``: a search pays a fixed cost. So its
+    rows reach ``out`` (stdout too) a group at a time. Before each such search ``progress``
+    gets a message (text); otherwise the number of records written so far.
 
     ``shard=(i, n)`` scores part ``i`` (from 0) of ``n``: the records ``[i·N/n, (i+1)·N/n)`` of
     the ``N`` in the input, counted by a first pass (cheap next to scoring; it works for gzip,
@@ -188,6 +189,7 @@ def _announced(
             progress(f"homology search of the next {sum(map(len, group)):,} records (MMseqs2)")
         model.search_ahead([seq for rows in group for seq in _cleaned(rows)[1]])
         yield from group
+        group.clear()  # before the next group is read: one group's rows held at a time
 
 
 def _cleaned(rows: list) -> tuple[list[str], list[bytes], list[int], dict[int, str]]:

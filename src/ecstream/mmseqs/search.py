@@ -39,9 +39,10 @@ PROFILE_ITERATIONS = 3
 PROFILE_SENSITIVITY = 7.5
 #: Queries a homology predictor searches in one go where its caller lets it (evaluate, predict:
 #: :meth:`~ecstream.predictors.base.Predictor.search_ahead`). Each search pays a fixed cost,
-#: MMseqs2 indexing the training split's k-mers anew, worth about a thousand queries on the
-#: shared data, and the profile fallback pays it three times more (BENCHMARKS.md, accuracy
-#: section). A hit is a few numbers per query, so such a group costs little memory.
+#: MMseqs2 indexing the training split's k-mers anew (the profile fallback at each of its
+#: iterations), large next to a chunk's queries (BENCHMARKS.md, "Searching in groups"). A
+#: group's hits are a few numbers per query; its records' text, some tens of MB, is held
+#: while it is scored.
 SEARCH_ROWS = 32_768
 _SEARCH_COLUMNS = ("query", "target", "fident", "bits", "evalue")
 
