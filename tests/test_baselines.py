@@ -382,6 +382,38 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     assert alone.best_target[0] == inside.best_target[2] and alone.best_id[0] == inside.best_id[2]
 
 
+def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(
+    runs, tmp_path, monkeypatch
+):
+    """The class CNN's identity bands, the full-EC kNN and the class hybrid evaluated on one
+    store split: each searches every row of it (those a class run leaves out too), so the
+    first search is the only one, and the hybrid reuses the kNN's profile search as well."""
+    from ecstream.mmseqs import search
+
+    store, cnn, knn, hybrid, *_ = runs
+    n, single = store.num_records("test"), store.single_class_records("test")
+    assert n > single  # rows spanning several classes, which the class runs do not score
+    searched = []
+    easy_search = search._easy_search
+
+    def counted(work, target, params, threads, any_query):
+        searched.append((params.iterations, (work / "queries.fasta").read_text().count(">")))
+        return easy_search(work, target, params, threads, any_query)
+
+    monkeypatch.setattr(search, "_easy_search", counted)
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache"))
+    made = {}
+    for name, run in (("cnn", cnn), ("knn", knn), ("hybrid", hybrid)):
+        searched.clear()
+        result = evaluate(run, store.path, tmp_path / name, split="test", bands=True)
+        made[name] = list(searched)
+        assert result["n"] == single
+        assert sum(b["n"] for b in result["identity_bands"].values()) == single
+    assert made["cnn"] == [(1, n)]  # every row searched, the bands of the first `single`
+    assert [i for i, _ in made["knn"]] == [3]  # its profile search only
+    assert made["hybrid"] == []
+
+
 def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):
     import shutil
 

@@ -311,6 +311,12 @@ def _evaluate(
         def records(_: Skips | None = None) -> Iterator[Records]:
             return _first(store.records(split), limit)
 
+        def searched(_: Skips | None = None) -> Iterator[Records]:
+            """Every row, those a class run leaves out too (stored last): what a search of the
+            split covers for any run, so that one cached search serves them all."""
+            return store.records(split)
+
+        scored: int | None = limit  # the first rows of those searched
         where = {"store": str(Path(source).resolve()), "split": split}
     else:
         # a full-EC run is measured on every row; a class run as it trained (rows spanning
@@ -325,6 +331,7 @@ def _evaluate(
                 source, policy, sink, columns, fmt, allow_partial=allow_partial, info=seen
             )
 
+        searched, scored = records, None
         where = {"file": describe(source)}
     stream = is_stream(source)
     if not stream:  # a quick pass first, so that no time is spent on data the run has seen
@@ -341,7 +348,7 @@ def _evaluate(
                 raise RunError(f"{describe(source)} is a pipe, which cannot be read a second time")
             if progress:
                 progress("identity to the training split (MMseqs2)")
-            identity = _identity_to_train(run, records)
+            identity = _identity_to_train(run, searched)[:scored]
         except (RunError, OSError, MMseqsError) as error:  # e.g. the training store moved, a
             if asked:  # read-only run: the metrics still count, only the bands are missing
                 raise
@@ -361,12 +368,12 @@ def _evaluate(
     if isinstance(model, CNNPredictor):
         model.report_uncalibrated = True
     done = 0
-    for group in groups(records(skips), model.search_rows):
+    for group in groups(searched(skips), model.search_rows):
         if model.search_rows:  # a homology predictor: one search for the group, not per chunk
             if progress:
                 progress(f"homology search of {sum(map(len, group)):,} records (MMseqs2)")
             model.search_ahead([seq for chunk in group for seq in chunk.seqs])
-        for chunk in group:
+        for chunk in group if scored is None else _first(iter(group), scored - done):
             part = None if identity is None else identity[done : done + len(chunk)]
             tally.add(chunk, part)
             done += len(chunk)
