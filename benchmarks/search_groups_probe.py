@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/search_groups_probe.py [ACCURACY_DIR]
 
 Needs the random split's store and kNN run of the accuracy section (`benchmarks/run.py
 accuracy`). Each mode runs with an empty search cache of its own; the figures are printed, for a
-hand note in BENCHMARKS.md.
+hand note in BENCHMARKS.md, and the two evaluations' `classes.npz` compared array by array.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import ROOT
 
 from ecstream.evaluate import evaluate
@@ -35,7 +36,8 @@ def main() -> None:
     store, run = base / "random" / "store", base / "random" / "knn"
     chunks = sum(1 for _ in open_store(store).records("test"))
     per_group = (KNNPredictor.search_rows, KNNPredictor.search_ahead)
-    figures = {}
+    figures: dict[str, dict] = {}
+    answers: dict[str, dict[str, np.ndarray]] = {}
     for mode in ("each chunk", "grouped"):
         if mode == "each chunk":  # what evaluate did before search_ahead
             KNNPredictor.search_rows, KNNPredictor.search_ahead = None, lambda self, seqs: None
@@ -46,11 +48,18 @@ def main() -> None:
             wall, cpu = time.perf_counter(), time.process_time() + children_cpu()
             result = evaluate(run, store, Path(tmp) / "eval", split="test", bands=False)
             wall, cpu = time.perf_counter() - wall, time.process_time() + children_cpu() - cpu
+            with np.load(Path(tmp) / "eval" / "classes.npz") as rows:
+                answers[mode] = dict(rows)
         figures[mode] = {
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "accuracy": result["accuracy"],
             "n": result["n"], "profile_hits": result["levels"][0]["profile_hits"]["n"],
         }  # fmt: skip
         print(mode, json.dumps(figures[mode]), flush=True)
+    a, b = answers["each chunk"], answers["grouped"]
+    same = a.keys() == b.keys() and all(
+        np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a
+    )
+    print(f"classes.npz of the two the same, array by array: {same}")
     print(
         f"store chunks: {chunks}; ratio each chunk / grouped (wall): "
         f"{figures['each chunk']['wall_s'] / figures['grouped']['wall_s']:.2f}"
