@@ -286,8 +286,8 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
 ):
     """A store of many record batches (here: chunks of 64) and an input of many chunks: the kNN
     and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
-    and answer alike in one group, in several, and (predict: 3 chunks, each search costing
-    seconds) each chunk searched on its own; a chunk outside the group announced is searched."""
+    and answer alike in one group, in several (evaluate) and each chunk searched on its own
+    (predict; every search costs seconds); a chunk outside the group announced is searched."""
     from ecstream.mmseqs import search
     from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
     from ecstream.store import Store
@@ -300,7 +300,6 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
             place = np.arange(len(chunk))
             yield from (chunk.take(place // 64 == k) for k in range(-(-len(chunk) // 64)))
 
-    monkeypatch.setattr(Store, "records", in_chunks_of_64)
     searched = []
     easy_search = search._easy_search
 
@@ -309,9 +308,10 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
         searched.append((params.iterations, queries))
         return easy_search(work, target, params, threads, any_query)
 
-    def plain(mode, task):
-        return [q for i, q in counts[mode, task] if i == 1]
+    def plain(mode: str) -> list[int]:
+        return [q for i, q in counts[mode] if i == 1]
 
+    monkeypatch.setattr(Store, "records", in_chunks_of_64)
     monkeypatch.setattr(search, "_easy_search", counted)
     sizes = [len(c) for c in in_chunks_of_64(store, "test")]  # a full-EC run scores every row
     first = next(whole(store, "test"))
@@ -319,63 +319,51 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     seqs = [s.decode() for s in first.seqs[:100]]
     seqs[3], seqs[7] = seqs[3].lower(), "MKV1X"
     fasta.write_text("".join(f">{i}\n{s}\n" for i, s in enumerate(seqs)))
-    results, files, counts = {}, {}, {}
-    for mode in ("one group", "groups of 60", "each chunk"):
-        if mode == "groups of 60":
+    results, rows, files, counts = {}, {}, {}, {}
+    for mode in ("one group", "groups of 100", "each chunk"):
+        if mode == "groups of 100":
             for kind in (KNNPredictor, HybridPredictor):
-                monkeypatch.setattr(kind, "search_rows", 60)
+                monkeypatch.setattr(kind, "search_rows", 100)
         if mode == "each chunk":  # as before groups: every chunk searched on its own
             for kind in (KNNPredictor, HybridPredictor):
                 monkeypatch.setattr(kind, "search_rows", None)
             monkeypatch.setattr(KNNPredictor, "search_ahead", lambda self, seqs: None)
         monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{mode}"))
         searched.clear()
-        out = tmp_path / f"eval-{mode}"
         if mode != "each chunk":
+            out = tmp_path / f"eval-{mode}"
             results[mode] = evaluate(knn, store.path, out, split="test", bands=False)
-            files[mode] = dict(np.load(out / "classes.npz"))
-            counts[mode, "evaluate"] = list(searched)
-        searched.clear()  # and a cache of its own: the file's chunks are the store's first
-        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"predict-cache-{mode}"))
-        for name, run in (("knn", knn), ("hybrid", hybrid)):
-            tsv = tmp_path / f"{name}-{mode}.tsv"
-            predict_file(load_model(run), fasta, tsv, chunk_rows=35)
-            files[mode, name] = tsv.read_bytes()
-        counts[mode, "predict"] = list(searched)
+            rows[mode] = dict(np.load(out / "classes.npz"))
+        if mode != "groups of 100":  # a cache of its own: the file's rows are the store's first
+            monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"predict-cache-{mode}"))
+            for name, run in (("knn", knn), ("hybrid", hybrid)):
+                predict_file(load_model(run), fasta, tmp_path / f"{name}.tsv", chunk_rows=50)
+                files[mode, name] = (tmp_path / f"{name}.tsv").read_bytes()
+        counts[mode] = list(searched)
     assert results["one group"]["levels"][0]["profile_hits"]["n"] > 0  # the fallback worked
-    # one group: one search of every record, one profile search of those without a hit
-    assert plain("one group", "evaluate") == [sum(sizes)]
-    assert len(counts["one group", "evaluate"]) == 2
-    # the hybrid's predictions reuse the kNN's (cached) group; each of the 99 scored once
-    assert plain("one group", "predict") == [99]
-    # groups of 60: chunks gathered until they hold 60 (the store's last ones as they come)
-    expected, size = [], 0
-    for n in sizes:
-        size += n
-        if size >= 60:
-            expected, size = [*expected, size], 0
-    expected += [size] if size else []
-    assert plain("groups of 60", "evaluate") == expected and len(expected) < len(sizes)
-    assert plain("groups of 60", "predict") == [69, 30]  # 35 + 35 rows, one unscored; 30
-    assert plain("each chunk", "predict") == [34, 35, 30]  # as many searches as chunks
+    # one group: one search of every record, then of the 99 predicted (the hybrid reuses the
+    # kNN's, cached), each with one profile search of those without a hit
+    assert plain("one group") == [sum(sizes), 99] and len(counts["one group"]) == 4
+    # groups of 100: the store's chunks of 64 gathered two at a time, the last ones as they come
+    assert sizes[:2] == [64, 64] and plain("groups of 100") == [128, sum(sizes) - 128]
+    assert plain("each chunk") == [49, 50]  # as many searches as chunks
     for key in ("accuracy", "levels", "n", "no_prediction"):
-        assert results["one group"][key] == results["groups of 60"][key], key
-    for name in files["one group"]:
-        np.testing.assert_array_equal(files["one group"][name], files["groups of 60"][name])
-    for mode in ("groups of 60", "each chunk"):
-        assert files["one group", "knn"] == files[mode, "knn"], mode
-        assert files["one group", "hybrid"] == files[mode, "hybrid"], mode
+        assert results["one group"][key] == results["groups of 100"][key], key
+    for name in rows["one group"]:
+        np.testing.assert_array_equal(rows["one group"][name], rows["groups of 100"][name])
+    assert files["one group", "knn"] == files["each chunk", "knn"]
+    assert files["one group", "hybrid"] == files["each chunk", "hybrid"]
     assert files["one group", "knn"].count(b"\n") == 101  # the header and every record's row
 
-    monkeypatch.undo()  # the predictors as they are, the searches counted again
+    monkeypatch.undo()  # the predictors as they are; the searches counted again
     monkeypatch.setattr(search, "_easy_search", counted)
-    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-direct"))
-    model, test = load_model(knn), first.seqs[:30]
-    model.search_ahead(test[:20])
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "predict-cache-one group"))
+    model = load_model(knn)
+    model.search_ahead([s for i, s in enumerate(first.seqs[:100]) if i != 7])  # cached
     searched.clear()
-    inside = model.hits([f"q{i}" for i in range(5)], test[10:15])
+    inside = model.hits([f"q{i}" for i in range(5)], first.seqs[10:15])
     assert searched == [] and inside.query_ids == [f"q{i}" for i in range(5)]
-    outside = model.hits(["a", "b"], [test[12], test[25]])  # the second was not announced
+    outside = model.hits(["a", "b"], [first.seqs[12], first.seqs[150]])  # b: not announced
     assert [q for i, q in searched if i == 1] == [2]
     assert outside.best_target[0] == inside.best_target[2]
     assert outside.best_id[0] == inside.best_id[2] and outside.query_ids == ["a", "b"]
