@@ -281,6 +281,21 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
     assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
 
 
+def counted_searches(monkeypatch) -> list[tuple[int, int]]:
+    """Every MMseqs2 search from now on, as (iterations, queries), in a list."""
+    from ecstream.mmseqs import search
+
+    searched = []
+    easy_search = search._easy_search
+
+    def counted(work, target, params, threads, any_query):
+        searched.append((params.iterations, (work / "queries.fasta").read_text().count(">")))
+        return easy_search(work, target, params, threads, any_query)
+
+    monkeypatch.setattr(search, "_easy_search", counted)
+    return searched
+
+
 def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     runs, tmp_path, monkeypatch
 ):
@@ -288,7 +303,6 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
     and answer alike in one group, in several (evaluate) and each chunk searched on its own
     (predict; every search costs seconds); a chunk outside the group announced is searched."""
-    from ecstream.mmseqs import search
     from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
     from ecstream.store import Store
 
@@ -300,19 +314,11 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
             place = np.arange(len(chunk))
             yield from (chunk.take(place // 64 == k) for k in range(-(-len(chunk) // 64)))
 
-    searched = []
-    easy_search = search._easy_search
-
-    def counted(work, target, params, threads, any_query):
-        queries = (work / "queries.fasta").read_text().count(">")
-        searched.append((params.iterations, queries))
-        return easy_search(work, target, params, threads, any_query)
-
     def plain(mode: str) -> list[int]:
         return [q for i, q in counts[mode] if i == 1]
 
     monkeypatch.setattr(Store, "records", in_chunks_of_64)
-    monkeypatch.setattr(search, "_easy_search", counted)
+    searched = counted_searches(monkeypatch)
     sizes = [len(c) for c in in_chunks_of_64(store, "test")]  # a full-EC run scores every row
     first = next(whole(store, "test"))
     fasta = tmp_path / "q.fasta"  # lower case and a record that cannot be scored, too
@@ -356,7 +362,7 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     assert files["one group", "knn"].count(b"\n") == 101  # the header and every record's row
 
     monkeypatch.undo()  # the predictors as they are; the searches counted again
-    monkeypatch.setattr(search, "_easy_search", counted)
+    searched = counted_searches(monkeypatch)
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "predict-cache-one group"))
     model = load_model(knn)
     model.search_ahead([s for i, s in enumerate(first.seqs[:100]) if i != 7])  # cached
@@ -375,19 +381,10 @@ def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(
     """The class CNN's identity bands, the full-EC kNN and the class hybrid evaluated on one
     store split: each searches every row of it (those a class run leaves out too), so the
     first search is the only one, and the hybrid reuses the kNN's profile search as well."""
-    from ecstream.mmseqs import search
-
     store, cnn, knn, hybrid, *_ = runs
     n, single = store.num_records("test"), store.single_class_records("test")
     assert n > single  # rows spanning several classes, which the class runs do not score
-    searched = []
-    easy_search = search._easy_search
-
-    def counted(work, target, params, threads, any_query):
-        searched.append((params.iterations, (work / "queries.fasta").read_text().count(">")))
-        return easy_search(work, target, params, threads, any_query)
-
-    monkeypatch.setattr(search, "_easy_search", counted)
+    searched = counted_searches(monkeypatch)
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache"))
     made = {}
     for name, run in (("cnn", cnn), ("knn", knn), ("hybrid", hybrid)):
