@@ -1,11 +1,20 @@
-"""How long a kNN evaluation of the random split's test takes when each chunk of records is
-searched on its own (as before search groups) and when a group of chunks is searched at once.
+"""What an MMseqs2 search costs, and what searching in groups saves (hand note "Searching in
+groups" in BENCHMARKS.md; the figures are printed).
 
-Usage: .venv/bin/python benchmarks/search_groups_probe.py [ACCURACY_DIR]
+Usage:
+  .venv/bin/python benchmarks/search_groups_probe.py fixed
+  .venv/bin/python benchmarks/search_groups_probe.py groups [ACCURACY_DIR]
 
-Needs the random split's store and kNN run of the accuracy section (`benchmarks/run.py
-accuracy`). Each mode runs with an empty search cache of its own; the figures are printed, for a
-hand note in BENCHMARKS.md, and the two evaluations' `classes.npz` compared array by array.
+``fixed``: the random split's first 256, 1,024 and 4,096 test proteins searched against its
+training split (the kNN's plain search), and the profile fallback of those of the 4,096 without
+a hit, each with an empty search cache. Builds what it needs in ``bench-output/search-groups``
+(the store and the training split's target database, a few minutes) and removes it afterwards.
+
+``groups``: the random split's kNN run evaluated on its test split, once searching each chunk
+of records on its own (as before search groups) and once a group of chunks at once, each with an
+empty search cache of its own; the two evaluations' ``classes.npz`` compared array by array.
+Needs the random split's store and kNN run of the accuracy section (``benchmarks/run.py
+accuracy``).
 """
 
 from __future__ import annotations
@@ -13,15 +22,18 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT
+from common import DATA, OUTPUT, ROOT, machine_info
 
+from ecstream.build import build_store
 from ecstream.evaluate import evaluate
+from ecstream.mmseqs.search import TargetDB, best_hits, with_profile_fallback
 from ecstream.predictors.homolog import KNNPredictor
 from ecstream.store import open_store
 
@@ -31,8 +43,45 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main() -> None:
-    base = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench-output" / "accuracy"
+def timed(call, *args):
+    """``call(*args)``'s result, wall seconds and CPU seconds (this process and its children)."""
+    wall, cpu = time.perf_counter(), time.process_time() + children_cpu()
+    result = call(*args)
+    return result, time.perf_counter() - wall, time.process_time() + children_cpu() - cpu
+
+
+def fixed() -> None:
+    """Plain searches of 256, 1,024 and 4,096 queries, and the profile fallback of the last's
+    queries without a hit: the fixed cost is the intercept of the plain searches' times."""
+    base = OUTPUT / "search-groups"
+    print(json.dumps(machine_info()), flush=True)
+    try:
+        store = build_store(DATA, base / "store", force=True, leakage=False)
+        target = TargetDB.create(store, "train", base / "target", force=True)
+        chunks = store.records("test")
+        records = [r for chunk in chunks for r in zip(chunk.ids, chunk.seqs, strict=True)]
+        for n in (256, 1024, 4096):
+            queries = records[:n]
+            with tempfile.TemporaryDirectory() as tmp:
+                os.environ["ECSTREAM_CACHE"] = str(Path(tmp) / "cache")
+                hits, wall, cpu = timed(best_hits, queries, target, Path(tmp) / "plain")
+                found = int(hits.has_hit.sum())
+                print(f"plain, {n:,} queries: {wall:.1f} s wall, {cpu:.1f} s CPU, {found:,} hits")
+                if n < 4096:
+                    continue
+                seqs = [s for _, s in queries]
+                work = Path(tmp) / "profile"
+                again, wall, cpu = timed(with_profile_fallback, hits, seqs, target, work)
+                print(
+                    f"profile fallback, {n - found:,} queries: {wall:.1f} s wall, "
+                    f"{cpu:.1f} s CPU, {int(again.by_profile.sum()):,} hits"
+                )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def groups() -> None:
+    base = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench-output" / "accuracy"
     store, run = base / "random" / "store", base / "random" / "knn"
     chunks = sum(1 for _ in open_store(store).records("test"))
     per_group = (KNNPredictor.search_rows, KNNPredictor.search_ahead)
@@ -67,4 +116,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    modes = {"fixed": fixed, "groups": groups}
+    if len(sys.argv) < 2 or sys.argv[1] not in modes:
+        sys.exit(__doc__)
+    modes[sys.argv[1]]()

@@ -296,17 +296,11 @@ def counted_searches(monkeypatch) -> list[tuple[int, int]]:
     return searched
 
 
-def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
-    runs, tmp_path, monkeypatch
-):
-    """A store of many record batches (here: chunks of 64) and an input of many chunks: the kNN
-    and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
-    and answer alike in one group, in several (evaluate) and each chunk searched on its own
-    (predict; every search costs seconds); a chunk outside the group announced is searched."""
-    from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
+def store_chunks_of_64(monkeypatch):
+    """Store splits read in chunks of 64 records (many chunks from a small store); returns the
+    reader as it was."""
     from ecstream.store import Store
 
-    store, _, knn, hybrid, *_ = runs
     whole = Store.records
 
     def in_chunks_of_64(self, split):
@@ -314,12 +308,38 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
             place = np.arange(len(chunk))
             yield from (chunk.take(place // 64 == k) for k in range(-(-len(chunk) // 64)))
 
+    monkeypatch.setattr(Store, "records", in_chunks_of_64)
+    return whole
+
+
+def search_groups_of(monkeypatch, rows: int | None) -> None:
+    """Homology runs and whole-split searches (leakage, identity bands) search groups of
+    ``rows`` records (``None``: the runs search each chunk alone)."""
+    from ecstream.mmseqs import search
+    from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
+
+    for kind in (KNNPredictor, HybridPredictor):
+        monkeypatch.setattr(kind, "search_rows", rows)
+    monkeypatch.setattr(search, "SEARCH_ROWS", rows)
+
+
+def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
+    runs, tmp_path, monkeypatch
+):
+    """A store of many record batches (here: chunks of 64) and an input of many chunks: the kNN
+    and the hybrid search each group of chunks in one MMseqs2 call (and one profile search),
+    and answer alike in one group, in several (evaluate) and each chunk searched on its own
+    (predict; every search costs seconds); a chunk outside the group announced is searched."""
+    from ecstream.predictors.homolog import KNNPredictor
+
+    store, _, knn, hybrid, *_ = runs
+
     def plain(mode: str) -> list[int]:
         return [q for i, q in counts[mode] if i == 1]
 
-    monkeypatch.setattr(Store, "records", in_chunks_of_64)
+    whole = store_chunks_of_64(monkeypatch)
     searched = counted_searches(monkeypatch)
-    sizes = [len(c) for c in in_chunks_of_64(store, "test")]  # a full-EC run scores every row
+    sizes = [len(c) for c in store.records("test")]  # a full-EC run scores every row
     first = next(whole(store, "test"))
     fasta = tmp_path / "q.fasta"  # lower case and a record that cannot be scored, too
     seqs = [s.decode() for s in first.seqs[:100]]
@@ -328,11 +348,9 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     results, rows, files, counts = {}, {}, {}, {}
     for mode in ("one group", "groups of 100", "each chunk"):
         if mode == "groups of 100":
-            for kind in (KNNPredictor, HybridPredictor):
-                monkeypatch.setattr(kind, "search_rows", 100)
+            search_groups_of(monkeypatch, 100)
         if mode == "each chunk":  # as before groups: every chunk searched on its own
-            for kind in (KNNPredictor, HybridPredictor):
-                monkeypatch.setattr(kind, "search_rows", None)
+            search_groups_of(monkeypatch, None)
             monkeypatch.setattr(KNNPredictor, "search_ahead", lambda self, seqs: None)
         monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{mode}"))
         searched.clear()
@@ -378,23 +396,37 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
 def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(
     runs, tmp_path, monkeypatch
 ):
-    """The class CNN's identity bands, the full-EC kNN and the class hybrid evaluated on one
-    store split: each searches every row of it (those a class run leaves out too), so the
-    first search is the only one, and the hybrid reuses the kNN's profile search as well."""
+    """The class CNN's identity bands, the leakage report, the full-EC kNN and the class hybrid
+    on one store split (many chunks, searched in several groups): each searches every row of it
+    (those a class run leaves out too) in the same groups, so the first search is the only one,
+    and the hybrid reuses the kNN's profile search as well."""
+    from ecstream.mmseqs.leakage import leakage_report
+    from ecstream.records import groups
+
     store, cnn, knn, hybrid, *_ = runs
     n, single = store.num_records("test"), store.single_class_records("test")
     assert n > single  # rows spanning several classes, which the class runs do not score
+    store_chunks_of_64(monkeypatch)
+    search_groups_of(monkeypatch, 100)
     searched = counted_searches(monkeypatch)
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache"))
     made = {}
-    for name, run in (("cnn", cnn), ("knn", knn), ("hybrid", hybrid)):
+    for name, run in (("cnn", cnn), ("leakage", None), ("knn", knn), ("hybrid", hybrid)):
         searched.clear()
+        if run is None:
+            leakage = leakage_report(store, splits=["test"], workdir=tmp_path / "leakage")
+            made[name] = list(searched)
+            assert leakage["splits"]["test"]["records"] == n
+            continue
         result = evaluate(run, store.path, tmp_path / name, split="test", bands=True)
         made[name] = list(searched)
         assert result["n"] == single
         assert sum(b["n"] for b in result["identity_bands"].values()) == single
-    assert made["cnn"] == [(1, n)]  # every row searched, the bands of the first `single`
-    assert [i for i, _ in made["knn"]] == [3]  # its profile search only
+    sizes = [sum(map(len, g)) for g in groups(store.records("test"), 100)]
+    assert sizes == [128, n - 128]  # chunks of 64 two at a time, the rest
+    assert made["cnn"] == [(1, size) for size in sizes]  # every row, the bands of `single`
+    assert made["leakage"] == []
+    assert {i for i, _ in made["knn"]} == {3}  # its profile searches only
     assert made["hybrid"] == []
 
 

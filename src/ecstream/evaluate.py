@@ -40,7 +40,7 @@ from .labels import MULTIPLE_CLASSES, LabelPolicy, level_keys
 from .mmseqs.binary import MMseqsError
 from .mmseqs.binary import available as mmseqs_available
 from .mmseqs.cluster import COVERAGE, FAMILY_IDENTITY, families_of, workflow
-from .mmseqs.search import best_hits
+from .mmseqs.search import hits_in_groups
 from .predictors import CNNPredictor, Predictor, load_model
 from .predictors.homolog import training_targets
 from .records import Records, groups, pairs
@@ -552,7 +552,9 @@ def _guard(run: str | os.PathLike, seen: dict, allow_seen: bool) -> None:
 
 
 def _identity_to_train(run, records: Callable[[], Iterator[Records]]) -> np.ndarray:
-    """Each record's highest identity to the run's training split (NaN: no hit)."""
+    """Each record's highest identity to the run's training split (NaN: no hit), searched in
+    the groups a homology run searches, so that the two share the cached searches."""
     target = training_targets(run)
     with scratch("bands") as work:
-        return best_hits(pairs(records()), target, work).max_fident
+        found = [hits.max_fident for hits in hits_in_groups(records(), target, work)]
+    return np.concatenate([np.empty(0), *found])

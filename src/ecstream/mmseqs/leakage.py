@@ -17,10 +17,9 @@ import numpy as np
 
 from ..cache import scratch
 from ..identity import BAND_EDGES, BANDS, band_counts
-from ..records import pairs
 from ..store import Store
 from .binary import MMseqs
-from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY, TargetDB, best_hits
+from .search import MAX_SEQS, SEARCH_EVALUE, SEARCH_SENSITIVITY, TargetDB, hits_in_groups
 
 #: Sensitivity of the leakage report: the same as every other search, so that its bands and
 #: those of ``evaluate`` count the same hits.
@@ -70,22 +69,26 @@ def leakage_report(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         chosen = [s for s in splits if s in store.splits and s != reference]
-        for split in chosen:  # one search per split: each is then cached for kNN and evaluation
-            hits = best_hits(
-                pairs(store.records(split)), target, work / split, mm.threads,
+        for split in chosen:  # searched as kNN and evaluation search it: they reuse the cache
+            found_ids: list[str] = []
+            parts: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0, np.int64))]
+            for hits in hits_in_groups(
+                store.records(split), target, work / split, mm.threads,
                 sensitivity=sensitivity, evalue=evalue,
-            )  # fmt: skip
-            max_fident, max_target = hits.max_fident, hits.max_target
+            ):  # fmt: skip
+                found_ids += hits.query_ids
+                parts.append((hits.max_fident, hits.max_target))
+            max_fident, max_target = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
             found = np.flatnonzero(max_target >= 0)
             top = found[np.lexsort((found, -max_fident[found]))][:examples]
             report["splits"][split] = {
-                "records": len(hits),
+                "records": len(found_ids),
                 "counts": band_counts(max_fident),
                 "median_max_identity": (
                     float(np.median(max_fident[found])) if len(found) else None
                 ),
                 "closest": [
-                    [hits.query_ids[i], str(tid), float(max_fident[i])]
+                    [found_ids[i], str(tid), float(max_fident[i])]
                     for i, tid in zip(top, target.ids(max_target[top]), strict=True)
                 ],
             }

@@ -22,6 +22,7 @@ import pyarrow as pa
 from ..atomic import atomic_dir, read_json, write_json
 from ..cache import cache_dir, cached_arrays, keep_arrays
 from ..hashing import LineDigest, text_digest
+from ..records import Records, groups, pairs
 from ..store import Store
 from .binary import MMseqs, read_tsv, write_fasta
 
@@ -310,6 +311,23 @@ def best_hits(
         best_label=labels,
         **arrays,
     )
+
+
+def hits_in_groups(
+    chunks: Iterable[Records],
+    target: TargetDB,
+    workdir: str | os.PathLike[str],
+    threads: int | None = None,
+    **settings: Any,
+) -> Iterator[Hits]:
+    """:func:`best_hits` of the chunks' records, a group of :data:`SEARCH_ROWS` or so at a time
+    (:func:`~ecstream.records.groups`). These are the query sets of a kNN or hybrid evaluation
+    (``Predictor.search_ahead``), so the leakage report, a CNN's identity bands and the homology
+    runs share each other's cached searches of a split, whatever its size; one group's ids are
+    held at a time."""
+    for k, group in enumerate(groups(chunks, SEARCH_ROWS)):
+        yield best_hits(pairs(group), target, Path(workdir) / f"group-{k}", threads, **settings)
+        group.clear()
 
 
 _HIT_ARRAYS = (
