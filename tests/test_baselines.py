@@ -414,7 +414,8 @@ def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(
     for name, run in (("cnn", cnn), ("leakage", None), ("knn", knn), ("hybrid", hybrid)):
         searched.clear()
         if run is None:
-            leakage = leakage_report(store, splits=["test"], workdir=tmp_path / "leakage")
+            leakage = leakage_report(store, splits=["test"], workdir=tmp_path / "leakage",
+                                     examples=20)  # fmt: skip
             made[name] = list(searched)
             assert leakage["splits"]["test"]["records"] == n
             continue
@@ -428,6 +429,14 @@ def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(
     assert made["leakage"] == []
     assert {i for i, _ in made["knn"]} == {3}  # its profile searches only
     assert made["hybrid"] == []
+    # the report is that of other groups: each chunk of 64 searched alone, a cache of its own
+    search_groups_of(monkeypatch, None)
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-chunks"))
+    searched.clear()
+    alone = leakage_report(store, splits=["test"], workdir=tmp_path / "alone", examples=20)
+    assert [q for _, q in searched] == [len(c) for c in store.records("test")]
+    assert alone["splits"] == leakage["splits"]
+    assert len(alone["splits"]["test"]["closest"]) == 20
 
 
 def test_bands_by_default_are_skipped_not_fatal_when_the_training_store_is_gone(runs, tmp_path):

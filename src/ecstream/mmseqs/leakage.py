@@ -70,26 +70,28 @@ def leakage_report(
         }
         chosen = [s for s in splits if s in store.splits and s != reference]
         for split in chosen:  # searched as kNN and evaluation search it: they reuse the cache
-            found_ids: list[str] = []
-            parts: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0, np.int64))]
+            identities, closest, done = [np.empty(0)], [], 0
             for hits in hits_in_groups(
                 store.records(split), target, work / split, mm.threads,
                 sensitivity=sensitivity, evalue=evalue,
             ):  # fmt: skip
-                found_ids += hits.query_ids
-                parts.append((hits.max_fident, hits.max_target))
-            max_fident, max_target = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
-            found = np.flatnonzero(max_target >= 0)
-            top = found[np.lexsort((found, -max_fident[found]))][:examples]
+                fident = hits.max_fident  # a group's closest pairs are kept, not all its ids
+                found = np.flatnonzero(hits.max_target >= 0)
+                for i in found[np.lexsort((found, -fident[found]))][:examples].tolist():
+                    closest.append((-fident[i], done + i, hits.query_ids[i], hits.max_target[i]))
+                identities.append(fident)
+                done += len(hits)
+            max_fident = np.concatenate(identities)
+            hit = ~np.isnan(max_fident)  # NaN: no hit
+            closest = sorted(closest)[:examples]  # by identity, then by row, as in each group
+            targets = target.ids(np.array([c[3] for c in closest], dtype=np.int64))
             report["splits"][split] = {
-                "records": len(found_ids),
+                "records": done,
                 "counts": band_counts(max_fident),
-                "median_max_identity": (
-                    float(np.median(max_fident[found])) if len(found) else None
-                ),
+                "median_max_identity": float(np.median(max_fident[hit])) if hit.any() else None,
                 "closest": [
-                    [found_ids[i], str(tid), float(max_fident[i])]
-                    for i, tid in zip(top, target.ids(max_target[top]), strict=True)
+                    [qid, str(tid), float(-negative)]
+                    for (negative, _, qid, _), tid in zip(closest, targets, strict=True)
                 ],
             }
         return report
