@@ -2,13 +2,16 @@
 groups" in BENCHMARKS.md; the figures are printed).
 
 Usage:
-  .venv/bin/python benchmarks/search_groups_probe.py fixed
+  .venv/bin/python benchmarks/search_groups_probe.py fixed [--index]
   .venv/bin/python benchmarks/search_groups_probe.py groups [ACCURACY_DIR]
 
 ``fixed``: the random split's first 256, 1,024 and 4,096 test proteins searched against its
 training split (the kNN's plain search), and the profile fallback of those of the 4,096 without
 a hit, each with an empty search cache. Builds what it needs in ``bench-output/search-groups``
 (the store and the training split's target database, a few minutes) and removes it afterwards.
+With ``--index`` every search runs twice, against the database as it is and against a copy
+with MMseqs2's k-mer index (``train --model knn --index``), and the two searches' hits are
+compared array by array.
 
 ``groups``: the random split's kNN run evaluated on its test split, once searching each chunk
 of records on its own (as before search groups) and once a group of chunks at once, each with an
@@ -57,27 +60,52 @@ def fixed() -> None:
     print(json.dumps(machine_info()), flush=True)
     try:
         store = build_store(DATA, base / "store", force=True, leakage=False)
-        target = TargetDB.create(store, "train", base / "target", force=True)
+        targets = {"no index": TargetDB.create(store, "train", base / "target", force=True)}
+        if "--index" in sys.argv[2:]:
+            made = time.perf_counter()
+            target = TargetDB.create(store, "train", base / "indexed", force=True, index=True)
+            size = sum(f.stat().st_size for f in target.directory.glob("db.idx*")) / 1e6
+            made = time.perf_counter() - made
+            print(f"createdb and createindex: {made:.1f} s, index {size:,.0f} MB", flush=True)
+            targets["index"] = target
         chunks = store.records("test")
         records = [r for chunk in chunks for r in zip(chunk.ids, chunk.seqs, strict=True)]
         for n in (256, 1024, 4096):
-            queries = records[:n]
-            with tempfile.TemporaryDirectory() as tmp:
-                os.environ["ECSTREAM_CACHE"] = str(Path(tmp) / "cache")
-                hits, wall, cpu = timed(best_hits, queries, target, Path(tmp) / "plain")
-                found = int(hits.has_hit.sum())
-                print(f"plain, {n:,} queries: {wall:.1f} s wall, {cpu:.1f} s CPU, {found:,} hits")
-                if n < 4096:
-                    continue
-                seqs = [s for _, s in queries]
-                work = Path(tmp) / "profile"
-                again, wall, cpu = timed(with_profile_fallback, hits, seqs, target, work)
-                print(
-                    f"profile fallback, {n - found:,} queries: {wall:.1f} s wall, "
-                    f"{cpu:.1f} s CPU, {int(again.by_profile.sum()):,} hits"
-                )
+            queries, seqs = records[:n], [s for _, s in records[:n]]
+            plain, profile = {}, {}
+            for name, target in targets.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    os.environ["ECSTREAM_CACHE"] = str(Path(tmp) / "cache")
+                    hits, wall, cpu = timed(best_hits, queries, target, Path(tmp) / "plain")
+                    plain[name] = hits
+                    found = int(hits.has_hit.sum())
+                    print(f"{name}, plain, {n:,} queries: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+                          f"{found:,} hits", flush=True)  # fmt: skip
+                    if n < 4096:
+                        continue
+                    work = Path(tmp) / "profile"
+                    again, wall, cpu = timed(with_profile_fallback, hits, seqs, target, work)
+                    profile[name] = again
+                    print(
+                        f"{name}, profile fallback, {n - found:,} queries: {wall:.1f} s wall, "
+                        f"{cpu:.1f} s CPU, {int(again.by_profile.sum()):,} hits",
+                        flush=True,
+                    )
+            for kind, hits in (("plain", plain), ("profile", profile)):
+                if len(hits) == 2:
+                    print(f"{kind}, {n:,} queries: the same hits with and without the index: "
+                          f"{same_hits(*hits.values())}")  # fmt: skip
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def same_hits(a, b) -> bool:
+    return all(
+        np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True)
+        for name in ("best_target", "best_fident", "best_bits", "best_evalue", "max_fident",
+                     "max_target", "profile")
+        if getattr(a, name) is not None or getattr(b, name) is not None
+    )  # fmt: skip
 
 
 def groups() -> None:

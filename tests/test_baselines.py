@@ -314,7 +314,7 @@ def store_chunks_of_64(monkeypatch):
 
 def search_groups_of(monkeypatch, rows: int | None) -> None:
     """Homology runs and whole-split searches (leakage, identity bands) search groups of
-    ``rows`` records (``None``: the runs search each chunk alone)."""
+    ``rows`` records (``None``: each chunk alone)."""
     from ecstream.mmseqs import search
     from ecstream.predictors.homolog import HybridPredictor, KNNPredictor
 
@@ -391,6 +391,64 @@ def test_homology_runs_search_a_group_of_chunks_once_with_the_same_answers(
     assert [q for i, q in searched if i == 1] == [2]
     assert outside.best_target[0] == inside.best_target[2]
     assert outside.best_id[0] == inside.best_id[2] and outside.query_ids == ["a", "b"]
+
+
+def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
+    runs, tmp_path, monkeypatch
+):
+    """``train --model knn --index`` keeps MMseqs2's k-mer index of the training split in the
+    run, sealed with it: its searches, plain and profile, load the index instead of building
+    one (MMseqs2's log says which), and predict writes what the run without it writes. An
+    index another MMseqs2 version wrote is refused."""
+    import shutil
+
+    from ecstream.cli import main
+    from ecstream.mmseqs import search
+    from ecstream.mmseqs.binary import MMseqsError
+    from ecstream.runs import verify
+
+    store, _, knn, *_ = runs
+    logs: list[tuple[int, str]] = []
+    easy_search = search._easy_search
+
+    def logged(work, target, params, threads, any_query):
+        hits = easy_search(work, target, params, threads, any_query)
+        logs.append((params.iterations, (work / "easy-search.out").read_text()))
+        return hits
+
+    monkeypatch.setattr(search, "_easy_search", logged)
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-index"))
+    indexed = tmp_path / "knn-index"
+    args = ["train", str(store.path), "--model", "knn", "--out", str(indexed), "--threads", "2"]
+    assert main([*args, "--index"]) == 0
+    assert (indexed / "targets" / "db.idx").is_file()
+    assert "targets/db.idx" in json.loads((indexed / "checksums.json").read_text())["files"]
+    assert main(["train", str(store.path), "--out", str(tmp_path / "cnn"), "--index"]) == 2
+
+    first = next(store.records("test"))
+    fasta = tmp_path / "q.fasta"  # a protein of no family: searched again by profile
+    seqs = [s.decode() for s in first.seqs[:40]] + ["WWWWHHHHWWWWHHHHCCCCWWWW"]
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in enumerate(seqs)))
+    out = {}
+    for name, run in (("index", indexed), ("plain", knn)):
+        monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{name}"))
+        logs.clear()
+        predict_file(load_model(run), fasta, tmp_path / f"{name}.tsv")
+        out[name] = (tmp_path / f"{name}.tsv").read_bytes()
+        assert sorted(i for i, _ in logs) == [1, 3]  # one plain search, one by profile
+        built = ["Index table: counting k-mers" in log for _, log in logs]
+        assert built == [name == "plain"] * 2, name
+    assert out["index"] == out["plain"] and out["plain"].count(b"\n") == 42
+    assert verify(indexed)  # the sealed run, index included, as it was made
+
+    # an index that another MMseqs2 wrote is refused, in words (MMseqs2 would stop at it)
+    old = tmp_path / "old-index"
+    shutil.copytree(indexed, old, ignore=shutil.ignore_patterns("checksums.json"))
+    meta = json.loads((old / "targets" / "target.json").read_text())
+    (old / "targets" / "target.json").write_text(json.dumps({**meta, "mmseqs_version": "0-x"}))
+    monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-old"))  # searched, not cached
+    with pytest.raises(MMseqsError, match=r"written by MMseqs2 0-x.*make the kNN run again"):
+        predict_file(load_model(old), fasta, tmp_path / "old.tsv")
 
 
 def test_one_search_of_a_store_split_serves_the_evaluations_of_every_run(

@@ -67,21 +67,31 @@ def make_knn_run(
     threads: int | None = None,
     sensitivity: float = SEARCH_SENSITIVITY,
     profile_fallback: bool = True,
+    index: bool = False,
 ) -> dict:
     """Make a kNN run: a searchable database of the training split, scored on validation.
 
     With ``profile_fallback`` (the default) a query without a hit is searched again by an
-    iterative profile search (:func:`~ecstream.mmseqs.search.with_profile_fallback`)."""
+    iterative profile search (:func:`~ecstream.mmseqs.search.with_profile_fallback`). With
+    ``index`` the run keeps MMseqs2's k-mer index of the training split (:meth:`TargetDB.create`):
+    a much larger run whose searches skip most of their fixed cost."""
     store = open_store(store_path)
     with new_run(out) as work:
-        return _fill_knn(store, work, threads, sensitivity, profile_fallback)
+        return _fill_knn(store, work, threads, sensitivity, profile_fallback, index)
 
 
 def _fill_knn(
-    store: Store, out: Path, threads: int | None, sensitivity: float, profile_fallback: bool
+    store: Store,
+    out: Path,
+    threads: int | None,
+    sensitivity: float,
+    profile_fallback: bool,
+    index: bool,
 ) -> dict:
+    if index and sensitivity > PROFILE_SENSITIVITY:
+        raise ValueError(f"a kept index serves searches up to -s {PROFILE_SENSITIVITY}")
     mm = MMseqs.find(threads)
-    TargetDB.create(store, "train", out / TARGETS, mm.threads)
+    TargetDB.create(store, "train", out / TARGETS, mm.threads, index=index)
     vocab = store.vocabulary()
     config = {
         **base_config("knn", store),
@@ -91,6 +101,7 @@ def _fill_knn(
             "max_seqs": MAX_SEQS,
             "version": mm.version,
             "profile_fallback": profile_fallback,
+            "index": index,
             **(
                 {"profile": {"iterations": PROFILE_ITERATIONS, "sensitivity": PROFILE_SENSITIVITY}}
                 if profile_fallback

@@ -192,12 +192,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.index and args.model != "knn":
+        raise ValueError(
+            "--index keeps a kNN run's search index: it needs --model knn (a hybrid uses its "
+            "kNN run's, so make that run with --index)"
+        )
     if args.model == "knn":
         from .baselines import make_knn_run
 
         val = make_knn_run(
-            args.store, args.out, threads=args.threads, profile_fallback=args.profile_fallback
-        )
+            args.store, args.out, threads=args.threads, profile_fallback=args.profile_fallback,
+            index=args.index,
+        )  # fmt: skip
         console.print(
             f"kNN run written to [bold]{escape(args.out)}[/]: validation accuracy "
             f"{val['val_acc']:.4f} ({val['val_profile_hits']:,} homologs found by the profile "
@@ -526,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile-fallback", action=argparse.BooleanOptionalAction, default=True,
         help="knn: search proteins without a hit again by iterative profile (default on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--index", action="store_true",
+        help="knn: keep MMseqs2's k-mer index of the training split in the run, so that a search "
+        "does not build it anew: seconds instead of tens of seconds for a small input, the "
+        "profile fallback most of all, in a run many times larger (BENCHMARKS.md)",
     )  # fmt: skip
     t = TrainConfig
     p.add_argument(

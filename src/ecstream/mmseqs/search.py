@@ -10,6 +10,7 @@ settings and the target split's fingerprint.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from ..cache import cache_dir, cached_arrays, keep_arrays
 from ..hashing import LineDigest, text_digest
 from ..records import Records, groups, pairs
 from ..store import Store
-from .binary import MMseqs, read_tsv, write_fasta
+from .binary import MMseqs, MMseqsError, read_tsv, write_fasta
 
 #: Sensitivity (``-s``) of every search by default (that of ``mmseqs easy-search``).
 SEARCH_SENSITIVITY = 5.7
@@ -40,10 +41,10 @@ PROFILE_ITERATIONS = 3
 PROFILE_SENSITIVITY = 7.5
 #: Queries a homology predictor searches in one go where its caller lets it (evaluate, predict:
 #: :meth:`~ecstream.predictors.base.Predictor.search_ahead`). Each search pays a fixed cost,
-#: MMseqs2 indexing the training split's k-mers anew (the profile fallback at each of its
-#: iterations), large next to a chunk's queries (BENCHMARKS.md, "Searching in groups"). A
-#: group's hits are a few numbers per query; its records' text, some tens of MB, is held
-#: while it is scored.
+#: MMseqs2 indexing the training split's k-mers anew unless the kNN run keeps its index (the
+#: profile fallback at each of its iterations), large next to a chunk's queries
+#: (BENCHMARKS.md, "Searching in groups"). A group's hits are a few numbers per query; its
+#: records' text, some tens of MB, is held while it is scored.
 SEARCH_ROWS = 32_768
 _SEARCH_COLUMNS = ("query", "target", "fident", "bits", "evalue")
 
@@ -75,6 +76,17 @@ class TargetDB:
     @property
     def db(self) -> Path:
         return self.directory / "db"
+
+    def check_index(self, mm: MMseqs) -> None:
+        """Refuse a kept k-mer index that another MMseqs2 version wrote: MMseqs2 stops at an
+        index of another format, and one it did read could hold other k-mers."""
+        made = self.meta.get("mmseqs_version")
+        if self.meta.get("index") and made != mm.version:
+            raise MMseqsError(
+                f"{self.directory}: its k-mer index was written by MMseqs2 {made}, and this is "
+                f"MMseqs2 {mm.version}: make the kNN run again (ecstream train STORE --model "
+                "knn --index), or with the MMseqs2 that made it"
+            )
 
     @property
     def records(self) -> int:
@@ -125,8 +137,16 @@ class TargetDB:
         threads: int | None = None,
         *,
         force: bool = False,
+        index: bool = False,
     ) -> TargetDB:
-        """Build the database of ``store``'s ``split`` in ``directory`` (atomically)."""
+        """Build the database of ``store``'s ``split`` in ``directory`` (atomically).
+
+        ``index``: keep MMseqs2's k-mer index of it too (``createindex``, many times the
+        database's size), which every search would otherwise build anew: its fixed cost
+        (BENCHMARKS.md). It is made for the highest sensitivity ecstream searches with and
+        MMseqs2's defaults otherwise, which are every search's (:func:`_easy_search`): its hits
+        are those of a search without it (tested). Made by one MMseqs2 version, it is refused
+        by another (:meth:`check_index`)."""
         store = store if isinstance(store, Store) else Store(store)
         mm = MMseqs.find(threads)
         directory = Path(directory)
@@ -157,11 +177,17 @@ class TargetDB:
             del labels
             mm.run(["createdb", tmp / "targets.fasta", tmp / "db"], tmp, "createdb")
             (tmp / "targets.fasta").unlink()
+            if index:  # -s: what an index holds is made for the most sensitive search
+                args = ["createindex", tmp / "db", tmp / "index-work", "--threads", mm.threads]
+                args += ["-s", str(float(PROFILE_SENSITIVITY)), "--remove-tmp-files", "1"]
+                mm.run(args, tmp, "createindex")
+                shutil.rmtree(tmp / "index-work", ignore_errors=True)
             meta = {
                 "store": str(store.path.resolve()),
                 "split": split,
                 "fingerprint": store.fingerprint(split),
                 "records": n,
+                "index": index,
                 "mmseqs_version": mm.version,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
@@ -249,6 +275,9 @@ def _easy_search(
         out.write_bytes(b"")
         return out
     mm = MMseqs.find(threads)
+    target.check_index(mm)
+    # an option that a kept index fixes (k-mer size, alphabet, spaced k-mers, masking) would be
+    # taken from the index, not from here: such options must go to createindex too
     args = [
         "easy-search", fasta, target.db, out, work / "tmp",
         "-s", str(float(p.sensitivity)), "-e", f"{p.evalue:g}", "--max-seqs", p.max_seqs,
