@@ -424,6 +424,9 @@ def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
     assert (indexed / "targets" / "db.idx").is_file()
     assert "targets/db.idx" in json.loads((indexed / "checksums.json").read_text())["files"]
     assert main(["train", str(store.path), "--out", str(tmp_path / "cnn"), "--index"]) == 2
+    with pytest.raises(ValueError, match=r"up to -s 7\.5"):  # what the index is made for
+        make_knn_run(store.path, tmp_path / "knn-s8", sensitivity=8.0, index=True)
+    assert not (tmp_path / "knn-s8").exists() and not (tmp_path / "cnn").exists()
 
     first = next(store.records("test"))
     fasta = tmp_path / "q.fasta"  # a protein of no family: searched again by profile

@@ -75,6 +75,8 @@ def make_knn_run(
     iterative profile search (:func:`~ecstream.mmseqs.search.with_profile_fallback`). With
     ``index`` the run keeps MMseqs2's k-mer index of the training split (:meth:`TargetDB.create`):
     a much larger run whose searches skip most of their fixed cost."""
+    if index and sensitivity > PROFILE_SENSITIVITY:  # what createindex is made for
+        raise ValueError(f"a kept index serves searches up to -s {PROFILE_SENSITIVITY}")
     store = open_store(store_path)
     with new_run(out) as work:
         return _fill_knn(store, work, threads, sensitivity, profile_fallback, index)
@@ -88,8 +90,6 @@ def _fill_knn(
     profile_fallback: bool,
     index: bool,
 ) -> dict:
-    if index and sensitivity > PROFILE_SENSITIVITY:
-        raise ValueError(f"a kept index serves searches up to -s {PROFILE_SENSITIVITY}")
     mm = MMseqs.find(threads)
     TargetDB.create(store, "train", out / TARGETS, mm.threads, index=index)
     vocab = store.vocabulary()
