@@ -9,9 +9,9 @@ Usage:
 training split (the kNN's plain search), and the profile fallback of those of the 4,096 without
 a hit, each with an empty search cache. Builds what it needs in ``bench-output/search-groups``
 (the store and the training split's target database, a few minutes) and removes it afterwards.
-With ``--index`` every search runs twice, against the database as it is and against a copy
-with MMseqs2's k-mer index (``train --model knn --index``), and the two searches' hits are
-compared array by array.
+With ``--index`` every search runs twice, against the database as it is and against a second
+one made with MMseqs2's k-mer index (``train --model knn --index``); the two databases' sizes
+are printed and the two searches' hits compared array by array.
 
 ``groups``: the random split's kNN run evaluated on its test split, once searching each chunk
 of records on its own (as before search groups) and once a group of chunks at once, each with an
@@ -29,10 +29,11 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from common import DATA, OUTPUT, ROOT, machine_info
+from common import DATA, OUTPUT, machine_info
 
 from ecstream.build import build_store
 from ecstream.evaluate import evaluate
@@ -64,9 +65,14 @@ def fixed() -> None:
         if "--index" in sys.argv[2:]:
             made = time.perf_counter()
             target = TargetDB.create(store, "train", base / "indexed", force=True, index=True)
-            size = sum(f.stat().st_size for f in target.directory.glob("db.idx*")) / 1e6
             made = time.perf_counter() - made
-            print(f"createdb and createindex: {made:.1f} s, index {size:,.0f} MB", flush=True)
+            index, whole = megabytes(target.directory, "db.idx*"), megabytes(target.directory)
+            print(
+                f"createdb and createindex: {made:.1f} s; the database with its index "
+                f"{whole:,.0f} MB, the index {index:,.0f} MB; without it "
+                f"{megabytes(targets['no index'].directory):,.0f} MB",
+                flush=True,
+            )
             targets["index"] = target
         chunks = store.records("test")
         records = [r for chunk in chunks for r in zip(chunk.ids, chunk.seqs, strict=True)]
@@ -99,6 +105,10 @@ def fixed() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def megabytes(directory: Path, pattern: str = "*") -> float:
+    return sum(f.stat().st_size for f in directory.glob(pattern) if f.is_file()) / 1e6
+
+
 def same_hits(a, b) -> bool:
     return all(
         np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True)
@@ -109,7 +119,7 @@ def same_hits(a, b) -> bool:
 
 
 def groups() -> None:
-    base = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench-output" / "accuracy"
+    base = Path(sys.argv[2]) if len(sys.argv) > 2 else OUTPUT / "accuracy"
     store, run = base / "random" / "store", base / "random" / "knn"
     chunks = sum(1 for _ in open_store(store).records("test"))
     per_group = (KNNPredictor.search_rows, KNNPredictor.search_ahead)
@@ -122,9 +132,8 @@ def groups() -> None:
             KNNPredictor.search_rows, KNNPredictor.search_ahead = per_group
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["ECSTREAM_CACHE"] = str(Path(tmp) / "cache")
-            wall, cpu = time.perf_counter(), time.process_time() + children_cpu()
-            result = evaluate(run, store, Path(tmp) / "eval", split="test", bands=False)
-            wall, cpu = time.perf_counter() - wall, time.process_time() + children_cpu() - cpu
+            out = Path(tmp) / "eval"
+            result, wall, cpu = timed(partial(evaluate, split="test", bands=False), run, store, out)
             with np.load(Path(tmp) / "eval" / "classes.npz") as rows:
                 answers[mode] = dict(rows)
         figures[mode] = {

@@ -281,8 +281,9 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
     assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
 
 
-def counted_searches(monkeypatch) -> list[tuple[int, int]]:
-    """Every MMseqs2 search from now on, as (iterations, queries), in a list."""
+def counted_searches(monkeypatch, logs: list[str] | None = None) -> list[tuple[int, int]]:
+    """Every MMseqs2 search from now on, as (iterations, queries), in a list; with ``logs``,
+    each search's MMseqs2 output is added to it as well."""
     from ecstream.mmseqs import search
 
     searched = []
@@ -290,7 +291,10 @@ def counted_searches(monkeypatch) -> list[tuple[int, int]]:
 
     def counted(work, target, params, threads, any_query):
         searched.append((params.iterations, (work / "queries.fasta").read_text().count(">")))
-        return easy_search(work, target, params, threads, any_query)
+        hits = easy_search(work, target, params, threads, any_query)
+        if logs is not None:
+            logs.append((work / "easy-search.out").read_text())
+        return hits
 
     monkeypatch.setattr(search, "_easy_search", counted)
     return searched
@@ -403,20 +407,12 @@ def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
     import shutil
 
     from ecstream.cli import main
-    from ecstream.mmseqs import search
     from ecstream.mmseqs.binary import MMseqsError
     from ecstream.runs import verify
 
     store, _, knn, *_ = runs
-    logs: list[tuple[int, str]] = []
-    easy_search = search._easy_search
-
-    def logged(work, target, params, threads, any_query):
-        hits = easy_search(work, target, params, threads, any_query)
-        logs.append((params.iterations, (work / "easy-search.out").read_text()))
-        return hits
-
-    monkeypatch.setattr(search, "_easy_search", logged)
+    logs: list[str] = []
+    searched = counted_searches(monkeypatch, logs)
     monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / "cache-index"))
     indexed = tmp_path / "knn-index"
     args = ["train", str(store.path), "--model", "knn", "--out", str(indexed), "--threads", "2"]
@@ -435,11 +431,12 @@ def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
     out = {}
     for name, run in (("index", indexed), ("plain", knn)):
         monkeypatch.setenv("ECSTREAM_CACHE", str(tmp_path / f"cache-{name}"))
+        searched.clear()
         logs.clear()
         predict_file(load_model(run), fasta, tmp_path / f"{name}.tsv")
         out[name] = (tmp_path / f"{name}.tsv").read_bytes()
-        assert sorted(i for i, _ in logs) == [1, 3]  # one plain search, one by profile
-        built = ["Index table: counting k-mers" in log for _, log in logs]
+        assert sorted(i for i, _ in searched) == [1, 3]  # one plain search, one by profile
+        built = ["Index table: counting k-mers" in log for log in logs]
         assert built == [name == "plain"] * 2, name
     assert out["index"] == out["plain"] and out["plain"].count(b"\n") == 42
     assert verify(indexed)  # the sealed run, index included, as it was made
