@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
 OUTPUT = ROOT / "bench-output"
 REPORT = ROOT / "BENCHMARKS.md"
-DATA = ROOT.parent / "shared" / "data" / "bacteria-ec.tsv.gz"
+# $ECSTREAM_BENCH_DATA: the shared data elsewhere (a GPU machine gets no ../shared)
+DATA = Path(
+    os.environ.get("ECSTREAM_BENCH_DATA", ROOT.parent / "shared" / "data" / "bacteria-ec.tsv.gz")
+)
 CONSUMERS = BENCH_DIR / "consumers.py"
 
 SAMPLE_EVERY_S = 0.002

@@ -11,7 +11,8 @@ work per step, which a GPU step waits for too.
 ``python benchmarks/host_step.py --loader SRC [SRC ...]`` times, the same way, ``next()`` on the
 training loader alone (1 worker, batches of 256 sequences up to 660 residues), the main process
 busy :data:`BUSY` seconds between batches as if training: the hand-over of a batch from a
-worker. A probe, not a section of BENCHMARKS.md.
+worker (and, where CUDA is, its pinning). ``$ECSTREAM_BENCH_DATA`` names the shared data where
+``../shared`` is not. A probe, not a section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def hand_over(store: Path) -> None:
     from ecstream.adapters.torch import loader
 
     batches = open_store(store).batches("train", batch_size=256, max_length=660)
-    stream, times = iter(loader(batches, num_workers=1, ids=False, pin_memory=False)), []
+    stream, times = iter(loader(batches, num_workers=1, ids=False)), []  # pinned on a GPU
     for _ in range(len(batches)):
         started = time.perf_counter()
         next(stream)
