@@ -226,3 +226,26 @@ def test_keras_fit_trains_on_exact_epochs(small_store, workers, use_multiprocess
         b.x.tobytes() for epoch in (1, 2) for b in small_store.batches("val", epoch=epoch, **args)
     ]
     assert model.seen == expected
+
+
+def test_the_dataloaders_pinning_thread_makes_a_batch_pinned_tensors(small_store, monkeypatch):
+    """On a GPU the DataLoader's pinning thread, not the training loop's, turns a worker's arrays
+    into pinned tensors: its pin function must reach TorchBatch.pin_memory (a namedtuple's fields
+    would come back as unpinned arrays). No CUDA here, so pinning is stood in for by a mark."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[int] = []
+
+    def mark(tensor: torch.Tensor) -> torch.Tensor:
+        pinned.append(tensor.data_ptr())
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", mark)
+    item = next(iter(loader(small_store.batches("train", batch_size=8), pin_memory=False)))
+    arrays = TorchBatch(item.x.numpy(), item.y.numpy(), item.ids, np.ones((8, 4), dtype=bool))
+    got = pin_memory(arrays)
+    assert isinstance(got, TorchBatch) and got.ids == item.ids
+    assert all(isinstance(t, torch.Tensor) for t in (got.x, got.y, got.known))
+    # zero-copy until pinned: the very buffers of the worker's arrays were pinned
+    assert pinned == [arrays.x.ctypes.data, arrays.y.ctypes.data, arrays.known.ctypes.data]
+    assert got.tensors() is not None and got.tensors().x is got.x  # pinned ones pass as they are
