@@ -296,3 +296,38 @@ def test_a_build_leaves_no_file_open(data_path, tmp_path):
     # only this build's files: other tests' stores, let go, may be collected here too
     ours = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert [m for m in ours if str(tmp_path) in m] == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    choices=st.lists(st.integers(0, 2), min_size=1, max_size=120),
+    cap=st.integers(1, 12),
+    batch_rows=st.integers(1, 8),
+)
+def test_split_writers_sharing_a_buffer_hold_at_most_its_cap_and_lose_nothing(
+    choices, cap, batch_rows, tmp_path_factory
+):
+    """A build's writers together hold fewer records than their shared cap after every add (the
+    fullest one flushes; each also flushes at its own batch size), and each writes exactly the
+    records it was given, in order, with their rows."""
+    from ecstream.shards import SharedBuffer, SplitWriter
+
+    tmp = tmp_path_factory.mktemp("writers")
+    shared = SharedBuffer(cap)
+    writers = [SplitWriter(tmp / f"w{k}", batch_rows, shared=shared) for k in range(3)]
+    given_to: list[list[tuple[str, bytes, int]]] = [[], [], []]
+    for n, k in enumerate(choices):
+        record = (f"r{n}", b"ACDE"[: 1 + n % 4], n % 7)
+        assert writers[k].add(*record, ec="1.1.1.1") == len(given_to[k])
+        given_to[k].append(record)
+        assert shared.held == sum(w.buffered for w in writers) < cap
+        assert all(w.buffered < batch_rows for w in writers)
+    for writer, records in zip(writers, given_to, strict=True):
+        writer.close()
+        columns = ("id", "sequence", "label")
+        written = [
+            record
+            for batch in writer.batches()
+            for record in zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+        ]
+        assert written == records

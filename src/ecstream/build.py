@@ -28,7 +28,7 @@ from .overlap import OverlapCheck
 from .records import Records
 from .remote import check_destination, is_remote, publish, staging
 from .runs import check_outside_runs_and_stores
-from .shards import SplitData, SplitWriter
+from .shards import SharedBuffer, SplitData, SplitWriter
 from .skips import Skips
 from .sources import (
     Columns,
@@ -292,10 +292,11 @@ def _build_into(
     progress: Callable[[int | str], None] | None,
     threads: int | None,
 ) -> dict:
-    writers = [SplitWriter(tmp / name) for name in SPLITS]
+    shared = SharedBuffer()  # the six writers' buffers, capped together
+    writers = [SplitWriter(tmp / name, shared=shared) for name in SPLITS]
     work = Path(tmp) / ".work"
     # rows spanning several classes wait here, to follow the others of their split
-    spanning = [SplitWriter(work / "multi" / name) for name in SPLITS]
+    spanning = [SplitWriter(work / "multi" / name, shared=shared) for name in SPLITS]
     check = OverlapCheck(work / "overlap")
     counts = np.zeros((len(SPLITS), len(policy.classes)), dtype=np.int64)  # by label, all rows
     single_counts = np.zeros_like(counts)  # rows whose numbers are all in one class

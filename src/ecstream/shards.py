@@ -43,18 +43,46 @@ SCHEMA = pa.schema(
         ("ec", pa.string()),
     ]
 )
-#: Records per Arrow record batch inside a shard. A build holds one batch being filled per split
-#: writer (six of them) as Python objects: small batches keep each to a few MB, and the build's
-#: peak flat in the size of its input (BENCHMARKS.md, scale).
+#: Records per Arrow record batch inside a shard, at most. A build holds the batches being filled
+#: (one per split writer, six of them) as Python objects: small batches keep each to a few MB.
 BATCH_ROWS = 4096
 SHARD_ROWS = 1 << 20  # records per shard file
+#: Records the split writers of one build hold together, at most. Each writer's own cap alone
+#: let six writers, each filling at its split's pace, be nearly full at once more often the
+#: longer a build ran, so that the build's peak grew with its input (BENCHMARKS.md, scale).
+BUILD_BUFFER_ROWS = 8192
+
+
+class SharedBuffer:
+    """Caps the records that several :class:`SplitWriter` hold together at ``rows``: the add
+    that reaches it flushes the writer holding most."""
+
+    def __init__(self, rows: int = BUILD_BUFFER_ROWS):
+        self.rows = rows
+        self.held = 0
+        self.writers: list[SplitWriter] = []
+
+    def added(self) -> None:
+        """Count one record more, flushing the fullest writer at the cap."""
+        self.held += 1
+        if self.held >= self.rows:
+            max(self.writers, key=lambda w: w.buffered)._flush()
 
 
 class SplitWriter:
     """Appends records to one split's shards in bounded chunks and fingerprints them."""
 
-    def __init__(self, directory: Path, batch_rows: int = BATCH_ROWS, shard_rows: int = SHARD_ROWS):
+    def __init__(
+        self,
+        directory: Path,
+        batch_rows: int = BATCH_ROWS,
+        shard_rows: int = SHARD_ROWS,
+        shared: SharedBuffer | None = None,
+    ):
         self.directory = directory
+        self.shared = shared
+        if shared is not None:
+            shared.writers.append(self)
         self.batch_rows = batch_rows
         self.shard_rows = shard_rows
         self.records = 0
@@ -68,6 +96,11 @@ class SplitWriter:
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._in_shard = 0
 
+    @property
+    def buffered(self) -> int:
+        """Records added and not yet written."""
+        return len(self._buf[0])
+
     def add(self, rid: str, seq: bytes, label: int, ec: str) -> int:
         """Append one record; returns its row number within the split."""
         ids, seqs, labels, ecs = self._buf
@@ -80,12 +113,16 @@ class SplitWriter:
         self.residues += len(seq)
         if len(ids) >= self.batch_rows:
             self._flush()
+        if self.shared is not None:
+            self.shared.added()
         return row
 
     def _flush(self) -> None:
         ids, seqs, labels, ecs = self._buf
         if not ids:
             return
+        if self.shared is not None:
+            self.shared.held -= len(ids)
         if self._writer is None or self._in_shard >= self.shard_rows:
             self._close_shard()
             name = f"shard-{len(self.shards):05d}.arrow"
