@@ -1,13 +1,14 @@
-"""What sets the build's peak anonymous memory: record-batch size and pyarrow's allocator.
+"""What sets the build's peak anonymous memory: record batches, buffers and pyarrow's allocator.
 
 ``python benchmarks/build_probe.py``: builds the shared data (1×) and its 10× mutated copy
-(``scaled_data.py``, as the scale section) once for each record-batch size (the former 16,384
-and today's :data:`ecstream.shards.BATCH_ROWS`) and each pyarrow memory pool (its default,
-mimalloc, and the system allocator, ``ARROW_DEFAULT_MEMORY_POOL=system``), each build in a fresh
-process with ``RssAnon`` sampled every 2 ms from a thread. Prints the peak and the swing
-(highest minus lowest sample between 20% and 90% of the build: what the split writers' buffers
-take as they fill and flush). A probe, not a section of BENCHMARKS.md (the scale section quotes
-it).
+(``scaled_data.py``, as the scale section) once for each arm of :data:`ARMS` (record-batch size,
+the former 16,384 and today's :data:`ecstream.shards.BATCH_ROWS`; each writer capped on its own,
+or the six sharing today's :data:`ecstream.shards.BUILD_BUFFER_ROWS`) and each pyarrow memory
+pool (its default, mimalloc, and the system allocator, ``ARROW_DEFAULT_MEMORY_POOL=system``),
+each build in a fresh process with ``RssAnon`` sampled every 2 ms from a thread. Prints the peak
+and the swing (highest minus lowest sample between 20% and 90% of the build: what the split
+writers' buffers take as they fill and flush). A probe, not a section of BENCHMARKS.md (the
+scale section quotes it).
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ import time
 from common import DATA, OUTPUT, rss_anon_bytes
 from scaled_data import write_scaled
 
-BATCH_ROWS = (16384, 4096)
+#: (records per batch, records the six writers hold together at most; 0: no shared cap)
+ARMS = ((16384, 0), (4096, 0), (4096, 8192))
 POOLS = ("mimalloc", "system")
 MB = 1 << 20
 
 
-def child(data: str, out: str, batch_rows: int) -> None:
-    """Build ``data`` into ``out`` with record batches of ``batch_rows``; print the samples'
-    peak and swing (MB) as one JSON line."""
+def child(data: str, out: str, batch_rows: int, cap: int) -> None:
+    """Build ``data`` into ``out`` with record batches of ``batch_rows`` and the writers' shared
+    ``cap``; print the samples' peak and swing (MB) as one JSON line."""
     import ecstream
-    from ecstream.shards import SplitWriter
+    from ecstream.shards import SharedBuffer, SplitWriter
 
     defaults = SplitWriter.__init__.__defaults__
     SplitWriter.__init__.__defaults__ = (batch_rows, *defaults[1:])
+    # no shared cap: one that six writers, each flushing at batch_rows, never reach
+    SharedBuffer.__init__.__defaults__ = (cap or 6 * batch_rows,)
     samples, done = [], threading.Event()
 
     def sample() -> None:
@@ -55,25 +59,27 @@ def child(data: str, out: str, batch_rows: int) -> None:
 def main() -> None:
     OUTPUT.mkdir(exist_ok=True)
     inputs = {1: DATA, 10: write_scaled(DATA, OUTPUT / "bacteria-ec-x10-mut0.015-seed0.tsv.gz")}
-    print("| record batch | pyarrow pool | 1× peak (swing) | 10× peak (swing) |")
-    print("|---:|---|---:|---:|")
-    for rows in BATCH_ROWS:
+    print("| record batch | shared cap | pyarrow pool | 1× peak (swing) | 10× peak (swing) |")
+    print("|---:|---:|---|---:|---:|")
+    for rows, cap in ARMS:
         for pool in POOLS:
             env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": pool}
             cells = []
             for data in inputs.values():
                 with tempfile.TemporaryDirectory(dir=OUTPUT) as d:
-                    command = [sys.executable, __file__, "child", str(data), f"{d}/s", str(rows)]
+                    command = [sys.executable, __file__, "child", str(data), f"{d}/s",
+                               str(rows), str(cap)]  # fmt: skip
                     out = subprocess.run(command, env=env, capture_output=True, text=True)
                     if out.returncode:
                         raise SystemExit(out.stderr[-2000:])
                     figures = json.loads(out.stdout.strip().splitlines()[-1])
                 cells.append(f"{figures['peak']:.0f} MB ({figures['swing']:.0f})")
-            print(f"| {rows:,} | {pool} | {' | '.join(cells)} |", flush=True)
+            shared = f"{cap:,}" if cap else "–"
+            print(f"| {rows:,} | {shared} | {pool} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["child"]:
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()

@@ -249,3 +249,17 @@ def test_the_dataloaders_pinning_thread_makes_a_batch_pinned_tensors(small_store
     # zero-copy until pinned: the very buffers of the worker's arrays were pinned
     assert pinned == [arrays.x.ctypes.data, arrays.y.ctypes.data, arrays.known.ctypes.data]
     assert got.tensors() is not None and got.tensors().x is got.x  # pinned ones pass as they are
+
+
+@pytest.mark.parametrize(("accelerator", "pinned"), [("cpu", False), ("auto", True), ("gpu", True)])
+def test_a_run_asks_its_loaders_to_pin_only_when_it_trains_on_a_gpu(
+    small_store, monkeypatch, accelerator, pinned
+):
+    """The loaders of a training run ask the DataLoader to pin (its pinning thread then makes
+    the tensors) where the run trains on a GPU, and not under ``--accelerator cpu`` on a
+    machine that has one (pinning would start CUDA for nothing)."""
+    from ecstream.train import StoreData, TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    data = StoreData(small_store, TrainConfig(accelerator=accelerator))
+    assert data.val_dataloader().pin_memory is pinned

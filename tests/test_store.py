@@ -307,21 +307,26 @@ def test_a_build_leaves_no_file_open(data_path, tmp_path):
 def test_split_writers_sharing_a_buffer_hold_at_most_its_cap_and_lose_nothing(
     choices, cap, batch_rows, tmp_path_factory
 ):
-    """A build's writers together hold fewer records than their shared cap after every add (the
-    fullest one flushes; each also flushes at its own batch size), and each writes exactly the
-    records it was given, in order, with their rows."""
+    """A build's writers together hold fewer records than their shared cap after every add: each
+    flushes at its own batch size, and the add that reaches the cap flushes the one holding
+    most (the first of equals), as a model of the rule says; each writes exactly the records it
+    was given, in order, with their rows."""
     from ecstream.shards import SharedBuffer, SplitWriter
 
     tmp = tmp_path_factory.mktemp("writers")
     shared = SharedBuffer(cap)
     writers = [SplitWriter(tmp / f"w{k}", batch_rows, shared=shared) for k in range(3)]
     given_to: list[list[tuple[str, bytes, int]]] = [[], [], []]
+    held = [0, 0, 0]  # the model
     for n, k in enumerate(choices):
         record = (f"r{n}", b"ACDE"[: 1 + n % 4], n % 7)
         assert writers[k].add(*record, ec="1.1.1.1") == len(given_to[k])
         given_to[k].append(record)
-        assert shared.held == sum(w.buffered for w in writers) < cap
-        assert all(w.buffered < batch_rows for w in writers)
+        held[k] = (held[k] + 1) % batch_rows
+        if sum(held) >= cap:
+            held[held.index(max(held))] = 0
+        assert [w.buffered for w in writers] == held
+        assert shared.held == sum(held) < cap
     for writer, records in zip(writers, given_to, strict=True):
         writer.close()
         columns = ("id", "sequence", "label")

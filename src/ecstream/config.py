@@ -143,14 +143,20 @@ class TrainConfig:
         if self.target == "ec" and self.class_weights:
             raise ValueError("--class-weights applies to --target class runs only")
 
+    def on_gpu(self) -> bool:
+        """Whether the run trains on a CUDA GPU (``--accelerator`` auto, gpu or cuda, and one
+        is there)."""
+        import torch  # only when training: the CLI reads these defaults without torch
+
+        return torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
+
     def resolved_precision(self) -> str:
         """``auto``: bf16-mixed on a GPU that supports it, else 32-bit."""
         if self.precision != "auto":
             return self.precision
-        import torch  # only when training: the CLI reads these defaults without torch
+        import torch
 
-        gpu = torch.cuda.is_available() and self.accelerator in ("auto", "gpu", "cuda")
-        return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+        return "bf16-mixed" if self.on_gpu() and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def check_duration(text: str) -> str:

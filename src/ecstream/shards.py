@@ -121,8 +121,6 @@ class SplitWriter:
         ids, seqs, labels, ecs = self._buf
         if not ids:
             return
-        if self.shared is not None:
-            self.shared.held -= len(ids)
         if self._writer is None or self._in_shard >= self.shard_rows:
             self._close_shard()
             name = f"shard-{len(self.shards):05d}.arrow"
@@ -147,6 +145,8 @@ class SplitWriter:
         self._in_shard += len(ids)
         self._shard_residues += int(lengths.sum())
         self._buf = ([], [], [], [])
+        if self.shared is not None:
+            self.shared.held -= len(ids)
 
     def _close_shard(self) -> None:
         if self._writer is not None:

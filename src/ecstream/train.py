@@ -378,7 +378,9 @@ class StoreData(L.LightningDataModule):
         if split == "train":
             self._continue(batches)
             self._train = batches
-        return loader(batches, num_workers=self.config.num_workers, ids=False, targets=targets)
+        # pinned only for a GPU: pinning starts a thread and CUDA, also under --accelerator cpu
+        pin = self.config.on_gpu()
+        return loader(batches, self.config.num_workers, pin, ids=False, targets=targets)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

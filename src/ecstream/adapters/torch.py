@@ -135,10 +135,11 @@ class BatchLoader(DataLoader):
     The workers send numpy arrays, and the tensors are made in the main process (zero-copy). A
     tensor would cross from a worker as shared memory whose file descriptor the main process
     fetches from the worker, a round trip per tensor that waits while the worker is busy; an
-    array crosses pickled in the queue's pipe (BENCHMARKS.md, GPU). For a GPU (``pin``) the
-    DataLoader's pinning thread receives each batch and makes it pinned tensors
+    array crosses pickled in the queue's pipe (BENCHMARKS.md, GPU). For a GPU (``pin``) with
+    workers, the DataLoader's pinning thread receives each batch and makes it pinned tensors
     (:meth:`TorchBatch.pin_memory`), off the thread that runs the training loop: done in that
-    thread, receiving and pinning left the GPU idle for a sixth of a step at batch 256.
+    thread, receiving and pinning left the GPU idle for a sixth of a step at batch 256. (With
+    no workers the DataLoader pins in the loop's thread, where the batch is read anyway.)
     """
 
     def __init__(self, dataset: BatchDataset, *, pin: bool, **kwargs):
