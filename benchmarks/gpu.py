@@ -21,8 +21,9 @@ alone (no data, no Lightning) plain and compiled, which says how much of a step 
 the data take.
 
 The device run can also be split from the report (the GPU machine of a session may not be the
-one that writes BENCHMARKS.md): ``python benchmarks/gpu.py measure DATA OUT.json`` on the GPU,
-then ``python benchmarks/gpu.py render OUT.json`` writes the section. On a machine with its own
+one that writes BENCHMARKS.md): ``python benchmarks/gpu.py measure DATA OUT.json [NAME ...]`` on
+the GPU (every configuration, or those named, then without the ceilings), then
+``python benchmarks/gpu.py render OUT.json`` writes the section. On a machine with its own
 python3 and torch, ecstream need not be installed: ``PYTHONPATH=$PWD/src:$PWD/benchmarks python3
 benchmarks/gpu.py measure DATA OUT.json``.
 
@@ -86,6 +87,12 @@ CONFIGS = {
         "timer": "events",
     },
     "large, bf16, 4 workers": {"model": "large", "precision": "bf16-mixed", "num_workers": 4},
+    "large, bf16, 4 workers, GPU clock": {
+        "model": "large",
+        "precision": "bf16-mixed",
+        "num_workers": 4,
+        "timer": "events",
+    },
     "large, fp32, 4 workers": {"model": "large", "precision": "32-true", "num_workers": 4},
 }
 #: the network's step alone (no data, no Lightning): (batch, width, compiled)
@@ -246,8 +253,9 @@ def ceiling(batch: int, width: int, compiled: bool, steps: int = 20, device: str
             "model_flops_per_s": flops, "warm_s": warm_s}  # fmt: skip
 
 
-def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
-    """Train every configuration on a fresh store of ``data``; write and return the figures."""
+def measure(data: Path, out: Path, steps: int = STEPS, names: list[str] | None = None) -> dict:
+    """Train every configuration (or those ``names``; then no ceilings) on a fresh store of
+    ``data``; write and return the figures."""
     from ecstream import build_store
     from ecstream.train import TrainConfig, train
 
@@ -272,7 +280,9 @@ def measure(data: Path, out: Path, steps: int = STEPS) -> dict:
         results["train_records"] = store.num_records("train")
         results["pinned"] = _pinned(store)
         for name, fields in CONFIGS.items():
-            if name == "large, bf16, 4 workers":  # the network alone, before the B=64 rows
+            if names and name not in names:
+                continue
+            if name == "large, bf16, 4 workers" and not names:  # the network alone, first
                 _ceilings(results, out)
             print(f"== {name}", flush=True)
             fields = dict(fields)
@@ -515,13 +525,15 @@ def export(store_path: Path, out: Path) -> int:
 def main(argv: list[str]) -> None:
     if len(argv) == 3 and argv[0] == "export":
         print(f"{export(Path(argv[1]), Path(argv[2])):,} records written to {argv[2]}")
-    elif len(argv) == 3 and argv[0] == "measure":
-        measure(Path(argv[1]), Path(argv[2]))
+    elif len(argv) >= 3 and argv[0] == "measure":
+        if unknown := set(argv[3:]) - set(CONFIGS):
+            raise SystemExit(f"no such configuration: {', '.join(sorted(unknown))}")
+        measure(Path(argv[1]), Path(argv[2]), names=argv[3:])
     elif len(argv) == 2 and argv[0] == "render":
         write_section("gpu", render(json.loads(Path(argv[1]).read_text())))
     else:
         raise SystemExit(
-            f"usage: {sys.argv[0]} measure DATA OUT.json | render OUT.json | "
+            f"usage: {sys.argv[0]} measure DATA OUT.json [CONFIGURATION ...] | render OUT.json | "
             "export STORE OUT.tsv.gz"
         )
 
