@@ -336,3 +336,29 @@ def test_split_writers_sharing_a_buffer_hold_at_most_its_cap_and_lose_nothing(
             for record in zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
         ]
         assert written == records
+
+
+@pytest.mark.parametrize("chosen", ["", "mimalloc"])
+def test_a_build_allocates_arrow_memory_from_the_system_unless_told_otherwise(
+    data_path, tmp_path, monkeypatch, chosen
+):
+    """pyarrow's default pool keeps the memory a build frees (BENCHMARKS.md, scale): a build
+    allocates from the system pool and puts the default back; a pool the user named in
+    ARROW_DEFAULT_MEMORY_POOL is kept."""
+    import pyarrow as pa
+
+    from ecstream import shards
+
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", chosen)
+    before, seen = pa.default_memory_pool().backend_name, set()
+    flush = shards.SplitWriter._flush
+
+    def watched(self) -> None:
+        seen.add(pa.default_memory_pool().backend_name)
+        flush(self)
+
+    monkeypatch.setattr(shards.SplitWriter, "_flush", watched)
+    (tmp_path / "in.tsv").write_text("".join(head_lines(data_path, 300)))
+    build_store(tmp_path / "in.tsv", tmp_path / "store")
+    assert seen == ({before} if chosen else {"system"})
+    assert pa.default_memory_pool().backend_name == before

@@ -8,6 +8,12 @@ chunk it scored. ``malloc_trim`` returns the free pages (also those inside the h
 the threshold instead also held memory, but made every large block a fresh mapping to fault
 in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100k to 1M.
 
+pyarrow's default memory pool (mimalloc) keeps the segments it frees: a build, which makes and
+drops a record batch per few thousand records, held about 18 MB more at its peak with it than
+with the system allocator, and more the longer the build ran (BENCHMARKS.md, scale). A build
+therefore allocates from the system pool, unless the user chose one
+(``ARROW_DEFAULT_MEMORY_POOL``).
+
 PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by default), each
 with memory of its own. Training meets a few shapes again and again; prediction scores whole
 proteins in length-sorted passes, so nearly every pass has a new (batch, width) shape and the
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
+
+import pyarrow as pa
 
 from .config import SCORING_PRIMITIVE_CACHE
 
@@ -36,6 +45,21 @@ def release_free_memory() -> bool:
     """Give the C heap's free pages back to the system; ``False`` where there is no glibc."""
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
+
+
+@contextmanager
+def arrow_system_pool() -> Iterator[None]:
+    """pyarrow allocates from the system allocator inside (see the module doc), unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` names a pool; the default pool is put back afterwards."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def small_primitive_cache() -> None:
