@@ -4,7 +4,8 @@
 (``scaled_data.py``, as the scale section) once for each arm of :data:`ARMS` (record-batch size,
 the former 16,384 and today's :data:`ecstream.shards.BATCH_ROWS`; each writer capped on its own,
 or the six sharing today's :data:`ecstream.shards.BUILD_BUFFER_ROWS`) and each pyarrow memory
-pool (its default, mimalloc, and the system allocator, ``ARROW_DEFAULT_MEMORY_POOL=system``),
+pool (its default, mimalloc, and the system allocator, ``ARROW_DEFAULT_MEMORY_POOL=system``,
+which a build's record batches use anyway since 2026-11-30: ``allocator.build_pool``),
 each build in a fresh process with ``RssAnon`` sampled every 2 ms from a thread. Prints the peak
 and the swing (highest minus lowest sample between 20% and 90% of the build: what the split
 writers' buffers take as they fill and flush). A probe, not a section of BENCHMARKS.md (the

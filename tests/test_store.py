@@ -339,26 +339,26 @@ def test_split_writers_sharing_a_buffer_hold_at_most_its_cap_and_lose_nothing(
 
 
 @pytest.mark.parametrize("chosen", ["", "mimalloc"])
-def test_a_build_allocates_arrow_memory_from_the_system_unless_told_otherwise(
-    data_path, tmp_path, monkeypatch, chosen
+def test_a_builds_record_batches_come_from_the_system_pool_unless_told_otherwise(
+    tmp_path, monkeypatch, chosen
 ):
-    """pyarrow's default pool keeps the memory a build frees (BENCHMARKS.md, scale): a build
-    allocates from the system pool and puts the default back; a pool the user named in
-    ARROW_DEFAULT_MEMORY_POOL is kept."""
+    """pyarrow's default pool keeps the memory a build frees (BENCHMARKS.md, scale): a split
+    writer makes its record batches from build_pool(), the system allocator unless
+    ARROW_DEFAULT_MEMORY_POOL names a pool; the process's default pool is left alone."""
     import pyarrow as pa
 
-    from ecstream import shards
+    from ecstream import allocator, shards
 
     monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", chosen)
-    before, seen = pa.default_memory_pool().backend_name, set()
-    flush = shards.SplitWriter._flush
-
-    def watched(self) -> None:
-        seen.add(pa.default_memory_pool().backend_name)
-        flush(self)
-
-    monkeypatch.setattr(shards.SplitWriter, "_flush", watched)
-    (tmp_path / "in.tsv").write_text("".join(head_lines(data_path, 300)))
-    build_store(tmp_path / "in.tsv", tmp_path / "store")
-    assert seen == ({before} if chosen else {"system"})
-    assert pa.default_memory_pool().backend_name == before
+    expected = pa.default_memory_pool() if chosen else pa.system_memory_pool()
+    assert allocator.build_pool().backend_name == expected.backend_name
+    default = pa.default_memory_pool().backend_name
+    # the writer allocates from whatever build_pool() gives: a pool that counts, over the system's
+    counted = pa.proxy_memory_pool(pa.system_memory_pool())
+    monkeypatch.setattr(shards, "build_pool", lambda: counted)
+    writer = shards.SplitWriter(tmp_path / "w", batch_rows=4)
+    for n in range(10):
+        writer.add(f"id{n}", b"ACDEFGHIKL" * 3, n % 7, "1.1.1.1")
+    writer.close()
+    assert counted.max_memory() > 0  # the batches' strings were allocated there
+    assert pa.default_memory_pool().backend_name == default

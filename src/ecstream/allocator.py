@@ -10,9 +10,10 @@ in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100
 
 pyarrow's default memory pool (mimalloc) keeps the segments it frees: a build, which makes and
 drops a record batch per few thousand records, held about 18 MB more at its peak with it than
-with the system allocator, and more the longer the build ran (BENCHMARKS.md, scale). A build
-therefore allocates from the system pool, unless the user chose one
-(``ARROW_DEFAULT_MEMORY_POOL``).
+with the system allocator, and more the longer the build ran (BENCHMARKS.md, scale). So a
+build's record batches come from the system pool (:func:`build_pool`), unless the user chose a
+pool with ``ARROW_DEFAULT_MEMORY_POOL``. Named where the batches are made, not set as the
+process's default pool, which would be state shared with the caller's threads.
 
 PyTorch's CPU convolutions are oneDNN primitives, cached per shape (1,024 by default), each
 with memory of its own. Training meets a few shapes again and again; prediction scores whole
@@ -27,8 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import cache
 
 import pyarrow as pa
@@ -47,19 +47,12 @@ def release_free_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-@contextmanager
-def arrow_system_pool() -> Iterator[None]:
-    """pyarrow allocates from the system allocator inside (see the module doc), unless
-    ``ARROW_DEFAULT_MEMORY_POOL`` names a pool; the default pool is put back afterwards."""
+def build_pool() -> pa.MemoryPool:
+    """The pool a build's record batches come from: the system allocator (see the module doc),
+    or pyarrow's default where ``ARROW_DEFAULT_MEMORY_POOL`` names one."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        yield
-        return
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
+        return pa.default_memory_pool()
+    return pa.system_memory_pool()
 
 
 def small_primitive_cache() -> None:

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from . import alphabet
-from .allocator import arrow_system_pool
 from .atomic import JSONFileError, atomic_dir, check_not_input, read_json
 from .hashing import file_sha256, hash64
 from .kinds import is_real, is_whole
@@ -251,7 +250,7 @@ def build_store(
     # a row spanning several classes is kept, labelled with its first number's class
     policy = LabelPolicy.for_level(1, multi="first")
 
-    with arrow_system_pool(), atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, replace=True) as tmp:
         reader = _Reader(inputs, columns, policy, config, fmt, allow_partial)
         manifest = _build_into(tmp, reader, policy, config, progress, threads)
         write_manifest(tmp, manifest)

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import alphabet, integrity
+from .allocator import build_pool
 from .hashing import RecordDigest, file_checksum
 from .integrity import IntegrityError
 
@@ -130,14 +131,10 @@ class SplitWriter:
             self.shards.append(name)
             self._in_shard = self._shard_residues = 0
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+        pool = build_pool()
+        columns = (ids, seqs, lengths, np.asarray(labels, dtype=np.int16), ecs)
         batch = pa.record_batch(
-            [
-                pa.array(ids, pa.string()),
-                pa.array(seqs, pa.binary()),
-                pa.array(lengths),
-                pa.array(np.asarray(labels, dtype=np.int16)),
-                pa.array(ecs, pa.string()),
-            ],
+            [pa.array(c, f.type, memory_pool=pool) for c, f in zip(columns, SCHEMA, strict=True)],
             schema=SCHEMA,
         )
         self._writer.write_batch(batch)
