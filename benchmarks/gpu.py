@@ -535,7 +535,10 @@ def main(argv: list[str]) -> None:
     elif len(argv) >= 3 and argv[0] == "measure":
         measure(Path(argv[1]), Path(argv[2]), names=argv[3:])
     elif len(argv) == 2 and argv[0] == "render":
-        write_section("gpu", render(json.loads(Path(argv[1]).read_text())))
+        results = json.loads(Path(argv[1]).read_text())
+        if "ceiling" not in results:  # a run of named configurations: not the whole section
+            raise SystemExit(f"{argv[1]} is a run of some configurations only; render a full run")
+        write_section("gpu", render(results))
     else:
         raise SystemExit(
             f"usage: {sys.argv[0]} measure DATA OUT.json [CONFIGURATION ...] | render OUT.json | "
