@@ -79,17 +79,17 @@ BUILD_NOTE = (
     "(`ARROW_DEFAULT_MEMORY_POOL=system`) lowered the peak by 21–37 MB at both scales and both "
     "batch sizes (to 85 and 92 MB with 4,096). Since 2026-11-30 the six writers share one cap of "
     "8,192 buffered records (`shards.BUILD_BUFFER_ROWS`; the add that reaches it flushes the "
-    "writer holding most): counted during builds of the code before, they held at most 13,818 "
-    "records together at 1× and 18,977 at 10× (each capped at 4,096 on its own; 5.8 and 8.3 MB of"
-    " ids, sequences and EC numbers), now 8,192 at any scale. That alone left the growth (a scale"
-    " run with it: 106 / 112 / 118 MB, +11.3%). What grew was not live data: with `tracemalloc`, "
-    "the peak of Python's and numpy's live memory was 46.1 MB at 1× and 48.7 MB at 10×, and "
-    "`malloc_trim` after every flush changed nothing (100 against 107 MB). It was pyarrow's pool:"
-    " with the system allocator the same builds peaked at 84.6 and 86.8 MB, with mimalloc at "
-    "100–103 and 107 (one build each, `RssAnon` every 10 ms from a thread; one-off scripts, not "
-    "kept). So a build's record batches now come from the system pool (`allocator.build_pool`) "
-    "unless `ARROW_DEFAULT_MEMORY_POOL` names one: 87.0 and 92.0 MB in the same probe, and no "
-    "slower (7 and 64 s, against 6–7 and 65–74 s before)."
+    "writer holding most): each capped at 4,096 on its own, they held at most 13,817 records "
+    "together at 1× and 18,976 at 10×, now 8,192 at any scale (`python "
+    'benchmarks/build_probe.py`, 2026-11-30 16:05, column "held"). That alone left the growth (a '
+    "scale run with it: 106 / 112 / 118 MB, +11.3%). What grew was not live data (`python "
+    "benchmarks/build_probe.py why`, 2026-11-30 15:58, today's batches and cap with pyarrow's "
+    "default pool): under `tracemalloc` the peak of Python's and numpy's live memory was 46.1 MB "
+    "at 1× and 48.3 MB at 10×, and `malloc_trim` after every flush changed nothing (101.8 and "
+    "107.8 MB against 100.3 and 108.6 MB plain). It was pyarrow's pool: in the same probe's table"
+    " the system allocator took 13–38 MB off every peak (today's arm: 88 and 86 MB against 101 "
+    "and 107 MB). So a build's record batches now come from the system pool "
+    "(`allocator.build_pool`) unless `ARROW_DEFAULT_MEMORY_POOL` names one."
 )
 
 

@@ -418,6 +418,7 @@ def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
     args = ["train", str(store.path), "--model", "knn", "--out", str(indexed), "--threads", "2"]
     assert main([*args, "--index"]) == 0
     assert (indexed / "targets" / "db.idx").is_file()
+    assert not (indexed / "targets" / "index-work").exists()  # createindex's work files go
     assert "targets/db.idx" in json.loads((indexed / "checksums.json").read_text())["files"]
     assert main(["train", str(store.path), "--out", str(tmp_path / "cnn"), "--index"]) == 2
     with pytest.raises(ValueError, match=r"up to -s 7\.5"):  # what the index is made for

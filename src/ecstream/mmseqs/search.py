@@ -179,9 +179,9 @@ class TargetDB:
             (tmp / "targets.fasta").unlink()
             if index:  # -s: what an index holds is made for the most sensitive search
                 args = ["createindex", tmp / "db", tmp / "index-work", "--threads", mm.threads]
-                args += ["-s", str(float(PROFILE_SENSITIVITY)), "--remove-tmp-files", "1"]
+                args += ["-s", str(float(PROFILE_SENSITIVITY))]
                 mm.run(args, tmp, "createindex")
-                shutil.rmtree(tmp / "index-work", ignore_errors=True)
+                shutil.rmtree(tmp / "index-work")  # its work files, which the run must not keep
             meta = {
                 "store": str(store.path.resolve()),
                 "split": split,
