@@ -158,6 +158,13 @@ def test_state_of_another_stream_is_refused(small_store):
         small_store.batches("train", seed=2).load_state_dict(state)
     with pytest.raises(ValueError, match="split"):
         small_store.batches("val", seed=1).load_state_dict(state)
+    # another order: the opt-in block shuffle, or another block, is another stream
+    blocked = small_store.batches("train", seed=1, block=1024).state_dict()
+    for other in (state, small_store.batches("train", seed=1, block=512).state_dict()):
+        with pytest.raises(ValueError, match="settings"):
+            small_store.batches("train", seed=1, block=1024).load_state_dict(other)
+    with pytest.raises(ValueError, match="settings"):
+        small_store.batches("train", seed=1, block=1024, blocks=8).load_state_dict(blocked)
 
 
 def test_a_refused_state_or_epoch_leaves_the_stream_where_it_was(small_store):

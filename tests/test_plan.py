@@ -156,15 +156,19 @@ def _seen(plans, steps):
     bucket=st.booleans(),
     global_batch=st.booleans(),
     seed=st.integers(0, 2**32),
+    block=st.sampled_from([0, 1, 7, 64]),
+    blocks=st.integers(1, 16),
 )
 def test_a_resume_on_another_world_size_sees_exactly_the_rest_of_the_epoch(
-    n, batch_size, before, after, at, bucket, global_batch, seed
+    n, batch_size, before, after, at, bucket, global_batch, seed, block, blocks
 ):
     """Ranks of one world size stop after some steps; the records they consumed are all the
-    state holds; any other world size then sees exactly the records not yet seen, each once."""
+    state holds; any other world size then sees exactly the records not yet seen, each once
+    (in the default order and in the opt-in block shuffle)."""
     if global_batch:
         batch_size *= before * after  # a global batch both world sizes can share
     kw = {"batch_size": batch_size, "bucket": bucket, "global_batch": global_batch, "seed": seed}
+    kw |= {"block": block, "blocks": blocks}
     try:
         first = [_plan(n, rank=r, world_size=before, **kw) for r in range(before)]
     except ValueError:

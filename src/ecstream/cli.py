@@ -582,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shuffle-block", type=_not_negative, default=t.shuffle_block, metavar="RECORDS",
         help="opt-in locality-aware order: shuffle 16 blocks of RECORDS stored records at a "
-        "time instead of the whole split (for a remote store larger than its cache)",
+        "time instead of the whole split (a shard's records, 1048576, for a remote store "
+        "larger than its cache; 1024 for a local store many times larger than the CPU's "
+        "caches: README, 'Large stores')",
     )  # fmt: skip
     p.add_argument("--precision", default=t.precision, help="auto (bf16-mixed on GPU), 32-true, …")
     p.add_argument(
