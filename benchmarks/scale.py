@@ -1,9 +1,10 @@
 """Scale: build and stream a store 100× the shared data (about 20 M records) on local disk.
 
 The 10× and 100× inputs are the shared table repeated with point mutations
-(``scaled_data.py``); each input is built by ``ecstream build`` in a fresh child process and one
-epoch of its training split streamed in another (``consumers.py``), both with their peak
-anonymous memory sampled from outside, on one thread. The 100× input and store are written
+(``scaled_data.py``); each input is built by ``ecstream build`` in a fresh child process and
+epochs of its training split streamed in others (``consumers.py``: three rounds of the default
+order and the opt-in block orders of :data:`BLOCKS`, taking turns), each with its peak anonymous
+memory sampled from outside, on one thread. The 100× input and store are written
 under ``bench-output/`` and removed at the end; the run refuses to start with less free disk
 than it needs.
 """

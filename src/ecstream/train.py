@@ -804,6 +804,7 @@ def _launched_rank() -> int:
 
 #: Training settings added after runs were first made, with the value those runs had.
 ADDED_SETTINGS = {
+    "target": "class", "multi_class": "skip", "global_batch": False, "drop_last": False,
     "dropout": None, "label_smoothing": 0.0, "substitution": 0.0, "crop": 0, "compile": False,
     "shuffle_block": 0,
 }  # fmt: skip
