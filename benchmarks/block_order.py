@@ -3,10 +3,11 @@
 ``python benchmarks/block_order.py``: on the shared data's random split (the full store, built
 under ``bench-output/block-order/``), trains ``small`` for one epoch in the default order (a
 shuffle of the whole split) and with ``--shuffle-block 1024`` (groups of 16 blocks of 1,024
-stored records, the order the scale section streams fastest), seeds 0 and 1, on both cores, and
-prints each run's validation accuracy and loss and its training sequences/s. Beside them, how far
-a batch's mix of classes strays from the split's, in each order (total variation distance, 0:
-the same mix; mean over the epoch's full training batches, bucketed as training streams them).
+stored records, the block the scale section measures for local stores), seeds 0 and 1, on both
+cores, and prints each run's validation accuracy and loss and its training sequences/s.
+Beside them, how far a batch's mix of classes strays from the split's, in each order (total
+variation distance, 0: the same mix; mean over the epoch's full training batches, bucketed as
+training streams them).
 A probe, not a section of BENCHMARKS.md (the scale section quotes it); runs already made are
 read, not made again.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 from common import DATA, ECSTREAM, OUTPUT, TWO_CORES, run_sampled
@@ -54,6 +56,7 @@ def main() -> None:
         for seed in SEEDS:
             run = WORK / f"block{block}-seed{seed}"
             if not (run / "model.pt").exists():
+                shutil.rmtree(run, ignore_errors=True)  # a run cut short is made again
                 _cli(
                     "train", str(store), "--out", str(run), "--epochs", "1", "--seed", str(seed),
                     "--shuffle-block", str(block), "--quiet",

@@ -802,9 +802,11 @@ def _launched_rank() -> int:
     return 0
 
 
-#: Training settings added after runs were first made, with the value those runs had.
+#: Training settings added after runs were first made, with the value those runs had (not
+#: ``target`` and ``multi_class``: a run made before them has a model of another shape, which
+#: the model settings refuse anyway).
 ADDED_SETTINGS = {
-    "target": "class", "multi_class": "skip", "global_batch": False, "drop_last": False,
+    "global_batch": False, "drop_last": False,
     "dropout": None, "label_smoothing": 0.0, "substitution": 0.0, "crop": 0, "compile": False,
     "shuffle_block": 0,
 }  # fmt: skip
