@@ -217,6 +217,30 @@ def test_class_weights_reach_the_loss(small_store, tmp_path, monkeypatch):
     assert seen and all(w is None for w in seen)
 
 
+#: TrainConfig's fields in the first release (commit f27d3c8): a run made then has only these
+FIRST_RELEASE_SETTINGS = {
+    "model", "epochs", "patience", "batch_size", "max_length", "lr", "weight_decay", "bucket",
+    "in_memory", "seed", "accelerator", "devices", "precision", "num_workers",
+    "limit_train_batches", "class_weights", "max_time", "progress",
+}  # fmt: skip
+
+
+def test_every_setting_added_since_the_first_release_resumes_older_runs():
+    """A setting added later must say what runs made before it had (ADDED_SETTINGS), or be free
+    to change on resume; else `train --resume` refuses every older run ("settings differ").
+    --target and --multi-class are exempt: a run made before them has a model of another
+    shape, which the model settings refuse anyway."""
+    from dataclasses import fields
+
+    from ecstream.train import ADDED_SETTINGS, FREE_ON_RESUME
+
+    known = FIRST_RELEASE_SETTINGS | set(ADDED_SETTINGS) | set(FREE_ON_RESUME)
+    assert {f.name for f in fields(TrainConfig)} - known == {"target", "multi_class"}
+    defaults = TrainConfig()
+    for name, value in ADDED_SETTINGS.items():
+        assert getattr(defaults, name) == value, name  # what a run without the option had
+
+
 def test_regularisers_reach_training_only_and_a_run_records_them(
     small_store, tmp_path, monkeypatch
 ):

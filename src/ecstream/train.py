@@ -811,6 +811,14 @@ ADDED_SETTINGS = {
     "shuffle_block": 0,
 }  # fmt: skip
 
+#: Training settings a resume may change: more epochs or another progress setting, and the
+#: number of processes (an epoch boundary is a resume point for any number: elastic).
+#: --compile is not one: compiled dropout draws other masks than plain dropout.
+FREE_ON_RESUME = (
+    "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes", "accelerator",
+    "checkpoint_every",
+)  # fmt: skip
+
 
 def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
     if not last.is_file():
@@ -824,16 +832,10 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
     for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
         theirs = saved.get(key)
         ours = run_config.get(key)  # "vocabulary" exists only for --target ec
-        if key == "train":  # more epochs or another progress setting may be asked on resume
-            # an epoch boundary is a resume point for any number of processes (elastic);
-            # --compile is not free: compiled dropout draws other masks than plain dropout
-            free = (
-                "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes",
-                "accelerator", "checkpoint_every",
-            )  # fmt: skip
+        if key == "train":
             theirs = {**ADDED_SETTINGS, **theirs}
-            theirs = {k: v for k, v in theirs.items() if k not in free}
-            ours = {k: v for k, v in ours.items() if k not in free}
+            theirs = {k: v for k, v in theirs.items() if k not in FREE_ON_RESUME}
+            ours = {k: v for k, v in ours.items() if k not in FREE_ON_RESUME}
         if key == "store":  # the EC fingerprint: runs made before it existed do not have it
             ec = "ec_fingerprint" in theirs
             theirs = (theirs["fingerprints"], theirs.get("ec_fingerprint"))
