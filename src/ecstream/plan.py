@@ -86,8 +86,8 @@ class BlockShuffle:
     block stays last), and each run of ``blocks`` blocks in that order is shuffled as one group.
     A stretch of the epoch then reads ``blocks`` blocks at a time, so a reader whose shards do
     not all fit (a bounded cache of a remote store) holds only those of the current group, and
-    with small blocks a group's rows stay within the CPU's caches (a store of 100× the shared
-    data streamed 1.24× as fast with blocks of 1,024: BENCHMARKS.md, scale section)."""
+    with small blocks a group's rows stay within the CPU's caches, which a store many times
+    larger than them streams faster from (BENCHMARKS.md, scale section)."""
 
     def __init__(self, n: int, block: int, blocks: int, key: int):
         self.n, self.block, self.group = n, block, block * blocks
