@@ -9,8 +9,8 @@ the threshold instead also held memory, but made every large block a fresh mappi
 in, which was slower. BENCHMARKS.md (prediction section) has the memory from 100k to 1M.
 
 pyarrow's default memory pool (mimalloc) keeps the segments it frees: a build, which makes and
-drops a record batch per few thousand records, held about 18 MB more at its peak with it than
-with the system allocator, and more the longer the build ran (BENCHMARKS.md, scale). So a
+drops a record batch per few thousand records, held more at its peak with it than with the
+system allocator, and more the longer the build ran (BENCHMARKS.md, scale: build_probe.py). So a
 build's record batches come from the system pool (:func:`build_pool`), unless the user chose a
 pool with ``ARROW_DEFAULT_MEMORY_POOL``. Named where the batches are made, not set as the
 process's default pool, which would be state shared with the caller's threads.

@@ -50,7 +50,7 @@ BATCH_ROWS = 4096
 SHARD_ROWS = 1 << 20  # records per shard file
 #: Records the split writers of one build hold together, at most. With each writer's own cap
 #: alone, six writers filling at their splits' paces were nearly full at once more often the
-#: longer a build ran: up to 13,817 records together at 1×, 18,976 at 10× (build_probe.py).
+#: longer a build ran, and held more together (BENCHMARKS.md, scale: build_probe.py).
 BUILD_BUFFER_ROWS = 8192
 
 
