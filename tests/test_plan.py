@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecstream.plan import BatchSettings, EpochPlan, Permutation
+from ecstream.plan import BatchSettings, BlockShuffle, EpochPlan, Permutation
 
 
 def _plan(n, lengths=None, rank=0, world_size=1, seed=0, epoch=0, start=0, **kw):
@@ -248,6 +248,20 @@ def test_a_block_shuffle_reads_few_blocks_at_a_time_and_still_mixes():
     everything = np.concatenate([plan.rows(s) for s in range(plan.steps)])
     assert np.array_equal(np.sort(everything), np.arange(100_000))
     assert not np.array_equal(first, _plan(100_000, batch_size=100).rows(0)[:4000])
+
+
+def test_a_block_shuffle_holds_nothing_per_block():
+    """Memory does not grow with the split in the opt-in order either: blocks of one record
+    over a trillion records are ordered on demand (an array of the block order would not fit),
+    and pointwise evaluation gives the same as the whole order."""
+    huge = BlockShuffle(10**12, block=1, blocks=16, key=5)
+    got = huge(np.array([0, 1, 10**12 - 1]))
+    assert len(set(got.tolist())) == 3 and ((got >= 0) & (got < 10**12)).all()
+    small = BlockShuffle(1_003, block=10, blocks=4, key=5)  # a partial last block
+    whole = small(np.arange(1_003))
+    assert np.array_equal(np.sort(whole), np.arange(1_003))
+    picked = np.array([1_002, 3, 999, 40, 1_000])
+    assert np.array_equal(small(picked), whole[picked])
 
 
 def test_bucketing_with_a_block_shuffle_keeps_each_window_within_one_group():

@@ -92,9 +92,18 @@ class BlockShuffle:
     def __init__(self, n: int, block: int, blocks: int, key: int):
         self.n, self.block, self.group = n, block, block * blocks
         self.blocks, self.key = blocks, key
-        full = n // block
-        order = Permutation(full, _subkey(key, 0))(np.arange(full)) if full else np.zeros(0)
-        self.order = np.append(order, full).astype(np.int64)  # the partial block (if any) last
+        self.full = n // block
+        # evaluated for the blocks a batch needs, not held as an array: one entry per block
+        # would grow with the split (and be one per record with blocks of one record)
+        self._order = Permutation(self.full, _subkey(key, 0)) if self.full else None
+
+    def _block_at(self, slots: np.ndarray) -> np.ndarray:
+        """The stored block at each slot of the block order (the partial block, if any, last)."""
+        out = slots.copy()
+        inside = slots < self.full
+        if inside.any():
+            out[inside] = self._order(slots[inside])
+        return out
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
@@ -104,9 +113,9 @@ class BlockShuffle:
             sel = groups == g
             size = min(self.group, self.n - g * self.group)
             inner = Permutation(size, _subkey(self.key, g + 1))(positions[sel] - g * self.group)
-            out[sel] = self.order[g * self.blocks + inner // self.block] * self.block + (
-                inner % self.block
-            )
+            # a group's blocks, in order: at most ``blocks`` evaluations for all its records
+            ordered = self._block_at(g * self.blocks + np.arange(-(-size // self.block)))
+            out[sel] = ordered[inner // self.block] * self.block + inner % self.block
         return out
 
 
