@@ -323,6 +323,20 @@ def test_force_replaces_only_an_ecstream_store(data_path, tmp_path):
     with pytest.raises(ecstream.StoreError, match="not an ecstream store manifest"):
         build_store(data_path, lookalike, max_records=200, force=True)
     assert (lookalike / "manifest.json").is_file()
+    # a store whose manifest was cut short ('info' says: rebuild it) is replaced as asked …
+    damaged = build_store(data_path, tmp_path / "damaged", max_records=200).path
+    text = (damaged / "manifest.json").read_text()
+    (damaged / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ecstream.StoreError, match="manifest is damaged: rebuild the store"):
+        ecstream.open_store(damaged)
+    build_store(data_path, damaged, max_records=200, force=True)
+    assert ecstream.open_store(damaged).manifest["records"] > 0
+    # … but not when its split folders hold anything besides shards
+    (damaged / "manifest.json").write_text("{")
+    (damaged / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(ecstream.StoreError, match="not an ecstream store manifest"):
+        build_store(data_path, damaged, max_records=200, force=True)
+    assert (damaged / "train" / "notes.txt").read_text() == "mine"
 
 
 def test_an_interrupted_directory_swap_is_recovered(data_path, tmp_path):

@@ -354,19 +354,26 @@ def test_an_output_never_replaces_a_link_a_pipe_or_an_input_named_like_the_sidec
 def test_a_damaged_parquet_file_is_named(cnn_run, data_path, tmp_path, capsys):
     table = pd.read_csv(data_path, sep="\t", nrows=50)
     whole = tmp_path / "whole.parquet"
-    table.to_parquet(whole)
+    table.to_parquet(whole, compression="none")
+    good = whole.read_bytes()
+    # a byte of a sequence made non-UTF-8 (pyarrow checks no string column's UTF-8)
+    at = good.index(table["Sequence"].iloc[7].encode()) + 3
+    not_utf8 = good[:at] + b"\xff" + good[at + 1 :]
     damaged = {
-        "cut.parquet": whole.read_bytes()[: whole.stat().st_size // 2],
-        "noise.parquet": b"PAR1" + bytes(range(256)) * 8,
-        "empty.parquet": b"",
+        "cut.parquet": (good[: len(good) // 2], "damaged, or not a Parquet file"),
+        # cut, its footer's last bytes kept: a plain OSError without errno from pyarrow
+        "footer.parquet": (good[: len(good) // 2] + good[-8:], "damaged, or not a Parquet file"),
+        "noise.parquet": (b"PAR1" + bytes(range(256)) * 8, "damaged, or not a Parquet file"),
+        "empty.parquet": (b"", "damaged, or not a Parquet file"),
+        "utf8.parquet": (not_utf8, "rows 1–50: damaged, a text column is not UTF-8"),
     }
-    for name, data in damaged.items():
+    for name, (data, message) in damaged.items():
         (tmp_path / name).write_bytes(data)
         for command in (["predict", str(cnn_run)], ["build"]):
             out = tmp_path / f"out-{command[0]}"
             assert main([*command, str(tmp_path / name), "--out", str(out)]) == 2
             err = _one_line(capsys.readouterr().err)
-            assert err.startswith(f"error: {tmp_path / name}: damaged, or not a Parquet file")
+            assert err.startswith(f"error: {tmp_path / name}: {message}"), (name, err)
             assert not out.exists()
 
 

@@ -257,6 +257,40 @@ def test_damaged_bytes_on_the_server_are_never_served(stores, s3_server, fresh_c
             fh.write(good)
 
 
+def test_a_cache_entry_damaged_after_its_arrival_is_fetched_again(stores, fresh_cache):
+    """The cache may be damaged (a disk, a hand); the object store still holds the checked
+    bytes: the entry is downloaded anew and the batches are the local store's, instead of a
+    store reported as damaged for good."""
+    local, remote = stores
+    args = dict(batch_size=64, shuffle=True, seed=2)
+    list(ecstream.open_store(str(remote.path)).batches("val", **args))  # fills the cache
+    entries = sorted((fresh_cache / "shards").glob("*.arrow"))
+    assert entries
+
+    def damage():  # one flipped byte in each entry, the size unchanged
+        for entry in entries:
+            data = bytearray(entry.read_bytes())
+            data[len(data) // 2] ^= 1
+            entry.write_bytes(bytes(data))
+
+    damage()
+    pairs = zip(ecstream.open_store(str(remote.path)).batches("val", **args),
+                local.batches("val", **args), strict=True)  # fmt: skip
+    assert all(_same(a, b) for a, b in pairs)
+    assert all(_checksum_ok(entry) for entry in entries)
+    damage()  # and a check of the store says it is sound
+    from ecstream.cli import main
+
+    assert main(["info", str(remote.path), "--verify"]) == 0
+    assert all(_checksum_ok(entry) for entry in entries)
+
+
+def _checksum_ok(path) -> bool:
+    from ecstream.hashing import file_checksum
+
+    return file_checksum(path)["xxh3_128"] == path.stem
+
+
 def test_a_build_to_a_file_uri_gives_the_batches_of_a_local_one(
     small_store, data_path, tmp_path, fresh_cache
 ):
@@ -270,6 +304,17 @@ def test_a_build_to_a_file_uri_gives_the_batches_of_a_local_one(
     pairs = zip(ecstream.open_store(uri).batches("train", **args),
                 small_store.batches("train", **args), strict=True)  # fmt: skip
     assert all(_same(a, b) for a, b in pairs)
+
+
+def test_a_remote_input_builds_the_store_of_the_local_file(small_store, data_path, tmp_path):
+    """The readers take remote inputs, so build does too (it hashed the input as a local path
+    first, and failed with 'no such file'); the input is read once, so no checksum is kept."""
+    built = build.build_store(data_path.as_uri(), tmp_path / "s", max_records=3000)
+    for split in ("train", "val", "test"):
+        assert built.fingerprint(split) == small_store.fingerprint(split)
+    (source,) = built.manifest["sources"]
+    assert source["rows"] == 3000 and "sha256" not in source
+    assert "sha256" in small_store.manifest["sources"][0]
 
 
 def test_a_remote_build_refuses_to_replace_without_force(stores, data_path, monkeypatch):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import ecstream
 from ecstream.build import build_store
+from ecstream.sources import DamagedInputError
 from ecstream.store import SPLITS, StoreError, open_store, write_manifest
 
 
@@ -195,6 +196,24 @@ def test_bad_input_is_counted_per_reason_with_file_and_line(tmp_path, data_path)
     assert m["sources"][1]["rows"] > 1000
     assert m["sources"][1]["partial"]["rows_kept"] == m["sources"][1]["rows"]
     assert m["sources"][1]["partial"]["stopped_at"].startswith(f"{cut}:")
+
+
+def test_max_records_reads_nothing_beyond_them(data_path, tmp_path):
+    """The first N rows of a partly downloaded file are the first N rows: a bad row or the
+    damage after them neither fails the build nor is counted, wherever reading chunks end."""
+    lines = head_lines(data_path, 1001)
+    path = tmp_path / "late.tsv"
+    bad_row = "X\t1.1.1.1\n"  # wrong column count, at line 502
+    path.write_bytes(("".join(lines[:501]) + bad_row + "".join(lines[501:])).encode() + b"\xff\n")
+    with pytest.raises(DamagedInputError, match=r"late\.tsv:1003"):
+        build_store(path, tmp_path / "all")
+    for limit in (100, 500):
+        m = build_store(path, tmp_path / f"n{limit}", max_records=limit).manifest
+        assert m["rows_read"] == limit and m["sources"][0]["rows"] == limit
+        assert m["set_aside_total"] == 0 and "partial" not in m["sources"][0]
+    m = build_store(path, tmp_path / "n600", max_records=600).manifest
+    assert m["rows_read"] == 600 and m["set_aside"]["wrong_column_count"]["count"] == 1
+    assert m["set_aside_total"] == 1
 
 
 def test_sample_keeps_a_seeded_fraction(data_path, tmp_path):

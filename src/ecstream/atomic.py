@@ -189,8 +189,12 @@ def enclosing(path: str | os.PathLike[str], marker: str, fmt: str) -> Path | Non
 
 def _name_output(error: BaseException, tmp: Path, path: Path) -> None:
     """Let a system error (a full disk…) name the output, not its temporary or nothing."""
-    if isinstance(error, OSError) and (
-        not error.filename or str(error.filename).startswith(str(tmp))
+    # an OSError without errno (pyarrow's, say) prints only its message: a filename set on it
+    # would replace that message with "[Errno None] None: …"
+    if (
+        isinstance(error, OSError)
+        and error.errno is not None
+        and (not error.filename or str(error.filename).startswith(str(tmp)))
     ):
         error.filename = str(path)
 

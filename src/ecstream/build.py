@@ -28,7 +28,7 @@ from .overlap import OverlapCheck
 from .records import Records
 from .remote import check_destination, is_remote, publish, staging
 from .runs import check_outside_runs_and_stores
-from .shards import SharedBuffer, SplitData, SplitWriter
+from .shards import SHARD_NAME, SharedBuffer, SplitData, SplitWriter
 from .skips import Skips
 from .sources import (
     Columns,
@@ -152,17 +152,18 @@ class _Reader:
             info = SourceInfo(name, fmt)
             _refuse_fasta(info)
             entry: dict[str, Any] = {"path": name, "format": fmt, "rows": 0}
-            if isinstance(source, str | os.PathLike) and not is_stream(source):
+            # a remote input is read once, as it streams: hashing it first would fetch it twice
+            local = isinstance(source, str | os.PathLike) and not is_remote(str(source))
+            if local and not is_stream(source):
                 entry |= {"sha256": file_sha256(source), "bytes": source_size(source)}
             self.sources.append(entry)
             chunks = read_rows(
-                source, self.columns, self.skips, fmt, allow_partial=self.allow_partial, info=info
-            )
+                source, self.columns, self.skips, fmt, allow_partial=self.allow_partial,
+                info=info, limit=None if limit is None else limit - self.rows_read,
+            )  # fmt: skip
             for rows in chunks:
                 _refuse_fasta(info)
                 entry["format"] = info.format
-                if limit is not None and self.rows_read + len(rows) > limit:
-                    rows = rows[: limit - self.rows_read]
                 entry["rows"] += len(rows)
                 self.rows_read += len(rows)
                 kept = validate(name, rows, self.policy, self.skips, split_column)
@@ -276,12 +277,21 @@ def _check_replaceable(out: Path) -> None:
         raise StoreError(f"{out} is not an ecstream store ({what}); refusing to replace it")
     try:
         is_store = read_json(out / MANIFEST).get("format") == FORMAT
-    except (JSONFileError, AttributeError, OSError):
+    except (JSONFileError, OSError):
+        # a damaged manifest ('info' says: rebuild the store) beside nothing but shards
+        is_store = _only_shards(out)
+    except AttributeError:  # JSON, but not an object: some other tool's file
         is_store = False
     if not is_store:
         raise StoreError(
             f"{out}/{MANIFEST} is not an ecstream store manifest; refusing to replace {out}"
         )
+
+
+def _only_shards(out: Path) -> bool:
+    """Whether the split folders of ``out`` hold shards and nothing else (at least one)."""
+    names = [f.name for split in SPLITS if (out / split).is_dir() for f in (out / split).iterdir()]
+    return bool(names) and all(SHARD_NAME.fullmatch(name) for name in names)
 
 
 def _build_into(

@@ -458,6 +458,15 @@ class RemoteSplit:
             self.cancel()
             raise
 
+    def discard(self, path: Path, entry: os.stat_result) -> None:
+        """Remove a cache entry that failed its check, so that the next fetch downloads it
+        anew: unless another process has replaced it since (``entry``: the file that failed)."""
+        with contextlib.suppress(OSError):
+            now = os.stat(path)
+            if (now.st_dev, now.st_ino) == (entry.st_dev, entry.st_ino):
+                path.unlink()  # a process that mapped it keeps its bytes
+                _marker(path).unlink()
+
     def cancel(self) -> None:
         """Drop the fetches not yet started (those under way end by their deadline)."""
         with self._lock:

@@ -18,9 +18,11 @@ that was checked, and checks again if it differs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
+import re
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ SCHEMA = pa.schema(
 #: (one per split writer, six of them) as Python objects: small batches keep each to a few MB.
 BATCH_ROWS = 4096
 SHARD_ROWS = 1 << 20  # records per shard file
+SHARD_NAME = re.compile(r"shard-\d{5,}\.arrow")  # shard-00000.arrow, … (five digits or more)
 #: Records the split writers of one build hold together, at most. With each writer's own cap
 #: alone, six writers filling at their splits' paces were nearly full at once more often the
 #: longer a build ran, and held more together (BENCHMARKS.md, scale: build_probe.py).
@@ -375,6 +378,10 @@ class ShardSource(Protocol):
         """Start fetching these shards, in this order, ahead of their use."""
         ...
 
+    def discard(self, path: Path, entry: os.stat_result) -> None:
+        """Remove a fetched file that failed its check, if it is still the one ``entry`` saw."""
+        ...
+
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
 _MAP_FIXED = 0x10  # the same on Linux and the BSDs; the mmap module does not export it
@@ -571,13 +578,19 @@ class SplitData:
     def _fetch(self, k: int) -> None:
         for attempt in range(3):
             path = self.source.fetch(k)
+            entry = None
+            with contextlib.suppress(OSError):
+                entry = os.stat(path)
             try:
                 return self._open_fetched(k, path)
             except IntegrityError:
-                # another process's fetch may have let the cache entry go between its arrival
-                # and its opening here: fetch it again (bytes still there that fail are damage)
-                if attempt == 2 or path.exists():
+                # its bytes were checked on arrival: an entry gone since (another process let it
+                # go) or changed since (damage in the local cache, not in the store) is fetched
+                # again; bytes that fail after a fresh download are the error
+                if attempt == 2:
                     raise
+                if entry is not None and path.exists():
+                    self.source.discard(path, entry)
                 self.views[k] = None
 
     def _open_fetched(self, k: int, path: Path) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import gzip
 import io
+import itertools
 import os
 import stat
 import sys
@@ -305,6 +306,7 @@ def read_rows(
     *,
     allow_partial: bool = False,
     info: SourceInfo | None = None,
+    limit: int | None = None,
 ) -> Iterator[list[Row]]:
     """Yield chunks of ``(line, id, ec, sequence, split)`` rows from any supported source.
 
@@ -312,7 +314,8 @@ def read_rows(
     tables (``ec`` is then ``None``); FASTA is always unlabelled. Unreadable rows are counted in
     ``skips``. An input that ends early or cannot be decoded raises :class:`DamagedInputError`,
     or with ``allow_partial`` stops there, keeping the rows before it; ``info`` receives the
-    format, the number of rows and where reading stopped.
+    format, the number of rows and where reading stopped. ``limit``: stop after that many rows,
+    reading nothing beyond them (so damage or bad rows after them neither fail nor count).
     """
     skips = skips if skips is not None else Skips()
     info = info if info is not None else SourceInfo()
@@ -331,11 +334,16 @@ def read_rows(
             else _read_dataframe(source, columns, chunk_rows)
         )
         for chunk in chunks:
+            if limit is not None:
+                chunk = chunk[: limit - info.rows]
             info.rows += len(chunk)
-            yield chunk
+            if chunk:
+                yield chunk
+            if limit is not None and info.rows >= limit:
+                return
     elif fmt is None or fmt in TEXT_FORMATS:
         with contextlib.closing(_TextInput(source)) as text:
-            rows = _text_rows(text, fmt, columns, skips, info)
+            rows = itertools.islice(_text_rows(text, fmt, columns, skips, info), limit)
             yield from _chunks(rows, text.name, skips, chunk_rows, allow_partial, info)
     else:
         raise InputError(f"{info.name}: unknown format {fmt!r}")
@@ -505,7 +513,10 @@ def _read_parquet(source: Any, columns: Columns, chunk_rows: int) -> Iterator[li
     for name, part in _parquet_files(source):
         try:
             yield from _read_parquet_file(name, part, columns, chunk_rows)
-        except pa.ArrowException as error:  # pyarrow's message names no file
+        except (pa.ArrowException, OSError) as error:  # pyarrow's message names no file
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # a system error (a file gone, a full disk) names its file itself
+            # a damaged footer is a plain OSError without errno (thrift cannot deserialize it)
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise InputError(f"{name}: damaged, or not a Parquet file ({text})") from error
 
@@ -526,10 +537,16 @@ def _read_parquet_file(
         wanted = [names[k] for k in dict.fromkeys(k for k in positions if k is not None)]
         row = 0
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=wanted):
-            values = [
-                batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
-                for k in positions
-            ]
+            try:
+                values = [
+                    batch.column(names[k]).to_pylist() if k is not None else [None] * batch.num_rows
+                    for k in positions
+                ]
+            except UnicodeDecodeError as error:  # pyarrow does not check a string column's UTF-8
+                raise InputError(
+                    f"{name}: rows {row + 1:,}–{row + batch.num_rows:,}: damaged, a text column "
+                    f"is not UTF-8 ({error})"
+                ) from None
             yield _rows(row, *values)
             row += batch.num_rows
 
