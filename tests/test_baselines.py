@@ -279,6 +279,17 @@ def test_all_three_evaluate_and_predict_alike(runs, tmp_path):
             assert row["depth"] == "0" and row["ec_number"] == "" and row["ec_class"] == ""
     assert load_model(hybrid).handled(5000) == "whole"  # as its CNN scores it
     assert set(sources["hybrid"]) <= {"homolog", "profile", "cnn"}
+    # the hybrid's class view is its own calibrated level 1 (not a homolog's one-hot 1.0 at any
+    # identity, nor its CNN's probabilities before the hybrid's maps)
+    scores = load_model(hybrid).score(ids[:30], seqs[:30])
+    assert np.array_equal(scores.probs, scores.levels[0])
+    assert (scores.probs.max(axis=1) < 1).any()
+    lines = (tmp_path / "hybrid.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t"), strict=True))
+        if row["depth"] == "1":  # the class is the number stated: one confidence for both
+            assert row["probability"] == row["confidence"], row
 
 
 def counted_searches(monkeypatch, logs: list[str] | None = None) -> list[tuple[int, int]]:

@@ -23,6 +23,7 @@ from ecstream.ecmetrics import LevelScores
 from ecstream.evaluate import evaluate
 from ecstream.hierarchy import (
     Call,
+    apply_map,
     calibrated,
     decode,
     level_probabilities,
@@ -228,6 +229,19 @@ def test_confidence_maps_calibrate_an_underconfident_level_on_a_held_out_slice()
     before = expected_calibration_error(confidence[held], correct[held])
     after = expected_calibration_error(np.interp(confidence[held], xs, ys), correct[held])
     assert after < 0.03 < before
+
+
+def test_a_saturated_confidence_maps_to_its_own_accuracy_not_to_one():
+    """float32 softmax saturates at 1.0: a block of such confidences, right 3 times in 4,
+    maps 1.0 to 0.75 (the end knot at (1, 1) had sent it to 1.0, above 0.99999994), in maps
+    fitted now and in those stored by earlier versions."""
+    top = np.array([0.5, 1, 1, 1, 1], np.float32)
+    xs, ys = fit_confidence_map(top, np.array([0, 1, 1, 1, 0]))
+    assert (xs[-1], ys[-1]) == (1.0, 0.75)
+    old = [[0.0, 0.5, 1.0, 1.0], [0.0, 0.0, 0.75, 1.0]]  # as an earlier version stored it
+    for knots in ([xs, ys], old):
+        mapped = apply_map(np.array([1.0, 0.99999994], np.float32), *knots)
+        assert mapped[0] == pytest.approx(0.75) and mapped[0] >= mapped[1]
 
 
 def test_lifting_keeps_the_deepest_ranking_and_raises_parents(vocab):

@@ -351,6 +351,29 @@ def test_an_output_never_replaces_a_link_a_pipe_or_an_input_named_like_the_sidec
     assert store_link.is_symlink() and (elsewhere / "keep").read_text() == "x"
 
 
+def test_a_kill_before_the_sidecar_never_leaves_another_runs_beside_the_predictions(
+    cnn_run, data_path, tmp_path, monkeypatch
+):
+    """OUT.json records the run and thresholds of OUT: killed after the TSV is in place and
+    before its sidecar is written, predict leaves no sidecar rather than the previous one."""
+    import ecstream.predict as predict_module
+
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">a\nMKVLAAGIVGLLLA\n>b\nMSTNPKPQRKTKRNTN\n")
+    out = tmp_path / "p.tsv"
+    predict_file(load_model(cnn_run), fasta, out)
+    before = json.loads((tmp_path / "p.tsv.json").read_text())
+    assert before["thresholds_from"] != "--min-confidence"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill at that moment would leave the files
+
+    monkeypatch.setattr(predict_module, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(load_model(cnn_run), fasta, out, min_confidence=0.9)
+    assert out.is_file() and not (tmp_path / "p.tsv.json").exists()
+
+
 def test_a_damaged_parquet_file_is_named(cnn_run, data_path, tmp_path, capsys):
     table = pd.read_csv(data_path, sep="\t", nrows=50)
     whole = tmp_path / "whole.parquet"

@@ -66,7 +66,10 @@ def fit_confidence_map(confidence: np.ndarray, correct: np.ndarray) -> list[list
     starts = np.r_[True, fit[1:] != fit[:-1]]
     block = np.cumsum(starts) - 1
     xs = np.bincount(block, weights=x) / np.bincount(block)
-    return [[0.0, *xs.tolist(), 1.0], [0.0, *fit[starts].tolist(), 1.0]]
+    ys = fit[starts].tolist()
+    if xs[-1] >= 1.0:  # a block of saturated confidences (float32 softmax at 1.0): its own
+        return [[0.0, *xs.tolist()], [0.0, *ys]]  # accuracy, not the end knot's 1.0, holds there
+    return [[0.0, *xs.tolist(), 1.0], [0.0, *ys, 1.0]]
 
 
 def expected_calibration_error(

@@ -108,6 +108,8 @@ def apply_map(p: np.ndarray, xs: Sequence[float], ys: Sequence[float]) -> np.nda
     """``np.interp(p, xs, ys)`` as float32 for probabilities in [0, 1] (``xs[0] = 0``). Nearly
     all of a deep level's thousands of probabilities lie on the first segment: those take its
     line, and only the others the (float64) search of ``np.interp``."""
+    if len(xs) > 2 and xs[-2] >= xs[-1]:  # maps fitted before 2026-11-30 could end in a
+        xs, ys = xs[:-1], ys[:-1]  # second knot at 1.0, which np.interp would take for 1.0
     x0, x1, y0, y1 = float(xs[0]), float(xs[1]), float(ys[0]), float(ys[1])
     out = np.asarray(p, dtype=np.float32) - x0
     out *= (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0

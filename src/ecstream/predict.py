@@ -161,6 +161,9 @@ def predict_file(
             release_free_memory()
             if progress:
                 progress(counts["records"])
+        if str(out) != STDOUT:  # an earlier sidecar goes before the TSV it describes does:
+            with contextlib.suppress(FileNotFoundError):  # a kill between the two leaves a
+                os.unlink(sidecar(out))  # TSV without one, never beside another run's
     if str(out) != STDOUT:
         write_json(sidecar(out), _provenance(model, thresholds, min_confidence))
     seconds = time.perf_counter() - start

@@ -325,11 +325,11 @@ class HybridPredictor(Predictor):
         cnn = self.cnn.score(ids, seqs)
         hits = self.knn.hits(ids, seqs)
         levels, decided = self.levels(cnn.levels, hits)
-        use = decided[0]
-        probs = np.where(use[:, None], one_hot(hits.best_label, cnn.probs.shape[1]), cnn.probs)
-        source = [_source(u, p, "cnn") for u, p in zip(use, hits.by_profile, strict=True)]
+        source = [_source(u, p, "cnn") for u, p in zip(decided[0], hits.by_profile, strict=True)]
+        # the class view is the hybrid's own level 1, as ec_number and confidence are: not the
+        # homolog's one-hot (1.0 at any identity) nor the CNN's probabilities before its maps
         scores = Scores(
-            probs.astype(np.float32), levels, _columns(hits, source), hits.max_fident,
+            levels[0].astype(np.float32), levels, _columns(hits, source), hits.max_fident,
             profile=hits.by_profile,
         )  # fmt: skip
         scores.extra["homolog_depth"] = decided.sum(axis=0).tolist()
