@@ -96,6 +96,19 @@ class BlockShuffle:
         # evaluated for the blocks a batch needs, not held as an array: one entry per block
         # would grow with the split (and be one per record with blocks of one record)
         self._order = Permutation(self.full, _subkey(key, 0)) if self.full else None
+        self._last: tuple[int, Permutation, np.ndarray] | None = None
+
+    def _group(self, g: int) -> tuple[Permutation, np.ndarray]:
+        """Group ``g``'s shuffle within itself and its blocks in order, kept for the next call:
+        consecutive steps read the same group (a group of 16,384 records is 256 steps of 64)."""
+        last = self._last  # read once: loader threads may share this plan
+        if last is None or last[0] != g:
+            size = min(self.group, self.n - g * self.group)
+            inner = Permutation(size, _subkey(self.key, g + 1))
+            # at most ``blocks`` evaluations of the block order for all the group's records
+            ordered = self._block_at(g * self.blocks + np.arange(-(-size // self.block)))
+            last = self._last = (g, inner, ordered)
+        return last[1], last[2]
 
     def _block_at(self, slots: np.ndarray) -> np.ndarray:
         """The stored block at each slot of the block order (the partial block, if any, last)."""
@@ -105,17 +118,23 @@ class BlockShuffle:
             out[inside] = self._order(slots[inside])
         return out
 
+    def _within(self, g: int, positions: np.ndarray) -> np.ndarray:
+        shuffle, ordered = self._group(g)
+        inner = shuffle(positions - g * self.group)
+        return ordered[inner // self.block] * self.block + inner % self.block
+
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty_like(positions)
+        if len(positions) == 0:
+            return positions.copy()
         groups = positions // self.group
+        first, last = int(groups.min()), int(groups.max())
+        if first == last:  # the usual call: a stretch of steps within one group
+            return self._within(first, positions)
+        out = np.empty_like(positions)
         for g in np.unique(groups).tolist():
             sel = groups == g
-            size = min(self.group, self.n - g * self.group)
-            inner = Permutation(size, _subkey(self.key, g + 1))(positions[sel] - g * self.group)
-            # a group's blocks, in order: at most ``blocks`` evaluations for all its records
-            ordered = self._block_at(g * self.blocks + np.arange(-(-size // self.block)))
-            out[sel] = ordered[inner // self.block] * self.block + inner % self.block
+            out[sel] = self._within(g, positions[sel])
         return out
 
 
