@@ -15,13 +15,19 @@ first epoch (later ones find the pages mapped):
 - ``gather``: each window of 32 steps' rows taken in one numpy call from a strided view, the
   padding masked and the letters translated once (a bound on that approach: not batches the
   stream yields);
-- ``block=N``: the opt-in order ``train --shuffle-block N`` (groups of 16 blocks of N records).
+- ``block=N``: the opt-in order ``train --shuffle-block N`` (groups of 16 blocks of N records);
+- ``bucket`` / ``bucket+block=N``: the same orders bucketed by length, as ``train`` streams by
+  default (windows of 32 batches, each batch as wide as its longest record).
+
+``python benchmarks/stream_probe.py --store PATH --arms plain,bucket --epochs 2`` streams an
+existing store instead (kept afterwards), in the arms named.
 
 A probe, not a section of BENCHMARKS.md (the scale section quotes it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import shutil
@@ -29,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import DATA, OUTPUT
 from scaled_data import write_scaled
@@ -91,19 +98,21 @@ def _gathered(batches) -> int:
     return n
 
 
-def child(arm: str, store: str) -> None:
-    """Stream :data:`EPOCHS` epochs in ``arm``; print their rates and costs as one JSON line."""
+def child(arm: str, store: str, epochs: int) -> None:
+    """Stream ``epochs`` epochs in ``arm``; print their rates and costs as one JSON line."""
     import ecstream
 
     if arm.startswith("touch"):
         _touching(arm)
-    block = int(arm.split("=")[1]) if arm.startswith("block=") else 0
+    bucket = arm.startswith("bucket")
+    order = arm.removeprefix("bucket").removeprefix("+")
+    block = int(order.split("=")[1]) if order.startswith("block=") else 0
     batches = ecstream.open_store(store).batches(
-        "train", batch_size=BATCH, max_length=LENGTH, shuffle=True, seed=0, bucket=False,
+        "train", batch_size=BATCH, max_length=LENGTH, shuffle=True, seed=0, bucket=bucket,
         block=block,
     )  # fmt: skip
     rates, faults, system = [], [], []
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         before, cpu = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
         n = _gathered(batches) if arm == "gather" else sum(len(b) for b in batches)
         after = resource.getrusage(resource.RUSAGE_SELF)
@@ -114,18 +123,25 @@ def child(arm: str, store: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", help="stream this store (kept) instead of building the 10×")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per process")
+    args = parser.parse_args()
+    arms = args.arms.split(",")
     work = OUTPUT / "stream-probe"
-    work.mkdir(parents=True, exist_ok=True)
-    data = write_scaled(DATA, OUTPUT / "bacteria-ec-x10-mut0.015-seed0.tsv.gz")
-    store = work / "x10"
+    store = Path(args.store) if args.store else work / "x10"
     try:
         import ecstream
 
-        ecstream.build_store(data, store, force=True)
-        got: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        if not args.store:
+            work.mkdir(parents=True, exist_ok=True)
+            data = write_scaled(DATA, OUTPUT / "bacteria-ec-x10-mut0.015-seed0.tsv.gz")
+            ecstream.build_store(data, store, force=True)
+        got: dict[str, list[dict]] = {arm: [] for arm in arms}
         for _ in range(ROUNDS):
-            for arm in ARMS:
-                command = [sys.executable, __file__, "child", arm, str(store)]
+            for arm in arms:
+                command = [sys.executable, __file__, "child", arm, str(store), str(args.epochs)]
                 out = subprocess.run(command, capture_output=True, text=True)
                 if out.returncode:
                     raise SystemExit(out.stderr[-2000:])
@@ -141,11 +157,12 @@ def main() -> None:
                 f"{max(rates) / 1e6:.2f}) | {faults:,.0f} | {system:.2f} |"
             )
     finally:
-        shutil.rmtree(store, ignore_errors=True)
+        if not args.store:
+            shutil.rmtree(store, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["child"]:
-        child(sys.argv[2], sys.argv[3])
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         main()
