@@ -432,6 +432,8 @@ def test_a_knn_run_with_its_index_loads_it_and_finds_what_one_without_finds(
     assert not (indexed / "targets" / "index-work").exists()  # createindex's work files go
     assert "targets/db.idx" in json.loads((indexed / "checksums.json").read_text())["files"]
     assert main(["train", str(store.path), "--out", str(tmp_path / "cnn"), "--index"]) == 2
+    # a hybrid's parts named for another kind of run are refused, not ignored
+    assert main(["train", str(store.path), "--out", str(tmp_path / "cnn"), "--knn", "x"]) == 2
     with pytest.raises(ValueError, match=r"up to -s 7\.5"):  # what the index is made for
         make_knn_run(store.path, tmp_path / "knn-s8", sensitivity=8.0, index=True)
     assert not (tmp_path / "knn-s8").exists() and not (tmp_path / "cnn").exists()

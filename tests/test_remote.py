@@ -285,6 +285,22 @@ def test_a_cache_entry_damaged_after_its_arrival_is_fetched_again(stores, fresh_
     assert all(_checksum_ok(entry) for entry in entries)
 
 
+def test_a_shard_unlike_its_manifest_is_refused_after_one_download(
+    stores, fresh_cache, monkeypatch
+):
+    """Bytes that match the manifest's checksum but not its record count are the store's
+    damage: a fresh download cannot help, so it is not fetched again (a shard is ~1 GB)."""
+    _, remote = stores
+    data = ecstream.open_store(str(remote.path)).split_data("val")
+    data.checksums[0] = {**data.checksums[0], "records": data.checksums[0]["records"] + 1}
+    downloads = []
+    real = remote_module._download
+    monkeypatch.setattr(remote_module, "_download", lambda *a: downloads.append(a) or real(*a))
+    with pytest.raises(shards.IntegrityError, match="the manifest says"):
+        data.fetch_all()
+    assert len(downloads) == 1
+
+
 def _checksum_ok(path) -> bool:
     from ecstream.hashing import file_checksum
 

@@ -373,3 +373,143 @@ def test_a_validation_split_of_training_sequences_is_warned_about(data_path, tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error", ValidationInTrainWarning)
         train(honest.path, tmp_path / "b", TrainConfig(**FAST))
+
+
+def test_a_refused_resume_names_what_differs_and_the_command_that_continues(
+    small_store, tmp_path, capsys
+):
+    """A resume must restate the run's settings: the refusal names each that differs, with both
+    values, and prints the command that continues the run, which then does (RAM or disk may
+    change on resume: their batches are the same)."""
+    import shlex
+
+    from ecstream.cli import main
+
+    run = tmp_path / "run"
+    made = ["--batch-size", "32", "--max-length", "300", "--limit-train-batches", "4"]
+    assert main(["train", str(small_store.path), "--out", str(run), *made, "--epochs", "1",
+                 "--accelerator", "cpu", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", str(small_store.path), "--out", str(run), "--resume", "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "batch_size 32 (this command: 64)" in err and "max_length 300 (this command: 660)" in err
+    hint = err.split("continue it with: ")[1]
+    assert "--batch-size 32" in hint and "--max-length 300" in hint and "--epochs" not in hint
+    command = shlex.split(hint)[1:]  # after "ecstream"
+    assert main([*command, "--epochs", "2", "--accelerator", "cpu", "--quiet", "--in-memory"]) == 0
+    assert len(read_metrics(run)) == 2
+
+
+def test_a_run_stopped_between_its_weights_and_its_calibration_is_never_used(
+    small_store, tmp_path, monkeypatch
+):
+    """model.pt, calibration.json and checksums.json are written one after another: a run
+    stopped in between (here, as it calibrates) carries a training mark, which every use
+    refuses, until a resume finishes it."""
+    from ecstream import train as training
+    from ecstream.predictors import load_model
+
+    run = tmp_path / "run"
+    train(small_store.path, run, TrainConfig(**FAST))
+    load_model(run)  # a finished run is used
+    calibrate = training.calibrate_cnn
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill at that moment leaves the files
+
+    monkeypatch.setattr(training, "calibrate_cnn", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
+    assert (run / "model.pt").is_file()  # the new weights, beside the old calibration
+    with pytest.raises(RunError, match="its training has not finished"):
+        load_model(run)
+    monkeypatch.setattr(training, "calibrate_cnn", calibrate)
+    train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 2}), resume=True)
+    load_model(run)
+
+
+def test_a_fraction_of_batches_too_small_for_one_is_a_refusal_not_an_internal_error(
+    small_store, tmp_path
+):
+    config = TrainConfig(**{**FAST, "limit_train_batches": 1e-4})
+    with pytest.raises(RunError, match="Lightning refused these settings"):
+        train(small_store.path, tmp_path / "r", config)
+
+
+def test_max_time_is_this_commands_time_so_a_resume_trains_on(small_store, tmp_path):
+    """Lightning's timer counts the run's time so far: a resume with the budget a run stopped at
+    trained nothing and said it had finished."""
+    config = {**FAST, "epochs": 1000, "patience": 1000, "limit_train_batches": 2,
+              "max_time": "00:00:00:04"}  # fmt: skip
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+
+    def steps() -> int:
+        return torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+
+    train(small_store.path, tmp_path / "r", TrainConfig(**config))
+    before = steps()
+    assert 0 < len(read_metrics(tmp_path / "r")) < 1000
+    train(small_store.path, tmp_path / "r", TrainConfig(**config), resume=True)
+    assert steps() > before  # the resume trained (a row count can stay: a cut epoch is redone)
+    # how much it trained depends on the machine; what it is given does not: no time so far
+    from ecstream.train import InvocationTimer
+
+    timer = InvocationTimer("00:00:00:04")
+    timer.load_state_dict({"time_elapsed": {"train": 100.0}})  # as a checkpoint restores it
+    assert timer.time_elapsed("train") == 0
+
+
+def test_a_moved_run_keeps_its_best_checkpoint_when_resumed(tmp_path):
+    """Lightning forgets the best score of a checkpoint saved in another folder, so the next
+    epoch replaced best.ckpt whatever its loss; the paths are moved with the run instead."""
+    import torch as th
+
+    from ecstream.train import RunCheckpoint
+
+    old, new = tmp_path / "before" / "checkpoints", tmp_path / "after" / "checkpoints"
+    saved = RunCheckpoint(dirpath=old, filename="best", monitor="val_loss")
+    saved.best_model_score, saved.best_model_path = th.tensor(0.5), str(old / "best.ckpt")
+    saved.best_k_models = {str(old / "best.ckpt"): th.tensor(0.5)}
+    moved = RunCheckpoint(dirpath=new, filename="best", monitor="val_loss")
+    moved.load_state_dict(saved.state_dict())
+    assert moved.best_model_score == 0.5 and moved.best_model_path == str(new / "best.ckpt")
+    assert list(moved.best_k_models) == [str(new / "best.ckpt")]
+
+
+def test_a_failure_after_a_checkpoint_says_how_to_continue(
+    small_store, tmp_path, capsys, monkeypatch
+):
+    """The resume command is a note on the error, which the one-line message now includes (it
+    was shown only with --debug)."""
+    import errno
+
+    from ecstream import train as training
+    from ecstream.cli import main
+
+    step = training.ECModule.training_step
+
+    def full_disk_in_epoch_1(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "x"))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(training.ECModule, "training_step", full_disk_in_epoch_1)
+    args = [
+        "train",
+        str(small_store.path),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--limit-train-batches",
+        "3",
+        "--quiet",
+        "--accelerator",
+        "cpu",
+    ]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no space left" in err.lower() and "the last checkpoint is intact" in err
+    assert "--batch-size 32 --limit-train-batches 3 --resume" in err

@@ -192,6 +192,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if (args.cnn or args.knn) and args.model != "hybrid":
+        raise ValueError("--cnn and --knn name a hybrid's runs: they need --model hybrid")
     if args.index and args.model != "knn":
         raise ValueError(
             "--index keeps a kNN run's search index: it needs --model knn (a hybrid uses its "
@@ -621,7 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--substitution (default %(default)s: off)",
     )  # fmt: skip
     p.add_argument(
-        "--max-time", type=_duration, default=None, help="stop after DD:HH:MM:SS of training"
+        "--max-time",
+        type=_duration,
+        default=None,
+        help="stop after DD:HH:MM:SS of training (of this command: a --resume gets it afresh)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument(

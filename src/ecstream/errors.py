@@ -49,7 +49,13 @@ EXPECTED: tuple[type[BaseException], ...] = (
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a person: what failed, and the file it concerns where there is one."""
+    """One line for a person: what failed, and the file it concerns where there is one, then
+    any notes added on the way up (how to continue: ``train``'s resume command)."""
+    notes = [str(n).strip() for n in getattr(exc, "__notes__", ()) if str(n).strip()]
+    return "; ".join([_describe(exc), *notes])
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in _SYSTEM:
         where = exc.filename or ""
         if exc.filename2:

@@ -463,7 +463,8 @@ class RemoteSplit:
         anew: unless another process has replaced it since (``entry``: the file that failed)."""
         with contextlib.suppress(OSError):
             now = os.stat(path)
-            if (now.st_dev, now.st_ino) == (entry.st_dev, entry.st_ino):
+            same = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+            if all(getattr(now, a) == getattr(entry, a) for a in same):
                 path.unlink()  # a process that mapped it keeps its bytes
                 _marker(path).unlink()
 

@@ -123,8 +123,9 @@ def check_outside_runs_and_stores(path: str | os.PathLike) -> None:
             )
 
 
-def read_config(run: str | os.PathLike) -> dict:
-    """A run's ``config.json``, refusing other formats, versions and alphabets."""
+def read_config(run: str | os.PathLike, *, training_ok: bool = False) -> dict:
+    """A run's ``config.json``, refusing other formats, versions and alphabets, and a run whose
+    training has not finished unless ``training_ok`` (``train`` calibrating its own run)."""
     path = Path(run) / "config.json"
     if not path.is_file():
         raise RunError(
@@ -134,7 +135,7 @@ def read_config(run: str | os.PathLike) -> dict:
     if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not an ecstream run config")
     # before what the config says: a changed byte must be named as damage, not as a mismatch
-    verify(Path(run))
+    verify(Path(run), training_ok=training_ok)
     if config.get("run_version") != RUN_VERSION:
         raise RunError(
             f"{run}: a run of format {config.get('run_version')} (ecstream "
@@ -179,22 +180,34 @@ def sealed_digest(run: str | os.PathLike) -> str | None:
     return hashing.file_checksum(path)[hashing.CHECKSUM] if path.is_file() else None
 
 
-def unseal(run: Path) -> None:
-    """Drop a run's checksums before its files change (a finished run trained on)."""
-    (run / CHECKSUMS).unlink(missing_ok=True)
+def mark_training(run: Path) -> None:
+    """Put a "training" mark where a run's checksums go, before its files change (a new run,
+    or a finished one trained on): until :func:`seal` replaces it, every use of the run is
+    refused, so a run killed between writing ``model.pt`` and calibrating it (its files
+    written one after another) is never used half-made."""
+    write_json(run / CHECKSUMS, {"format": CHECKSUMS_FORMAT, "training": True})
 
 
-def verify(run: Path) -> bool:
+def verify(run: Path, *, training_ok: bool = False) -> bool:
     """Check every file a run's :data:`CHECKSUMS` lists, once per process tree
     (:func:`ecstream.integrity.check`); :class:`RunError` naming the first file that is missing
-    or differs. ``False`` when the run has no checksums (made before they were recorded, or
-    trained on and not finished since): nothing could be checked."""
+    or differs, or saying that the run's training has not finished (``training_ok``: a resume,
+    which returns ``False`` then). ``False`` when the run has no checksums (made before they
+    were recorded): nothing could be checked."""
     path = run / CHECKSUMS
     if not path.is_file():
         return False
     sealed = read_json(path)
     if not isinstance(sealed, dict) or sealed.get("format") != CHECKSUMS_FORMAT:
         raise RunError(f"{path}: not a run's checksums; {RUN_REMEDY}")
+    if sealed.get("training") is True:
+        if training_ok:
+            return False
+        raise RunError(
+            f"{run}: its training has not finished (it is training now, or it was stopped "
+            "before it finished); continue it with 'ecstream train STORE --out RUN --resume' "
+            "and the options it was made with (its config.json), or wait for it"
+        )
     files = sealed.get("files")
     if not isinstance(files, dict) or not files:
         raise RunError(f"{path}: damaged (no list of files); {RUN_REMEDY}")
@@ -232,8 +245,7 @@ def warn_if_unchecked(run: Path) -> None:
     """Say once per process that a run without checksums is used unchecked."""
     if not (run / CHECKSUMS).is_file():
         message = (
-            "no checksums (a run made before ecstream recorded them, or trained on since and "
-            "not finished): its files are used unchecked"
+            "no checksums (a run made before ecstream recorded them): its files are used unchecked"
         )
         notify(run / "config.json", message, UncheckedRunWarning, once=True)
 

@@ -590,6 +590,9 @@ class SplitData:
                 if attempt == 2:
                     raise
                 if entry is not None and path.exists():
+                    expected = self.checksums[k]
+                    if _bytes_match(path, expected):  # the store's own bytes: no fetch helps
+                        raise
                     self.source.discard(path, entry)
                 self.views[k] = None
 
@@ -738,6 +741,15 @@ class SplitData:
 
 
 _ZERO_RUNS: list[memoryview] = []
+
+
+def _bytes_match(path: Path, expected: dict[str, Any]) -> bool:
+    """Whether a file holds the bytes a manifest recorded (size and checksum)."""
+    try:
+        got = file_checksum(path)
+    except OSError:
+        return False
+    return all(got[key] == expected.get(key) for key in got)
 
 
 def _zero_runs(width: int) -> list[memoryview]:

@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -30,7 +31,13 @@ import numpy as np
 import torch
 import torchmetrics
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    Timer,
+    TQDMProgressBar,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.nn import functional as F
@@ -44,6 +51,7 @@ from .hashing import LineDigest, hash64
 from .labels import ECVocabulary
 from .model import ECClassifier, ModelConfig, compile_network, preset
 from .runs import (
+    CHECKSUMS,
     RUN_FORMAT,
     SEEN,
     TARGETS,
@@ -51,11 +59,11 @@ from .runs import (
     base_config,
     check_archive,
     check_outside_runs_and_stores,
+    mark_training,
     read_metrics,
     record_seen,
     seal,
     unique_hashes,
-    unseal,
     verify,
 )
 from .store import Store, open_store
@@ -590,13 +598,14 @@ def train(
             run.mkdir(parents=True, exist_ok=True)
             if not resume:
                 write_json(run / "config.json", run_config)
+                mark_training(run)  # refused by every use until it is sealed
                 record_seen(run, store, survey.seen)
 
         def begin() -> None:
             """A resumed run changes once the Trainer has taken the settings: a refused
             resume leaves a finished run as it was, checksums included."""
             if resume and _launched_rank() == 0:
-                unseal(run)  # its files change from here until it finishes again
+                mark_training(run)  # its files change from here until it finishes again
                 write_json(run / "config.json", run_config)
 
         stack.enter_context(_quiet_lightning())
@@ -640,7 +649,7 @@ def _fit(
     data = StoreData(store, config, vocab)
     every_row = vocab is not None or config.multi_class == "first"
     samples = store.num_records("train") if every_row else store.single_class_records("train")
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=run / "checkpoints", filename="best", monitor="val_loss", save_last=True,
         # last.ckpt is replaced, not versioned: StepCheckpoint writes it too, and Lightning
         # would put the epoch's end beside it as last-v1.ckpt, which --resume never reads
@@ -654,6 +663,7 @@ def _fit(
         *steps,
         # a redraw reads the step's loss from the device, a wait for the GPU: every 10th step
         *([SamplesProgressBar(samples, 1 if on_cpu else 10)] if config.progress else []),
+        *([InvocationTimer(config.max_time)] if config.max_time else []),
         *(callbacks or []),
     ]
     try:
@@ -663,7 +673,6 @@ def _fit(
             num_nodes=config.num_nodes,
             precision=config.resolved_precision(),
             max_epochs=config.epochs,
-            max_time=config.max_time,
             limit_train_batches=config.limit_train_batches,
             callbacks=hooks,
             plugins=[AtomicCheckpointIO()],
@@ -690,7 +699,7 @@ def _fit(
             f"step: the training split has {samples:,} records to train on"
         )
     sigint = signal.getsignal(signal.SIGINT)
-    resume_hint = f"continue it with: ecstream train {store.path} --out {run} --resume"
+    resume_hint = f"continue it with: {resume_command(store.path, run, asdict(config))}"
     begin()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
@@ -700,6 +709,9 @@ def _fit(
             f"training of {run} was interrupted; "
             + (resume_hint if last.is_file() else "no epoch had finished: start it again")
         ) from None
+    except MisconfigurationException as error:  # checks Lightning makes once it sees the data
+        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RunError(f"Lightning refused these settings: {said}") from error
     except Exception as error:
         if last.is_file() and trainer.global_rank == 0:
             error.add_note(f"the last checkpoint is intact: {resume_hint}")
@@ -707,6 +719,44 @@ def _fit(
     finally:  # Lightning sets deterministic algorithms for the whole process; give it back
         torch.use_deterministic_algorithms(was_deterministic)
     return trainer, best
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose saved paths follow the run: Lightning forgets the
+    best score of a run resumed from another folder (moved or copied), and its next epoch then
+    replaced ``best.ckpt`` whatever its loss."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+
+            def moved(path: str | None) -> str | None:
+                if not path or os.path.dirname(path) != old:
+                    return path
+                return os.path.join(self.dirpath, os.path.basename(path))
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                          "last_model_path")},
+                "best_k_models": {
+                    moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
+            }  # fmt: skip
+        super().load_state_dict(state_dict)
+
+
+class InvocationTimer(Timer):
+    """``--max-time``: the training time of this invocation. Lightning's Timer restores the
+    time of the run so far from a checkpoint, so a resume with the budget the run stopped at
+    trained nothing and said it had finished (a pre-empted job gets its time afresh)."""
+
+    def __init__(self, duration: str):
+        super().__init__(duration=duration, interval="step", verbose=False)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class TrainingInterrupted(RunError):
@@ -791,7 +841,7 @@ def _check_new(run: Path, last: Path) -> None:
 
 
 #: What a CNN run that failed before its first checkpoint can leave behind.
-UNFINISHED_FILES = ("config.json", SEEN, "checkpoints", "metrics.csv")
+UNFINISHED_FILES = ("config.json", CHECKSUMS, SEEN, "checkpoints", "metrics.csv")
 
 
 def _launched_rank() -> int:
@@ -811,12 +861,13 @@ ADDED_SETTINGS = {
     "shuffle_block": 0,
 }  # fmt: skip
 
-#: Training settings a resume may change: more epochs or another progress setting, and the
-#: number of processes (an epoch boundary is a resume point for any number: elastic).
+#: Training settings a resume may change: more epochs or another progress setting, the number
+#: of processes (an epoch boundary is a resume point for any number: elastic), and whether the
+#: splits are read from RAM or disk.
 #: --compile is not one: compiled dropout draws other masks than plain dropout.
 FREE_ON_RESUME = (
     "epochs", "progress", "max_time", "num_workers", "devices", "num_nodes", "accelerator",
-    "checkpoint_every",
+    "checkpoint_every", "in_memory",  # RAM and disk give the same batches (tested)
 )  # fmt: skip
 
 
@@ -826,7 +877,7 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
             f"{run}: nothing to resume (no checkpoints/last.ckpt: no epoch finished); "
             "start it again without --resume"
         )
-    verify(run)  # a finished run trained on
+    verify(run, training_ok=True)  # a finished run trained on, or one stopped in training
     check_archive(last)
     saved = read_json(run / "config.json")
     for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
@@ -840,8 +891,37 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
             ec = "ec_fingerprint" in theirs
             theirs = (theirs["fingerprints"], theirs.get("ec_fingerprint"))
             ours = (ours["fingerprints"], ours["ec_fingerprint"] if ec else None)
-        if theirs != ours:
+        if theirs == ours:
+            continue
+        if key != "train":
             raise RunError(f"{run}: cannot resume, its {key} settings differ from this command's")
+        differ = [k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k)]
+        said = ", ".join(f"{k} {theirs.get(k)!r} (this command: {ours.get(k)!r})" for k in differ)
+        raise RunError(
+            f"{run}: cannot resume, its train settings differ from this command's: {said}; "
+            f"continue it with: {resume_command(run_config['store']['path'], run, saved['train'])}"
+        )
+
+
+#: ``train`` flags whose names are not their setting's (``--no-bucket``, ``--quiet``)
+_NEGATED_FLAGS = {"bucket": "--no-bucket", "progress": "--quiet"}
+
+
+def resume_command(store: str | os.PathLike, run: Path, settings: dict) -> str:
+    """The ``ecstream train … --resume`` that continues a run: its store and every training
+    setting the run was made with that is not the default (a resume must restate them)."""
+    defaults = asdict(TrainConfig())
+    words = ["ecstream", "train", str(store), "--out", str(run)]
+    for key, value in settings.items():
+        if key in FREE_ON_RESUME or key not in defaults or value == defaults[key]:
+            continue
+        if key in _NEGATED_FLAGS:
+            words.append(_NEGATED_FLAGS[key])
+        elif value is True:
+            words.append("--" + key.replace("_", "-"))
+        elif value is not None and value is not False:
+            words += ["--" + key.replace("_", "-"), str(value)]
+    return shlex.join([*words, "--resume"])
 
 
 def _export(run: Path, checkpoint: str, model_config: ModelConfig) -> None:

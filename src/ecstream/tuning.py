@@ -115,7 +115,7 @@ def _save(run: Path, report: dict) -> dict:
 def calibrate_cnn(run: Path, store: Store) -> dict:
     """Fit a CNN run's temperatures, confidence maps and thresholds on validation; write
     ``calibration.json`` (with the ECE of the temperatures alone, which it improves on)."""
-    predictor = CNNPredictor(run, read_config(run), calibrated=False)
+    predictor = CNNPredictor(run, read_config(run, training_ok=True), calibrated=False)
     vocab = predictor.vocab
     val = validation_sample(store, every_row=vocab.depth > 1)
     logits = predictor.all_logits(val.seqs)
