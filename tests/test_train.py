@@ -513,3 +513,20 @@ def test_a_failure_after_a_checkpoint_says_how_to_continue(
     err = " ".join(capsys.readouterr().err.split())
     assert "no space left" in err.lower() and "the last checkpoint is intact" in err
     assert "--batch-size 32 --limit-train-batches 3 --resume" in err
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_the_loss_did_not_improve(small_store, tmp_path):
+    """Lightning 2.6 writes last.ckpt only when val_loss improved: a resume then redid every
+    epoch since. Here val_loss is made to rise after epoch 0, and last.ckpt still follows."""
+
+    class Worse(Callback):  # Lightning runs checkpoint callbacks last: this comes first
+        def on_validation_end(self, trainer, module):
+            trainer.callback_metrics["val_loss"] = torch.tensor(float(trainer.current_epoch))
+
+    run = tmp_path / "run"
+    train(small_store.path, run, TrainConfig(**{**FAST, "epochs": 3, "limit_train_batches": 2}),
+          callbacks=[Worse()])  # fmt: skip
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert best["epoch"] == 0  # the best stays where the loss was lowest

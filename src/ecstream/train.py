@@ -722,9 +722,29 @@ def _fit(
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, whose saved paths follow the run: Lightning forgets the
-    best score of a run resumed from another folder (moved or copied), and its next epoch then
-    replaced ``best.ckpt`` whatever its loss."""
+    """Lightning's ModelCheckpoint, writing ``last.ckpt`` after every epoch's validation, with
+    saved paths that follow the run. Lightning 2.6 writes ``last.ckpt`` only when the monitored
+    loss improved, so a resume redid every epoch since the last improvement; and it forgets
+    the best score of a run resumed from another folder (moved or copied), whose next epoch
+    then replaced ``best.ckpt`` whatever its loss."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_too(trainer, at_epoch_end=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_too(trainer, at_epoch_end=False)
+
+    def _save_last_too(self, trainer: L.Trainer, at_epoch_end: bool) -> None:
+        """``last.ckpt`` where Lightning saves (the epoch's end, after its validation, unless
+        validation runs several times an epoch), if it did not save at this step already."""
+        if (
+            self.save_last
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._should_save_on_train_epoch_end(trainer) == at_epoch_end
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def load_state_dict(self, state_dict: dict) -> None:
         old = state_dict.get("dirpath")
