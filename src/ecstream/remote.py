@@ -53,6 +53,7 @@ from .atomic import OutputBusyError, atomic_path, write_bytes
 from .cache import cache_dir
 from .hashing import CHECKSUM
 from .integrity import IntegrityError, StoreError
+from .shards import SHARD_NAME
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BLOCK = 8 << 20  # bytes per read of a download, and per ranged read of a remote input
@@ -500,7 +501,7 @@ class RemoteSplit:
 # --------------------------------------------------------------------------- remote builds
 
 
-_STORE_OBJECT = re.compile(r"^(manifest\.json|(train|val|test)/shard-\d{5,}\.arrow)$")
+_STORE_OBJECT = re.compile(rf"^(manifest\.json|(train|val|test)/{SHARD_NAME.pattern})$")
 
 
 @contextlib.contextmanager

@@ -684,11 +684,9 @@ def _fit(
             num_sanity_val_steps=0,
         )
     except (MisconfigurationException, ValueError, TypeError) as error:  # Lightning's checks
-        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunError(
-            f"Lightning refused these settings: {said} (--accelerator {config.accelerator}, "
-            f"--devices {config.devices}, --num-nodes {config.num_nodes}, --precision "
-            f"{config.precision})"
+            f"{_refused(error)} (--accelerator {config.accelerator}, --devices "
+            f"{config.devices}, --num-nodes {config.num_nodes}, --precision {config.precision})"
         ) from error
     # a step takes a batch per process (the batch of all of them with --global-batch)
     step_records = config.batch_size * (1 if config.global_batch else trainer.world_size)
@@ -710,8 +708,7 @@ def _fit(
             + (resume_hint if last.is_file() else "no epoch had finished: start it again")
         ) from None
     except MisconfigurationException as error:  # checks Lightning makes once it sees the data
-        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise RunError(f"Lightning refused these settings: {said}") from error
+        raise RunError(_refused(error)) from error
     except Exception as error:
         if last.is_file() and trainer.global_rank == 0:
             error.add_note(f"the last checkpoint is intact: {resume_hint}")
@@ -719,6 +716,11 @@ def _fit(
     finally:  # Lightning sets deterministic algorithms for the whole process; give it back
         torch.use_deterministic_algorithms(was_deterministic)
     return trainer, best
+
+
+def _refused(error: BaseException) -> str:
+    said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"Lightning refused these settings: {said}"
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -923,8 +925,8 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
         )
 
 
-#: ``train`` flags whose names are not their setting's (``--no-bucket``, ``--quiet``)
-_NEGATED_FLAGS = {"bucket": "--no-bucket", "progress": "--quiet"}
+#: ``train`` flags whose names are not their setting's (``progress`` is free on resume)
+_NEGATED_FLAGS = {"bucket": "--no-bucket"}
 
 
 def resume_command(store: str | os.PathLike, run: Path, settings: dict) -> str:
