@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import pytest
 
@@ -151,3 +152,58 @@ def test_predict_fails_when_no_record_could_be_scored(cnn_run, data_path, tmp_pa
     assert "warning: a FASTA has no columns, so --id-column went unused" in said
     assert main(["predict", str(cnn_run), str(table), "--out", str(out)]) == 0
     assert "no record could be scored" not in capsys.readouterr().err
+
+
+def test_the_resume_command_restates_every_setting_as_train_parses_it():
+    """``resume_command`` prints a line ``ecstream train`` takes back to the same settings: a
+    setting it emitted without a flag (``--weight-decay`` had none) failed the user's resume."""
+    from dataclasses import asdict, fields
+
+    from ecstream.cli import _train_config, build_parser
+    from ecstream.config import TrainConfig
+    from ecstream.train import FREE_ON_RESUME, resume_command
+
+    changed = {
+        "model": "deep", "target": "ec", "multi_class": "first", "patience": 7, "batch_size": 16,
+        "max_length": 300, "lr": 0.005, "weight_decay": 0.0, "bucket": False, "seed": 3,
+        "global_batch": True, "drop_last": True, "shuffle_block": 1024, "precision": "bf16-mixed",
+        "compile": True, "limit_train_batches": 0.25, "class_weights": False, "dropout": 0.3,
+        "label_smoothing": 0.1, "substitution": 0.05, "crop": 256,
+    }  # fmt: skip
+    # every setting a resume must restate is changed here (class_weights: refused with ec)
+    assert {f.name for f in fields(TrainConfig)} - set(FREE_ON_RESUME) == set(changed)
+    made = TrainConfig(**changed)
+    line = resume_command("store dir", "run", asdict(made)).split()
+    args = build_parser().parse_args(shlex.split(" ".join(line[1:])))
+    assert args.resume and args.store == "store dir" and args.out == "run"
+    again = asdict(_train_config(args))
+    assert {k: again[k] for k in changed} == {k: asdict(made)[k] for k in changed}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "knn", "--epochs", "3"], "--epochs: CNN training options; a knn run"),
+        (["--model", "knn", "--resume"], "--resume: CNN training options"),
+        (["--model", "hybrid", "--cnn", "a", "--knn", "b", "--lr", "0.1", "--crop", "9"],
+         "--lr, --crop: CNN training options; a hybrid run"),
+        (["--model", "hybrid", "--cnn", "a", "--knn", "b", "--threads", "2"],
+         "--threads: options of the kNN run"),
+        (["--threads", "2", "--no-profile-fallback"],
+         "--threads, --no-profile-fallback: options of --model knn"),
+    ],
+)  # fmt: skip
+def test_train_refuses_flags_its_model_does_not_use(argv, message, capsys, tmp_path):
+    assert main(["train", str(tmp_path / "no store"), "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_weight_decay_is_a_finite_number_of_at_least_zero(capsys):
+    from ecstream.cli import build_parser
+
+    assert build_parser().parse_args(["train", "s", "--out", "r"]).weight_decay == 0.01
+    for bad in ("-0.1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            main(["train", "s", "--out", "r", "--weight-decay", bad])
+        assert "must be a finite number of at least 0" in capsys.readouterr().err

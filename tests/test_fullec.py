@@ -709,3 +709,12 @@ def test_weighted_metrics_do_not_depend_on_the_hash_seed():
         for seed in ("1", "2", "3", "4")
     }  # fmt: skip
     assert len(outputs) == 1, outputs
+
+
+def test_multi_class_is_refused_for_a_full_ec_run(small_store, tmp_path):
+    """``--multi-class first`` changes nothing in a ``--target ec`` run (it learns every number
+    of a row), so a new run is refused rather than recording a setting that did nothing."""
+    config = TrainConfig(target="ec", multi_class="first", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="--multi-class applies to --target class runs"):
+        train(small_store.path, tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ecstream.runs import RunError, read_metrics
-from ecstream.train import TrainConfig, train
+from ecstream.train import SamplesProgressBar, TrainConfig, train
 
 # Bit-identical weights are promised on CPU only: CUDA's convolution backward is not
 # deterministic (on an H200 the two identity tests below differ in the last bits on "auto").
@@ -530,3 +530,30 @@ def test_last_ckpt_is_the_last_epoch_even_when_the_loss_did_not_improve(small_st
     best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     assert best["epoch"] == 0  # the best stays where the loss was lowest
+
+
+class _EpochTotals(Callback):
+    """At each epoch's end: the progress bar's total and the records the epoch trained on."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        (bar,) = [c for c in trainer.callbacks if isinstance(c, SamplesProgressBar)]
+        self.seen.append((bar.epoch_samples(trainer), module.samples_seen))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"limit_train_batches": 3}, {"limit_train_batches": 0.05}, {"drop_last": True}, {}],
+)
+def test_the_progress_total_is_what_the_epoch_trains_on(small_store, tmp_path, settings):
+    """The bar's ``samples seen/total`` ends at its total, also where --limit-train-batches and
+    --drop-last leave records out (its total was the whole split)."""
+    totals = _EpochTotals()
+    config = TrainConfig(epochs=1, batch_size=64, progress=True, **settings)
+    train(small_store.path, tmp_path / "run", config, callbacks=[totals])
+    ((total, seen),) = totals.seen
+    assert total == seen and seen > 0
+    whole = small_store.single_class_records("train")
+    assert (seen == whole) == (not settings)  # each setting trains on fewer than the split

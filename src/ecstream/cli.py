@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 from rich.console import Console
 from rich.markup import escape
@@ -73,6 +74,14 @@ def _positive_number(text: str) -> float:
     value = _number(text, float)
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _not_negative_number(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (a weight decay)."""
+    value = _number(text, float)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
     return value
 
 
@@ -191,6 +200,67 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The CNN settings of a ``train`` command line."""
+    return TrainConfig(
+        model=args.model,
+        target=args.target,
+        multi_class=args.multi_class,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        bucket=args.bucket,
+        in_memory=args.in_memory,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        global_batch=args.global_batch,
+        drop_last=args.drop_last,
+        checkpoint_every=args.checkpoint_every,
+        shuffle_block=args.shuffle_block,
+        precision=args.precision,
+        num_workers=args.num_workers,
+        compile=args.compile,
+        limit_train_batches=args.limit_train_batches,
+        class_weights=args.class_weights,
+        dropout=args.dropout,
+        label_smoothing=args.label_smoothing,
+        substitution=args.substitution,
+        crop=args.crop,
+        max_time=args.max_time,
+        progress=not args.quiet,
+    )
+
+
+def _refuse_unused_flags(args: argparse.Namespace) -> None:
+    """A flag the chosen ``--model`` does not use is refused, not ignored: the user believes
+    it took effect."""
+    if args.model in ("knn", "hybrid"):
+        given = asdict(_train_config(args))
+        defaults = asdict(TrainConfig(model=args.model))
+        unused = [k for k in given if k != "progress" and given[k] != defaults[k]]
+        unused = ["--" + k.replace("_", "-") for k in unused] + ["--resume"] * args.resume
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)}: CNN training options; a {args.model} run does not train "
+                "(it searches its store's training split)"
+            )
+    if args.model != "knn":
+        knn_only = (("--threads", args.threads is not None),
+                    ("--no-profile-fallback", not args.profile_fallback))  # fmt: skip
+        unused = [flag for flag, given in knn_only if given]
+        if args.model == "hybrid" and unused:
+            raise ValueError(
+                f"{', '.join(unused)}: options of the kNN run; a hybrid uses its --knn run's"
+            )
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: options of --model knn")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if (args.cnn or args.knn) and args.model != "hybrid":
         raise ValueError("--cnn and --knn name a hybrid's runs: they need --model hybrid")
@@ -199,6 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "--index keeps a kNN run's search index: it needs --model knn (a hybrid uses its "
             "kNN run's, so make that run with --index)"
         )
+    _refuse_unused_flags(args)
     if args.model == "knn":
         from .baselines import make_knn_run
 
@@ -228,37 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .train import train
 
-    config = TrainConfig(
-        model=args.model,
-        target=args.target,
-        multi_class=args.multi_class,
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        lr=args.lr,
-        bucket=args.bucket,
-        in_memory=args.in_memory,
-        seed=args.seed,
-        accelerator=args.accelerator,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        global_batch=args.global_batch,
-        drop_last=args.drop_last,
-        checkpoint_every=args.checkpoint_every,
-        shuffle_block=args.shuffle_block,
-        precision=args.precision,
-        num_workers=args.num_workers,
-        compile=args.compile,
-        limit_train_batches=args.limit_train_batches,
-        class_weights=args.class_weights,
-        dropout=args.dropout,
-        label_smoothing=args.label_smoothing,
-        substitution=args.substitution,
-        crop=args.crop,
-        max_time=args.max_time,
-        progress=not args.quiet,
-    )
+    config = _train_config(args)
     result = train(args.store, args.out, config, resume=args.resume)
     if result.rank != 0:
         return 0
@@ -490,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster split: then move every val/test protein with a training hit at or above "
         "--identity (any coverage) to train, until none is left (val/test get smaller)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
+    p.add_argument("--threads", type=_positive, default=None, help="MMseqs2 threads (default: all)")
     p.add_argument(
         "--leakage", action=argparse.BooleanOptionalAction, default=None,
         help="MMseqs2 report of val/test identity to train (default: with --split cluster)",
@@ -530,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--cnn", default=None, help="hybrid: the CNN run")
     p.add_argument("--knn", default=None, help="hybrid: the kNN run")
-    p.add_argument("--threads", type=int, default=None, help="knn: MMseqs2 threads")
+    p.add_argument("--threads", type=_positive, default=None, help="knn: MMseqs2 threads")
     p.add_argument(
         "--profile-fallback", action=argparse.BooleanOptionalAction, default=True,
         help="knn: search proteins without a hit again by iterative profile (default on)",
@@ -562,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="truncate longer sequences (default %(default)s)",
     )  # fmt: skip
     p.add_argument("--lr", type=_positive_number, default=t.lr, help="AdamW learning rate")
+    p.add_argument(
+        "--weight-decay", type=_not_negative_number, default=t.weight_decay, metavar="W",
+        help="AdamW's decoupled weight decay (default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--bucket", action=argparse.BooleanOptionalAction, default=t.bucket,
         help="length-bucketed batches (default) or fixed padding to --max-length",
@@ -727,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For every val/test sequence, its best identity to any training sequence.",
     )
     p.add_argument("store")
-    p.add_argument("--threads", type=int, default=None, help="MMseqs2 threads (default: all)")
+    p.add_argument("--threads", type=_positive, default=None, help="MMseqs2 threads (default: all)")
     p.add_argument("--no-record", action="store_true", help="do not write it into the manifest")
     p.set_defaults(func=cmd_leakage)
 

@@ -127,6 +127,11 @@ class TrainConfig:
         if not (is_real(self.lr) and 0 < self.lr < math.inf):
             raise ValueError(f"--lr must be a finite number above 0, got {self.lr!r}")
         self.lr = float(self.lr)
+        if not (is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(
+                f"--weight-decay must be a finite number of at least 0, got {self.weight_decay!r}"
+            )
+        self.weight_decay = float(self.weight_decay)
         if self.max_time is not None:
             check_duration(self.max_time)
         if self.target not in TARGETS:

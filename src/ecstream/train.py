@@ -483,14 +483,23 @@ class EpochLog(Callback):
 class SamplesProgressBar(TQDMProgressBar):
     """Lightning's bar (steps) with the samples seen beside it: steps and samples, never mixed."""
 
-    def __init__(self, samples_per_epoch: int, refresh_rate: int = 1):
+    def __init__(self, samples: int, batch_size: int, global_batch: bool, refresh_rate: int = 1):
         super().__init__(refresh_rate=refresh_rate)
-        self.samples = samples_per_epoch
+        self.samples, self.batch_size, self.global_batch = samples, batch_size, global_batch
+
+    def epoch_samples(self, trainer) -> int:
+        """The records an epoch trains on: the split, or fewer where ``--limit-train-batches``
+        or ``--drop-last`` leave batches out (every batch but the split's last is full)."""
+        steps = trainer.num_training_batches
+        if not math.isfinite(steps):
+            return self.samples
+        step_records = self.batch_size * (1 if self.global_batch else trainer.world_size)
+        return min(self.samples, int(steps) * step_records)
 
     def get_metrics(self, trainer, module) -> dict:
         items = super().get_metrics(trainer, module)
         items.pop("v_num", None)
-        items["samples"] = f"{module.samples_seen:,}/{self.samples:,}"
+        items["samples"] = f"{module.samples_seen:,}/{self.epoch_samples(trainer):,}"
         return items
 
 
@@ -577,6 +586,11 @@ def train(
     run = Path(out)
     if not resume:  # a run kept in such a place before this check existed still resumes
         check_outside_runs_and_stores(run)
+        if config.target == "ec" and config.multi_class != "skip":  # it would do nothing
+            raise ValueError(
+                "--multi-class applies to --target class runs: a --target ec run learns every "
+                "EC number of each row"
+            )
     if store.num_records("train") == 0 or store.num_records("val") == 0:
         raise RunError(f"{store.path}: training needs records in both train and val splits")
     # read here, before DDP starts the other ranks, so that they find every shard checked
@@ -656,13 +670,14 @@ def _fit(
         enable_version_counter=False,
     )  # fmt: skip
     steps = [StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []
+    # a redraw reads the step's loss from the device, a wait for the GPU: every 10th step
+    bar = SamplesProgressBar(samples, config.batch_size, config.global_batch, 1 if on_cpu else 10)
     hooks = [
         EarlyStopping("val_loss", patience=config.patience),
         best,
         EpochLog(run / "metrics.csv"),
         *steps,
-        # a redraw reads the step's loss from the device, a wait for the GPU: every 10th step
-        *([SamplesProgressBar(samples, 1 if on_cpu else 10)] if config.progress else []),
+        *([bar] if config.progress else []),
         *([InvocationTimer(config.max_time)] if config.max_time else []),
         *(callbacks or []),
     ]
