@@ -52,24 +52,13 @@ GPU_NOTE = (
 )
 
 STREAM_NOTE = (
-    "The stream's own cost per batch (2026-11-29): numpy's per-call cost of locating a batch's "
-    "64 records is now paid once for 32 steps read in order (`SplitData.spans`, "
-    "`Batches._lookup`), and the row loop takes each padding run by index instead of slicing "
-    "one; in one process the 1× epoch is 11–18% faster (five passes of one epoch in each of "
-    "two checkouts, the code before these changes and after, taking turns three times; "
-    "medians 1.03–1.04 M against 1.14–1.17 M seq/s; a one-off script, not kept). Later that "
-    "day the plan gives 32 steps' records in one call (`EpochPlan.rows_of_steps`, the stream "
-    "taken a window at a time) and those steps' widths and row layouts are computed together; "
-    "per CPU-second of one epoch, medians of alternating runs of the code before and after "
-    "(one-off scripts, not kept, as are the figures that follow): "
-    "1× 1.14 → 1.18 M seq/s (five runs each), 100× 0.74 → 0.80 M (three each). Where a batch "
-    "of 64 still goes (100× store, µs per step, medians of seven passes over 2,528 steps): "
-    "looking up records 18 (15 at 1×, of which the keyed permutation 5), joining the "
-    "rows and their padding 36 (20 at 1×: the rows of a 9 GB store are cache and TLB misses), "
-    "translating 42 KB of letters to tokens and checking them 15. Touching the next rows ahead "
-    "(a numpy gather of their first bytes) did not help (67 against 69 µs, noise). At batch 64 "
-    "a Python stream has no per-batch cost left to remove that would reach 1 M seq/s at 100× "
-    "here; the join and the translation are per byte."
+    "The stream's own cost per batch: the records of 32 steps read in order are located in one "
+    "call (`EpochPlan.rows_of_steps`, `SplitData.spans`, `Batches._lookup`), and the row loop "
+    "takes each padding run by index. What is left is per byte: joining a batch's rows and "
+    "their padding, and translating letters to tokens. In the default order the rows of a 9 GB "
+    "store are cache and TLB misses; `--shuffle-block 1024` reads them in runs (the row above). "
+    "`python benchmarks/stream_probe.py --store STORE --arms plain,block=1024` compares orders "
+    "on one store, each epoch in a fresh process, taking turns."
 )
 BUILD_NOTE = (
     "Why the build's peak grew with the input (2026-11-29: 170 / 185 / 205 MB at 1× / 10× / 100× "
