@@ -19,7 +19,7 @@ from ecstream.calibrate import (
     identity_curve,
     precision_thresholds,
 )
-from ecstream.ecmetrics import LevelScores
+from ecstream.ecmetrics import LevelScores, _hundredths
 from ecstream.evaluate import evaluate
 from ecstream.hierarchy import (
     Call,
@@ -37,6 +37,7 @@ from ecstream.predictors import load_model
 from ecstream.report import families_table
 from ecstream.runs import RunError
 from ecstream.train import TrainConfig, level_loss, train
+from ecstream.tuning import top_prediction
 
 TEXTS = ["1.1.1.1", "1.1.1.2", "1.2.3.4", "2.7.7.7", "2.7.7.7; 3.1.11.1", "3.1.-.-", "6.3.4.6"]
 
@@ -77,6 +78,10 @@ def test_partial_numbers_supervise_only_the_levels_they_state(vocab):
     targets, known = vocab.targets(["3.1.-.-", "2.7.7.7; 3.1.-.-", "1.1.1.1"])
     assert known.tolist() == [[True, True, False, False]] * 2 + [[True] * 4]
     assert stated_levels("3.1.-.-") == 2 and stated_levels("1.1.1.1") == 2 + 2
+    # a partial number that another number of the row continues leaves no level unknown
+    for field, depth in (("2.7.7.7; 2.7.7.-", 4), ("2.7.-.-; 2.7.7.7; 1.1.1.-", 3),
+                         ("2.7.7.-; 2.7.1.1", 3), ("", 0), ("x", 0)):  # fmt: skip
+        assert stated_levels(field) == depth, field
     # the loss does not depend on the logits of levels a record does not state
     logits = torch.randn(3, int(vocab.offsets[-1]))
     y, k = torch.from_numpy(targets), torch.from_numpy(known)
@@ -242,6 +247,52 @@ def test_a_saturated_confidence_maps_to_its_own_accuracy_not_to_one():
     for knots in ([xs, ys], old):
         mapped = apply_map(np.array([1.0, 0.99999994], np.float32), *knots)
         assert mapped[0] == pytest.approx(0.75) and mapped[0] >= mapped[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.2, 0.5, 0.5, 0.7, 0.99, 1.0, 1.0]), st.booleans()),
+        min_size=1, max_size=40,
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_a_confidence_map_depends_on_the_rows_not_their_order(rows, seed):
+    """Equal confidences (a saturated softmax's 1.0) are one point: the map is the same for
+    any order of the validation rows, and its knots increase strictly (a map fitted on the
+    order of the rows gave 1.0 either 0.75 or 1.0 for the same rows)."""
+    confidence, correct = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    order = np.random.default_rng(seed).permutation(len(rows))
+    xs, ys = fit_confidence_map(confidence, correct)
+    assert [xs, ys] == fit_confidence_map(confidence[order], correct[order])
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0) and (xs[0], xs[-1]) == (0, 1)
+    if (confidence == 1.0).any():  # the isotonic fit at the largest x, not the end knot's 1
+        best_suffix = max(correct[confidence >= c].mean() for c in np.unique(confidence))
+        assert apply_map(np.array([1.0]), xs, ys)[0] == pytest.approx(best_suffix)
+
+
+def test_rows_without_a_prediction_are_not_right_in_the_calibration_report():
+    """A kNN's query without a hit scores zeros: its top 'class' is no prediction, so the
+    calibration report's ECE is 0 there, as evaluate's is (it counted them right: ECE 1)."""
+    probs = np.zeros((4, 3), np.float32)
+    true = np.zeros((4, 3), bool)
+    true[:, 0] = True
+    conf, right = top_prediction(probs, true)
+    assert not right.any() and expected_calibration_error(conf, right) == 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 1), min_size=1, max_size=20),
+    wide=st.booleans(),
+)
+def test_thresholds_count_a_probability_as_a_decoding_compares_it(values, wide):
+    """Fmax and the coverage curve count a probability at τ = k/100 exactly when a decoding
+    at that threshold states it (``p >= τ`` in the probabilities' dtype): 0.29 in float64 and
+    0.53 in float32 were counted one threshold lower."""
+    p = np.array([*values, 0.29, 0.53, 0.57, 0.58], dtype=np.float64 if wide else np.float32)
+    expected = [max(k for k in range(101) if v >= p.dtype.type(k / 100)) for v in p]
+    assert _hundredths(p).tolist() == expected
 
 
 def test_lifting_keeps_the_deepest_ranking_and_raises_parents(vocab):

@@ -55,21 +55,26 @@ def fit_confidence_map(confidence: np.ndarray, correct: np.ndarray) -> list[list
 
     Isotonic regression of ``correct`` on ``confidence``; each block becomes a knot at its mean
     confidence, and the map runs linearly between knots from (0, 0) to (1, 1), so distinct
-    confidences mostly stay distinct (the ranking of a level's classes is kept).
+    confidences mostly stay distinct (the ranking of a level's classes is kept). Where the last
+    block reached 1.0 (float32 softmax saturates), the map ends at that block's accuracy.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     if len(confidence) == 0:
         return [[0.0, 1.0], [0.0, 1.0]]
-    order = np.argsort(confidence, kind="stable")
-    x, y = confidence[order], np.asarray(correct, dtype=np.float64)[order]
-    fit = isotonic(x, y, np.ones_like(y))
+    # equal confidences are one point at their mean correctness, so the map is a function of
+    # the confidence, not of the order of the validation rows (ties split across blocks did)
+    x, at, n = np.unique(confidence, return_inverse=True, return_counts=True)
+    y = np.bincount(at, weights=np.asarray(correct, dtype=np.float64)) / n
+    fit = isotonic(x, y, n.astype(np.float64))
     starts = np.r_[True, fit[1:] != fit[:-1]]
     block = np.cumsum(starts) - 1
-    xs = np.bincount(block, weights=x) / np.bincount(block)
+    xs = (np.bincount(block, weights=x * n) / np.bincount(block, weights=n)).tolist()
     ys = fit[starts].tolist()
-    if xs[-1] >= 1.0:  # a block of saturated confidences (float32 softmax at 1.0): its own
-        return [[0.0, *xs.tolist()], [0.0, *ys]]  # accuracy, not the end knot's 1.0, holds there
-    return [[0.0, *xs.tolist(), 1.0], [0.0, *ys, 1.0]]
+    if xs[0] > 0.0:
+        xs, ys = [0.0, *xs], [0.0, *ys]
+    if xs[-1] < 1.0:  # strictly increasing knots: np.interp is undefined on repeated ones
+        xs, ys = [*xs, 1.0], [*ys, ys[-1] if x[-1] >= 1.0 else 1.0]
+    return [xs, ys]
 
 
 def expected_calibration_error(

@@ -106,7 +106,7 @@ class LevelScores:
         ok = right[np.arange(len(p)), top] & (conf > 0)  # all zero: no prediction, not class 1
         self.top_right += int(ok.sum())
         top_right[rows] = ok
-        fine = np.clip((conf * 100).astype(int), 0, 99)
+        fine = np.minimum(_hundredths(conf), 99)
         np.add.at(self.conf_all, fine, 1)
         np.add.at(self.conf_right, fine, ok)
         coarse = confidence_bin(conf)  # the bins of calibrate.expected_calibration_error
@@ -188,9 +188,21 @@ class LevelScores:
         return {k: v / total for k, v in sums.items()}
 
 
+def _hundredths(values: np.ndarray) -> np.ndarray:
+    """Per value, the largest k in 0…100 with value ≥ k/100, compared in the values' own dtype,
+    as a decoding compares a probability with its threshold (a float32 0.53 is below 0.53 in
+    float64 but is stated at a threshold of 0.53)."""
+    values = np.asarray(values)
+    taus = (np.arange(101) / 100).astype(values.dtype)
+    k = np.clip(np.floor(values.astype(np.float64) * 100), 0, 100).astype(np.int64)
+    k -= values < taus[k]  # v·100 rounded up to k
+    k += (k < 100) & (values >= taus[np.minimum(k + 1, 100)])  # rounded down below k + 1
+    return k
+
+
 def _counts_at(values: np.ndarray) -> np.ndarray:
     """Per row, how many values are ≥ each threshold of :data:`TAUS` ([B, len(TAUS)])."""
-    bins = np.floor(values * 100 + 1e-9).astype(np.int64)  # value v counts for τ ≤ v
+    bins = _hundredths(values)  # value v counts for τ ≤ v
     rows, cols = np.nonzero(bins >= 1)
     hist = np.zeros((values.shape[0], 101), dtype=np.int64)
     np.add.at(hist, (rows, np.minimum(bins[rows, cols], 100)), 1)

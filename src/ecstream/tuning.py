@@ -99,10 +99,13 @@ def calibration_report(
 
 
 def top_prediction(probs: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence of each row's most probable class, and whether it is a true one."""
+    """Confidence of each row's most probable class, and whether it is a true one. A row of
+    zeros (a kNN's query without a hit) predicts nothing, so it is not right, as in
+    :class:`~ecstream.ecmetrics.LevelScores`."""
     top = probs.argmax(axis=1)
     pick = np.arange(len(probs))
-    return probs[pick, top], true[pick, top].astype(bool)
+    conf = probs[pick, top]
+    return conf, true[pick, top].astype(bool) & (conf > 0)
 
 
 def _save(run: Path, report: dict) -> dict:
