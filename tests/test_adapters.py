@@ -195,6 +195,18 @@ def test_keras_pydataset_serves_plain_batches(small_store):
     assert fixed.epoch == 0 and [fixed[i][0].tobytes() for i in range(len(fixed))] == before
 
 
+def test_keras_refuses_batches_restored_to_the_middle_of_an_epoch(small_store):
+    """fit starts each epoch at index 0: batches restored to step 5 would have served their
+    whole epoch again and never the 5 skipped, silently."""
+    b = small_store.batches("val", batch_size=50, shuffle=True, seed=2)
+    resumed = small_store.batches("val", batch_size=50, shuffle=True, seed=2)
+    resumed.load_state_dict(b.state_dict(5))
+    with pytest.raises(ValueError, match="stand at step 5 of epoch 0"):
+        KerasBatches(resumed)
+    resumed.load_state_dict(b.state_dict(0))
+    assert KerasBatches(resumed).epoch == 0  # an epoch's start resumes
+
+
 class Recorder(keras.Model):
     """A model that records the bytes of every batch it trains on."""
 

@@ -161,17 +161,18 @@ def test_the_resume_command_restates_every_setting_as_train_parses_it():
 
     from ecstream.cli import _train_config, build_parser
     from ecstream.config import TrainConfig
-    from ecstream.train import FREE_ON_RESUME, resume_command
+    from ecstream.train import _WHERE_IT_RUNS, resume_command
 
     changed = {
         "model": "deep", "target": "ec", "multi_class": "first", "patience": 7, "batch_size": 16,
         "max_length": 300, "lr": 0.005, "weight_decay": 0.0, "bucket": False, "seed": 3,
         "global_batch": True, "drop_last": True, "shuffle_block": 1024, "precision": "bf16-mixed",
         "compile": True, "limit_train_batches": 0.25, "class_weights": False, "dropout": 0.3,
-        "label_smoothing": 0.1, "substitution": 0.05, "crop": 256,
+        "label_smoothing": 0.1, "substitution": 0.05, "crop": 256, "epochs": 9,
+        "checkpoint_every": 50, "max_time": "00:01:00:00",
     }  # fmt: skip
-    # every setting a resume must restate is changed here (class_weights: refused with ec)
-    assert {f.name for f in fields(TrainConfig)} - set(FREE_ON_RESUME) == set(changed)
+    # every setting a resume restates is changed here (class_weights: refused with ec)
+    assert {f.name for f in fields(TrainConfig)} - set(_WHERE_IT_RUNS) == set(changed)
     made = TrainConfig(**changed)
     line = resume_command("store dir", "run", asdict(made)).split()
     args = build_parser().parse_args(shlex.split(" ".join(line[1:])))
@@ -207,3 +208,48 @@ def test_weight_decay_is_a_finite_number_of_at_least_zero(capsys):
         with pytest.raises(SystemExit):
             main(["train", "s", "--out", "r", "--weight-decay", bad])
         assert "must be a finite number of at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--identity", "0.3"], "--identity: settings of --split cluster (this split: random)"),
+        (["--coverage", "0.5", "--identity", "0.3", "--split", "column:Split"],
+         "--identity and --coverage: settings of --split cluster"),
+        (["--threads", "2"], "--threads sets MMseqs2's: it needs --split cluster or --leakage"),
+    ],
+)  # fmt: skip
+def test_build_refuses_settings_its_split_does_not_use(argv, message, data_path, tmp_path, capsys):
+    assert main(["build", str(data_path), "--out", str(tmp_path / "s"), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_build_into_a_file_says_force_would_not_replace_it(data_path, tmp_path, capsys):
+    (tmp_path / "table.tsv").write_text("kept")
+    assert main(["build", str(data_path), "--out", str(tmp_path / "table.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a directory" in err and "--force" not in err
+    assert (tmp_path / "table.tsv").read_text() == "kept"
+
+
+def test_evaluate_refuses_column_names_for_a_store(cnn_run, small_store, tmp_path, capsys):
+    argv = ["evaluate", str(cnn_run), str(small_store.path), "--out", str(tmp_path / "e")]
+    assert main([*argv, "--ec-column", "Foo"]) == 2
+    assert "name a file's columns" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_the_demo_refuses_a_run_folder_not_its_own_before_building(data_path, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not from a previous demo"):
+        demo.run_demo(str(data_path), tmp_path)
+    assert not (tmp_path / "store").exists() and (tmp_path / "run" / "notes.txt").exists()
+
+
+def test_python_dash_m_ecstream_is_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ecstream", "--version"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("ecstream ")

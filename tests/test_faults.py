@@ -387,7 +387,7 @@ def test_ctrl_c_in_training_says_how_to_continue(small_store, tmp_path):
             process.wait()
     assert process.returncode == 2, err[-4000:]
     # the command restates the run's options (a resume must): the printed one continues it
-    made = "--patience 2000 --batch-size 32 --limit-train-batches 4 --resume"
+    made = "--epochs 2000 --patience 2000 --batch-size 32 --limit-train-batches 4 --resume"
     assert "interrupted" in err and f"--out {run} {made}" in err and "Traceback" not in err
     assert not (run / "model.pt").exists()  # an interrupted run is not presented as finished
 

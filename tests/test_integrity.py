@@ -656,9 +656,14 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_a
     with pytest.raises(RunError, match="Lightning refused"):  # refused before it trained
         train(small_store.path, run, TrainConfig(epochs=2, accelerator="bogus", **fast), True)
     assert verify(run)  # so the finished run keeps its checksums
-    train(small_store.path, run, TrainConfig(epochs=2, **fast), resume=True)
+    train(small_store.path, run, TrainConfig(epochs=3, **fast), resume=True)
     assert verify(run)
     assert json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"] != first
+    # fewer epochs than it has trained: Lightning refuses once it has restored the checkpoint,
+    # and the run stays the finished one (it was marked as training, and refused by every use)
+    with pytest.raises(RunError, match=r"Lightning refused.*current_epoch=2"):
+        train(small_store.path, run, TrainConfig(epochs=1, **fast), resume=True)
+    assert verify(run) and json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
 
 
 RUN_FILES = ["model.pt", "config.json", "calibration.json", "seen.npz", "metrics.csv"]

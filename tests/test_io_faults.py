@@ -641,3 +641,31 @@ def test_damaged_inputs_fail_clearly_or_give_the_undamaged_records(
     case = input_fuzz.Case(fmt, gz, kind, tuple(where), values)
     outcome, detail = input_fuzz.judge(case, tmp_path, data_path)["outcome"]
     assert outcome not in input_fuzz.FAILURES, (case, detail)
+
+
+def test_an_output_that_is_a_folder_or_unwritable_is_named_once(tmp_path, monkeypatch):
+    """A file written over a folder says 'is a directory: OUT' (it said 'OUT → OUT'); a lock
+    that cannot be made (a read-only folder: root is not refused by permissions, so the
+    refusal is made here) says which output needed it."""
+    from ecstream.atomic import atomic_open, claim
+    from ecstream.errors import describe
+
+    folder = tmp_path / "predictions.tsv"
+    folder.mkdir()
+    with pytest.raises(OSError) as error, atomic_open(folder, "w") as fh:
+        fh.write("id\n")
+    assert describe(error.value) == f"is a directory: {folder}"
+
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(PermissionError) as error, claim(tmp_path / "run"):
+        pass
+    said = describe(error.value)
+    assert said.startswith(f"permission denied: {tmp_path / '.run.lock'}")
+    assert said.endswith(f"writing {tmp_path / 'run'} needs a writable {tmp_path}")

@@ -394,7 +394,8 @@ def test_a_refused_resume_names_what_differs_and_the_command_that_continues(
     err = " ".join(capsys.readouterr().err.split())
     assert "batch_size 32 (this command: 64)" in err and "max_length 300 (this command: 660)" in err
     hint = err.split("continue it with: ")[1]
-    assert "--batch-size 32" in hint and "--max-length 300" in hint and "--epochs" not in hint
+    assert "--batch-size 32" in hint and "--max-length 300" in hint and "--epochs 1" in hint
+    assert "--accelerator" not in hint  # where it runs is the resuming machine's choice
     command = shlex.split(hint)[1:]  # after "ecstream"
     assert main([*command, "--epochs", "2", "--accelerator", "cpu", "--quiet", "--in-memory"]) == 0
     assert len(read_metrics(run)) == 2

@@ -101,7 +101,11 @@ def claim(path: str | os.PathLike[str]) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # it names the lock: say what it was for
+            error.add_note(f"writing {path} needs a writable {path.parent}")
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -197,6 +201,8 @@ def _name_output(error: BaseException, tmp: Path, path: Path) -> None:
         and (not error.filename or str(error.filename).startswith(str(tmp)))
     ):
         error.filename = str(path)
+        if error.filename2 == error.filename:  # a rename onto it: "is a directory: OUT"
+            error.filename2 = None
 
 
 def _fsync(path: Path) -> None:

@@ -328,10 +328,10 @@ class Batches:
         for key in ("split", "fingerprint", "seed", "records", "settings"):
             ours = self.settings if key == "settings" else mine[key]
             if theirs[key] != ours:
-                shown = state[key] if key != "settings" else state["settings"]
                 raise ValueError(
-                    f"this state belongs to another stream ({key}: {shown!r} here "
-                    f"{mine[key]!r}); open the batches with the same arguments to resume"
+                    f"this state belongs to another stream ({key}: the state's {state[key]!r}, "
+                    f"these batches' {mine[key]!r}); open the batches with the same arguments "
+                    "to resume"
                 )
         epoch, world = int(state["epoch"]), int(state["world_size"])
         if state["format"] == STATE_FORMAT_V1:  # one rank's step in a plan from the start

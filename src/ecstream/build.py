@@ -123,6 +123,10 @@ class BuildConfig:
             raise StoreError(str(error)) from None
         if self.strict and self.method.kind != "cluster":
             raise StoreError("--strict applies to --split cluster only")
+        given = [n for n in ("identity", "coverage") if getattr(self, n) != getattr(type(self), n)]
+        if given and self.method.kind != "cluster":
+            flags = " and ".join(f"--{n}" for n in given)
+            raise StoreError(f"{flags}: settings of --split cluster (this split: {self.split})")
 
     def manifest_split(self) -> dict[str, Any]:
         return {"method": str(self.method), "val": self.val, "test": self.test, "seed": self.seed}
@@ -236,15 +240,17 @@ def build_store(
             publish(local / "store", str(out), MANIFEST, force)
         return Store(out)
     config = BuildConfig(**options)
+    if threads is not None and config.method.kind != "cluster" and not leakage:
+        raise StoreError("--threads sets MMseqs2's: it needs --split cluster or --leakage")
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     if not inputs:
         raise StoreError("no input given")
     out = Path(out)
     check_not_input(out, inputs)
     check_outside_runs_and_stores(out)
-    if out.exists() and not force:
-        raise StoreError(f"{out} already exists; use --force (force=True) to replace it")
     if out.exists():
+        if not force and out.is_dir() and not out.is_symlink():  # else --force would not help
+            raise StoreError(f"{out} already exists; use --force (force=True) to replace it")
         _check_replaceable(out)
     if config.method.kind == "column":
         columns = dataclasses.replace(columns, split=config.method.column)

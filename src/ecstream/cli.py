@@ -336,10 +336,14 @@ def _print_history(history: list[dict]) -> None:
     table = Table(title="Epochs", title_justify="left")
     for col in ("epoch", "train_loss", "val_loss", "val_acc", "val_macro_f1", "lr", "samples/s"):
         table.add_column(col, justify="right")
+
+    def rounded(value: str) -> str:  # as the best val_loss below is shown
+        return f"{float(value):.4f}" if value else ""
+
     for r in history:
         table.add_row(
-            r["epoch"], r["train_loss"][:6], r["val_loss"][:6], r["val_acc"][:6],
-            r["val_macro_f1"][:6], r["lr"], r["samples_per_s"],
+            r["epoch"], *(rounded(r[k]) for k in ("train_loss", "val_loss", "val_acc")),
+            rounded(r["val_macro_f1"]), r["lr"], r["samples_per_s"],
         )  # fmt: skip
     out.print(table)
 

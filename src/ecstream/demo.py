@@ -70,6 +70,7 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
     source = find_data(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _fresh(out / "run", "config.json")  # before the build: a run not the demo's stops it at once
     started = time.perf_counter()
 
     console.rule(f"1/4 build: a seeded {SAMPLE:.0%} sample of {escape(source.name)}")
@@ -77,7 +78,6 @@ def run_demo(data: str | None, out: str | os.PathLike, minutes: float = 6.0) -> 
     print_all(console, store_tables(store)[:2])
 
     console.rule(f"2/4 train: model 'small', bucketed batches, at most {minutes:g} minutes")
-    _fresh(out / "run", "config.json")
     seconds = int(minutes * 60)
     config = TrainConfig(model="small", max_time=f"00:00:{seconds // 60:02d}:{seconds % 60:02d}")
     result = train(store.path, out / "run", config)

@@ -272,6 +272,11 @@ def evaluate(
             f"--split {split}: {describe(source)} is a file, not a store; a file is evaluated "
             "whole (leave --split out, or give the store)"
         )
+    if columns != DEFAULT_COLUMNS and is_store(source):
+        raise ValueError(
+            f"--id-column, --ec-column and --sequence-column name a file's columns; "
+            f"{describe(source)} is a store, whose columns are its own"
+        )
     model = load_model(run, precision=precision)
     with claim(out):
         return _evaluate(

@@ -615,10 +615,17 @@ def train(
                 mark_training(run)  # refused by every use until it is sealed
                 record_seen(run, store, survey.seen)
 
+        begun = False
+
         def begin() -> None:
-            """A resumed run changes once the Trainer has taken the settings: a refused
-            resume leaves a finished run as it was, checksums included."""
-            if resume and _launched_rank() == 0:
+            """A resumed run changes once the Trainer has restored it and starts training: a
+            resume refused by Lightning (its settings, or --epochs below the epochs already
+            trained) leaves a finished run as it was, checksums included. Lightning skips
+            training (and so this hook) where the run has its epochs already: then it is called
+            before the run's files are written again."""
+            nonlocal begun
+            if resume and _launched_rank() == 0 and not begun:
+                begun = True
                 mark_training(run)  # its files change from here until it finishes again
                 write_json(run / "config.json", run_config)
 
@@ -627,6 +634,7 @@ def train(
             store, run, config, model_config, vocab, resume, last, callbacks, begin
         )
         if trainer.global_rank == 0:
+            begin()
             _check_learned(run, config)
             _export(run, best.best_model_path or str(last), model_config)
             calibrate_cnn(run, store)
@@ -647,8 +655,8 @@ def _fit(
     callbacks: list[Callback] | None,
     begin: Callable[[], None],
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Fit with Lightning, calling ``begin`` just before; an interruption or failure says how
-    to continue."""
+    """Fit with Lightning, calling ``begin`` as training starts; an interruption or failure says
+    how to continue."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     # bit-identical runs are promised on CPU; CUDA's convolution backward is not deterministic
     on_cpu = config.accelerator == "cpu" or not torch.cuda.is_available()
@@ -679,6 +687,7 @@ def _fit(
         *steps,
         *([bar] if config.progress else []),
         *([InvocationTimer(config.max_time)] if config.max_time else []),
+        _OnTrainStart(begin),  # after Lightning restored the checkpoint and checked it
         *(callbacks or []),
     ]
     try:
@@ -713,7 +722,6 @@ def _fit(
         )
     sigint = signal.getsignal(signal.SIGINT)
     resume_hint = f"continue it with: {resume_command(store.path, run, asdict(config))}"
-    begin()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     except SystemExit:  # Lightning's answer to Ctrl-C: it has saved nothing more, and exits
@@ -782,6 +790,16 @@ class RunCheckpoint(ModelCheckpoint):
                 },
             }  # fmt: skip
         super().load_state_dict(state_dict)
+
+
+class _OnTrainStart(Callback):
+    """Calls ``begin`` once training starts, after every check Lightning makes on restoring."""
+
+    def __init__(self, begin: Callable[[], None]):
+        self.begin = begin
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.begin()
 
 
 class InvocationTimer(Timer):
@@ -942,15 +960,19 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
 
 #: ``train`` flags whose names are not their setting's (``progress`` is free on resume)
 _NEGATED_FLAGS = {"bucket": "--no-bucket"}
+#: Settings free on resume that say where a run trains, not what it aims at: a resume command
+#: leaves them to the machine it runs on (--epochs, --checkpoint-every, --max-time it restates).
+_WHERE_IT_RUNS = ("progress", "num_workers", "devices", "num_nodes", "accelerator", "in_memory")
 
 
 def resume_command(store: str | os.PathLike, run: Path, settings: dict) -> str:
     """The ``ecstream train … --resume`` that continues a run: its store and every training
-    setting the run was made with that is not the default (a resume must restate them)."""
+    setting the run was made with that is not the default (a resume must restate those it
+    fixed, and finishes the epochs it was asked for), but the machine's own."""
     defaults = asdict(TrainConfig())
     words = ["ecstream", "train", str(store), "--out", str(run)]
     for key, value in settings.items():
-        if key in FREE_ON_RESUME or key not in defaults or value == defaults[key]:
+        if key in _WHERE_IT_RUNS or key not in defaults or value == defaults[key]:
             continue
         if key in _NEGATED_FLAGS:
             words.append(_NEGATED_FLAGS[key])

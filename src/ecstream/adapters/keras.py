@@ -12,7 +12,9 @@ inside the model. The dataset is bound to one split (``ds.split``) and has no ot
 Pass ``shuffle=False`` to ``fit``: the batches are already in ecstream's shuffled order, and
 Keras' own ``shuffle=True`` (its default) would re-order the batches with Python's global RNG.
 Keras calls ``on_epoch_end`` once while ``fit`` sets up and once after every epoch, so each
-``fit`` epoch runs the stream's next epoch order (a pure function of the call count).
+``fit`` epoch runs the stream's next epoch order (a pure function of the call count: one
+``fit(epochs=3)`` runs stream epochs 1–3, three ``fit(epochs=1)`` on one dataset 1, 3 and 5).
+A dataset starts at an epoch's first batch: batches restored to a mid-epoch state are refused.
 With ``workers > 1`` Keras' enqueuer would serve batches left over from a stopped run; importing
 this module stops that for these datasets (see :func:`_fix_stale_batches`).
 """
@@ -41,6 +43,12 @@ class KerasBatches(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ):
+        if batches.step:  # fit serves every epoch from index 0: the rest would be skipped
+            raise ValueError(
+                f"these batches stand at step {batches.step} of epoch {batches.epoch}: Keras' fit "
+                "starts each epoch at its first batch, so a mid-epoch state cannot be resumed "
+                "through KerasBatches (resume at an epoch's start, or with the torch adapter)"
+            )
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
         )
