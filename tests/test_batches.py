@@ -154,7 +154,7 @@ def test_state_dict_resumes_the_identical_remaining_stream(small_store):
 
 def test_state_of_another_stream_is_refused(small_store):
     state = small_store.batches("train", seed=1).state_dict()
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="seed: the state's 1, these batches' 2"):
         small_store.batches("train", seed=2).load_state_dict(state)
     with pytest.raises(ValueError, match="split"):
         small_store.batches("val", seed=1).load_state_dict(state)
