@@ -201,7 +201,12 @@ def test_keras_refuses_batches_restored_to_the_middle_of_an_epoch(small_store):
     b = small_store.batches("val", batch_size=50, shuffle=True, seed=2)
     resumed = small_store.batches("val", batch_size=50, shuffle=True, seed=2)
     resumed.load_state_dict(b.state_dict(5))
-    with pytest.raises(ValueError, match="stand at step 5 of epoch 0"):
+    with pytest.raises(ValueError, match="stand 250 records into epoch 0"):
+        KerasBatches(resumed)
+    # a state of two processes, restored on one: the step is 0, the records before it are not
+    two = small_store.batches("val", batch_size=50, shuffle=True, seed=2, world_size=2)
+    resumed.load_state_dict(two.state_dict(3))
+    with pytest.raises(ValueError, match=r"stand \d+ records into epoch 0"):
         KerasBatches(resumed)
     resumed.load_state_dict(b.state_dict(0))
     assert KerasBatches(resumed).epoch == 0  # an epoch's start resumes

@@ -186,6 +186,8 @@ def test_the_resume_command_restates_every_setting_as_train_parses_it():
     [
         (["--model", "knn", "--epochs", "3"], "--epochs: CNN training options; a knn run"),
         (["--model", "knn", "--resume"], "--resume: CNN training options"),
+        (["--model", "knn", "--target", "ec", "--class-weights"],
+         "--target, --class-weights: CNN training options"),
         (["--model", "hybrid", "--cnn", "a", "--knn", "b", "--lr", "0.1", "--crop", "9"],
          "--lr, --crop: CNN training options; a hybrid run"),
         (["--model", "hybrid", "--cnn", "a", "--knn", "b", "--threads", "2"],

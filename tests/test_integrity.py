@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lightning.pytorch.callbacks import Callback
 
 import ecstream
 from ecstream import hashing, integrity, notices, runs
@@ -659,10 +660,21 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_a
     train(small_store.path, run, TrainConfig(epochs=3, **fast), resume=True)
     assert verify(run)
     assert json.loads((run / CHECKSUMS).read_text())["files"]["model.pt"] != first
-    # fewer epochs than it has trained: Lightning refuses once it has restored the checkpoint,
-    # and the run stays the finished one (it was marked as training, and refused by every use)
-    with pytest.raises(RunError, match=r"Lightning refused.*current_epoch=2"):
-        train(small_store.path, run, TrainConfig(epochs=1, **fast), resume=True)
+    # fewer epochs than it has trained: refused (Lightning took one fewer and trained nothing,
+    # with config.json rewritten to say 2 epochs of a run of 3)
+    for fewer in (2, 1):
+        with pytest.raises(RunError, match=f"--epochs {fewer}: it has trained 3 epochs"):
+            train(small_store.path, run, TrainConfig(epochs=fewer, **fast), resume=True)
+    assert verify(run) and json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+
+    class FailsBeforeTraining(Callback):
+        def on_fit_start(self, trainer, module):
+            raise RuntimeError("refused inside fit, before training")
+
+    # a failure inside fit before training starts leaves the finished run as it was (it was
+    # marked as training, and refused by every use)
+    with pytest.raises(RuntimeError, match="before training"):
+        train(small_store.path, run, TrainConfig(epochs=4, **fast), True, [FailsBeforeTraining()])
     assert verify(run) and json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
 
 

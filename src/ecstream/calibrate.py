@@ -54,9 +54,10 @@ def fit_confidence_map(confidence: np.ndarray, correct: np.ndarray) -> list[list
     """Knots ``[xs, ys]`` of a non-decreasing map from a level's top confidence to its accuracy.
 
     Isotonic regression of ``correct`` on ``confidence``; each block becomes a knot at its mean
-    confidence, and the map runs linearly between knots from (0, 0) to (1, 1), so distinct
-    confidences mostly stay distinct (the ranking of a level's classes is kept). Where the last
-    block reached 1.0 (float32 softmax saturates), the map ends at that block's accuracy.
+    confidence, and the map runs linearly between knots from 0 (mapped to 0, or to the
+    accuracy of a first block of confidences of 0) to 1 (mapped to 1, or to the accuracy of a
+    last block that reached 1.0, where float32 softmax saturates), so distinct confidences
+    mostly stay distinct (the ranking of a level's classes is kept).
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     if len(confidence) == 0:

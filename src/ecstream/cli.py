@@ -239,10 +239,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def _refuse_unused_flags(args: argparse.Namespace) -> None:
     """A flag the chosen ``--model`` does not use is refused, not ignored: the user believes
     it took effect."""
-    if args.model in ("knn", "hybrid"):
-        given = asdict(_train_config(args))
-        defaults = asdict(TrainConfig(model=args.model))
-        unused = [k for k in given if k != "progress" and given[k] != defaults[k]]
+    if args.model in ("knn", "hybrid"):  # read from args: TrainConfig would check them first
+        defaults = asdict(TrainConfig())
+        unused = [k for k in defaults if k not in ("model", "progress")
+                  and getattr(args, k) != defaults[k]]  # fmt: skip
         unused = ["--" + k.replace("_", "-") for k in unused] + ["--resume"] * args.resume
         if unused:
             raise ValueError(

@@ -194,8 +194,9 @@ def _hundredths(values: np.ndarray) -> np.ndarray:
     float64 but is stated at a threshold of 0.53)."""
     values = np.asarray(values)
     taus = (np.arange(101) / 100).astype(values.dtype)
-    k = np.clip(np.floor(values.astype(np.float64) * 100), 0, 100).astype(np.int64)
-    k -= values < taus[k]  # v·100 rounded up to k
+    scaled = np.nan_to_num(values.astype(np.float64) * 100, nan=0.0)  # NaN: at no threshold
+    k = np.clip(np.floor(scaled), 0, 100).astype(np.int64)
+    k -= (values < taus[k]) & (k > 0)  # v·100 rounded up to k
     k += (k < 100) & (values >= taus[np.minimum(k + 1, 100)])  # rounded down below k + 1
     return k
 

@@ -199,19 +199,15 @@ def stated_levels(ec_text: str) -> int:
     """How many levels every number of a field states (0 for an empty or invalid field).
 
     ``2.7.7.7; 3.1.-.-`` states 2: deeper levels are unknown for this row, so they neither
-    reward nor penalise a prediction there. A partial number that another of the field
-    continues says nothing more: ``2.7.7.7; 2.7.-.-`` states 4.
+    reward nor penalise a prediction there.
     """
     try:
         numbers = parse_ec(ec_text)
     except ECError:
         return 0
-    depth = {n: sum(1 for p in n.parts if p != "-") for n in numbers}
-    open_ended = [
-        d for n, d in depth.items()
-        if not any(e > d and m.parts[:d] == n.parts[:d] for m, e in depth.items())
-    ]  # fmt: skip
-    return min(open_ended, default=0)
+    if not numbers:
+        return 0
+    return min(sum(1 for p in n.parts if p != "-") for n in numbers)
 
 
 @dataclass(frozen=True)

@@ -934,6 +934,12 @@ def _check_resumable(run: Path, run_config: dict, last: Path) -> None:
         )
     verify(run, training_ok=True)  # a finished run trained on, or one stopped in training
     check_archive(last)
+    finished, epochs = len(read_metrics(run)), run_config["train"]["epochs"]
+    if epochs < finished:  # Lightning refuses only below the epoch it would restore to
+        raise RunError(
+            f"{run}: cannot resume with --epochs {epochs}: it has trained {finished} epochs "
+            f"(give --epochs {finished} to finish it as it is, or more to train on)"
+        )
     saved = read_json(run / "config.json")
     for key in ("train", "model", "store", "labels", "alphabet", "vocabulary"):
         theirs = saved.get(key)

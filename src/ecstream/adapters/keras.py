@@ -43,11 +43,12 @@ class KerasBatches(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ):
-        if batches.step:  # fit serves every epoch from index 0: the rest would be skipped
+        if batches.consumed:  # fit serves every epoch from index 0: the rest would be skipped
             raise ValueError(
-                f"these batches stand at step {batches.step} of epoch {batches.epoch}: Keras' fit "
-                "starts each epoch at its first batch, so a mid-epoch state cannot be resumed "
-                "through KerasBatches (resume at an epoch's start, or with the torch adapter)"
+                f"these batches stand {batches.consumed:,} records into epoch {batches.epoch} (a "
+                "restored mid-epoch state, or batches already read): Keras' fit starts each "
+                "epoch at its first batch, so give KerasBatches batches at an epoch's start (a "
+                "mid-epoch state resumes with the torch adapter)"
             )
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
