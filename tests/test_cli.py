@@ -255,3 +255,15 @@ def test_python_dash_m_ecstream_is_the_command():
     done = subprocess.run([sys.executable, "-m", "ecstream", "--version"], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout.startswith("ecstream ")
+
+
+def test_the_epoch_table_rounds_as_the_best_loss_line(capsys):
+    """metrics.csv keeps six decimals; the table showed the first six characters (1.7648 of
+    1.764853, beside 'best val_loss 1.7649')."""
+    from ecstream.cli import _print_history
+
+    row = {"epoch": "0", "train_loss": "1.912345", "val_loss": "1.764853", "val_acc": "0.299950",
+           "val_macro_f1": "", "lr": "0.002", "samples_per_s": "512"}  # fmt: skip
+    _print_history([row])
+    shown = capsys.readouterr().out
+    assert "1.7649" in shown and "1.9123" in shown and "0.3000" in shown and "1.7648" not in shown

@@ -19,7 +19,7 @@ from ecstream.calibrate import (
     identity_curve,
     precision_thresholds,
 )
-from ecstream.ecmetrics import LevelScores, _hundredths
+from ecstream.ecmetrics import LevelScores, _counts_at, _hundredths
 from ecstream.evaluate import evaluate
 from ecstream.hierarchy import (
     Call,
@@ -289,6 +289,8 @@ def test_thresholds_count_a_probability_as_a_decoding_compares_it(values, wide):
     p = np.array([*values, 0.29, 0.53, 0.57, 0.58], dtype=np.float64 if wide else np.float32)
     expected = [max(k for k in range(101) if v >= p.dtype.type(k / 100)) for v in p]
     assert _hundredths(p).tolist() == expected
+    counts = [int((p >= p.dtype.type(k / 100)).sum()) for k in range(1, 101)]
+    assert _counts_at(p[None, :])[0].tolist() == counts  # Fmax's counts per threshold
     # what is no probability counts at no threshold (NaN was an IndexError)
     assert _hundredths(np.array([np.nan, -0.5, 0.0, 1.0], p.dtype)).tolist() == [0, 0, 0, 100]
 

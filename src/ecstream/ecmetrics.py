@@ -203,10 +203,11 @@ def _hundredths(values: np.ndarray) -> np.ndarray:
 
 def _counts_at(values: np.ndarray) -> np.ndarray:
     """Per row, how many values are ≥ each threshold of :data:`TAUS` ([B, len(TAUS)])."""
-    bins = _hundredths(values)  # value v counts for τ ≤ v
-    rows, cols = np.nonzero(bins >= 1)
+    values = np.asarray(values)
+    # most of a deep level's values are below the first threshold: bin only the others
+    rows, cols = np.nonzero(values >= np.asarray(TAUS[0], values.dtype))
     hist = np.zeros((values.shape[0], 101), dtype=np.int64)
-    np.add.at(hist, (rows, np.minimum(bins[rows, cols], 100)), 1)
+    np.add.at(hist, (rows, _hundredths(values[rows, cols])), 1)  # v counts for τ ≤ v
     return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
