@@ -262,7 +262,7 @@ def test_the_epoch_table_rounds_as_the_best_loss_line(capsys):
     1.764853, beside 'best val_loss 1.7649')."""
     from ecstream.cli import _print_history
 
-    row = {"epoch": "0", "train_loss": "1.912345", "val_loss": "1.764853", "val_acc": "0.299950",
+    row = {"epoch": "0", "train_loss": "1.912345", "val_loss": "1.764853", "val_acc": "0.299960",
            "val_macro_f1": "", "lr": "0.002", "samples_per_s": "512"}  # fmt: skip
     _print_history([row])
     shown = capsys.readouterr().out
