@@ -619,10 +619,10 @@ def train(
 
         def begin() -> None:
             """A resumed run changes once the Trainer has restored it and starts training: a
-            resume refused by Lightning (its settings, or --epochs below the epochs already
-            trained) leaves a finished run as it was, checksums included. Lightning skips
-            training (and so this hook) where the run has its epochs already: then it is called
-            before the run's files are written again."""
+            resume that fails before (Lightning's checks on restoring, say) leaves a finished
+            run as it was, checksums included. Lightning skips training (and so this hook)
+            where the run has its epochs already: then it is called before the run's files are
+            written again."""
             nonlocal begun
             if resume and _launched_rank() == 0 and not begun:
                 begun = True

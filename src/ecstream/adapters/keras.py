@@ -14,7 +14,8 @@ Keras' own ``shuffle=True`` (its default) would re-order the batches with Python
 Keras calls ``on_epoch_end`` once while ``fit`` sets up and once after every epoch, so each
 ``fit`` epoch runs the stream's next epoch order (a pure function of the call count: one
 ``fit(epochs=3)`` runs stream epochs 1–3, three ``fit(epochs=1)`` on one dataset 1, 3 and 5).
-A dataset starts at an epoch's first batch: batches restored to a mid-epoch state are refused.
+A dataset starts at an epoch's first batch: batches past it (restored to a mid-epoch state, or
+already read) are refused.
 With ``workers > 1`` Keras' enqueuer would serve batches left over from a stopped run; importing
 this module stops that for these datasets (see :func:`_fix_stale_batches`).
 """
