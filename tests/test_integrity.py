@@ -671,8 +671,8 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_a_resumed_run_is_sealed_a
         def on_fit_start(self, trainer, module):
             raise RuntimeError("refused inside fit, before training")
 
-    # a failure inside fit before training starts leaves the finished run as it was (it was
-    # marked as training, and refused by every use)
+    # a failure inside fit before training starts leaves the finished run as it was (marked
+    # as training before fit, it had been refused by every use)
     with pytest.raises(RuntimeError, match="before training"):
         train(small_store.path, run, TrainConfig(epochs=4, **fast), True, [FailsBeforeTraining()])
     assert verify(run) and json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
