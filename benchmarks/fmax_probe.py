@@ -10,8 +10,8 @@ accuracy section, ``bench-output/accuracy/random``). Prints per level:
   Fmax threshold.
 
 Fmax is ``ecstream.ecmetrics``'s (protein-centric, thresholds 0.01…1.00), computed here by
-comparing each score with each threshold; ecmetrics counts in bins of 0.01, so a score lying
-exactly on a threshold may fall on the other side there. A probe, not a section of
+comparing each score with each threshold in the scores' dtype, as ecmetrics and a decoding
+compare. A probe, not a section of
 BENCHMARKS.md: the hand-written paragraph after the accuracy section quotes it. Its searches
 are cached like every search.
 """
@@ -33,7 +33,7 @@ def f_by_threshold(probs: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.
     n_pred = np.zeros((len(probs), len(TAUS)), dtype=np.int64)
     n_right = np.zeros_like(n_pred)
     for k, tau in enumerate(TAUS):  # a threshold at a time: [N, C, 100] would not fit level 4
-        predicted = probs >= tau
+        predicted = probs >= probs.dtype.type(tau)  # a float32 0.53 is stated at 0.53
         n_pred[:, k] = predicted.sum(axis=1)
         n_right[:, k] = (predicted & true).sum(axis=1)
     has = n_pred > 0
