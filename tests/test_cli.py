@@ -46,6 +46,7 @@ def test_build_info_train_evaluate_predict(data_path, tmp_path, capsys):
         (["--limit-train-batches", "1.5"], "a fraction must be in (0, 1]"),
         (["--limit-train-batches", "0"], "must be at least 1"),
         (["--batch-size", "-4"], "must be at least 1"),
+        (["--model", "knn", "--threads", "0"], "must be at least 1"),
         (["--model", "huge"], "invalid choice"),
     ],
 )
