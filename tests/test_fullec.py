@@ -18,6 +18,7 @@ from ecstream.calibrate import (
     identity_confidence,
     identity_curve,
     precision_thresholds,
+    top_prediction,
 )
 from ecstream.ecmetrics import LevelScores, _counts_at, _hundredths
 from ecstream.evaluate import evaluate
@@ -37,7 +38,6 @@ from ecstream.predictors import load_model
 from ecstream.report import families_table
 from ecstream.runs import RunError
 from ecstream.train import TrainConfig, level_loss, train
-from ecstream.tuning import top_prediction
 
 TEXTS = ["1.1.1.1", "1.1.1.2", "1.2.3.4", "2.7.7.7", "2.7.7.7; 3.1.11.1", "3.1.-.-", "6.3.4.6"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
+from .calibrate import top_prediction
 from .labels import level_keys
 from .mmseqs.binary import MMseqs
 from .mmseqs.search import (
@@ -52,7 +53,6 @@ from .tuning import (
     calibrate_homolog,
     cnn_maps,
     homolog_curves,
-    top_prediction,
     truth,
     validation_sample,
 )

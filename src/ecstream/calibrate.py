@@ -78,6 +78,15 @@ def fit_confidence_map(confidence: np.ndarray, correct: np.ndarray) -> list[list
     return [xs, ys]
 
 
+def top_prediction(probs: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence of each row's most probable class, and whether it is a true one. A row of
+    zeros (a kNN's query without a hit) predicts nothing, so it is not right."""
+    top = probs.argmax(axis=1)
+    pick = np.arange(len(probs))
+    conf = probs[pick, top]
+    return conf, true[pick, top].astype(bool) & (conf > 0)
+
+
 def expected_calibration_error(
     confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
 ) -> float:

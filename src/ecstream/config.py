@@ -148,6 +148,11 @@ class TrainConfig:
         if self.target == "ec" and self.class_weights:
             raise ValueError("--class-weights applies to --target class runs only")
 
+    def step_records(self, world_size: int) -> int:
+        """Records a training step takes: a batch per process, or with ``--global-batch`` the
+        batch of all of them."""
+        return self.batch_size * (1 if self.global_batch else world_size)
+
     def on_gpu(self) -> bool:
         """Whether the run trains on a CUDA GPU (``--accelerator`` auto, gpu or cuda, and one
         is there)."""

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .calibrate import ECE_BINS, confidence_bin
+from .calibrate import ECE_BINS, confidence_bin, top_prediction
 from .hierarchy import Call
 from .identity import BANDS, band_index
 from .labels import ECVocabulary, level_keys, stated_levels
@@ -101,9 +101,7 @@ class LevelScores:
             self.f_recall += (right_at / np.maximum(n_true, 1)[:, None]).sum(axis=0)
         self.f_predicted += has.sum(axis=0)
         # top prediction
-        top = p.argmax(axis=1)
-        conf = p[np.arange(len(p)), top]
-        ok = right[np.arange(len(p)), top] & (conf > 0)  # all zero: no prediction, not class 1
+        conf, ok = top_prediction(p, right)  # all zero: no prediction, not class 1
         self.top_right += int(ok.sum())
         top_right[rows] = ok
         fine = np.minimum(_hundredths(conf), 99)

@@ -483,9 +483,11 @@ class EpochLog(Callback):
 class SamplesProgressBar(TQDMProgressBar):
     """Lightning's bar (steps) with the samples seen beside it: steps and samples, never mixed."""
 
-    def __init__(self, samples: int, batch_size: int, global_batch: bool, refresh_rate: int = 1):
+    def __init__(
+        self, samples: int, step_records: Callable[[int], int], refresh_rate: int = 1
+    ) -> None:
         super().__init__(refresh_rate=refresh_rate)
-        self.samples, self.batch_size, self.global_batch = samples, batch_size, global_batch
+        self.samples, self.step_records = samples, step_records
 
     def epoch_samples(self, trainer) -> int:
         """The records an epoch trains on: the split, or fewer where ``--limit-train-batches``
@@ -493,8 +495,7 @@ class SamplesProgressBar(TQDMProgressBar):
         steps = trainer.num_training_batches
         if not math.isfinite(steps):
             return self.samples
-        step_records = self.batch_size * (1 if self.global_batch else trainer.world_size)
-        return min(self.samples, int(steps) * step_records)
+        return min(self.samples, int(steps) * self.step_records(trainer.world_size))
 
     def get_metrics(self, trainer, module) -> dict:
         items = super().get_metrics(trainer, module)
@@ -679,7 +680,7 @@ def _fit(
     )  # fmt: skip
     steps = [StepCheckpoint(last, config.checkpoint_every)] if config.checkpoint_every else []
     # a redraw reads the step's loss from the device, a wait for the GPU: every 10th step
-    bar = SamplesProgressBar(samples, config.batch_size, config.global_batch, 1 if on_cpu else 10)
+    bar = SamplesProgressBar(samples, config.step_records, 1 if on_cpu else 10)
     hooks = [
         EarlyStopping("val_loss", patience=config.patience),
         best,
@@ -712,8 +713,7 @@ def _fit(
             f"{_refused(error)} (--accelerator {config.accelerator}, --devices "
             f"{config.devices}, --num-nodes {config.num_nodes}, --precision {config.precision})"
         ) from error
-    # a step takes a batch per process (the batch of all of them with --global-batch)
-    step_records = config.batch_size * (1 if config.global_batch else trainer.world_size)
+    step_records = config.step_records(trainer.world_size)
     if config.drop_last and samples < step_records:
         processes = "" if trainer.world_size == 1 else f" on {trainer.world_size} processes"
         raise RunError(

@@ -29,6 +29,7 @@ from .calibrate import (
     fit_temperature,
     identity_curve,
     precision_thresholds,
+    top_prediction,
 )
 from .hashing import hash64, unit_interval
 from .hierarchy import consistent, level_probabilities, mapped, split_levels
@@ -96,16 +97,6 @@ def calibration_report(
             }
         )
     return report
-
-
-def top_prediction(probs: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence of each row's most probable class, and whether it is a true one. A row of
-    zeros (a kNN's query without a hit) predicts nothing, so it is not right, as in
-    :class:`~ecstream.ecmetrics.LevelScores`."""
-    top = probs.argmax(axis=1)
-    pick = np.arange(len(probs))
-    conf = probs[pick, top]
-    return conf, true[pick, top].astype(bool) & (conf > 0)
 
 
 def _save(run: Path, report: dict) -> dict:
